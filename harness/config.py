@@ -104,13 +104,34 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     for name, f in fields.items():
         sub = f"{where}.{name}" if where else name
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], sub)
+            value = data[name]
+            default = _default_of(f)
+            # A partial mapping for a nested config overrides only the keys it names, on top of that field's
+            # own default (which may differ from the nested class's defaults).
+            if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+                value = _merge(to_dict(default), value)
+            kwargs[name] = _coerce(value, hints[name], sub)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             raise ConfigError(f"{where}: missing required key '{name}'")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:  # __post_init__ validation
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else v
+    return out
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "<config>") -> T:

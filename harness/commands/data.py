@@ -1,0 +1,81 @@
+"""`lofi data ...`: dataset utilities. Each subcommand has a ``_register_<name>`` helper and a ``_<name>`` handler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from harness.data.annotations import LAYOUTS, read_annotations
+from harness.data.model import SUBSETS, TALDataset
+
+STATS_EXAMPLE = """\
+examples:
+  lofi data stats --annotations data/smoke/annotations.json
+  lofi data stats --annotations activity_net_v1-3_gt.json --clip-segments
+  lofi data stats --annotations anet_anno_action.json --video-info video_info_new.csv --clip-segments --json
+  lofi data stats --annotations val_Annotation.csv --layout thumos14-csv
+
+--json prints {"videos": {subset: n}, "instances": n, "classes": n}.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data", help="dataset utilities (stats, ...)", description="Dataset utilities: inspect annotation files."
+    )
+    data_sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data_sub.required = True
+    _register_stats(data_sub)
+
+
+def _register_stats(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser(
+        "stats",
+        help="count videos per subset, action instances and classes of an annotation file",
+        description="Read an annotation file (official ActivityNet/HACS JSON, BSN anet_anno_action.json, THUMOS14 "
+        "CSV or JSON), validate it and print videos per subset, action instances and classes.",
+        epilog=STATS_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--annotations", required=True, type=Path, metavar="FILE", help="the annotation file")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="file layout (default: auto, detected from the suffix and keys)")
+    parser.add_argument("--video-info", type=Path, metavar="CSV",
+                        help="BSN layout only: video_info_new.csv with the subsets (default: next to FILE)")
+    parser.add_argument("--clip-segments", action="store_true",
+                        help="clip segments to [0, duration] and keep zero-length ones (needed for the real "
+                        "ActivityNet files); default: such segments are errors")
+    parser.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    parser.set_defaults(func=_stats)
+
+
+def dataset_stats(dataset: TALDataset) -> dict[str, Any]:
+    """``{"videos": {subset: n}, "instances": n, "classes": n}``, subsets in SUBSETS order."""
+    counts = dataset.subset_counts()
+    videos = {s: counts[s] for s in SUBSETS if s in counts}
+    return {"videos": videos, "instances": dataset.num_instances(), "classes": len(dataset.classes)}
+
+
+def _stats_table(dataset: TALDataset) -> str:
+    rows = []
+    for subset in SUBSETS:
+        videos = dataset.subset(subset)
+        if videos:
+            known = [v.duration for v in videos if math.isfinite(v.duration)]
+            hours = f"{sum(known) / 3600:.1f}" if known else "unknown"
+            rows.append([subset, len(videos), sum(len(v.segments) for v in videos), hours])
+    rows.append(["total", len(dataset.videos), dataset.num_instances(), ""])
+    table = tabulate(rows, headers=["subset", "videos", "instances", "hours"], tablefmt="github")
+    return f"{dataset.source}\n{table}\nclasses: {len(dataset.classes)}"
+
+
+def _stats(args: argparse.Namespace) -> int:
+    dataset = read_annotations(args.annotations, layout=args.layout, clip_segments=args.clip_segments,
+                               video_info=args.video_info)
+    print(json.dumps(dataset_stats(dataset)) if args.json else _stats_table(dataset))
+    return 0

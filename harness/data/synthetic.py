@@ -1,0 +1,658 @@
+"""The built-in synthetic TAL benchmark: videos, ActivityNet-layout annotations and the two pre-training sources.
+
+Design (``docs/synthetic.md``): an "actor" whose appearance (shape x colour x texture) names the class is visible
+for the whole video and performs its class's periodic motion only inside the action segments, over a drifting
+background with always-moving distractors. Classes are therefore recognisable from one frame, but boundaries need
+temporal cues. The segment layout of every video is copied (with jitter) from a real ActivityNet-1.3 training
+video (``load_anet_structure``). The ACP source holds trimmed clips (motion always on) of *other* combinations of
+the same vocabulary; the ICP source holds still images of shape x texture objects.
+
+Everything is a pure function of (profile, seed): the plan (classes, videos, segments) is drawn first from named
+streams (``harness.seeding``), and each file's pixels from a stream seeded by (seed, file id), so a resumed run
+writes the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from harness import __version__
+from harness.errors import LofiError
+from harness.io import atomic_path, write_json_atomic
+from harness.seeding import numpy_rng
+
+log = logging.getLogger(__name__)
+
+# Bump when the rendered content or the plan changes: directories made by an older generator are then refused
+# instead of being silently mixed with new files on resume.
+GENERATOR_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthProfile:
+    """Every size of the benchmark. Spatial quantities (``actor_radius``, ``texture_periods``) are fractions of
+    the frame side, so the content looks the same at any ``frame_size``."""
+
+    name: str
+    num_classes: int  # target action classes
+    num_training: int
+    num_validation: int
+    num_testing: int
+    frame_size: int  # H = W, pixels
+    fps: float
+    min_frames: int  # video length is drawn uniformly from [min_frames, max_frames]
+    max_frames: int
+    num_clip_classes: int  # ACP source: classes disjoint from the target classes
+    clips_per_class: int
+    clip_frames: int
+    num_image_classes: int  # ICP source
+    images_per_class: int
+    supersample: int = 2  # render at supersample x the size, then box-average (anti-aliased edges and stripes)
+    ramp_frames: float = 2.0  # motion amplitude ramps in/out over this many frames, centred on each boundary
+    boundary_jitter: float = 0.01  # sd of the jitter added to the real relative boundaries (fraction of video)
+    min_segment_frames: int = 2
+    max_distractors: int = 2
+    actor_radius: tuple[float, float] = (0.13, 0.21)
+    texture_periods: tuple[float, float, float] = (0.045, 0.07, 0.11)  # fine, medium, coarse stripes
+
+
+PROFILES: Mapping[str, SynthProfile] = MappingProxyType({
+    "smoke": SynthProfile(
+        name="smoke", num_classes=4, num_training=12, num_validation=6, num_testing=6,
+        frame_size=32, fps=8.0, min_frames=48, max_frames=48,
+        num_clip_classes=4, clips_per_class=6, clip_frames=16, num_image_classes=4, images_per_class=8,
+    ),
+    "default": SynthProfile(
+        name="default", num_classes=8, num_training=160, num_validation=60, num_testing=60,
+        frame_size=64, fps=8.0, min_frames=96, max_frames=128,
+        num_clip_classes=8, clips_per_class=40, clip_frames=16, num_image_classes=8, images_per_class=100,
+    ),
+})
+
+
+def get_profile(name: str) -> SynthProfile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise LofiError(f"unknown synthetic profile '{name}'; use one of: {', '.join(PROFILES)}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The generative vocabulary
+# --------------------------------------------------------------------------------------------------------------
+
+SHAPES = ("disc", "triangle", "square", "hexagon", "ring", "cross", "bar")
+COLOURS: Mapping[str, tuple[float, float, float]] = MappingProxyType({
+    "red": (0.92, 0.16, 0.14), "orange": (0.96, 0.56, 0.10), "yellow": (0.95, 0.90, 0.22),
+    "green": (0.20, 0.78, 0.26), "cyan": (0.16, 0.84, 0.90), "blue": (0.20, 0.34, 0.96),
+    "purple": (0.62, 0.26, 0.90), "white": (0.95, 0.95, 0.95),
+})
+TEXTURES = ("stripes0", "stripes45", "stripes90", "stripes135", "checker", "rings")
+PERIOD_NAMES = ("fine", "medium", "coarse")
+MOTIONS = ("sway", "bob", "orbit", "spin", "pulse", "wobble")
+MOTION_FREQUENCIES = (0.6, 0.9, 1.3, 1.8)  # Hz; at 8 fps the fastest has a period of 4.4 frames
+# amplitude range per motion: radii for translations, relative scale for pulse, radians for wobble, radians per
+# cycle for spin
+MOTION_AMPLITUDES: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "sway": (0.35, 0.6), "bob": (0.35, 0.6), "orbit": (0.3, 0.5), "pulse": (0.18, 0.3),
+    "wobble": (0.45, 0.7), "spin": (1.6, 2.4),
+})
+TEXTURE_CONTRAST = 0.6  # shade in [1 - contrast, 1]
+
+
+@dataclass(frozen=True)
+class Appearance:
+    shape: str
+    colour: str
+    texture: str  # one of TEXTURES, or "flat"
+    period: str  # one of PERIOD_NAMES
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour}-{self.shape}-{self.texture}-{self.period}"
+
+
+@dataclass(frozen=True)
+class Motion:
+    kind: str
+    frequency: float  # Hz
+    amplitude: float
+
+
+@dataclass(frozen=True)
+class ActionClass:
+    name: str
+    appearance: Appearance
+    motion: Motion
+
+
+@dataclass(frozen=True)
+class ImageClass:
+    name: str
+    shape: str
+    texture: str
+    period: str
+
+
+@dataclass(frozen=True)
+class PlannedVideo:
+    id: str
+    subset: str
+    label: str
+    num_frames: int
+    segments: tuple[tuple[float, float], ...]  # seconds, sorted, as written to annotations.json
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    """One ACP clip or ICP image."""
+
+    id: str
+    path: str  # relative to the output folder
+    label: str
+
+
+@dataclass(frozen=True)
+class SynthPlan:
+    profile: SynthProfile
+    seed: int
+    classes: tuple[ActionClass, ...]
+    clip_classes: tuple[ActionClass, ...]
+    image_classes: tuple[ImageClass, ...]
+    videos: tuple[PlannedVideo, ...]
+    clips: tuple[PlannedItem, ...]
+    images: tuple[PlannedItem, ...]
+    class_by_name: Mapping[str, ActionClass] = field(repr=False, default_factory=dict)
+
+
+def _draw_motion(rng: np.random.Generator, kind: str, frequency: float) -> Motion:
+    low, high = MOTION_AMPLITUDES[kind]
+    return Motion(kind=kind, frequency=frequency, amplitude=round(float(rng.uniform(low, high)), 3))
+
+
+def make_classes(profile: SynthProfile, seed: int) -> tuple[tuple[ActionClass, ...], tuple[ActionClass, ...],
+                                                             tuple[ImageClass, ...]]:
+    """Target classes, ACP (clip) classes and ICP (image) classes.
+
+    Target classes come in pairs sharing shape and colour and differing in texture, so part of the class
+    information sits in fine texture, which lower resolutions blur gradually. Clip classes are other
+    (shape, colour, texture) combinations of the same vocabulary; their motions are drawn from the same list.
+    """
+    rng = numpy_rng(seed, "synthetic", "classes")
+    bases = [(s, c) for s in SHAPES for c in COLOURS]
+    textures = [(t, p) for t in TEXTURES for p in PERIOD_NAMES]
+    n_total = profile.num_classes + profile.num_clip_classes
+    if profile.num_classes < 1 or n_total > len(bases) * len(textures):
+        raise LofiError(f"profile '{profile.name}': {n_total} classes do not fit the vocabulary; use fewer")
+    base_order = rng.permutation(len(bases))
+    # target motions: kinds as distinct as the vocabulary allows, so a class's temporal signature is its own
+    kind_order = rng.permutation(len(MOTIONS))
+    targets: list[ActionClass] = []
+    used: set[Appearance] = set()
+    for i in range(profile.num_classes):
+        shape, colour = bases[base_order[i // 2]]
+        while True:
+            texture, period = textures[rng.integers(len(textures))]
+            appearance = Appearance(shape, colour, texture, period)
+            if appearance not in used:
+                break
+        used.add(appearance)
+        kind = MOTIONS[kind_order[i % len(MOTIONS)]]
+        frequency = MOTION_FREQUENCIES[rng.integers(len(MOTION_FREQUENCIES))]
+        targets.append(ActionClass(appearance.name, appearance, _draw_motion(rng, kind, frequency)))
+    others: list[ActionClass] = []
+    while len(others) < profile.num_clip_classes:
+        shape, colour = bases[rng.integers(len(bases))]
+        texture, period = textures[rng.integers(len(textures))]
+        appearance = Appearance(shape, colour, texture, period)
+        if appearance in used:
+            continue
+        used.add(appearance)
+        kind = MOTIONS[rng.integers(len(MOTIONS))]
+        frequency = MOTION_FREQUENCIES[rng.integers(len(MOTION_FREQUENCIES))]
+        others.append(ActionClass(appearance.name, appearance, _draw_motion(rng, kind, frequency)))
+    objects = [(s, t, p) for s in SHAPES for t in (*TEXTURES, "flat") for p in PERIOD_NAMES]
+    if profile.num_image_classes > len(objects):
+        raise LofiError(f"profile '{profile.name}': num_image_classes > {len(objects)}; use fewer")
+    image_classes = tuple(
+        ImageClass(f"{s}-{t}-{p}", s, t, p)
+        for s, t, p in (objects[j] for j in rng.permutation(len(objects))[: profile.num_image_classes])
+    )
+    return tuple(targets), tuple(others), image_classes
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Temporal structure from real ActivityNet annotations
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sample_segments(structure: Sequence[np.ndarray], rng: np.random.Generator, num_frames: int, fps: float,
+                    jitter: float, min_frames: int) -> tuple[tuple[float, float], ...]:
+    """Relative segments of one random real video, jittered, scaled to this video, in seconds (0.01 s grid)."""
+    rel = np.array(structure[int(rng.integers(len(structure)))], dtype=np.float64).reshape(-1, 2)
+    rel = np.clip(rel + rng.normal(0.0, jitter, rel.shape), 0.0, 1.0)
+    rel = np.sort(rel, axis=1)  # jitter may swap the ends of a very short segment
+    min_len = min(1.0, min_frames / num_frames)
+    short = rel[:, 1] - rel[:, 0] < min_len
+    centre = rel[short].mean(axis=1)
+    start = np.clip(centre - min_len / 2, 0.0, 1.0 - min_len)
+    rel[short] = np.stack([start, start + min_len], axis=1)
+    rel = rel[np.lexsort((rel[:, 1], rel[:, 0]))]
+    duration = num_frames / fps
+    seconds = np.round(rel * duration, 2)
+    seconds[:, 1] = np.minimum(seconds[:, 1], round(duration, 2))
+    return tuple((float(s), float(e)) for s, e in seconds)
+
+
+def _video_ids(subset: str, count: int) -> list[str]:
+    short = {"training": "tr", "validation": "va", "testing": "te"}[subset]
+    return [f"syn_{short}_{i:04d}" for i in range(count)]
+
+
+def make_plan(profile: SynthProfile | str, seed: int,
+              structure: Sequence[np.ndarray] | None = None) -> SynthPlan:
+    """Everything but the pixels: classes, videos (subset, label, length, segments), clips, images."""
+    if isinstance(profile, str):
+        profile = get_profile(profile)
+    if structure is None:
+        structure = _load_structure()
+    structure = [s for s in structure if len(s) > 0]
+    if not structure:
+        raise LofiError("the ActivityNet structure file holds no segments; reinstall lofi-bench")
+    classes, clip_classes, image_classes = make_classes(profile, seed)
+    videos: list[PlannedVideo] = []
+    for subset, count in (("training", profile.num_training), ("validation", profile.num_validation),
+                          ("testing", profile.num_testing)):
+        rng = numpy_rng(seed, "synthetic", "videos", subset)
+        # balanced labels: every class occurs as evenly as the count allows, in random order
+        labels = np.resize(np.arange(len(classes)), count)
+        labels = labels[rng.permutation(count)]
+        for vid, label in zip(_video_ids(subset, count), labels):
+            num_frames = int(rng.integers(profile.min_frames, profile.max_frames + 1))
+            segments = sample_segments(structure, rng, num_frames, profile.fps, profile.boundary_jitter,
+                                       profile.min_segment_frames)
+            videos.append(PlannedVideo(vid, subset, classes[int(label)].name, num_frames, segments))
+    clips = tuple(
+        PlannedItem(f"c{ci:02d}_{j:04d}", f"clips/c{ci:02d}_{j:04d}.mp4", cls.name)
+        for ci, cls in enumerate(clip_classes) for j in range(profile.clips_per_class)
+    )
+    images = tuple(
+        PlannedItem(f"i{ci:02d}_{j:04d}", f"images/i{ci:02d}_{j:04d}.png", cls.name)
+        for ci, cls in enumerate(image_classes) for j in range(profile.images_per_class)
+    )
+    by_name = MappingProxyType({c.name: c for c in (*classes, *clip_classes)})
+    return SynthPlan(profile, seed, classes, clip_classes, image_classes, tuple(videos), clips, images, by_name)
+
+
+def _load_structure() -> list[np.ndarray]:
+    from harness.data.annotations import load_anet_structure
+
+    return load_anet_structure()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering (vectorised over the whole clip: arrays are (T, S, S) or (T, S, S, 3) float32)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Object:
+    shape: str
+    colour: np.ndarray  # (3,)
+    texture: str
+    period: float  # frame units
+    cx: np.ndarray  # (T,) frame units
+    cy: np.ndarray
+    radius: np.ndarray
+    angle: np.ndarray  # radians
+
+
+def motion_envelope(segments: Sequence[tuple[float, float]], num_frames: int, fps: float,
+                    ramp_frames: float) -> np.ndarray:
+    """(T,) amplitude of the class motion in [0, 1]: 1 inside segments, 0 outside, a smoothstep ramp of
+    ``ramp_frames`` centred on each boundary (the annotated boundary is the half-amplitude point)."""
+    t = (np.arange(num_frames) + 0.5) / fps
+    env = np.zeros(num_frames)
+    width = max(ramp_frames, 1e-6) / fps
+
+    def step(z: np.ndarray) -> np.ndarray:
+        z = np.clip(z, 0.0, 1.0)
+        return z * z * (3 - 2 * z)
+
+    for start, end in segments:
+        env = np.maximum(env, step((t - start) / width + 0.5) * step((end - t) / width + 0.5))
+    return env
+
+
+def _sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Signed distance (in radii, negative inside) of a unit-radius shape in its local coordinates."""
+    if shape == "disc":
+        return np.sqrt(u * u + v * v) - 1.0
+    if shape == "ring":
+        return np.abs(np.sqrt(u * u + v * v) - 0.7) - 0.3
+    if shape == "bar":
+        return np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.45)
+    if shape == "cross":
+        arm_h = np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.33)
+        arm_v = np.maximum(np.abs(u) - 0.33, np.abs(v) - 1.0)
+        return np.minimum(arm_h, arm_v)
+    sides = {"triangle": 3, "square": 4, "hexagon": 6}[shape]
+    apothem = {3: 0.6, 4: 0.8, 6: 0.9}[sides]
+    d = None
+    for k in range(sides):
+        theta = 2 * math.pi * k / sides + math.pi / 2
+        h = u * math.cos(theta) + v * math.sin(theta)
+        d = h if d is None else np.maximum(d, h)
+    return d - apothem
+
+
+def _shade(texture: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray | float:
+    """Brightness in [1 - TEXTURE_CONTRAST, 1] of a texture in local coordinates (frame units)."""
+    w = 2 * math.pi / period
+    if texture == "flat":
+        return 1.0
+    if texture.startswith("stripes"):
+        theta = math.radians(int(texture[len("stripes"):]))
+        t = 0.5 + 0.5 * np.sin(w * (u * math.cos(theta) + v * math.sin(theta)))
+    elif texture == "checker":
+        t = 0.5 + 0.5 * np.sin(w * u) * np.sin(w * v) * 1.8  # sharper than a product of sines
+        t = np.clip(t, 0.0, 1.0)
+    elif texture == "rings":
+        t = 0.5 + 0.5 * np.sin(w * np.sqrt(u * u + v * v))
+    else:
+        raise ValueError(f"unknown texture {texture!r}")
+    return 1.0 - TEXTURE_CONTRAST * (1.0 - t)
+
+
+def _composite(img: np.ndarray, obj: _Object, coords: np.ndarray, pixels_per_unit: float) -> None:
+    """Draw ``obj`` over ``img`` (T, S, S, 3) in place, anti-aliased over one rendered pixel."""
+    f32 = np.float32
+    dx = coords[None, None, :] - obj.cx.astype(f32)[:, None, None]  # (T, 1, S)
+    dy = coords[None, :, None] - obj.cy.astype(f32)[:, None, None]  # (T, S, 1)
+    c = np.cos(obj.angle).astype(f32)[:, None, None]
+    s = np.sin(obj.angle).astype(f32)[:, None, None]
+    u = dx * c + dy * s
+    v = dy * c - dx * s
+    r = obj.radius.astype(f32)[:, None, None]
+    dist = _sdf(obj.shape, u / r, v / r) * r
+    alpha = np.clip(f32(0.5) - dist * f32(pixels_per_unit), 0.0, 1.0)
+    shade = _shade(obj.texture, u, v, obj.period)
+    colour = obj.colour.astype(f32)
+    alpha = alpha[..., None]
+    img *= 1.0 - alpha
+    img += alpha * (np.asarray(shade, dtype=f32)[..., None] if np.ndim(shade) else f32(shade)) * colour
+
+
+def _background(rng: np.random.Generator, t: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Smooth noise (a sum of slowly drifting low-frequency gratings) mapped onto a per-video 2-colour palette."""
+    num = 4
+    freq = rng.uniform(0.6, 2.2, num) * rng.choice([-1.0, 1.0], num)
+    angle = rng.uniform(0, 2 * math.pi, num)
+    phase = rng.uniform(0, 2 * math.pi, num)
+    drift = rng.uniform(0.05, 0.25, num) * rng.choice([-1.0, 1.0], num)  # cycles per second
+    grey = rng.uniform(0.25, 0.6)
+    palette = grey + 0.5 * (rng.uniform(0.0, 1.0, (2, 3)) - grey)  # desaturated towards grey
+    y, x = coords[:, None], coords[None, :]
+    noise = np.zeros((len(t), len(coords), len(coords)), dtype=np.float32)
+    for k in range(num):
+        spatial = (2 * math.pi * freq[k] * (x * math.cos(angle[k]) + y * math.sin(angle[k])) + phase[k])
+        temporal = 2 * math.pi * drift[k] * t
+        # sin(a + b) = sin a cos b + cos a sin b: two outer products instead of a (T, S, S) sine
+        noise += (np.sin(spatial)[None].astype(np.float32) * np.cos(temporal)[:, None, None].astype(np.float32)
+                  + np.cos(spatial)[None].astype(np.float32) * np.sin(temporal)[:, None, None].astype(np.float32))
+    mix = 0.5 + 0.5 * np.tanh(noise * np.float32(0.8))
+    pal = palette.astype(np.float32)
+    return pal[0] + mix[..., None] * (pal[1] - pal[0])
+
+
+def _reflect(z: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Bounce a coordinate between two walls (a triangle wave)."""
+    f = np.mod((z - low) / (high - low), 2.0)
+    return low + (high - low) * np.where(f > 1.0, 2.0 - f, f)
+
+
+def _distractors(rng: np.random.Generator, t: np.ndarray, profile: SynthProfile) -> list[_Object]:
+    """Small objects from the vocabulary that move all the time: motion anywhere is not the action cue."""
+    objects = []
+    for _ in range(int(rng.integers(0, profile.max_distractors + 1))):
+        speed = rng.uniform(0.05, 0.15)
+        direction = rng.uniform(0, 2 * math.pi)
+        texture = "flat" if rng.random() < 0.6 else TEXTURES[rng.integers(len(TEXTURES))]
+        objects.append(_Object(
+            shape=SHAPES[rng.integers(len(SHAPES))],
+            colour=np.array(list(COLOURS.values())[rng.integers(len(COLOURS))]) * rng.uniform(0.6, 0.95),
+            texture=texture,
+            period=profile.texture_periods[int(rng.integers(3))],
+            cx=_reflect(rng.uniform(0.1, 0.9) + speed * math.cos(direction) * t, 0.08, 0.92),
+            cy=_reflect(rng.uniform(0.1, 0.9) + speed * math.sin(direction) * t, 0.08, 0.92),
+            radius=np.full(len(t), rng.uniform(0.05, 0.09)),
+            angle=rng.uniform(0, 2 * math.pi) + rng.uniform(-0.6, 0.6) * t,
+        ))
+    return objects
+
+
+def _actor(rng: np.random.Generator, t: np.ndarray, env: np.ndarray, cls: ActionClass,
+           profile: SynthProfile) -> _Object:
+    """The class's object: always present, slowly wandering; its class motion is scaled by ``env``."""
+    n = len(t)
+    r0 = rng.uniform(*profile.actor_radius)
+    cx = rng.uniform(0.32, 0.68) + 0.025 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
+    cy = rng.uniform(0.32, 0.68) + 0.025 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
+    angle = rng.uniform(0, 2 * math.pi) + 0.05 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t)
+    radius = np.full(n, r0)
+    m = cls.motion
+    amp = m.amplitude * rng.uniform(0.9, 1.1)
+    phase = 2 * math.pi * m.frequency * t + rng.uniform(0, 2 * math.pi)
+    wave = env * np.sin(phase)
+    if m.kind == "sway":
+        cx = cx + amp * r0 * wave
+    elif m.kind == "bob":
+        cy = cy + amp * r0 * wave
+    elif m.kind == "orbit":
+        cx = cx + amp * r0 * env * np.cos(phase)
+        cy = cy + amp * r0 * wave
+    elif m.kind == "pulse":
+        radius = radius * (1.0 + amp * wave)
+    elif m.kind == "wobble":
+        angle = angle + amp * wave
+    elif m.kind == "spin":
+        direction = 1.0 if rng.random() < 0.5 else -1.0
+        angle = angle + direction * amp * m.frequency * np.cumsum(env) / profile.fps
+    else:
+        raise ValueError(f"unknown motion {m.kind!r}")
+    a = cls.appearance
+    colour = np.clip(np.array(COLOURS[a.colour]) * rng.uniform(0.85, 1.05) + rng.normal(0, 0.03, 3), 0.0, 1.0)
+    return _Object(a.shape, colour, a.texture, profile.texture_periods[PERIOD_NAMES.index(a.period)],
+                   cx, cy, radius, angle)
+
+
+def _to_uint8(img: np.ndarray, size: int, supersample: int) -> np.ndarray:
+    t = img.shape[0]
+    if supersample > 1:
+        img = img.reshape(t, size, supersample, size, supersample, 3).mean(axis=(2, 4))
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def render_clip(rng: np.random.Generator, cls: ActionClass, env: np.ndarray, profile: SynthProfile) -> np.ndarray:
+    """uint8 (T, H, W, 3): background, distractors, then the actor moving with amplitude ``env`` (T,)."""
+    size, ss = profile.frame_size, profile.supersample
+    side = size * ss
+    coords = ((np.arange(side) + 0.5) / side).astype(np.float32)
+    t = np.arange(len(env)) / profile.fps + rng.uniform(0, 100.0)  # random start: no shared phase at t=0
+    img = _background(numpy_rng(int(rng.integers(2**31)), "background"), t, coords)
+    gain = 1.0 + 0.04 * np.sin(2 * math.pi * rng.uniform(0.02, 0.08) * t + rng.uniform(0, 6.3))  # lighting
+    for obj in _distractors(rng, t, profile):
+        _composite(img, obj, coords, side)
+    _composite(img, _actor(rng, t, env, cls, profile), coords, side)
+    img *= gain.astype(np.float32)[:, None, None, None]
+    return _to_uint8(img, size, ss)
+
+
+def render_video(plan: SynthPlan, video: PlannedVideo) -> np.ndarray:
+    """The frames of one planned video, seeded by (seed, video id) only: any order or subset gives the same."""
+    p = plan.profile
+    env = motion_envelope(video.segments, video.num_frames, p.fps, p.ramp_frames)
+    return render_clip(numpy_rng(plan.seed, "synthetic", "video", video.id), plan.class_by_name[video.label], env, p)
+
+
+def render_acp_clip(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
+    """A trimmed clip of an ACP class: the motion is on throughout (nothing to localise)."""
+    p = plan.profile
+    env = np.ones(p.clip_frames)
+    return render_clip(numpy_rng(plan.seed, "synthetic", "clip", item.id), plan.class_by_name[item.label], env, p)
+
+
+def render_image(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
+    """uint8 (H, W, 3): a still ICP object (shape x texture, random colour, pose and scene)."""
+    p = plan.profile
+    rng = numpy_rng(plan.seed, "synthetic", "image", item.id)
+    cls = next(c for c in plan.image_classes if c.name == item.label)
+    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    as_action = ActionClass(cls.name, Appearance(cls.shape, colour, cls.texture, cls.period),
+                            Motion("sway", 1.0, 0.0))
+    return render_clip(rng, as_action, np.zeros(1), p)[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing the benchmark
+# --------------------------------------------------------------------------------------------------------------
+
+STAMP = ".synth.json"  # written first: identifies a partial folder's profile and seed so a resume can check them
+
+
+def _identity(plan: SynthPlan) -> dict[str, object]:
+    return {"profile": plan.profile.name, "seed": plan.seed, "generator_version": GENERATOR_VERSION,
+            "parameters": json.loads(json.dumps(asdict(plan.profile)))}
+
+
+def _describe(ident: Mapping[str, object]) -> str:
+    return f"profile '{ident.get('profile')}' seed {ident.get('seed')} (generator v{ident.get('generator_version')})"
+
+
+def _check_out(out: Path, ident: dict[str, object]) -> bool:
+    """True when ``out`` already holds this exact benchmark; raises if it holds anything else."""
+    fix = f"choose another --out or delete {out}"
+    for name in ("manifest.json", STAMP):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+            found_ident = {k: found.get(k) for k in ident}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise LofiError(f"{path}: unreadable ({exc}); {fix}") from None
+        if found_ident != ident:
+            same_name = (found_ident.get("profile"), found_ident.get("seed")) == (ident["profile"], ident["seed"])
+            what = "another version or resized profile" if same_name else _describe(found_ident)
+            raise LofiError(f"{out}: holds a synthetic benchmark made with {what}, not {_describe(ident)}; {fix}")
+        return name == "manifest.json"
+    if out.exists() and any(out.iterdir()):
+        raise LofiError(f"{out}: exists, is not empty and holds no synthetic benchmark; {fix}")
+    return False
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image, mode="RGB").save(tmp, format="PNG")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of a killed run (SIGKILL skips the atomic writers' cleanup)."""
+    for folder in (out, out / "videos", out / "clips", out / "images"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def to_dataset(plan: SynthPlan, out: Path):  # -> TALDataset
+    from harness.data.model import Segment, TALDataset, Video
+
+    videos = {
+        v.id: Video(id=v.id, subset=v.subset, duration=round(v.num_frames / plan.profile.fps, 6),
+                    segments=tuple(Segment(s, e, v.label) for s, e in v.segments), fps=plan.profile.fps,
+                    path=out / "videos" / f"{v.id}.mp4")
+        for v in plan.videos
+    }
+    return TALDataset(name=f"synthetic-{plan.profile.name}", videos=videos,
+                      classes=tuple(c.name for c in plan.classes), source="harness.data.synthetic",
+                      meta=MappingProxyType({"profile": plan.profile.name, "seed": plan.seed}))
+
+
+def _jobs(plan: SynthPlan, out: Path) -> list[tuple[Path, Callable[[], None]]]:
+    from harness.data.video import write_video
+
+    fps = plan.profile.fps
+    jobs: list[tuple[Path, Callable[[], None]]] = []
+    for v in plan.videos:
+        path = out / "videos" / f"{v.id}.mp4"
+        jobs.append((path, lambda v=v, path=path: write_video(path, render_video(plan, v), fps)))
+    for item in plan.clips:
+        path = out / item.path
+        jobs.append((path, lambda item=item, path=path: write_video(path, render_acp_clip(plan, item), fps)))
+    for item in plan.images:
+        path = out / item.path
+        jobs.append((path, lambda item=item, path=path: _write_png(path, render_image(plan, item))))
+    return jobs
+
+
+def generate(profile: str, seed: int, out: Path, *, progress: bool = True) -> Path:
+    """Write the synthetic benchmark of ``profile`` and ``seed`` into ``out`` (layout: docs/contracts.md).
+
+    Complete folder with the same profile and seed: nothing to do. Partial folder (no ``manifest.json``): resumes,
+    keeping finished files (each is written atomically and is a pure function of (seed, its id)). Any other
+    content: ``LofiError`` naming the folder.
+    """
+    from tqdm import tqdm
+
+    from harness.data.annotations import write_activitynet_json
+
+    out = Path(out).resolve()
+    plan = make_plan(profile, seed)
+    ident = _identity(plan)
+    if _check_out(out, ident):
+        log.info("%s already holds the complete synthetic benchmark (%s); nothing to do", out, _describe(ident))
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / STAMP, ident)
+    _remove_stale_temporaries(out)
+    if not (out / "annotations.json").exists():
+        write_activitynet_json(to_dataset(plan, out), out / "annotations.json")
+    clip_index = {"classes": [c.name for c in plan.clip_classes],
+                  "clips": [{"path": c.path, "label": c.label} for c in plan.clips]}
+    image_index = {"classes": [c.name for c in plan.image_classes],
+                   "images": [{"path": i.path, "label": i.label} for i in plan.images]}
+    for path, index in ((out / "clips" / "index.json", clip_index), (out / "images" / "index.json", image_index)):
+        if not path.exists():
+            write_json_atomic(path, index)
+    todo = [(path, job) for path, job in _jobs(plan, out) if not path.exists()]
+    log.info("synthetic benchmark %s -> %s: %d files to write", _describe(ident), out, len(todo))
+    for _path, job in tqdm(todo, desc=f"synth {plan.profile.name}", unit="file", disable=not progress or None):
+        job()
+    manifest = {
+        **ident,
+        "package_version": __version__,
+        "counts": {"training": plan.profile.num_training, "validation": plan.profile.num_validation,
+                   "testing": plan.profile.num_testing, "clips": len(plan.clips), "images": len(plan.images)},
+        "classes": {c.name: {"appearance": asdict(c.appearance), "motion": asdict(c.motion)} for c in plan.classes},
+        "clip_classes": {c.name: {"appearance": asdict(c.appearance), "motion": asdict(c.motion)}
+                         for c in plan.clip_classes},
+        "image_classes": {c.name: asdict(c) for c in plan.image_classes},
+    }
+    write_json_atomic(out / "manifest.json", manifest)
+    log.info("synthetic benchmark complete: %s", out)
+    return out

@@ -1,0 +1,511 @@
+"""ActivityNet detection mAP, with the semantics of the official ``Evaluation/eval_detection.py``, vectorised.
+
+Protocol (see ``/work/shared/reference/paper.md``, "ActivityNet evaluation protocol"):
+
+- Ground truth: the instances of the chosen subset. The classes evaluated are the labels that occur in that
+  subset's ground truth (sorted by name; the order does not change any number). THUMOS 'Ambiguous' spans are not
+  ground truth: a :class:`~harness.data.model.TALDataset` keeps them in ``Video.ambiguous`` and they are ignored;
+  in a raw JSON file, annotations labelled ``"Ambiguous"`` are skipped.
+- Predictions: ``{"version", "results": {video_id: [{"label", "score", "segment": [s, e]}]}, "external_data"}``.
+  A prediction whose video is not in the subset (``pred_video == -1``) or whose video has no ground truth of its
+  class is a false positive. A label that is not an evaluated class is an error (the official code crashes with a
+  ``KeyError`` there), as are a malformed file, missing keys, a non-finite score or segment, and start > end.
+- Matching, per tIoU threshold (``TIOU_THRESHOLDS = 0.50:0.05:0.95``): per class, the predictions of all videos
+  are pooled and sorted by score, descending. Each takes the not-yet-matched ground-truth instance of its video
+  and class with the highest tIoU among those with tIoU >= threshold (true positive); if there is none it is a
+  false positive.
+- AP: interpolated (VOC 2011): precision made monotone from the right, summed over the recall steps; recall is
+  relative to the number of ground-truth instances of the class. mAP = mean over the classes; average mAP = mean
+  of the mAPs over thresholds.
+
+Tie rules (the official code uses NumPy's unstable ``argsort()[::-1]``, which leaves them unspecified):
+
+- predictions with equal scores keep their input order (file order: videos as listed under ``results``, then
+  each video's list) — a stable sort by descending score;
+- ground-truth instances with equal tIoU to a prediction are tried in their input order.
+
+Speed: no Python loop per prediction. The (prediction, ground truth) pairs of the same video and class are built
+with ``searchsorted``/``repeat``, pairs below the lowest threshold are dropped, and the greedy matching runs as a
+loop over the *rank of a prediction within its (video, class) group*: step ``r`` handles the r-th prediction of
+every group at once (groups never interact), for all thresholds together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from harness.data.model import TALDataset
+from harness.errors import AnnotationError, PredictionError
+
+log = logging.getLogger(__name__)
+
+TIOU_THRESHOLDS: np.ndarray = np.linspace(0.5, 0.95, 10)
+
+AMBIGUOUS_LABEL = "Ambiguous"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data classes
+
+
+@dataclass(frozen=True)
+class DetectionGroundTruth:
+    """The ground truth of one subset, as flat arrays.
+
+    ``video_ids`` lists every video of the subset, including videos without any instance (their predictions are
+    false positives; a bootstrap draws them like any other video). ``gt_*`` arrays have one row per instance.
+    """
+
+    source: str
+    subset: str
+    video_ids: tuple[str, ...]
+    classes: tuple[str, ...]
+    gt_video: np.ndarray  # (G,) int64 index into video_ids
+    gt_class: np.ndarray  # (G,) int64 index into classes
+    gt_segments: np.ndarray  # (G, 2) float64 [start, end] seconds
+    video_index: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    class_index: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not self.video_index:
+            object.__setattr__(self, "video_index", MappingProxyType({v: i for i, v in enumerate(self.video_ids)}))
+        if not self.class_index:
+            object.__setattr__(self, "class_index", MappingProxyType({c: i for i, c in enumerate(self.classes)}))
+
+    @property
+    def num_instances(self) -> int:
+        return int(self.gt_video.shape[0])
+
+
+@dataclass(frozen=True)
+class DetectionPredictions:
+    """Predictions as flat arrays, in file order. ``video`` is -1 for a video not in the ground truth's subset;
+    ``label`` is -1 when labels were not read (proposals)."""
+
+    source: str
+    video: np.ndarray  # (P,) int64
+    label: np.ndarray  # (P,) int64
+    score: np.ndarray  # (P,) float64
+    segments: np.ndarray  # (P, 2) float64
+    unknown_videos: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.score.shape[0])
+
+
+@dataclass(frozen=True)
+class DetectionMatches:
+    """The outcome of matching, enough to compute AP for any re-weighting of the ground-truth videos."""
+
+    classes: np.ndarray  # (C,) str
+    video_ids: np.ndarray  # (V,) str
+    tiou_thresholds: np.ndarray  # (T,)
+    pred_class: np.ndarray  # (P,) int64
+    pred_video: np.ndarray  # (P,) int64, -1 = video not in the ground truth
+    pred_score: np.ndarray  # (P,) float64
+    tp: np.ndarray  # (T, P) bool
+    gt_class: np.ndarray  # (G,) int64
+    gt_video: np.ndarray  # (G,) int64
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    tiou_thresholds: np.ndarray  # (T,)
+    ap: np.ndarray  # (T, C)
+    mAP: np.ndarray  # (T,)
+    average_mAP: float
+    classes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tiou_thresholds": [float(t) for t in self.tiou_thresholds],
+            "mAP": [float(m) for m in self.mAP],
+            "average_mAP": float(self.average_mAP),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def _read_official_json(path: Path) -> TALDataset:
+    """Minimal reader of the official layout (used when harness.data.annotations is not available)."""
+    from harness.data.model import Segment, Video
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: file not found; pass an official ActivityNet-layout JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnnotationError(f"{path}: not valid JSON ({exc}); pass an official ActivityNet-layout JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
+        raise AnnotationError(f'{path}: no "database" object; expected the official ActivityNet layout')
+    videos: dict[str, Video] = {}
+    labels: set[str] = set()
+    for vid, info in data["database"].items():
+        try:
+            segments = []
+            for ann in info.get("annotations", []):
+                start, end = (float(x) for x in ann["segment"])
+                segments.append(Segment(start, end, str(ann["label"])))
+            videos[vid] = Video(
+                id=vid, subset=str(info["subset"]), duration=float(info.get("duration", 0.0)),
+                segments=tuple(segments),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise AnnotationError(
+                f"{path}: video {vid}: malformed entry ({type(exc).__name__}: {exc}); each video needs "
+                '"subset" and "annotations": [{"segment": [start, end], "label": str}]'
+            ) from None
+        labels.update(s.label for s in segments)
+    return TALDataset(name=path.stem, videos=videos, classes=tuple(sorted(labels)), source=str(path))
+
+
+def _read_dataset(path: Path) -> TALDataset:
+    try:
+        from harness.data.annotations import read_annotations  # type: ignore[import-not-found]
+    except ImportError:
+        return _read_official_json(path)
+    if not path.exists():
+        raise AnnotationError(f"{path}: file not found; pass an official ActivityNet-layout JSON")
+    return read_annotations(path)
+
+
+def load_ground_truth(
+    path_or_dataset: str | os.PathLike[str] | TALDataset, subset: str = "validation"
+) -> DetectionGroundTruth:
+    """The ground truth of ``subset`` from an official-layout JSON file or a :class:`TALDataset`."""
+    if isinstance(path_or_dataset, TALDataset):
+        dataset, source = path_or_dataset, path_or_dataset.source or path_or_dataset.name
+    else:
+        path = Path(path_or_dataset)
+        dataset, source = _read_dataset(path), str(path)
+    videos = dataset.subset(subset)
+    if not videos:
+        counts = dataset.subset_counts()
+        raise AnnotationError(f"{source}: no video in subset {subset!r} (subsets: {counts}); pick another --subset")
+    video_ids = tuple(v.id for v in videos)
+    rows = [(i, s) for i, v in enumerate(videos) for s in v.segments if s.label != AMBIGUOUS_LABEL]
+    classes = tuple(sorted({s.label for _, s in rows}))
+    if not classes:
+        raise AnnotationError(f"{source}: subset {subset!r} has no annotated instance; nothing to evaluate")
+    cidx = {c: k for k, c in enumerate(classes)}
+    gt_video = np.array([i for i, _ in rows], dtype=np.int64)
+    gt_class = np.array([cidx[s.label] for _, s in rows], dtype=np.int64)
+    gt_segments = np.array([[s.start, s.end] for _, s in rows], dtype=np.float64).reshape(-1, 2)
+    bad = np.flatnonzero(~np.isfinite(gt_segments).all(axis=1) | (gt_segments[:, 0] > gt_segments[:, 1]))
+    if bad.size:
+        g = int(bad[0])
+        raise AnnotationError(
+            f"{source}: video {video_ids[gt_video[g]]}: ground-truth segment {gt_segments[g].tolist()} is not a "
+            "finite [start, end] with start <= end; fix the annotation"
+        )
+    return DetectionGroundTruth(
+        source=source, subset=subset, video_ids=video_ids, classes=classes,
+        gt_video=gt_video, gt_class=gt_class, gt_segments=gt_segments,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Predictions
+
+
+def _diagnose_entry(entry: Any, class_index: Mapping[str, int] | None, subset: str) -> str:
+    """Say what is wrong with one prediction entry (called only once something failed)."""
+    if not isinstance(entry, dict):
+        return f"entry {entry!r} is not an object; expected {{\"label\", \"score\", \"segment\": [start, end]}}"
+    keys = ("segment", "score") + (("label",) if class_index is not None else ())
+    for key in keys:
+        if key not in entry:
+            return f"entry {entry!r} has no {key!r} key; every entry needs label, score and segment"
+    seg = entry["segment"]
+    if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+        return f"segment {seg!r} is not a [start, end] pair"
+    try:
+        float(seg[0]), float(seg[1])
+    except (TypeError, ValueError):
+        return f"segment {seg!r} does not hold two numbers"
+    try:
+        float(entry["score"])
+    except (TypeError, ValueError):
+        return f"score {entry['score']!r} is not a number"
+    if class_index is not None and entry["label"] not in class_index:
+        return (
+            f"label {entry['label']!r} is not a class of the ground truth's {subset!r} subset "
+            f"({len(class_index)} classes); use the ground-truth class names"
+        )
+    return f"entry {entry!r} is malformed"
+
+
+def load_predictions(
+    path_or_dict: str | os.PathLike[str] | Mapping[str, Any],
+    gt: DetectionGroundTruth,
+    *,
+    require_label: bool = True,
+) -> DetectionPredictions:
+    """Read an official-layout predictions file (or the already-parsed dict).
+
+    With ``require_label=False`` (proposals) labels are neither required nor checked.
+    Raises :class:`PredictionError` naming the file, the video and the problem.
+    """
+    if isinstance(path_or_dict, Mapping):
+        data: Any = path_or_dict
+        source = "<predictions>"
+    else:
+        source = str(path_or_dict)
+        try:
+            with open(path_or_dict, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise PredictionError(f"{source}: file not found; pass the predictions JSON") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PredictionError(f"{source}: not valid JSON ({exc}); write the official layout") from None
+    if not isinstance(data, Mapping) or not isinstance(data.get("results"), Mapping):
+        raise PredictionError(
+            f'{source}: no "results" object; expected {{"version", "results": {{video_id: [entries]}}, '
+            '"external_data"}'
+        )
+    class_index = gt.class_index if require_label else None
+    video_index = gt.video_index
+    starts: list[float] = []
+    ends: list[float] = []
+    scores: list[float] = []
+    labels: list[int] = []
+    counts: list[int] = []
+    names: list[str] = []
+    for vid, entries in data["results"].items():
+        if not isinstance(entries, list):
+            raise PredictionError(f"{source}: video {vid}: results must be a list of entries, got {type(entries).__name__}")
+        names.append(vid)
+        counts.append(len(entries))
+        entry: Any = None
+        try:
+            if class_index is not None:
+                for entry in entries:
+                    s, e = entry["segment"]
+                    starts.append(float(s))
+                    ends.append(float(e))
+                    scores.append(float(entry["score"]))
+                    labels.append(class_index[entry["label"]])
+            else:
+                for entry in entries:
+                    s, e = entry["segment"]
+                    starts.append(float(s))
+                    ends.append(float(e))
+                    scores.append(float(entry["score"]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            problem = _diagnose_entry(entry, class_index, gt.subset)
+            raise PredictionError(f"{source}: video {vid}: {problem}") from None
+    count_arr = np.asarray(counts, dtype=np.int64)
+    per_video = np.array([video_index.get(v, -1) for v in names], dtype=np.int64)
+    video = np.repeat(per_video, count_arr)
+    score = np.asarray(scores, dtype=np.float64)
+    segments = np.column_stack([np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)])
+    owner = np.repeat(np.arange(len(names)), count_arr)  # index into names, to name the video in errors
+    checks = (
+        (~np.isfinite(score), "score {0} is not finite; scores must be real numbers"),
+        (~np.isfinite(segments).all(axis=1), "segment {1} is not finite"),
+        (segments[:, 0] > segments[:, 1], "segment {1} is reversed (start > end); write [start, end]"),
+    )
+    for bad, template in checks:
+        idx = np.flatnonzero(bad)
+        if idx.size:
+            i = int(idx[0])
+            msg = template.format(score[i], segments[i].tolist())
+            raise PredictionError(f"{source}: video {names[owner[i]]}: {msg}")
+    unknown = tuple(v for v, k in zip(names, per_video) if k < 0)
+    if unknown:
+        log.info("%s: %d video(s) not in the %r ground truth; their predictions count as false positives",
+                 source, len(unknown), gt.subset)
+    label = np.asarray(labels, dtype=np.int64) if class_index is not None else np.full(score.shape, -1, np.int64)
+    return DetectionPredictions(source=source, video=video, label=label, score=score, segments=segments,
+                                unknown_videos=unknown)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Matching
+
+
+def segment_tiou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise tIoU of (N, 2) segments ``a`` and ``b`` (official formula; 0/0 -> 0)."""
+    inter = np.clip(np.minimum(a[:, 1], b[:, 1]) - np.maximum(a[:, 0], b[:, 0]), 0.0, None)
+    union = (b[:, 1] - b[:, 0]) + (a[:, 1] - a[:, 0]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tiou = inter / union
+    return np.nan_to_num(tiou, nan=0.0)
+
+
+def group_pairs(left_keys: np.ndarray, right_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (i, j) with ``left_keys[i] == right_keys[j]`` (negative left keys match nothing), without a loop.
+
+    Returns index arrays ordered by i, then by j ascending.
+    """
+    order = np.argsort(right_keys, kind="stable")
+    sorted_keys = right_keys[order]
+    lo = np.searchsorted(sorted_keys, left_keys, side="left")
+    hi = np.searchsorted(sorted_keys, left_keys, side="right")
+    n = np.where(left_keys >= 0, hi - lo, 0)
+    left = np.repeat(np.arange(left_keys.shape[0]), n)
+    offset = np.arange(left.shape[0]) - np.repeat(np.cumsum(n) - n, n)
+    right = order[np.repeat(lo, n) + offset]
+    return left, right
+
+
+def _coerce(
+    gt: DetectionGroundTruth | str | os.PathLike[str] | TALDataset,
+    preds: DetectionPredictions | str | os.PathLike[str] | Mapping[str, Any],
+    require_label: bool = True,
+) -> tuple[DetectionGroundTruth, DetectionPredictions]:
+    if not isinstance(gt, DetectionGroundTruth):
+        gt = load_ground_truth(gt)
+    if not isinstance(preds, DetectionPredictions):
+        preds = load_predictions(preds, gt, require_label=require_label)
+    return gt, preds
+
+
+def match_detections(
+    gt: DetectionGroundTruth,
+    preds: DetectionPredictions,
+    tiou_thresholds: Sequence[float] | np.ndarray = TIOU_THRESHOLDS,
+) -> DetectionMatches:
+    """Greedy official matching of every prediction, for every threshold (see the module docstring)."""
+    gt, preds = _coerce(gt, preds)
+    thresholds = np.asarray(tiou_thresholds, dtype=np.float64).reshape(-1)
+    num_t, num_p, num_c = thresholds.shape[0], len(preds), len(gt.classes)
+    if np.any(preds.label < 0):
+        raise PredictionError(f"{preds.source}: predictions were read without labels; cannot evaluate detection")
+    tp = np.zeros((num_t, num_p), dtype=bool)
+
+    pred_key = np.where(preds.video >= 0, preds.video * num_c + preds.label, -1)
+    gt_key = gt.gt_video * num_c + gt.gt_class
+    pair_p, pair_g = group_pairs(pred_key, gt_key)
+    tiou = segment_tiou(preds.segments[pair_p], gt.gt_segments[pair_g])
+    if num_t and pair_p.size:
+        keep = tiou >= thresholds.min()  # a pair below every threshold can never match
+        pair_p, pair_g, tiou = pair_p[keep], pair_g[keep], tiou[keep]
+    if num_t == 0 or pair_p.size == 0:
+        return _matches(gt, preds, thresholds, tp)
+
+    # Rank of each (useful) prediction inside its (video, class) group: by score descending, ties in input order.
+    cand = np.unique(pair_p)
+    order = np.lexsort((cand, -preds.score[cand], pred_key[cand]))
+    cand = cand[order]
+    keys = pred_key[cand]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    rank_sorted = np.arange(cand.shape[0]) - np.repeat(starts, np.diff(np.r_[starts, cand.shape[0]]))
+    rank = np.empty(num_p, dtype=np.int64)
+    rank[cand] = rank_sorted
+
+    # Pairs ordered by (rank, prediction, tIoU descending, gt index): one contiguous block per prediction.
+    pair_rank = rank[pair_p]
+    porder = np.lexsort((pair_g, -tiou, pair_p, pair_rank))
+    pair_p, pair_g, tiou, pair_rank = pair_p[porder], pair_g[porder], tiou[porder], pair_rank[porder]
+    bounds = np.searchsorted(pair_rank, np.arange(int(pair_rank[-1]) + 2))
+    locked = np.zeros((num_t, gt.num_instances), dtype=bool)
+    above = tiou[None, :] >= thresholds[:, None]  # (T, pairs)
+    for r in range(bounds.shape[0] - 1):
+        a, b = int(bounds[r]), int(bounds[r + 1])
+        sp, sg = pair_p[a:b], pair_g[a:b]
+        valid = above[:, a:b] & ~locked[:, sg]
+        block_start = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
+        lengths = np.diff(np.r_[block_start, sp.shape[0]])
+        csum = np.cumsum(valid, axis=1)
+        before = np.concatenate([np.zeros((num_t, 1), dtype=csum.dtype), csum], axis=1)[:, block_start]
+        first = valid & (csum - np.repeat(before, lengths, axis=1) == 1)
+        t_idx, j = np.nonzero(first)
+        locked[t_idx, sg[j]] = True
+        tp[t_idx, sp[j]] = True
+    return _matches(gt, preds, thresholds, tp)
+
+
+def _matches(gt: DetectionGroundTruth, preds: DetectionPredictions, thresholds: np.ndarray,
+             tp: np.ndarray) -> DetectionMatches:
+    return DetectionMatches(
+        classes=np.asarray(gt.classes, dtype=object), video_ids=np.asarray(gt.video_ids, dtype=object),
+        tiou_thresholds=thresholds, pred_class=preds.label.copy(), pred_video=preds.video.copy(),
+        pred_score=preds.score.copy(), tp=tp, gt_class=gt.gt_class.copy(), gt_video=gt.gt_video.copy(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Average precision
+
+
+def interpolated_ap(tp_weight: np.ndarray, fp_weight: np.ndarray, num_positives: float) -> np.ndarray:
+    """VOC-2011 interpolated AP for ranked detections; ``tp_weight``/``fp_weight`` are (T, N) in rank order.
+
+    Equals the official ``interpolated_prec_rec``: precision made monotone from the right, summed over the recall
+    steps (a zero recall step adds nothing, so summing every step is the same as summing where recall changes).
+    Columns whose weights are both zero must be removed by the caller.
+    """
+    if tp_weight.shape[1] == 0:
+        return np.zeros(tp_weight.shape[0])
+    tp_c = np.cumsum(tp_weight, axis=1)
+    fp_c = np.cumsum(fp_weight, axis=1)
+    recall = tp_c / num_positives
+    precision = tp_c / (tp_c + fp_c)
+    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+    steps = np.diff(recall, axis=1, prepend=0.0)
+    return np.sum(steps * envelope, axis=1)
+
+
+def ap_from_matches(matches: DetectionMatches, video_weights: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+    """(T, C) AP from matches; ``video_weights`` (V,) re-weights ground-truth videos (bootstrap multiplicities).
+
+    A weight w counts the video's instances and its predictions' TP/FP w times, as if the video were present w
+    times under new names (tested); w = 0 drops it. Predictions of videos outside the ground truth keep weight 1.
+    A class whose weighted instance count is 0 gets NaN (it would not be evaluated; use ``np.nanmean``).
+    """
+    num_t = matches.tiou_thresholds.shape[0]
+    num_c = matches.classes.shape[0]
+    if video_weights is None:
+        pred_w = np.ones(matches.pred_score.shape[0])
+        npos = np.bincount(matches.gt_class, minlength=num_c).astype(np.float64)
+    else:
+        w = np.asarray(video_weights, dtype=np.float64)
+        if w.shape != (matches.video_ids.shape[0],):
+            raise ValueError(f"video_weights has shape {w.shape}; expected ({matches.video_ids.shape[0]},)")
+        pred_w = np.where(matches.pred_video >= 0, w[np.maximum(matches.pred_video, 0)], 1.0)
+        npos = np.bincount(matches.gt_class, weights=w[matches.gt_video], minlength=num_c)
+    keep = pred_w > 0
+    idx = np.flatnonzero(keep)
+    order = idx[np.lexsort((idx, -matches.pred_score[idx], matches.pred_class[idx]))]
+    cls = matches.pred_class[order]
+    bounds = np.searchsorted(cls, np.arange(num_c + 1))
+    tpw = matches.tp[:, order] * pred_w[order][None, :]
+    fpw = (~matches.tp[:, order]) * pred_w[order][None, :]
+    ap = np.zeros((num_t, num_c))
+    for c in range(num_c):
+        if npos[c] <= 0:
+            ap[:, c] = np.nan
+            continue
+        a, b = bounds[c], bounds[c + 1]
+        ap[:, c] = interpolated_ap(tpw[:, a:b], fpw[:, a:b], npos[c])
+    return ap
+
+
+def evaluate_detection(
+    gt: DetectionGroundTruth | str | os.PathLike[str] | TALDataset,
+    preds: DetectionPredictions | str | os.PathLike[str] | Mapping[str, Any],
+    tiou_thresholds: Sequence[float] | np.ndarray = TIOU_THRESHOLDS,
+) -> DetectionResult:
+    """Official ActivityNet detection metrics: AP (T, C), mAP (T,), average mAP."""
+    gt, preds = _coerce(gt, preds)
+    matches = match_detections(gt, preds, tiou_thresholds)
+    ap = ap_from_matches(matches)
+    mAP = ap.mean(axis=1)
+    average = float(mAP.mean()) if mAP.size else math.nan
+    log.info("%s: average mAP %.4f over %d classes, %d predictions", preds.source, average, len(gt.classes),
+             len(preds))
+    return DetectionResult(tiou_thresholds=matches.tiou_thresholds, ap=ap, mAP=mAP, average_mAP=average,
+                           classes=gt.classes)

@@ -1,0 +1,223 @@
+"""Memory of one training step: LoFi's premise is that a low-fidelity step fits the memory budget.
+
+``activation_bytes`` counts the tensors autograd saves for the backward pass (via
+``torch.autograd.graph.saved_tensors_hooks``) during one forward of encoder + head + loss: each underlying storage
+once (views share storage), parameters and buffers excluded (they are model state, not activations). It is exact,
+device independent, and available on CPU, CUDA and the ``meta`` device (which allocates nothing, so even full
+fidelity at 100 × 8 × 224² can be measured on a laptop). It grows linearly with the batch.
+
+``peak_bytes`` is ``torch.cuda.max_memory_allocated`` over the step on CUDA (weights, gradients, activations,
+workspace and allocator rounding included), ``None`` elsewhere.
+
+    report = measure_step_memory(encoder, head, batch=1, snippets=100, frames=8, size=224, device="meta")
+    reports = measure_fidelities("tsm_resnet18", "gtad", batch=1, snippets=100, frames=8, size=224)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+FIDELITIES: tuple[str, ...] = ("full", "S", "T", "ST")
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Memory of one training step at one input shape."""
+
+    activation_bytes: int
+    peak_bytes: int | None
+    saved_storages: int
+    param_bytes: int
+    batch: int
+    snippets: int
+    frames: int
+    size: int
+    device: str
+
+
+class _SavedTensorMeter:
+    """Counts the bytes of distinct storages that autograd saves, skipping the given (parameter) storages."""
+
+    def __init__(self, excluded: set[Any]) -> None:
+        self.excluded = excluded
+        self.storages: dict[Any, int] = {}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key not in self.excluded and key not in self.storages:
+            self.storages[key] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    @staticmethod
+    def unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.storages.values())
+
+
+def _storage_key(tensor: torch.Tensor) -> Any:
+    # Saved tensors stay alive until backward, so a storage address cannot be reused while we count. Meta tensors
+    # have no address (all 0); their storage object's identity distinguishes them instead.
+    storage = tensor.untyped_storage()
+    if tensor.device.type == "meta":
+        return ("meta", storage._cdata)
+    return (str(tensor.device), storage.data_ptr())
+
+
+def _state_storages(*modules: nn.Module) -> set[Any]:
+    keys = set()
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            keys.add(_storage_key(t))
+    return keys
+
+
+@contextlib.contextmanager
+def _buffers_restored(*modules: nn.Module) -> Iterator[None]:
+    """Measuring must not change the model: BatchNorm statistics updated on random input are put back."""
+    saved = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def _scalar_loss(outputs: Any) -> torch.Tensor:
+    # A plain sum: the loss's own saved tensors are tiny next to the encoder's, and any scalar backpropagates
+    # through the whole graph, which is all the measurement needs.
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float().sum()
+    if isinstance(outputs, Mapping):
+        return sum((_scalar_loss(v) for v in outputs.values()), torch.zeros((), device=_first_device(outputs)))
+    raise TypeError(f"head output must be a tensor or a dict of tensors, got {type(outputs).__name__}")
+
+
+def _first_device(outputs: Mapping[str, Any]) -> torch.device:
+    for value in outputs.values():
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")
+
+
+def measure_step_memory(
+    encoder: nn.Module,
+    head: nn.Module,
+    *,
+    batch: int,
+    snippets: int,
+    frames: int,
+    size: int,
+    device: str | torch.device = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> MemoryReport:
+    """Run one training step (forward, scalar loss, backward) on random input (B, L, F, 3, S, S) and measure it.
+
+    ``encoder`` and ``head`` are moved to ``device`` in place and put in training mode; their gradients are
+    cleared afterwards and their buffers (BatchNorm statistics) restored, so the step leaves no trace. The head
+    gets the encoder features as (B, D, L). ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the forward in autocast.
+    """
+    dev = torch.device(device)
+    encoder.to(dev).train()
+    head.to(dev).train()
+    if dev.type == "meta":
+        x = torch.empty((batch, snippets, frames, 3, size, size), device=dev)
+    else:
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        x = torch.rand((batch, snippets, frames, 3, size, size), generator=gen, device=dev)
+    meter = _SavedTensorMeter(excluded=_state_storages(encoder, head))
+    param_bytes = sum(p.numel() * p.element_size() for m in (encoder, head) for p in m.parameters())
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    autocast = (
+        torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    )
+    with _buffers_restored(encoder, head):
+        with autocast, torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+            features = encoder(x)  # (B, L, D)
+            outputs = head(features.transpose(1, 2))
+            loss = _scalar_loss(outputs)
+        loss.backward()
+    peak = None
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        peak = int(torch.cuda.max_memory_allocated(dev))
+    encoder.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    report = MemoryReport(
+        activation_bytes=meter.total_bytes,
+        peak_bytes=peak,
+        saved_storages=len(meter.storages),
+        param_bytes=param_bytes,
+        batch=batch,
+        snippets=snippets,
+        frames=frames,
+        size=size,
+        device=str(dev),
+    )
+    log.debug("step memory %s", report)
+    return report
+
+
+def fidelity_shapes(*, snippets: int, size: int) -> dict[str, tuple[int, int]]:
+    """(L, size) of full fidelity and of the paper's S, T and ST LoFi settings."""
+    from harness.fidelity import PAPER_RATIOS, fidelity_shape
+
+    shapes = {"full": (snippets, size)}
+    for name in FIDELITIES[1:]:
+        r_t, r_s = PAPER_RATIOS[name]
+        shapes[name] = fidelity_shape(snippets, size, r_t, r_s)
+    return shapes
+
+
+def measure_fidelities(
+    encoder_name: str,
+    head_name: str,
+    *,
+    batch: int,
+    snippets: int,
+    frames: int,
+    size: int,
+    device: str | torch.device = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    encoder_kwargs: Mapping[str, Any] | None = None,
+    head_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, MemoryReport]:
+    """One training step's memory at full fidelity (``snippets`` × ``size``²) and at the paper's S, T, ST.
+
+    The encoder is built once (random weights; memory does not depend on their values); the head is rebuilt for
+    each temporal length L because its proposal map depends on L.
+    """
+    from encoders import create_encoder
+    from heads import create_head
+
+    encoder = create_encoder(encoder_name, **dict(encoder_kwargs or {}))
+    reports: dict[str, MemoryReport] = {}
+    for name, (length, side) in fidelity_shapes(snippets=snippets, size=size).items():
+        head = create_head(head_name, in_features=encoder.num_features, temporal_length=length, **dict(head_kwargs or {}))
+        reports[name] = measure_step_memory(
+            encoder,
+            head,
+            batch=batch,
+            snippets=length,
+            frames=frames,
+            size=side,
+            device=device,
+            amp_dtype=amp_dtype,
+        )
+        log.info("%s: L=%d size=%d activation %.1f MiB", name, length, side, reports[name].activation_bytes / 2**20)
+    return reports

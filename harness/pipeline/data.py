@@ -1,0 +1,132 @@
+"""From a DataConfig to tensors: the dataset, its video files, clips at a fidelity, TAL targets, pre-training
+sources. Everything random takes an explicit seed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.data.model import TALDataset, Video
+from harness.errors import LofiError, VideoError
+from harness.experiment import DataConfig, FidelityConfig
+
+log = logging.getLogger(__name__)
+
+
+def prepare_dataset(cfg: DataConfig) -> TALDataset:
+    """Read the annotations; generate the synthetic benchmark first when the config asks for it."""
+    from harness.data.annotations import read_annotations
+
+    if cfg.synthetic_profile:
+        from harness.data.synthetic import generate
+
+        if not (cfg.root / "manifest.json").is_file():
+            log.info("generating the synthetic benchmark (profile %s, seed %d) into %s",
+                     cfg.synthetic_profile, cfg.synthetic_seed, cfg.root)
+        generate(cfg.synthetic_profile, cfg.synthetic_seed, cfg.root)  # no-op when complete
+    path = cfg.annotations_path()
+    if not path.is_file():
+        raise LofiError(f"{path}: annotation file not found; set data.root / data.annotations in the config")
+    ds = read_annotations(path, layout=cfg.layout, clip_segments=cfg.clip_segments)
+    for subset in {cfg.train_subset, cfg.val_subset, cfg.test_subset}:
+        if not ds.subset(subset):
+            raise LofiError(f"{path}: no videos in subset '{subset}'; set data.*_subset to one of {sorted(ds.subset_counts())}")
+    return ds
+
+
+def video_file(cfg: DataConfig, video: Video) -> Path:
+    """Where a video's file is: the annotation's own path (relative to the annotation file), else video_dir/id+ext."""
+    base = cfg.annotations_path().parent
+    if video.path is not None:
+        p = Path(video.path)
+        return p if p.is_absolute() else base / p
+    return cfg.root / cfg.video_dir / f"{video.id}{cfg.video_ext}"
+
+
+def dominant_label(video: Video) -> str:
+    """The video-level class: the label covering the most time (ActivityNet videos mostly have one)."""
+    total: dict[str, float] = {}
+    for s in video.segments:
+        total[s.label] = total.get(s.label, 0.0) + (s.end - s.start)
+    return max(sorted(total), key=lambda k: total[k])
+
+
+class VideoFrames:
+    """Decoded frames of the dataset's videos through the on-disk FrameCache; corrupt videos stop the run or,
+    with ``data.skip_corrupt``, are skipped with a warning and counted."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        from harness.data.video import FrameCache
+
+        self.cfg = cfg
+        self.cache = FrameCache(cfg.cache_dir, max_side=cfg.max_side, memory_items=4096)
+        self.skipped: list[str] = []
+
+    def usable(self, videos: list[Video]) -> list[Video]:
+        """The videos that decode; decoding here also warms the cache before training starts."""
+        from tqdm import tqdm
+
+        out = []
+        for v in tqdm(videos, desc="decode", unit="video", disable=len(videos) < 50, leave=False):
+            try:
+                self.cache.get(video_file(self.cfg, v))
+                out.append(v)
+            except VideoError as exc:
+                if not self.cfg.skip_corrupt:
+                    raise LofiError(f"{exc} (set data.skip_corrupt=true to skip such videos)") from None
+                log.warning("skipping video %s: %s", v.id, exc)
+                self.skipped.append(v.id)
+        return out
+
+    def clip(self, video: Video, *, snippets: int, frames: int, stride: int, size: int) -> torch.Tensor:
+        from harness.data.video import sample_snippets
+
+        arr = self.cache.get(video_file(self.cfg, video))
+        return sample_snippets(arr, snippets, frames, stride, size)
+
+    def batch(self, videos: list[Video], *, snippets: int, fid: FidelityConfig, size: int) -> torch.Tensor:
+        """(B, L, F, 3, size, size) float in [0, 1]."""
+        return torch.stack([self.clip(v, snippets=snippets, frames=fid.frames, stride=fid.stride, size=size) for v in videos])
+
+
+def relative_segments(video: Video) -> np.ndarray:
+    """(K, 2) segments as fractions of the video's duration, clipped to [0, 1]."""
+    seg = video.segment_array() / max(video.duration, 1e-9)
+    return np.clip(seg, 0.0, 1.0)
+
+
+def tal_targets(videos: list[Video], snippets: int, max_duration: int) -> dict[str, torch.Tensor]:
+    from heads.labels import make_targets
+
+    per = [make_targets(relative_segments(v), snippets, max_duration) for v in videos]
+    return {k: torch.stack([torch.as_tensor(t[k]) for t in per]) for k in per[0]}
+
+
+@dataclass(frozen=True)
+class LabelledItem:
+    path: Path
+    label: int
+    start: float = 0.0  # seconds; used for trimmed segments of long videos (ACP+)
+    end: float = -1.0
+
+
+def read_source_index(cfg: DataConfig, rel: str, key: str) -> tuple[list[str], list[LabelledItem]]:
+    """A pre-training source index (``clips/index.json`` or ``images/index.json``)."""
+    path = Path(rel) if Path(rel).is_absolute() else cfg.root / rel
+    if not path.is_file():
+        raise LofiError(f"{path}: pre-training source index not found; generate the synthetic benchmark or set "
+                        f"data.{'acp' if key == 'clips' else 'icp'}_source")
+    try:
+        index = json.loads(path.read_text())
+        classes = [str(c) for c in index["classes"]]
+        cidx = {c: i for i, c in enumerate(classes)}
+        # entry paths are relative to the dataset root, as the synthetic generator writes them
+        items = [LabelledItem(cfg.root / e["path"], cidx[e["label"]]) for e in index[key]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LofiError(f"{path}: malformed source index ({exc}); expected {{'classes': [...], '{key}': [{{'path', 'label'}}]}}") from None
+    return classes, items

@@ -1,0 +1,59 @@
+"""Stage 3a: the frozen encoder's full-fidelity snippet features, one file per video, shared by every head."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from harness.experiment import ExperimentConfig
+from harness.io import atomic_path
+from harness.pipeline.data import VideoFrames, prepare_dataset
+from harness.pipeline.pretrain import load_encoder
+from harness.pipeline.runtime import autocast, mark_done, select_device, stage_done
+from harness.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def feature_path(out: Path, video_id: str) -> Path:
+    return out / "videos" / f"{video_id}.npy"
+
+
+@torch.no_grad()
+def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, seed: int = 0, batch_size: int = 8) -> Path:
+    """Extract (L, D) float32 features for every video of the three subsets; resumable per video."""
+    if stage_done(out):
+        return out
+    seed_everything(seed, cfg.runtime.deterministic)
+    device = select_device(cfg.runtime)
+    ds = prepare_dataset(cfg.data)
+    frames = VideoFrames(cfg.data)
+    wanted = [v for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)) for v in ds.subset(s)]
+    videos = frames.usable(wanted)
+    todo = [v for v in videos if not feature_path(out, v.id).is_file()]
+    encoder = load_encoder(cfg, encoder_checkpoint).to(device).eval()
+    fid = cfg.fidelity
+    t0 = time.perf_counter()
+    for i in tqdm(range(0, len(todo), batch_size), desc="features", unit="batch", disable=not cfg.runtime.progress, leave=False):
+        part = todo[i : i + batch_size]
+        x = frames.batch(part, snippets=fid.snippets, fid=fid, size=fid.size).to(device)
+        with autocast(device, cfg.runtime.amp):
+            feats = encoder(x).float().cpu().numpy()
+        for v, f in zip(part, feats):
+            with atomic_path(feature_path(out, v.id)) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, f.astype(np.float32))
+    mark_done(out, {"stage": "features", "videos": len(videos), "skipped_videos": frames.skipped,
+                    "encoder_checkpoint": str(encoder_checkpoint), "num_features": int(encoder.num_features),
+                    "time_s": time.perf_counter() - t0})
+    return out
+
+
+def load_features(out: Path, video_ids: list[str]) -> torch.Tensor:
+    """(N, D, L) float32, the layout heads take."""
+    return torch.from_numpy(np.stack([np.load(feature_path(out, v)) for v in video_ids])).transpose(1, 2).contiguous()

@@ -1,0 +1,175 @@
+"""Stage 3b: the TAL head trained from scratch on frozen full-fidelity features, the video-level classifier,
+inference, post-processing (soft-NMS, class fusion), the predictions files and their evaluation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from harness.data.model import TALDataset, Video
+from harness.experiment import ExperimentConfig, OptimConfig
+from harness.io import write_json_atomic
+from harness.pipeline.data import dominant_label, prepare_dataset, tal_targets
+from harness.pipeline.features import load_features
+from harness.pipeline.runtime import (
+    autocast, check_finite, make_optimizer, mark_done, select_device, set_lr, stage_done,
+)
+from harness.seeding import numpy_rng, seed_everything, torch_generator
+from harness.tracking import start_run
+
+log = logging.getLogger(__name__)
+
+
+class VideoClassifier(nn.Module):
+    """Video-level class scores from pooled snippet features (stands in for the external classifier)."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2 * in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, D, L)
+        return self.fc(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))
+
+
+def _train_classifier(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, optim_cfg: OptimConfig,
+                      seed: int, device: torch.device) -> VideoClassifier:
+    model = VideoClassifier(feats.shape[1], num_classes).to(device)
+    opt = make_optimizer(model.parameters(), optim_cfg)
+    n, bs = len(labels), optim_cfg.batch_size
+    for epoch in range(optim_cfg.epochs):
+        set_lr(opt, epoch, optim_cfg)
+        order = torch.from_numpy(numpy_rng(seed, "classifier-order", epoch).permutation(n))
+        for i in range(0, n, bs):
+            idx = order[i : i + bs]
+            loss = F.cross_entropy(model(feats[idx].to(device)), labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(cfg: ExperimentConfig, head: nn.Module, classifier: VideoClassifier, feats: torch.Tensor,
+            videos: list[Video], classes: tuple[str, ...], device: torch.device) -> tuple[dict, dict]:
+    """(detections, proposals) in the official results layout, keyed by video id."""
+    from harness.postprocess import fuse_with_classes, soft_nms_bmn, soft_nms_gaussian
+    from heads.decode import decode_proposals
+
+    head.eval()
+    detections: dict[str, list[dict]] = {}
+    proposals: dict[str, list[dict]] = {}
+    for i in range(0, len(videos), 32):
+        x = feats[i : i + 32].to(device)
+        with autocast(device, cfg.runtime.amp):
+            out = head(x)
+        scores = classifier(x).softmax(dim=1).float().cpu().numpy()
+        for j, v in enumerate(videos[i : i + 32]):
+            props = decode_proposals(out["start"][j].float().cpu(), out["end"][j].float().cpu(),
+                                     out["iou_map"][j].float().cpu(), v.duration)
+            p = cfg.post
+            if p.nms == "gaussian":
+                props = soft_nms_gaussian(props, sigma=p.sigma, top_k=p.top_k)
+            else:
+                props = soft_nms_bmn(props, alpha=p.alpha, low=p.low, high=p.high, top_k=p.top_k)
+            proposals[v.id] = [{"label": "proposal", "score": float(s), "segment": [float(a), float(b)]} for a, b, s in props]
+            detections[v.id] = fuse_with_classes(props, scores[j], list(classes), top_k_classes=p.top_k_classes)
+    return detections, proposals
+
+
+def _results_file(results: dict) -> dict:
+    return {"version": "lofi-bench", "results": results, "external_data": {"used": False}}
+
+
+def evaluate_split(ds: TALDataset, subset: str, detections: dict, proposals: dict) -> dict:
+    from harness.evaluation.detection import evaluate_detection, load_ground_truth, load_predictions
+    from harness.evaluation.proposals import evaluate_proposals
+
+    gt = load_ground_truth(ds, subset=subset)
+    det = evaluate_detection(gt, load_predictions(_results_file(detections), gt))
+    ar = evaluate_proposals(gt, _results_file(proposals), max_avg_proposals=100)
+    return {"tiou_thresholds": [float(t) for t in det.tiou_thresholds], "mAP": [float(m) for m in det.mAP],
+            "average_mAP": float(det.average_mAP), **{k: float(v) for k, v in ar.items()}}
+
+
+def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, parent_run_id: str = "") -> dict:
+    """Train ``cfg.head.name`` from scratch on ``features``; write predictions and ``metrics.json``."""
+    from heads import create_head
+    from heads.losses import tal_loss
+
+    if stage_done(out):
+        import json
+
+        return json.loads((out / "metrics.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed, cfg.runtime.deterministic)
+    device = select_device(cfg.runtime)
+    ds = prepare_dataset(cfg.data)
+    have = {p.stem for p in (features / "videos").glob("*.npy")}
+    split = {s: [v for v in ds.subset(s) if v.id in have] for s in (cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)}
+    train, val, test = split[cfg.data.train_subset], split[cfg.data.val_subset], split[cfg.data.test_subset]
+    x_train = load_features(features, [v.id for v in train])
+    L = x_train.shape[2]
+    D = min(L, cfg.head.max_duration or L)
+    targets = tal_targets(train, L, D)
+    hc, oc = cfg.head, cfg.head.optim
+    head = create_head(hc.name, in_features=x_train.shape[1], temporal_length=L, max_duration=D).to(device)
+    opt = make_optimizer(head.parameters(), oc)
+    cidx = ds.class_index()
+    t0 = time.perf_counter()
+    history = []
+    with start_run(cfg.tracking, run_name=f"head-{hc.name}-seed{seed}", parent_run_id=parent_run_id,
+                   tags={"stage": "head", "head": hc.name, "seed": str(seed)}) as tracker:
+        classifier = _train_classifier(x_train, torch.tensor([cidx[dominant_label(v)] for v in train]), len(ds.classes),
+                                       hc.classifier_optim, seed, device)
+        x_val = load_features(features, [v.id for v in val])
+        for epoch in range(oc.epochs):
+            head.train()
+            lr = set_lr(opt, epoch, oc)
+            order = torch.from_numpy(numpy_rng(seed, "head-order", epoch).permutation(len(train)))
+            tot = 0.0
+            for step, i in enumerate(tqdm(range(0, len(train), oc.batch_size), desc=f"head epoch {epoch + 1}/{oc.epochs}",
+                                          disable=not cfg.runtime.progress, leave=False)):
+                idx = order[i : i + oc.batch_size]
+                with autocast(device, cfg.runtime.amp):
+                    outputs = head(x_train[idx].to(device))
+                loss, _ = tal_loss({k: v.float() for k, v in outputs.items()}, {k: v[idx].to(device) for k, v in targets.items()},
+                                   generator=torch_generator(seed, "head-loss", epoch, step))
+                check_finite(loss, stage=f"head[{hc.name}]", epoch=epoch, step=step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot += float(loss) * len(idx)
+            det, prop = predict(cfg, head, classifier, x_val, val, ds.classes, device)
+            val_metrics = evaluate_split(ds, cfg.data.val_subset, det, prop)
+            row = {"loss": tot / len(train), "lr": lr, "val_average_mAP": val_metrics["average_mAP"]}
+            history.append(row)
+            tracker.log_metrics({f"head_{k}": v for k, v in row.items()}, step=epoch)
+            log.info("head[%s] epoch %d: loss %.4f, validation avg mAP %.4f", hc.name, epoch + 1, row["loss"], row["val_average_mAP"])
+        train_time = time.perf_counter() - t0
+        metrics: dict = {}
+        for name, subset, vids in (("validation", cfg.data.val_subset, val), ("testing", cfg.data.test_subset, test)):
+            det, prop = predict(cfg, head, classifier, load_features(features, [v.id for v in vids]), vids, ds.classes, device)
+            write_json_atomic(out / f"predictions_{name}.json", _results_file(det), indent=None)
+            write_json_atomic(out / f"proposals_{name}.json", _results_file(prop), indent=None)
+            metrics[name] = evaluate_split(ds, subset, det, prop)
+        test_m = metrics["testing"]
+        result = {"mAP": test_m["mAP"], "average_mAP": test_m["average_mAP"], "tiou_thresholds": test_m["tiou_thresholds"],
+                  **{k: v for k, v in test_m.items() if k.startswith("AR@") or k == "AUC"},
+                  "validation": metrics["validation"], "testing": test_m, "history": history,
+                  "time_train_s": train_time, "mlflow_run_id": tracker.run_id}
+        write_json_atomic(out / "metrics.json", result)
+        final = {f"mAP_{t:.2f}": m for t, m in zip(test_m["tiou_thresholds"], test_m["mAP"])}
+        final.update({"average_mAP": test_m["average_mAP"], "val_average_mAP": metrics["validation"]["average_mAP"]})
+        final.update({k.replace("@", "_"): v for k, v in test_m.items() if k.startswith("AR@") or k == "AUC"})
+        tracker.log_metrics(final)
+        for f in ("metrics.json", "predictions_testing.json"):
+            tracker.log_artifact(out / f)
+        mark_done(out, {"stage": "head", "head": hc.name, "seed": seed, "mlflow_run_id": tracker.run_id})
+    return result

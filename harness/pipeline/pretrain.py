@@ -1,0 +1,187 @@
+"""Stage 1: classification pre-training of the encoder.
+
+- ICP: still images (the ImageNet-like source), each shown as a static clip.
+- ACP: trimmed clips of other action classes (the Kinetics-like source).
+- ACP+: ACP, then classification fine-tuning on the target dataset's trimmed training segments.
+On real data ICP/ACP may instead start from weights (timm ImageNet by name, or a local/TSM K400 checkpoint):
+leave ``data.icp_source`` / ``data.acp_source`` empty and set ``encoder.pretrained`` / ``encoder.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from harness.errors import LofiError
+from harness.experiment import ExperimentConfig, OptimConfig
+from harness.pipeline.data import LabelledItem, VideoFrames, dominant_label, read_source_index, video_file
+from harness.pipeline.runtime import (
+    check_finite, load_torch, make_optimizer, mark_done, save_torch, select_device, set_lr, stage_done,
+)
+from harness.seeding import numpy_rng, seed_everything
+from harness.tracking import start_run
+
+log = logging.getLogger(__name__)
+
+
+def build_encoder(cfg: ExperimentConfig, *, from_weights: bool) -> nn.Module:
+    from encoders import create_encoder
+
+    e = cfg.encoder
+    return create_encoder(
+        e.name,
+        pretrained=e.pretrained and from_weights,
+        checkpoint=(e.checkpoint or None) if from_weights else None,
+        shift_over=e.shift_over,
+        grad_checkpointing=e.grad_checkpointing,
+        channels_last=e.channels_last,
+    )
+
+
+def load_encoder(cfg: ExperimentConfig, checkpoint: Path) -> nn.Module:
+    enc = build_encoder(cfg, from_weights=False)
+    state = load_torch(checkpoint)
+    enc.load_state_dict(state["encoder"])
+    return enc
+
+
+def _image_clip(path: Path, frames: int, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        img = np.asarray(Image.open(path).convert("RGB"))
+    except OSError as exc:
+        raise LofiError(f"{path}: cannot read image ({exc}); regenerate the source or remove it from the index") from None
+    t = torch.from_numpy(img).permute(2, 0, 1).float().div(255.0)[None]
+    t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t.expand(frames, -1, -1, -1)[None]  # (L=1, F, 3, S, S): a still image as a static clip
+
+
+def _video_clip(frames_src: VideoFrames, path: Path, frames: int, size: int, start: float = 0.0, end: float = -1.0,
+                fps: float | None = None) -> torch.Tensor:
+    from harness.data.video import sample_snippets
+
+    arr = frames_src.cache.get(path)
+    if end > start and fps:
+        a, b = int(start * fps), max(int(start * fps) + 1, int(np.ceil(end * fps)))
+        arr = arr[a : min(b, len(arr))] if a < len(arr) else arr[-1:]
+    stride = max(1, len(arr) // frames)
+    return sample_snippets(arr, 1, frames, stride, size)
+
+
+def _load_items(cfg: ExperimentConfig, mode: str, frames_src: VideoFrames) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """All pre-training inputs as one tensor (N, 1, F, 3, S, S); the synthetic sources are small."""
+    size, nf = cfg.fidelity.size, cfg.pretrain.clip_frames
+    if mode == "icp":
+        classes, items = read_source_index(cfg.data, cfg.data.icp_source, "images")
+        clips = [_image_clip(it.path, nf, size) for it in tqdm(items, desc="load images", leave=False)]
+    elif mode == "acp":
+        classes, items = read_source_index(cfg.data, cfg.data.acp_source, "clips")
+        clips = [_video_clip(frames_src, it.path, nf, size) for it in tqdm(items, desc="load clips", leave=False)]
+    else:  # acp+: the target's trimmed training segments
+        from harness.pipeline.data import prepare_dataset
+
+        ds = prepare_dataset(cfg.data)
+        classes = list(ds.classes)
+        cidx = ds.class_index()
+        vids = frames_src.usable(ds.subset(cfg.data.train_subset))
+        items, clips = [], []
+        for v in vids:
+            fps = v.fps or (len(frames_src.cache.get(video_file(cfg.data, v))) / max(v.duration, 1e-9))
+            for s in v.segments:
+                items.append(LabelledItem(video_file(cfg.data, v), cidx[s.label], s.start, s.end))
+                clips.append(_video_clip(frames_src, items[-1].path, nf, size, s.start, s.end, fps))
+    labels = torch.tensor([it.label for it in items], dtype=torch.long)
+    return classes, torch.stack(clips), labels
+
+
+def _classify(encoder: nn.Module, classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return classifier(encoder(x).mean(dim=1))
+
+
+def train_classification(
+    encoder: nn.Module,
+    clips: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    optim_cfg: OptimConfig,
+    *,
+    seed: int,
+    stage: str,
+    device: torch.device,
+    progress: bool,
+    tracker,
+) -> list[dict[str, float]]:
+    """Cross-entropy training of encoder + a linear classifier; returns per-epoch history."""
+    classifier = nn.Linear(encoder.num_features, num_classes).to(device)
+    encoder.to(device).train()
+    opt = make_optimizer(list(encoder.parameters()) + list(classifier.parameters()), optim_cfg)
+    n, bs = len(labels), optim_cfg.batch_size
+    history = []
+    for epoch in range(optim_cfg.epochs):
+        lr = set_lr(opt, epoch, optim_cfg)
+        order = torch.from_numpy(numpy_rng(seed, stage, "order", epoch).permutation(n))
+        tot, correct, t0 = 0.0, 0, time.perf_counter()
+        bar = tqdm(range(0, n, bs), desc=f"{stage} epoch {epoch + 1}/{optim_cfg.epochs}", disable=not progress, leave=False)
+        for step, i in enumerate(bar):
+            idx = order[i : i + bs]
+            x, y = clips[idx].to(device), labels[idx].to(device)
+            logits = _classify(encoder, classifier, x)
+            loss = F.cross_entropy(logits, y)
+            check_finite(loss, stage=stage, epoch=epoch, step=step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss) * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        row = {"loss": tot / n, "accuracy": correct / n, "lr": lr, "clips_per_s": n / (time.perf_counter() - t0)}
+        history.append(row)
+        tracker.log_metrics({f"{stage}_{k}": v for k, v in row.items()}, step=epoch)
+        log.info("%s epoch %d: loss %.4f acc %.3f", stage, epoch + 1, row["loss"], row["accuracy"])
+    return history
+
+
+def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, init: Path | None = None,
+                 parent_run_id: str = "") -> Path:
+    """Pre-train the encoder (mode icp | acp | acp+) and write ``out/encoder.pt``; reuses a finished stage.
+
+    ``init``: for acp+, the ACP encoder to fine-tune (trained here first when not given)."""
+    if mode not in ("icp", "acp", "acp+"):
+        raise LofiError(f"pre-training mode '{mode}' is unknown; use icp, acp or acp+")
+    if stage_done(out):
+        return out / "encoder.pt"
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed, cfg.runtime.deterministic)
+    device = select_device(cfg.runtime)
+    frames_src = VideoFrames(cfg.data)
+    source = cfg.data.icp_source if mode == "icp" else cfg.data.acp_source
+    with start_run(cfg.tracking, run_name=f"pretrain-{mode}-seed{seed}", parent_run_id=parent_run_id,
+                   tags={"stage": "pretrain", "mode": mode, "seed": str(seed)}) as tracker:
+        t0 = time.perf_counter()
+        if mode == "acp+":
+            encoder = load_encoder(cfg, init) if init else None
+            if encoder is None:
+                raise LofiError("acp+ needs the ACP encoder: pass init=<acp out>/encoder.pt (lofi run does this)")
+            classes, clips, labels = _load_items(cfg, mode, frames_src)
+            history = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.finetune, seed=seed,
+                                           stage="acp+", device=device, progress=cfg.runtime.progress, tracker=tracker)
+        elif not source:  # real data: start from published weights instead of training
+            encoder = build_encoder(cfg, from_weights=True)
+            history = []
+        else:
+            encoder = build_encoder(cfg, from_weights=False)
+            classes, clips, labels = _load_items(cfg, mode, frames_src)
+            history = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.optim, seed=seed,
+                                           stage=mode, device=device, progress=cfg.runtime.progress, tracker=tracker)
+        save_torch(out / "encoder.pt", {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name})
+        mark_done(out, {"stage": "pretrain", "mode": mode, "seed": seed, "history": history,
+                        "time_s": time.perf_counter() - t0, "mlflow_run_id": tracker.run_id})
+    return out / "encoder.pt"

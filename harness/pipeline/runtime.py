@@ -1,0 +1,102 @@
+"""Run-time plumbing shared by the stages: device choice, threads, stage markers, checkpoints, lr schedule."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from harness.errors import LofiError
+from harness.experiment import OptimConfig, RuntimeConfig
+from harness.io import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+DONE = "done.json"
+
+
+def select_device(cfg: RuntimeConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise LofiError("runtime.device=cuda but no CUDA device is visible; use runtime.device=auto or cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def configure_threads(cfg: RuntimeConfig) -> None:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+
+
+def autocast(device: torch.device, enabled: bool):  # -> context manager
+    """bf16 autocast on CUDA; a no-op elsewhere (CPU bf16 is slower than fp32 on most CPUs)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def stage_done(out: Path) -> dict[str, Any] | None:
+    p = out / DONE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def mark_done(out: Path, info: dict[str, Any]) -> None:
+    write_json_atomic(out / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: Path) -> Any:
+    if not path.is_file():
+        raise LofiError(f"{path}: checkpoint not found; run the stage that writes it first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise LofiError(f"{path}: not a readable checkpoint ({type(exc).__name__}); delete it and re-run the stage") from None
+
+
+def make_optimizer(params: Iterable[dict[str, Any]] | Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def step_lr(base_lr: float, epoch: int, step_size: int, gamma: float) -> float:
+    """Step decay as a pure function of the epoch (so resuming needs no scheduler state)."""
+    return base_lr * gamma ** (epoch // max(1, step_size))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, epoch: int, cfg: OptimConfig) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = step_lr(group.setdefault("base_lr", group["lr"]), epoch, cfg.step_size, cfg.gamma)
+    return optimizer.param_groups[0]["lr"]
+
+
+def check_finite(loss: torch.Tensor, *, stage: str, epoch: int, step: int) -> None:
+    if not math.isfinite(float(loss.detach())):
+        raise LofiError(
+            f"{stage}: loss is {float(loss.detach())} at epoch {epoch} step {step}; lower the learning rate "
+            "or check the inputs (the last finished epoch's checkpoint is kept)"
+        )
+
+
+@dataclass(frozen=True)
+class Env:
+    """Versions and host recorded with every run."""
+
+    python: str
+    torch: str
+    host: str
+
+    @staticmethod
+    def capture() -> "Env":
+        return Env(platform.python_version(), torch.__version__, platform.node())
