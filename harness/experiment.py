@@ -152,6 +152,35 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class OptunaConfig:
+    trials: int = 12
+    sampler_seed: int = 0
+    r_t: tuple[float, float] = (1.0, 8.0)  # search ranges (continuous)
+    r_s: tuple[float, float] = (1.0, 4.0)
+    multi_objective: bool = False  # maximise validation mAP and minimise activation memory
+    search_seed: int = 0  # the run seed used inside the search
+    fresh_seeds: tuple[int, ...] = (100, 101, 102)  # re-runs of the best (r_t, r_s) for the test-split report
+    pruning: bool = True
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What the Snakefile sweeps; single-run commands ignore it."""
+
+    results: str = "results"
+    encoders: tuple[str, ...] = ("tsm_resnet_tiny",)
+    heads: tuple[str, ...] = ("gtad", "bmn")
+    ablation_modes: tuple[str, ...] = ("acp", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long")
+    pretrain_modes: tuple[str, ...] = ("icp", "acp", "acp+", "lofi-long")
+    model_modes: tuple[str, ...] = ("acp", "lofi-long")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_boot: int = 1000
+    threads_per_job: int = 1
+    gpu_per_job: int = 0  # GPU jobs declare resources: gpu=this (limit with --resources gpu=N)
+    optuna: OptunaConfig = field(default_factory=OptunaConfig)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
@@ -162,6 +191,7 @@ class ExperimentConfig:
     post: PostConfig = field(default_factory=PostConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -35,6 +35,7 @@ class MemoryReport:
 
     activation_bytes: int
     peak_bytes: int | None
+    head_activation_bytes: int  # the part first saved by the head and the loss (the rest is the encoder's)
     saved_storages: int
     param_bytes: int
     batch: int
@@ -45,25 +46,43 @@ class MemoryReport:
 
 
 class _SavedTensorMeter:
-    """Counts the bytes of distinct storages that autograd saves, skipping the given (parameter) storages."""
+    """Counts the bytes of distinct storages that autograd saves, skipping the given (parameter) storages.
+
+    Each storage is attributed to the ``phase`` during which it was first saved ("encoder" or "head").
+    """
 
     def __init__(self, excluded: set[Any]) -> None:
         self.excluded = excluded
-        self.storages: dict[Any, int] = {}
+        self.phase = "encoder"
+        self.storages: dict[Any, tuple[int, str]] = {}
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(tensor)
-        if key not in self.excluded and key not in self.storages:
-            self.storages[key] = tensor.untyped_storage().nbytes()
+        for part in _dense_parts(tensor):
+            key = _storage_key(part)
+            if key not in self.excluded and key not in self.storages:
+                self.storages[key] = (part.untyped_storage().nbytes(), self.phase)
         return tensor
 
     @staticmethod
     def unpack(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.storages.values())
+    def total_bytes(self, phase: str | None = None) -> int:
+        return sum(n for n, p in self.storages.values() if phase is None or p == phase)
+
+
+def _dense_parts(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The strided tensors holding ``tensor``'s memory (a sparse tensor has no storage of its own)."""
+    layout = tensor.layout
+    if layout == torch.strided:
+        return (tensor,)
+    if layout == torch.sparse_coo:
+        return (tensor._indices(), tensor._values())
+    if layout in (torch.sparse_csr, torch.sparse_bsr):
+        return (tensor.crow_indices(), tensor.col_indices(), tensor.values())
+    if layout in (torch.sparse_csc, torch.sparse_bsc):
+        return (tensor.ccol_indices(), tensor.row_indices(), tensor.values())
+    raise TypeError(f"cannot measure a saved tensor with layout {layout}")
 
 
 def _storage_key(tensor: torch.Tensor) -> Any:
@@ -128,11 +147,16 @@ def measure_step_memory(
 
     ``encoder`` and ``head`` are moved to ``device`` in place and put in training mode; their gradients are
     cleared afterwards and their buffers (BatchNorm statistics) restored, so the step leaves no trace. The head
-    gets the encoder features as (B, D, L). ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the forward in autocast.
+    gets the encoder features as (B, D, L). ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the forward in autocast;
+    the low-precision weight copies autocast saves then count as activations.
+
+    On ``device="meta"`` the encoder runs without allocating; the head runs on CPU on a leaf tensor shaped like the
+    features (heads use sparse kernels that meta lacks, and their activations are small), and both are counted.
     """
     dev = torch.device(device)
+    head_dev = torch.device("cpu") if dev.type == "meta" else dev
     encoder.to(dev).train()
-    head.to(dev).train()
+    head.to(head_dev).train()
     if dev.type == "meta":
         x = torch.empty((batch, snippets, frames, 3, size, size), device=dev)
     else:
@@ -149,9 +173,15 @@ def measure_step_memory(
     with _buffers_restored(encoder, head):
         with autocast, torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
             features = encoder(x)  # (B, L, D)
-            outputs = head(features.transpose(1, 2))
+            meter.phase = "head"
+            head_input = features.transpose(1, 2)
+            if head_dev != dev:
+                head_input = torch.rand(head_input.shape, dtype=head_input.dtype, requires_grad=True)
+            outputs = head(head_input)
             loss = _scalar_loss(outputs)
         loss.backward()
+        if head_dev != dev:
+            features.backward(torch.ones_like(features))
     peak = None
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -159,8 +189,9 @@ def measure_step_memory(
     encoder.zero_grad(set_to_none=True)
     head.zero_grad(set_to_none=True)
     report = MemoryReport(
-        activation_bytes=meter.total_bytes,
+        activation_bytes=meter.total_bytes(),
         peak_bytes=peak,
+        head_activation_bytes=meter.total_bytes("head"),
         saved_storages=len(meter.storages),
         param_bytes=param_bytes,
         batch=batch,

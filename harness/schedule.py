@@ -12,16 +12,15 @@ turn the ratios into shapes with ``harness.fidelity.fidelity_shape``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 from harness.errors import ConfigError
+from harness.fidelity import PAPER_RATIOS
 
 CycleName = Literal["S", "T", "ST", "long", "short", "custom", "full"]
 CYCLES: tuple[str, ...] = ("S", "T", "ST", "long", "short", "custom", "full")
 CYCLE_ORDER: tuple[str, ...] = ("S", "T", "ST")  # the order C-LoFi visits the three fidelities
-PAPER_RATIOS: dict[str, tuple[float, float]] = {"S": (1.0, 2.0), "T": (4.0, 1.0), "ST": (2.0, math.sqrt(2.0))}
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,7 @@ class _SortedDetections:
         self.tp_class: list[np.ndarray] = []
         self.run_start: list[np.ndarray] = []  # index (within the threshold's true positives) of its class's first
         self.offsets = [0]
+        self.runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         count_blocks = []
         for t in range(self.n_thresholds):
             pos = np.flatnonzero(tps[t])
@@ -160,9 +161,13 @@ class _SortedDetections:
             g = np.arange(n_groups, dtype=np.int64)[:, None] * n
             hi = np.searchsorted(keys, g + pos[None, :], side="right")
             lo = np.searchsorted(keys, g + first_of_class[pos][None, :], side="left")
-            count_blocks.append((hi - lo).astype(np.float64))  # (groups, n_t): ranked at or above, same class
+            # float32 is exact here: counts and their weighted sums are integers far below 2**24.
+            count_blocks.append((hi - lo).astype(np.float32))  # (groups, n_t): ranked at or above, same class
             self.offsets.append(self.offsets[-1] + pos.size)
-        self.counts = np.concatenate(count_blocks, axis=1) if count_blocks else np.zeros((n_groups, 0))
+            # Runs of equal class among the true positives: [start, end) and the class of each run.
+            starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if c.size else np.zeros(0, dtype=np.int64)
+            self.runs.append((starts, np.r_[starts[1:], c.size].astype(np.int64), c[starts]))
+        self.counts = np.concatenate(count_blocks, axis=1) if count_blocks else np.zeros((n_groups, 0), np.float32)
 
     def ap(self, weights: np.ndarray, npos: np.ndarray) -> np.ndarray:
         """(B, T, C) AP for group weights (B, groups) and ground-truth counts npos (B, C); NaN where npos is 0."""
@@ -170,26 +175,28 @@ class _SortedDetections:
         b = weights.shape[0]
         c_n = self.n_classes
         sums = np.zeros((b, self.n_thresholds, c_n))
-        totals = weights @ self.counts  # (B, sum n_t) weighted predictions ranked at or above each true positive
-        batch_base = (np.arange(b) * c_n)[:, None]
+        # (B, sum n_t): weighted number of predictions ranked at or above each true positive, in its class.
+        totals = (weights.astype(np.float32) @ self.counts).astype(np.float64)
+        zero = np.zeros((b, 1))
         for t in range(self.n_thresholds):
             cls = self.tp_class[t]
             if cls.size == 0:
                 continue
+            starts, ends, run_class = self.runs[t]
             w = weights[:, self.tp_group[t]]  # (B, n_t)
-            cs = np.cumsum(w, axis=1)
-            cs_before = np.concatenate([np.zeros((b, 1)), cs], axis=1)[:, self.run_start[t]]
-            tp_cum = cs - cs_before
+            cs = np.concatenate([zero, np.cumsum(w, axis=1)], axis=1)
+            tp_cum = cs[:, 1:] - cs[:, self.run_start[t]]
             total = totals[:, self.offsets[t] : self.offsets[t + 1]]
             prec = np.divide(tp_cum, total, out=np.zeros_like(tp_cum), where=total > 0)
             # Running max from the right, restarted at every class: lift each class by an offset that grows as
             # the reversed scan moves to lower classes, so an earlier (lower) class never sees a later one's max.
             lift = 2.0 * (c_n - cls)
-            interp = np.maximum.accumulate((prec + lift)[:, ::-1], axis=1)[:, ::-1] - lift
-            contrib = w * interp
-            sums[:, t, :] = np.bincount(
-                (batch_base + cls[None, :]).ravel(), weights=contrib.ravel(), minlength=b * c_n
-            ).reshape(b, c_n)
+            prec += lift
+            interp = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
+            interp -= lift
+            interp *= w
+            csum = np.concatenate([zero, np.cumsum(interp, axis=1)], axis=1)
+            sums[:, t, run_class] = csum[:, ends] - csum[:, starts]
         npos = np.asarray(npos, dtype=np.float64)[:, None, :]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(npos > 0, sums / np.where(npos > 0, npos, 1.0), np.nan)

@@ -124,7 +124,8 @@ class BMSampler:
         dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
         matrix = self.matrix if dtype == torch.float32 else self.matrix.to(dtype)
         flat = y.to(dtype).reshape(B * C, N * L).t()  # (N·L, B·C)
-        out = torch.sparse.mm(matrix, flat)  # (D·L, B·C)
+        with torch.autocast(device_type=y.device.type, enabled=False):  # keep autocast from halving one side
+            out = torch.sparse.mm(matrix, flat)  # (D·L, B·C)
         return out.t().reshape(B, C, self.max_duration, self.temporal_length).to(y.dtype)
 
 

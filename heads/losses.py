@@ -58,20 +58,27 @@ def _bernoulli_keep(
     return u < prob
 
 
-def pem_reg_loss(
-    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, *, generator: torch.Generator | None = None
+def pem_sample_mask(
+    gt: torch.Tensor, valid: torch.Tensor, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Balanced-sampling MSE; pred, gt (B, D, L), valid (D, L) bool."""
-    gt = gt * valid
+    """Bool like ``gt`` (B, D, L): all high cells, medium and low cells sampled to about the high count."""
     high = (gt > HIGH_IOU) & valid
     medium = (gt > LOW_IOU) & (gt <= HIGH_IOU) & valid
     low = (gt <= LOW_IOU) & valid
-    num_h = high.sum().to(pred.dtype)
+    num_h = high.sum().double()
     r_m = (num_h / medium.sum().clamp(min=1)).clamp(max=1.0)
     r_l = (num_h / low.sum().clamp(min=1)).clamp(max=1.0)
     keep_m = medium & _bernoulli_keep(r_m, gt.shape, gt.device, generator)
     keep_l = low & _bernoulli_keep(r_l, gt.shape, gt.device, generator)
-    weights = (high | keep_m | keep_l).to(pred.dtype)
+    return high | keep_m | keep_l
+
+
+def pem_reg_loss(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Balanced-sampling MSE ``0.5 · Σ w (p - g)² / Σ w``; pred, gt (B, D, L), valid (D, L) bool."""
+    gt = gt * valid
+    weights = pem_sample_mask(gt, valid, generator=generator).to(pred.dtype)
     return 0.5 * (weights * (pred - gt) ** 2).sum() / weights.sum().clamp(min=1.0)
 
 

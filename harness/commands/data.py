@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data_sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data_sub.required = True
     _register_stats(data_sub)
+    _register_synth(data_sub)
 
 
 def _register_stats(data_sub: argparse._SubParsersAction) -> None:
@@ -78,4 +79,39 @@ def _stats(args: argparse.Namespace) -> int:
     dataset = read_annotations(args.annotations, layout=args.layout, clip_segments=args.clip_segments,
                                video_info=args.video_info)
     print(json.dumps(dataset_stats(dataset)) if args.json else _stats_table(dataset))
+    return 0
+
+
+SYNTH_EXAMPLE = """\
+examples:
+  lofi data synth --profile smoke --seed 0 --out data/smoke
+  lofi data synth --profile default --seed 0 --out data/default
+
+Writes OUT/annotations.json (ActivityNet layout), OUT/videos/, OUT/clips/ (ACP source), OUT/images/ (ICP
+source) and, last, OUT/manifest.json. Re-running resumes an interrupted run; a complete OUT is left as it is.
+Design: docs/synthetic.md.
+"""
+
+
+def _register_synth(data_sub: argparse._SubParsersAction) -> None:
+    from harness.data.synthetic import PROFILES
+
+    parser = data_sub.add_parser(
+        "synth",
+        help="generate the built-in synthetic benchmark (videos, annotations, pre-training clips and images)",
+        description="Generate the synthetic TAL benchmark: a deterministic function of --profile and --seed.",
+        epilog=SYNTH_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke", help="size profile (default: smoke)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created; resumable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from harness.data.synthetic import generate
+
+    print(generate(args.profile, args.seed, args.out, progress=not args.no_progress))
     return 0

@@ -9,6 +9,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from harness.errors import LofiError
 from harness.evaluation.detection import evaluate_detection, load_ground_truth, load_predictions
 from harness.evaluation.proposals import evaluate_proposals
 
@@ -81,8 +82,6 @@ def run_detection(args: argparse.Namespace) -> int:
 
 def run_proposals(args: argparse.Namespace) -> int:
     if not args.max_avg_proposals > 0:
-        from harness.errors import LofiError
-
         raise LofiError(f"--max-avg-proposals must be > 0, got {args.max_avg_proposals}")
     gt = load_ground_truth(args.ground_truth, subset=args.subset)
     preds = load_predictions(args.predictions, gt, require_label=False)

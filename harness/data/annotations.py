@@ -98,7 +98,7 @@ def _number(value: Any, file: Path, vid: str, what: str, *, allow_str: bool = Fa
 def _duration(value: Any, file: Path, vid: str, what: str = "duration") -> float:
     duration = _number(value, file, vid, what)
     if duration <= 0:
-        raise _fail(file, vid, f"{what} is {duration}, not positive", f"write the video's length in seconds")
+        raise _fail(file, vid, f"{what} is {duration}, not positive", "write the video's length in seconds")
     return duration
 
 

@@ -183,6 +183,17 @@ def _draw_motion(rng: np.random.Generator, kind: str, frequency: float) -> Motio
     return Motion(kind=kind, frequency=frequency, amplitude=round(float(rng.uniform(low, high)), 3))
 
 
+def _pick_motion(rng: np.random.Generator, appearance: Appearance, preferred: Sequence[str]) -> str:
+    """The first motion in ``preferred`` that is visible on ``appearance`` (rotating a disc or ring that is flat or
+    has concentric rings changes no pixel), else a random visible one."""
+    symmetric = appearance.shape in ("disc", "ring") and appearance.texture in ("flat", "rings")
+    visible = [m for m in MOTIONS if not (symmetric and m in ("spin", "wobble"))]
+    for kind in preferred:
+        if kind in visible:
+            return kind
+    return visible[int(rng.integers(len(visible)))]
+
+
 def make_classes(profile: SynthProfile, seed: int) -> tuple[tuple[ActionClass, ...], tuple[ActionClass, ...],
                                                              tuple[ImageClass, ...]]:
     """Target classes, ACP (clip) classes and ICP (image) classes.
@@ -200,6 +211,7 @@ def make_classes(profile: SynthProfile, seed: int) -> tuple[tuple[ActionClass, .
     base_order = rng.permutation(len(bases))
     # target motions: kinds as distinct as the vocabulary allows, so a class's temporal signature is its own
     kind_order = rng.permutation(len(MOTIONS))
+    taken: set[str] = set()
     targets: list[ActionClass] = []
     used: set[Appearance] = set()
     for i in range(profile.num_classes):
@@ -210,7 +222,8 @@ def make_classes(profile: SynthProfile, seed: int) -> tuple[tuple[ActionClass, .
             if appearance not in used:
                 break
         used.add(appearance)
-        kind = MOTIONS[kind_order[i % len(MOTIONS)]]
+        kind = _pick_motion(rng, appearance, [MOTIONS[k] for k in kind_order if MOTIONS[k] not in taken])
+        taken.add(kind)
         frequency = MOTION_FREQUENCIES[rng.integers(len(MOTION_FREQUENCIES))]
         targets.append(ActionClass(appearance.name, appearance, _draw_motion(rng, kind, frequency)))
     others: list[ActionClass] = []
@@ -221,7 +234,7 @@ def make_classes(profile: SynthProfile, seed: int) -> tuple[tuple[ActionClass, .
         if appearance in used:
             continue
         used.add(appearance)
-        kind = MOTIONS[rng.integers(len(MOTIONS))]
+        kind = _pick_motion(rng, appearance, [MOTIONS[k] for k in rng.permutation(len(MOTIONS))])
         frequency = MOTION_FREQUENCIES[rng.integers(len(MOTION_FREQUENCIES))]
         others.append(ActionClass(appearance.name, appearance, _draw_motion(rng, kind, frequency)))
     objects = [(s, t, p) for s in SHAPES for t in (*TEXTURES, "flat") for p in PERIOD_NAMES]
@@ -452,6 +465,11 @@ def _actor(rng: np.random.Generator, t: np.ndarray, env: np.ndarray, cls: Action
     cx = rng.uniform(0.32, 0.68) + 0.025 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
     cy = rng.uniform(0.32, 0.68) + 0.025 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
     angle = rng.uniform(0, 2 * math.pi) + 0.05 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t)
+    # idle fidget, always on: the actor is never perfectly still, so "something moves near the actor" is not
+    # enough to find the action; the class's faster, larger periodic motion is
+    for axis in range(2):
+        fidget = 0.12 * r0 * np.sin(2 * math.pi * rng.uniform(0.2, 0.4) * t + rng.uniform(0, 6.3))
+        cx, cy = (cx + fidget, cy) if axis == 0 else (cx, cy + fidget)
     radius = np.full(n, r0)
     m = cls.motion
     amp = m.amplitude * rng.uniform(0.9, 1.1)
@@ -486,26 +504,52 @@ def _to_uint8(img: np.ndarray, size: int, supersample: int) -> np.ndarray:
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def render_clip(rng: np.random.Generator, cls: ActionClass, env: np.ndarray, profile: SynthProfile) -> np.ndarray:
-    """uint8 (T, H, W, 3): background, distractors, then the actor moving with amplitude ``env`` (T,)."""
+@dataclass(frozen=True)
+class Scene:
+    """Everything random about one clip, drawn before any pixel: rendering is then deterministic."""
+
+    t: np.ndarray  # (T,) seconds (random offset: no shared phase at frame 0)
+    background_seed: int
+    gain: np.ndarray  # (T,) global lighting
+    distractors: tuple[_Object, ...]
+    actor: _Object
+
+
+def make_scene(rng: np.random.Generator, cls: ActionClass, env: np.ndarray, profile: SynthProfile) -> Scene:
+    t = np.arange(len(env)) / profile.fps + rng.uniform(0, 100.0)
+    background_seed = int(rng.integers(2**31))
+    gain = 1.0 + 0.04 * np.sin(2 * math.pi * rng.uniform(0.02, 0.08) * t + rng.uniform(0, 6.3))
+    distractors = tuple(_distractors(rng, t, profile))
+    return Scene(t, background_seed, gain, distractors, _actor(rng, t, env, cls, profile))
+
+
+def render_scene(scene: Scene, profile: SynthProfile) -> np.ndarray:
+    """uint8 (T, H, W, 3): background, distractors, then the actor, rendered supersampled and box-averaged."""
     size, ss = profile.frame_size, profile.supersample
     side = size * ss
     coords = ((np.arange(side) + 0.5) / side).astype(np.float32)
-    t = np.arange(len(env)) / profile.fps + rng.uniform(0, 100.0)  # random start: no shared phase at t=0
-    img = _background(numpy_rng(int(rng.integers(2**31)), "background"), t, coords)
-    gain = 1.0 + 0.04 * np.sin(2 * math.pi * rng.uniform(0.02, 0.08) * t + rng.uniform(0, 6.3))  # lighting
-    for obj in _distractors(rng, t, profile):
+    img = _background(numpy_rng(scene.background_seed, "background"), scene.t, coords)
+    for obj in (*scene.distractors, scene.actor):
         _composite(img, obj, coords, side)
-    _composite(img, _actor(rng, t, env, cls, profile), coords, side)
-    img *= gain.astype(np.float32)[:, None, None, None]
+    img *= scene.gain.astype(np.float32)[:, None, None, None]
     return _to_uint8(img, size, ss)
 
 
-def render_video(plan: SynthPlan, video: PlannedVideo) -> np.ndarray:
-    """The frames of one planned video, seeded by (seed, video id) only: any order or subset gives the same."""
+def render_clip(rng: np.random.Generator, cls: ActionClass, env: np.ndarray, profile: SynthProfile) -> np.ndarray:
+    """uint8 (T, H, W, 3) of a fresh scene whose actor moves with amplitude ``env`` (T,)."""
+    return render_scene(make_scene(rng, cls, env, profile), profile)
+
+
+def video_scene(plan: SynthPlan, video: PlannedVideo) -> Scene:
+    """The scene of one planned video, seeded by (seed, video id) only: any order or subset gives the same."""
     p = plan.profile
     env = motion_envelope(video.segments, video.num_frames, p.fps, p.ramp_frames)
-    return render_clip(numpy_rng(plan.seed, "synthetic", "video", video.id), plan.class_by_name[video.label], env, p)
+    return make_scene(numpy_rng(plan.seed, "synthetic", "video", video.id), plan.class_by_name[video.label], env, p)
+
+
+def render_video(plan: SynthPlan, video: PlannedVideo) -> np.ndarray:
+    """The frames of one planned video (uint8 (T, H, W, 3))."""
+    return render_scene(video_scene(plan, video), plan.profile)
 
 
 def render_acp_clip(plan: SynthPlan, item: PlannedItem) -> np.ndarray:

@@ -4,8 +4,10 @@ Protocol (see ``/work/shared/reference/paper.md``, "ActivityNet evaluation proto
 
 - Ground truth: the instances of the chosen subset. The classes evaluated are the labels that occur in that
   subset's ground truth (sorted by name; the order does not change any number). THUMOS 'Ambiguous' spans are not
-  ground truth: a :class:`~harness.data.model.TALDataset` keeps them in ``Video.ambiguous`` and they are ignored;
-  in a raw JSON file, annotations labelled ``"Ambiguous"`` are skipped.
+  ground truth: a :class:`~harness.data.model.TALDataset` keeps them in ``Video.ambiguous`` and they are ignored
+  (files in THUMOS layouts are read by ``harness.data.annotations.read_annotations``, which puts them there).
+  Official-layout JSON files are read with their segments exactly as written, like the official evaluator
+  (``read_annotations`` would clip the 215 ActivityNet-1.3 segments that overshoot their video's duration).
 - Predictions: ``{"version", "results": {video_id: [{"label", "score", "segment": [s, e]}]}, "external_data"}``.
   A prediction whose video is not in the subset (``pred_video == -1``) or whose video has no ground truth of its
   class is a false positive. A label that is not an evaluated class is an error (the official code crashes with a
@@ -49,8 +51,6 @@ from harness.errors import AnnotationError, PredictionError
 log = logging.getLogger(__name__)
 
 TIOU_THRESHOLDS: np.ndarray = np.linspace(0.5, 0.95, 10)
-
-AMBIGUOUS_LABEL = "Ambiguous"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,48 +137,62 @@ class DetectionResult:
 # Ground truth
 
 
-def _read_official_json(path: Path) -> TALDataset:
-    """Minimal reader of the official layout (used when harness.data.annotations is not available)."""
-    from harness.data.model import Segment, Video
-
+def _load_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+            return json.load(fh)
     except FileNotFoundError:
         raise AnnotationError(f"{path}: file not found; pass an official ActivityNet-layout JSON") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"{path}: not valid JSON ({exc}); pass an official ActivityNet-layout JSON") from None
+
+
+def _is_official_layout(data: Any) -> bool:
+    """ActivityNet/HACS layout: a ``database`` of videos that state their ``duration`` (THUMOS' JSON does not)."""
     if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
-        raise AnnotationError(f'{path}: no "database" object; expected the official ActivityNet layout')
+        return False
+    entries = [e for e in data["database"].values() if isinstance(e, dict)]
+    return not entries or any("duration" in e for e in entries)
+
+
+def _dataset_from_official(path: Path, data: Any) -> TALDataset:
+    """The official layout with segments exactly as written, as the official evaluator reads them.
+
+    ``harness.data.annotations.read_annotations`` would clip segments that overshoot the video's duration (215 in
+    ActivityNet-1.3), which changes tIoUs; the metric must use the raw values, so this reader keeps them.
+    """
+    from harness.data.model import Segment, Video
+
     videos: dict[str, Video] = {}
-    labels: set[str] = set()
     for vid, info in data["database"].items():
         try:
             segments = []
-            for ann in info.get("annotations", []):
+            for ann in info["annotations"]:
                 start, end = (float(x) for x in ann["segment"])
                 segments.append(Segment(start, end, str(ann["label"])))
-            videos[vid] = Video(
-                id=vid, subset=str(info["subset"]), duration=float(info.get("duration", 0.0)),
-                segments=tuple(segments),
-            )
+            duration = info.get("duration")
+            videos[vid] = Video(id=vid, subset=str(info["subset"]),
+                                duration=math.nan if duration is None else float(duration), segments=tuple(segments))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise AnnotationError(
                 f"{path}: video {vid}: malformed entry ({type(exc).__name__}: {exc}); each video needs "
                 '"subset" and "annotations": [{"segment": [start, end], "label": str}]'
             ) from None
-        labels.update(s.label for s in segments)
+    labels = {s.label for v in videos.values() for s in v.segments}
     return TALDataset(name=path.stem, videos=videos, classes=tuple(sorted(labels)), source=str(path))
 
 
 def _read_dataset(path: Path) -> TALDataset:
+    """Official-layout JSON: read raw (see above). Other layouts (THUMOS14 CSV/JSON, BSN): ``read_annotations``
+    in its lenient mode for real files; THUMOS 'Ambiguous' spans end up in ``Video.ambiguous`` and are ignored."""
+    data = None if path.suffix.lower() == ".csv" else _load_json(path)
+    if data is not None and _is_official_layout(data):
+        return _dataset_from_official(path, data)
     try:
-        from harness.data.annotations import read_annotations  # type: ignore[import-not-found]
-    except ImportError:
-        return _read_official_json(path)
-    if not path.exists():
-        raise AnnotationError(f"{path}: file not found; pass an official ActivityNet-layout JSON")
-    return read_annotations(path)
+        from harness.data.annotations import read_annotations
+    except ImportError:  # the reader of the other layouts is not installed
+        raise AnnotationError(f'{path}: no "database" object; expected the official ActivityNet layout') from None
+    return read_annotations(path, clip_segments=True)
 
 
 def load_ground_truth(
@@ -195,7 +209,7 @@ def load_ground_truth(
         counts = dataset.subset_counts()
         raise AnnotationError(f"{source}: no video in subset {subset!r} (subsets: {counts}); pick another --subset")
     video_ids = tuple(v.id for v in videos)
-    rows = [(i, s) for i, v in enumerate(videos) for s in v.segments if s.label != AMBIGUOUS_LABEL]
+    rows = [(i, s) for i, v in enumerate(videos) for s in v.segments]
     classes = tuple(sorted({s.label for _, s in rows}))
     if not classes:
         raise AnnotationError(f"{source}: subset {subset!r} has no annotated instance; nothing to evaluate")

@@ -28,7 +28,7 @@ def _gt_by_video(database: Mapping[str, Any], subset: str) -> tuple[dict[str, li
         if info["subset"] != subset:
             continue
         per_video[vid] = [(a["label"], [float(a["segment"][0]), float(a["segment"][1])])
-                          for a in info["annotations"] if a["label"] != "Ambiguous"]
+                          for a in info["annotations"]]
         labels.update(lab for lab, _ in per_video[vid])
     return per_video, sorted(labels)
 

@@ -1,0 +1,447 @@
+"""Paper-style tables built from the tidy per-run rows (``row.json``), with seeds and significance.
+
+Every number in a table comes from the rows (and from ``harness.stats`` comparisons computed on the runs' saved
+predictions); provenance (commits, config hashes, MLflow run ids, dates) is taken from the rows as well. A table is
+written three ways, each atomically: Markdown (tabulate ``github``), CSV (the numbers, machine-readable) and LaTeX
+(booktabs). Published numbers (``harness.paper_results``) are put beside measured ones only for the datasets the
+paper used; for synthetic data they never share a column with measurements.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from harness.errors import LofiError
+from harness.io import atomic_path, write_text_atomic
+from harness.paper_results import PAPER, canonical_dataset, published
+from harness.stats import Comparison, mean_sd
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_COLUMNS: tuple[str, ...] = tuple(f"mAP_{t:.2f}" for t in np.linspace(0.5, 0.95, 10))
+SHOWN_METRICS: tuple[tuple[str, str], ...] = (
+    ("mAP_0.50", "mAP@0.5"), ("mAP_0.75", "mAP@0.75"), ("mAP_0.95", "mAP@0.95"), ("average_mAP", "Avg"),
+)
+ABLATION_MODES: tuple[tuple[str, str], ...] = (
+    ("acp", "ACP"), ("lofi-S", "S-LoFi"), ("lofi-T", "T-LoFi"), ("lofi-ST", "ST-LoFi"),
+    ("lofi-short", "Short C-LoFi"), ("lofi-long", "Long C-LoFi"),
+)
+PRETRAIN_MODES: tuple[tuple[str, str], ...] = (("icp", "ICP"), ("acp", "ACP"), ("acp+", "ACP+"), ("lofi-long", "LoFi"))
+MODE_LABELS: dict[str, str] = {**dict(ABLATION_MODES), **dict(PRETRAIN_MODES), "lofi-long": "Long C-LoFi",
+                               "lofi-custom": "Custom LoFi", "e2e-full": "End-to-end (full fidelity)"}
+CYCLIC = ("long", "short")
+BASELINE = "acp"
+ALPHA = 0.05
+DAGGER = "†"
+REQUIRED_COLUMNS = ("dataset", "encoder", "head", "mode", "seed", "average_mAP")
+
+
+class TableError(LofiError):
+    """Rows cannot make the requested table (missing file, missing column, mixed datasets)."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A built table: display strings for Markdown/LaTeX, numbers for CSV, notes and provenance lines."""
+
+    name: str  # "ablation", "pretrain", "models", "memory"
+    title: str
+    display: pd.DataFrame
+    numeric: pd.DataFrame
+    notes: tuple[str, ...]
+    provenance: tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rows
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_rows(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
+    """One row per run from ``row.json`` files (or run folders holding one), plus ``row_path`` and ``row_time``.
+
+    ``predictions`` / ``ground_truth`` paths that are relative are made absolute against the run folder.
+    """
+    records = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            path = path / "row.json"
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TableError(f"{path}: no row.json; pass run folders that finished (lofi run writes row.json last)") from None
+        except json.JSONDecodeError as exc:
+            raise TableError(f"{path}: not valid JSON ({exc}); re-run the run or remove the folder") from None
+        if not isinstance(row, dict):
+            raise TableError(f"{path}: expected a JSON object (the tidy results row)")
+        missing = [c for c in REQUIRED_COLUMNS if c not in row]
+        if missing:
+            raise TableError(f"{path}: row lacks {', '.join(missing)}; it was not written by `lofi run`")
+        for key in ("predictions", "ground_truth"):
+            value = row.get(key)
+            if value and not Path(value).is_absolute():
+                row[key] = str((path.parent / value).resolve())
+        row["row_path"] = str(path.resolve())
+        row["row_time"] = _dt.datetime.fromtimestamp(path.stat().st_mtime, tz=_dt.timezone.utc).isoformat(timespec="seconds")
+        records.append(row)
+    if not records:
+        raise TableError("no row.json found; check --runs / --runs-glob")
+    frame = pd.DataFrame.from_records(records)
+    dupes = frame.duplicated(["dataset", "encoder", "head", "mode", "seed"], keep=False)
+    if dupes.any():
+        first = frame[dupes].iloc[0]
+        raise TableError(
+            f"{first['row_path']}: {first['mode']} seed {first['seed']} appears more than once; pass each run once"
+        )
+    return frame
+
+
+def _check_scale(rows: pd.DataFrame) -> None:
+    """Rows hold mAP as fractions (the evaluator's unit); tables show %. A percent in a row would be shown x100."""
+    cols = [c for c in ("average_mAP", *THRESHOLD_COLUMNS) if c in rows]
+    values = rows[cols].to_numpy(dtype=np.float64)
+    if np.nanmax(np.abs(values), initial=0.0) > 1.0:
+        bad = rows.loc[(rows[cols].abs() > 1.0).any(axis=1)].iloc[0]
+        raise TableError(f"{bad['row_path']}: mAP values above 1; rows must hold fractions as the evaluator returns")
+
+
+def _single(rows: pd.DataFrame, column: str) -> str:
+    values = sorted({str(v) for v in rows[column].dropna()})
+    if len(values) != 1:
+        raise TableError(f"rows mix {column} values {values}; build one table per {column}")
+    return values[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Formatting
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _num(x: float | None, digits: int = 2, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _pm(mean: float, sd: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return _num(mean) if math.isnan(sd) else f"{mean:.2f} ± {sd:.2f}"
+
+
+def _p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _metric_stats(runs: pd.DataFrame, column: str) -> tuple[float, float]:
+    """Mean and sd over seeds, in %."""
+    if column not in runs or runs[column].isna().all():
+        return float("nan"), float("nan")
+    mean, sd = mean_sd(runs[column].dropna().to_numpy(dtype=np.float64) * 100.0)
+    return mean, sd
+
+
+def _relative_memory(runs: pd.DataFrame) -> float:
+    """Activation bytes of the LoFi stage relative to full fidelity (NaN for frozen-encoder modes)."""
+    if "activation_bytes" not in runs or "activation_bytes_full" not in runs:
+        return float("nan")
+    used = runs["activation_bytes"].astype("float64")
+    full = runs["activation_bytes_full"].astype("float64")
+    rel = (used / full).where((used > 0) & (full > 0))
+    return float(rel.mean()) if rel.notna().any() else float("nan")
+
+
+def _shape_cells(runs: pd.DataFrame) -> tuple[str, str]:
+    """(L, H×W) as the paper writes them: '–' for cycles, full size for frozen-encoder modes."""
+    cycle = str(runs["cycle"].iloc[0]) if "cycle" in runs and runs["cycle"].notna().any() else ""
+    if cycle in CYCLIC:
+        return "–", "–"
+    L = runs["L"].dropna().unique() if "L" in runs else []
+    size = runs["size"].dropna().unique() if "size" in runs else []
+    if len(L) == 1 and len(size) == 1:
+        return str(int(L[0])), f"{int(size[0])}²"
+    if "full_size" in runs and runs["full_size"].notna().any():
+        return "–", f"{int(runs['full_size'].dropna().iloc[0])}²"
+    return "–", "–"
+
+
+def _comparison_cells(c: Comparison | None) -> dict[str, object]:
+    if c is None:
+        return {"Δ Avg [95% CI]": "–", "p (Holm)": "–", "": ""}
+    return {
+        "Δ Avg [95% CI]": f"{100 * c.diff:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]",
+        "p (Holm)": _p(c.p_adjusted),
+        "": DAGGER if c.p_adjusted < ALPHA else "",
+    }
+
+
+def _comparison_numbers(c: Comparison | None) -> dict[str, float]:
+    nan = float("nan")
+    if c is None:
+        return {"delta_avg": nan, "delta_ci_low": nan, "delta_ci_high": nan, "p_value": nan, "p_holm": nan}
+    return {"delta_avg": 100 * c.diff, "delta_ci_low": 100 * c.ci_low, "delta_ci_high": 100 * c.ci_high,
+            "p_value": c.p_value, "p_holm": c.p_adjusted}
+
+
+def _stats_note(stats: Mapping[str, Comparison] | None, rows: pd.DataFrame, what: str) -> str:
+    seeds = sorted({int(s) for s in rows["seed"]})
+    per_config = rows.groupby("mode")["seed"].nunique()
+    seed_txt = f"{per_config.min()}–{per_config.max()}" if per_config.min() != per_config.max() else f"{per_config.min()}"
+    text = f"mAP in %, mean ± sd over seeds (ddof=1); {seed_txt} seed(s) per configuration (seeds {', '.join(map(str, seeds))})."
+    if not stats:
+        return text + " No significance tests (no predictions given)."
+    c = next(iter(stats.values()))
+    return (
+        f"{text} Δ: {what} minus the baseline's seed-mean average mAP, 95% paired bootstrap percentile interval "
+        f"({c.n_boot} resamples of the n = {c.n_videos} test videos and of the seeds). p: two-sided paired "
+        f"permutation test over videos ({c.n_perm} permutations, the same swaps for every seed pair), "
+        f"Holm-corrected over {len(stats)} comparison(s); {DAGGER}: p (Holm) < {ALPHA}."
+    )
+
+
+def _published_note(rows: pd.DataFrame, sources: set[str]) -> str:
+    dataset = _single(rows, "dataset")
+    if canonical_dataset(dataset) is None:
+        return (f"Published numbers ({PAPER}) were measured on ActivityNet-v1.3 / HACS and are not comparable with "
+                f"dataset '{dataset}'; they are not shown.")
+    if not sources:
+        return f"No published number of {PAPER} matches these configurations."
+    return f"Paper: {PAPER}, {', '.join(sorted(sources))}; Δ paper = measured mean minus published value (points)."
+
+
+def provenance(rows: pd.DataFrame) -> tuple[str, ...]:
+    """Where the numbers come from, taken from the rows: commits, config hashes, MLflow run ids, dates."""
+
+    def listing(column: str) -> str:
+        if column not in rows:
+            return "not recorded"
+        values = sorted({str(v) for v in rows[column].dropna() if str(v)})
+        return ", ".join(values) if values else "not recorded"
+
+    times = sorted(rows["row_time"].dropna()) if "row_time" in rows else []
+    span = f"{times[0]} … {times[-1]}" if times else "unknown"
+    generated = _dt.datetime.now(tz=_dt.timezone.utc).isoformat(timespec="seconds")
+    return (
+        f"Provenance: {len(rows)} run(s); commit(s): {listing('commit')}; config hash(es): {listing('config_hash')}; "
+        f"MLflow run id(s): {listing('mlflow_run_id')}; rows written {span}; table generated {generated}.",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _config_table(
+    name: str, title: str, rows: pd.DataFrame, stats: Mapping[str, Comparison] | None, modes: Sequence[tuple[str, str]],
+    paper_table: str, with_shape: bool,
+) -> Table:
+    if rows.empty:
+        raise TableError(f"no rows for the {name} table")
+    _check_scale(rows)
+    dataset, encoder, head = (_single(rows, c) for c in ("dataset", "encoder", "head"))
+    real = canonical_dataset(dataset) is not None
+    display_rows, numeric_rows, sources = [], [], set()
+    for mode, label in modes:
+        runs = rows[rows["mode"] == mode]
+        if runs.empty:
+            continue
+        cells: dict[str, object] = {"Config": label}
+        numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "head": head, "mode": mode,
+                                      "config": label, "n_seeds": int(runs["seed"].nunique())}
+        if with_shape:
+            cells["L"], cells["H×W"] = _shape_cells(runs)
+            numbers["L"], numbers["HxW"] = cells["L"], cells["H×W"]
+        for column, header in SHOWN_METRICS:
+            mean, sd = _metric_stats(runs, column)
+            cells[header] = _pm(mean, sd)
+            numbers[f"{column}_mean"], numbers[f"{column}_sd"] = mean, sd
+        if with_shape:
+            rel = _relative_memory(runs)
+            cells["Act. mem. (rel.)"] = _num(rel)
+            numbers["activation_rel"] = rel
+        comp = stats.get(mode) if stats else None
+        cells.update(_comparison_cells(comp) if mode != BASELINE else {"Δ Avg [95% CI]": "(baseline)", "p (Holm)": "", "": ""})
+        numbers.update(_comparison_numbers(comp))
+        if real:
+            pub = published(paper_table, dataset, mode, encoder=encoder, head=head)
+            pub_avg = pub.values.get("average_mAP") if pub else None
+            cells["Paper Avg"] = _num(pub_avg)
+            cells["Δ paper"] = _num(numbers["average_mAP_mean"] - pub_avg, signed=True) if pub_avg is not None else "–"
+            for column, _ in SHOWN_METRICS:
+                numbers[f"paper_{column}"] = pub.values.get(column, float("nan")) if pub else float("nan")
+            if pub:
+                sources.add(pub.source)
+        display_rows.append(cells)
+        numeric_rows.append(numbers)
+    if not display_rows:
+        raise TableError(f"rows hold none of the {name} table's modes ({', '.join(m for m, _ in modes)})")
+    notes = (_stats_note(stats, rows[rows["mode"].isin([m for m, _ in modes])], "configuration"),
+             _published_note(rows, sources))
+    full_title = f"{title} — {dataset}, {encoder}, {head}"
+    return Table(name, full_title, pd.DataFrame(display_rows), pd.DataFrame(numeric_rows), notes, provenance(rows))
+
+
+def ablation_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None) -> Table:
+    """The paper's Table 2: LoFi configurations against ACP (one dataset, encoder and head)."""
+    return _config_table("ablation", "LoFi configurations (paper Table 2)", rows, stats, ABLATION_MODES, "ablation", True)
+
+
+def pretrain_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None) -> Table:
+    """The paper's Table 1: pre-training methods ICP, ACP, ACP+ and LoFi (Long C-LoFi) against ACP."""
+    return _config_table("pretrain", "Pre-training methods (paper Table 1)", rows, stats, PRETRAIN_MODES, "pretrain", False)
+
+
+def models_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None, *, lofi_mode: str = "lofi-long") -> Table:
+    """Encoders × heads, ACP vs LoFi (paper Table 6); ``stats`` keyed by "encoder/head" (LoFi vs ACP)."""
+    if rows.empty:
+        raise TableError("no rows for the models table")
+    _check_scale(rows)
+    dataset = _single(rows, "dataset")
+    real = canonical_dataset(dataset) is not None
+    display_rows, numeric_rows, sources = [], [], set()
+    for (encoder, head), runs in rows.groupby(["encoder", "head"], sort=True):
+        acp, lofi = runs[runs["mode"] == BASELINE], runs[runs["mode"] == lofi_mode]
+        if acp.empty and lofi.empty:
+            continue
+        a_mean, a_sd = _metric_stats(acp, "average_mAP")
+        l_mean, l_sd = _metric_stats(lofi, "average_mAP")
+        key = f"{encoder}/{head}"
+        comp = stats.get(key) if stats else None
+        cells: dict[str, object] = {"Encoder": encoder, "Head": head, "ACP Avg": _pm(a_mean, a_sd),
+                                    "LoFi Avg": _pm(l_mean, l_sd), **_comparison_cells(comp)}
+        numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "head": head,
+                                      "acp_mean": a_mean, "acp_sd": a_sd, "lofi_mean": l_mean, "lofi_sd": l_sd,
+                                      "n_seeds_acp": int(acp["seed"].nunique()), "n_seeds_lofi": int(lofi["seed"].nunique()),
+                                      **_comparison_numbers(comp)}
+        if real:
+            p_acp = published("models", dataset, BASELINE, encoder=encoder, head=head)
+            p_lofi = published("models", dataset, lofi_mode, encoder=encoder, head=head)
+            for tag, pub, mean in (("ACP", p_acp, a_mean), ("LoFi", p_lofi, l_mean)):
+                value = pub.values["average_mAP"] if pub else None
+                cells[f"Paper {tag}"] = _num(value)
+                cells[f"Δ paper {tag}"] = _num(mean - value, signed=True) if value is not None else "–"
+                numbers[f"paper_{tag.lower()}"] = value if value is not None else float("nan")
+                if pub:
+                    sources.add(pub.source)
+        display_rows.append(cells)
+        numeric_rows.append(numbers)
+    if not display_rows:
+        raise TableError(f"rows hold neither {BASELINE} nor {lofi_mode} runs; the models table compares them")
+    notes = (_stats_note(stats, rows[rows["mode"].isin([BASELINE, lofi_mode])], f"{lofi_mode}"),
+             _published_note(rows, sources))
+    return Table("models", f"Encoders × heads, ACP vs LoFi (paper Table 6) — {dataset}",
+                 pd.DataFrame(display_rows), pd.DataFrame(numeric_rows), notes, provenance(rows))
+
+
+def memory_table(rows: pd.DataFrame) -> Table:
+    """Per fidelity configuration: activation bytes, relative to full, peak device memory, stage times."""
+    if rows.empty:
+        raise TableError("no rows for the memory table")
+    dataset = _single(rows, "dataset")
+    time_cols = sorted(c for c in rows.columns if c.startswith("time_") and c.endswith("_s"))
+    throughput_cols = sorted(c for c in rows.columns if c.startswith("throughput"))
+    display_rows, numeric_rows = [], []
+    order = {m: i for i, m in enumerate(["acp", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long"])}
+    groups = sorted(rows.groupby(["encoder", "mode"]), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1]))
+    for (encoder, mode), runs in groups:
+        L, hw = _shape_cells(runs)
+        act = runs["activation_bytes"].astype("float64") if "activation_bytes" in runs else pd.Series(dtype="float64")
+        act = act.where(act > 0)
+        peak = runs["peak_bytes"].astype("float64") if "peak_bytes" in runs else pd.Series(dtype="float64")
+        rel = _relative_memory(runs)
+        cells: dict[str, object] = {
+            "Encoder": encoder, "Config": MODE_LABELS.get(mode, mode), "L": L, "H×W": hw,
+            "Activations (MiB)": _num(act.mean() / 2**20, 1) if act.notna().any() else "–",
+            "Rel. to full": _num(rel),
+            "Peak (GiB)": _num(peak.mean() / 2**30, 2) if peak.notna().any() else "not measured",
+        }
+        numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "mode": mode, "L": L, "HxW": hw,
+                                      "activation_bytes": float(act.mean()) if act.notna().any() else float("nan"),
+                                      "activation_rel": rel,
+                                      "peak_bytes": float(peak.mean()) if peak.notna().any() else float("nan")}
+        for col in throughput_cols + time_cols:
+            values = runs[col].astype("float64")
+            mean = float(values.mean()) if values.notna().any() else float("nan")
+            cells[col.replace("_", " ")] = _num(mean, 1)
+            numbers[col] = mean
+        display_rows.append(cells)
+        numeric_rows.append(numbers)
+    notes = ("Activations: bytes kept for the backward pass of one LoFi training step (batch 1) at the mode's "
+             "fidelity (the largest over a cycle), as measured by the run; relative to the same step at full "
+             "fidelity. Peak: device peak where measured (CUDA only). Times: mean seconds per stage over seeds "
+             "(stages reused from an earlier run are not timed).",)
+    return Table("memory", f"Memory per fidelity configuration — {dataset}", pd.DataFrame(display_rows),
+                 pd.DataFrame(numeric_rows), notes, provenance(rows))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def to_markdown(table: Table) -> str:
+    body = tabulate(table.display, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    lines = [f"### {table.title}", "", body, ""]
+    lines += [f"{n}" for n in table.notes]
+    lines += [""] + list(table.provenance)
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "×": r"$\times$", "²": r"\textsuperscript{2}", "Δ": r"$\Delta$", "†": r"\textsuperscript{\dag}",
+    "–": "--", "…": r"\ldots{}", "<": r"\textless{}", ">": r"\textgreater{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs table (\\toprule/\\midrule/\\bottomrule); notes and provenance below it."""
+    cols = list(table.display.columns)
+    align = "l" * min(1, len(cols)) + "r" * max(0, len(cols) - 1)
+    lines = [
+        "% generated by `lofi report tables`; numbers come from the runs' row.json files",
+        r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(table.title)}}}",
+        rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+        " & ".join(latex_escape(c) for c in cols) + r" \\", r"\midrule",
+    ]
+    for _, row in table.display.iterrows():
+        lines.append(" & ".join(latex_escape(row[c]) for c in cols) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\footnotesize"]
+    lines += [latex_escape(n) + r"\par" for n in (*table.notes, *table.provenance)]
+    lines += [r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(tables: Sequence[Table], out: str | os.PathLike[str], stem: str) -> list[Path]:
+    """Write ``stem``.md / .csv / .tex (one section per table, one CSV for all), each atomically."""
+    if not tables:
+        raise TableError(f"nothing to write for {stem}")
+    out = Path(out)
+    md = write_text_atomic(out / f"{stem}.md", "\n".join(to_markdown(t) for t in tables))
+    tex = write_text_atomic(out / f"{stem}.tex", "\n".join(to_latex(t) for t in tables))
+    numeric = pd.concat([t.numeric for t in tables], ignore_index=True)
+    csv = out / f"{stem}.csv"
+    with atomic_path(csv) as tmp:
+        numeric.to_csv(tmp, index=False)
+    log.info("wrote %s, %s, %s", md, csv, tex)
+    return [md, csv, tex]

@@ -1,0 +1,217 @@
+"""The synthetic benchmark: layout, decodability, determinism, resume, errors, and that the designed cues exist."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.cli import main
+from harness.data import synthetic as S
+from harness.data.annotations import read_annotations
+from harness.data.video import decode_video, probe_video
+from harness.errors import LofiError
+from harness.seeding import numpy_rng
+
+SMOKE = S.PROFILES["smoke"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return S.generate("smoke", 0, tmp_path_factory.mktemp("synth") / "a", progress=False)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_and_annotations(smoke: Path) -> None:
+    for name in ("annotations.json", "manifest.json", "clips/index.json", "images/index.json"):
+        assert (smoke / name).is_file(), name
+    dataset = read_annotations(smoke / "annotations.json")
+    assert dataset.subset_counts() == {"training": SMOKE.num_training, "validation": SMOKE.num_validation,
+                                       "testing": SMOKE.num_testing}
+    assert len(dataset.classes) == SMOKE.num_classes
+    raw = json.loads((smoke / "annotations.json").read_text())["database"]
+    for vid, video in dataset.videos.items():
+        assert raw[vid]["video"] == f"videos/{vid}.mp4" and raw[vid]["fps"] == SMOKE.fps
+        seg = video.segment_array()
+        assert len(seg) >= 1
+        assert np.all(seg[:, 0] >= 0) and np.all(seg[:, 1] <= video.duration + 1e-9)
+        assert np.all(seg[:, 1] > seg[:, 0])
+        assert np.all(np.diff(seg[:, 0]) >= 0), f"{vid}: segments not sorted"
+        assert len({s.label for s in video.segments}) == 1  # one action class per video
+
+
+def test_videos_decode(smoke: Path) -> None:
+    dataset = read_annotations(smoke / "annotations.json")
+    for video in list(dataset.videos.values())[:3]:
+        frames = decode_video(smoke / "videos" / f"{video.id}.mp4")
+        assert frames.shape == (round(video.duration * SMOKE.fps), SMOKE.frame_size, SMOKE.frame_size, 3)
+        assert probe_video(smoke / "videos" / f"{video.id}.mp4").fps == pytest.approx(SMOKE.fps)
+        assert frames.std() > 5  # not blank
+
+
+def test_pretraining_sources(smoke: Path) -> None:
+    targets = set(read_annotations(smoke / "annotations.json").classes)
+    clips = json.loads((smoke / "clips/index.json").read_text())
+    assert len(clips["classes"]) == SMOKE.num_clip_classes
+    assert not set(clips["classes"]) & targets, "ACP classes must differ from the target classes"
+    assert len(clips["clips"]) == SMOKE.num_clip_classes * SMOKE.clips_per_class
+    assert {c["label"] for c in clips["clips"]} == set(clips["classes"])
+    frames = decode_video(smoke / clips["clips"][0]["path"])
+    assert frames.shape == (SMOKE.clip_frames, SMOKE.frame_size, SMOKE.frame_size, 3)
+    images = json.loads((smoke / "images/index.json").read_text())
+    assert len(images["classes"]) == SMOKE.num_image_classes
+    assert len(images["images"]) == SMOKE.num_image_classes * SMOKE.images_per_class
+    assert {i["label"] for i in images["images"]} == set(images["classes"])
+    with Image.open(smoke / images["images"][-1]["path"]) as image:
+        assert image.size == (SMOKE.frame_size, SMOKE.frame_size) and image.mode == "RGB"
+
+
+def test_same_seed_same_benchmark(smoke: Path, tmp_path: Path) -> None:
+    other = S.generate("smoke", 0, tmp_path / "b", progress=False)
+    assert (other / "annotations.json").read_bytes() == (smoke / "annotations.json").read_bytes()
+    assert (other / "manifest.json").read_bytes() == (smoke / "manifest.json").read_bytes()
+    for vid in ("syn_tr_0000", "syn_te_0005"):
+        assert np.array_equal(decode_video(other / "videos" / f"{vid}.mp4"),
+                              decode_video(smoke / "videos" / f"{vid}.mp4"))
+    assert np.array_equal(decode_video(other / "clips/c01_0002.mp4"), decode_video(smoke / "clips/c01_0002.mp4"))
+
+
+def test_other_seed_other_benchmark() -> None:
+    a, b = S.make_plan("smoke", 0), S.make_plan("smoke", 1)
+    assert [v.segments for v in a.videos] != [v.segments for v in b.videos]
+
+
+def test_resume_after_deleting_files(smoke: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "c"
+    shutil.copytree(smoke, copy)
+    removed = ["videos/syn_tr_0003.mp4", "videos/syn_va_0001.mp4", "clips/c02_0000.mp4", "images/i01_0004.png",
+               "manifest.json"]
+    for name in removed:
+        (copy / name).unlink()
+    S.generate("smoke", 0, copy, progress=False)
+    assert (copy / "manifest.json").read_bytes() == (smoke / "manifest.json").read_bytes()
+    for name in removed[:3]:
+        assert np.array_equal(decode_video(copy / name), decode_video(smoke / name)), name
+    assert np.array_equal(np.asarray(Image.open(copy / removed[3])), np.asarray(Image.open(smoke / removed[3])))
+    assert sorted(_files(copy)) == sorted(_files(smoke))
+
+
+def test_interrupt_leaves_no_partial_files_and_resumes(smoke: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.data.video as video
+
+    real_write = video.write_video
+    calls = {"n": 0}
+
+    def interrupted(path, frames, fps):  # Ctrl-C while the 6th file is being written
+        calls["n"] += 1
+        if calls["n"] == 6:
+            with open(Path(path).parent / f".{Path(path).name}.x.tmp", "wb") as handle:
+                handle.write(b"partial")  # what a SIGKILL'ed writer would leave behind
+            raise KeyboardInterrupt
+        return real_write(path, frames, fps)
+
+    out = tmp_path / "d"
+    monkeypatch.setattr(video, "write_video", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        S.generate("smoke", 0, out, progress=False)
+    assert not (out / "manifest.json").exists()
+    assert len(list((out / "videos").glob("*.mp4"))) == 5
+    monkeypatch.setattr(video, "write_video", real_write)
+    S.generate("smoke", 0, out, progress=False)
+    assert not list(out.rglob("*.tmp"))
+    assert np.array_equal(decode_video(out / "videos/syn_tr_0005.mp4"), decode_video(smoke / "videos/syn_tr_0005.mp4"))
+    assert sorted(_files(out)) == sorted(_files(smoke))
+
+
+def test_complete_dir_is_left_alone(smoke: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in smoke.rglob("*") if p.is_file()}
+    assert main(["-q", "data", "synth", "--profile", "smoke", "--seed", "0", "--out", str(smoke),
+                 "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in smoke.rglob("*") if p.is_file()} == before
+
+
+def test_other_profile_or_seed_is_refused(smoke: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(LofiError) as err:
+        S.generate("smoke", 1, smoke, progress=False)
+    message = str(err.value)
+    assert str(smoke) in message and "seed 1" in message and "\n" not in message
+    partial = tmp_path / "p"
+    shutil.copytree(smoke, partial)
+    (partial / "manifest.json").unlink()
+    with pytest.raises(LofiError, match="profile 'default'"):
+        S.generate("default", 0, partial, progress=False)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("x")
+    with pytest.raises(LofiError, match="not empty"):
+        S.generate("smoke", 0, tmp_path / "foreign", progress=False)
+    with pytest.raises(LofiError, match="unknown synthetic profile 'huge'"):
+        S.generate("huge", 0, tmp_path / "e", progress=False)
+    assert main(["-q", "data", "synth", "--profile", "smoke", "--seed", "3", "--out", str(smoke)]) == 2
+    assert "choose another --out" in capsys.readouterr().err
+
+
+def test_structure_follows_the_real_annotations() -> None:
+    structure = [np.array([[0.1, 0.3], [0.5, 0.95]])]
+    rng = numpy_rng(0, "test")
+    segments = S.sample_segments(structure, rng, num_frames=100, fps=10.0, jitter=0.0, min_frames=2)
+    assert segments == ((1.0, 3.0), (5.0, 9.5))
+    # a too-short real segment is widened to min_frames around its centre, inside the video
+    short = S.sample_segments([np.array([[0.999, 1.0]])], rng, num_frames=50, fps=10.0, jitter=0.0, min_frames=2)
+    assert short == ((4.8, 5.0),)
+    plan = S.make_plan("default", 0)  # no pixels: cheap
+    coverage = np.array([sum(e - s for s, e in v.segments) / (v.num_frames / plan.profile.fps) for v in plan.videos])
+    counts = np.array([len(v.segments) for v in plan.videos])
+    assert (coverage > 0.8).any() and (coverage < 0.2).any()  # long and short actions, as in ActivityNet
+    assert (counts == 1).any() and (counts >= 3).any()
+
+
+def _actor_mask(scene: S.Scene, size: int, radii: float) -> np.ndarray:
+    c = (np.arange(size) + 0.5) / size
+    a = scene.actor
+    return np.hypot(c[None, :] - np.median(a.cx), c[:, None] - np.median(a.cy)) < radii * float(a.radius.mean())
+
+
+def test_motion_marks_the_action_near_the_actor() -> None:
+    """The temporal cue exists: frame differences around the actor are larger inside segments than outside."""
+    plan = S.make_plan("smoke", 0)
+    ratios = []
+    for video in plan.videos:
+        scene = S.video_scene(plan, video)
+        frames = S.render_scene(scene, plan.profile).astype(np.float32)
+        env = S.motion_envelope(video.segments, video.num_frames, plan.profile.fps, plan.profile.ramp_frames)
+        diff = np.abs(np.diff(frames, axis=0)).mean(-1)[:, _actor_mask(scene, plan.profile.frame_size, 2.0)]
+        diff = diff.mean(axis=1)
+        on, off = np.minimum(env[1:], env[:-1]) > 0.99, np.maximum(env[1:], env[:-1]) < 0.01
+        if on.sum() >= 3 and off.sum() >= 3:
+            ratios.append(diff[on].mean() / diff[off].mean())
+    assert len(ratios) >= 5
+    assert np.median(ratios) > 2.0 and min(ratios) > 1.3, ratios
+
+
+def test_class_is_visible_in_appearance_alone() -> None:
+    """Same scene, other class: only the actor's pixels change, and clearly, even in a frame without motion;
+    the two classes of a shape-colour pair differ by texture alone."""
+    plan = S.make_plan("smoke", 0)
+    names = [c.appearance for c in plan.classes]
+    assert len(set(names)) == len(names)
+    pair = plan.classes[0], plan.classes[1]
+    assert (pair[0].appearance.shape, pair[0].appearance.colour) == (pair[1].appearance.shape,
+                                                                      pair[1].appearance.colour)
+    still = np.zeros(4)
+    for a, b in [pair, (plan.classes[0], plan.classes[2])]:
+        scene_a = S.make_scene(numpy_rng(7, "t"), a, still, SMOKE)
+        scene_b = S.make_scene(numpy_rng(7, "t"), b, still, SMOKE)
+        fa = S.render_scene(scene_a, SMOKE).astype(np.float32)
+        fb = S.render_scene(scene_b, SMOKE).astype(np.float32)
+        changed = np.abs(fa - fb).mean(axis=(0, 3))
+        actor = _actor_mask(scene_a, SMOKE.frame_size, 1.0)
+        assert changed[actor].mean() > 8.0, (a.name, b.name)
+        assert np.all(changed[~_actor_mask(scene_a, SMOKE.frame_size, 1.6)] < 1.0)
