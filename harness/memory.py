@@ -176,7 +176,8 @@ def measure_step_memory(
             meter.phase = "head"
             head_input = features.transpose(1, 2)
             if head_dev != dev:
-                head_input = torch.rand(head_input.shape, dtype=head_input.dtype, requires_grad=True)
+                cpu_gen = torch.Generator().manual_seed(seed)
+                head_input = torch.rand(head_input.shape, generator=cpu_gen, dtype=head_input.dtype, requires_grad=True)
             outputs = head(head_input)
             loss = _scalar_loss(outputs)
         loss.backward()

@@ -27,8 +27,15 @@ BOUNDARY_REGION_GAPS = 3.0  # width of the GT start/end region, in temporal gaps
 
 
 def _as_segments(segments: SegmentsLike) -> torch.Tensor:
-    seg = torch.as_tensor(np.asarray(segments, dtype=np.float64) if not torch.is_tensor(segments) else segments)
-    seg = seg.to(torch.float64).reshape(-1, 2) if seg.numel() else torch.zeros(0, 2, dtype=torch.float64)
+    """(K, 2) float64 clipped to [0, 1]; any empty input → (0, 2)."""
+    if torch.is_tensor(segments):
+        seg = segments.detach().to("cpu", torch.float64)
+    else:
+        seg = torch.from_numpy(np.asarray(segments, dtype=np.float64))
+    if seg.numel() == 0:
+        return torch.zeros(0, 2, dtype=torch.float64)
+    if seg.dim() != 2 or seg.shape[1] != 2:
+        raise ValueError(f"segments must be (K, 2) [start, end] fractions, got shape {tuple(seg.shape)}")
     return seg.clamp(0.0, 1.0)
 
 

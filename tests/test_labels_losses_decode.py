@@ -80,6 +80,8 @@ def test_no_segments_and_batch() -> None:
     assert batch["start"].shape == (2, 5) and batch["iou_map"].shape == (2, 3, 5)
     torch.testing.assert_close(batch["iou_map"][0], make_targets([[0.2, 0.6]], 5, 3)["iou_map"])
     assert batch["iou_map"][1].abs().sum().item() == 0
+    with pytest.raises(ValueError, match=r"\(K, 2\)"):
+        make_targets([[0.1, 0.2, 0.3]], 5, 3)
 
 
 # ----------------------------------------------------------------------------------------------------- losses

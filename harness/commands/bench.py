@@ -86,11 +86,18 @@ def run_memory(args: argparse.Namespace) -> int:
     full = reports["full"]
     rows = []
     for name, r in reports.items():
-        row = [name, r.snippets, r.size, f"{r.activation_bytes / 2**20:.1f}", f"{r.activation_bytes / full.activation_bytes:.3f}"]
+        row = [
+            name,
+            r.snippets,
+            r.size,
+            f"{r.activation_bytes / 2**20:.1f}",
+            f"{r.activation_bytes / full.activation_bytes:.3f}",
+            f"{r.head_activation_bytes / 2**20:.1f}",
+        ]
         if full.peak_bytes is not None and r.peak_bytes is not None:
             row += [f"{r.peak_bytes / 2**20:.1f}", f"{r.peak_bytes / full.peak_bytes:.3f}"]
         rows.append(row)
-    headers = ["fidelity", "L", "size", "activation MiB", "vs full"]
+    headers = ["fidelity", "L", "size", "activation MiB", "vs full", "of which head MiB"]
     if full.peak_bytes is not None:
         headers += ["peak MiB", "peak vs full"]
     print(

@@ -460,17 +460,32 @@ def interpolated_ap(tp_weight: np.ndarray, fp_weight: np.ndarray, num_positives:
 
     Equals the official ``interpolated_prec_rec``: precision made monotone from the right, summed over the recall
     steps (a zero recall step adds nothing, so summing every step is the same as summing where recall changes).
-    Columns whose weights are both zero must be removed by the caller.
+    A column of zero weight (a video drawn 0 times) repeats the previous precision, or 0 before any weight: it
+    changes neither the envelope where it matters nor the sum, exactly as if it were removed.
     """
     if tp_weight.shape[1] == 0:
         return np.zeros(tp_weight.shape[0])
     tp_c = np.cumsum(tp_weight, axis=1)
     fp_c = np.cumsum(fp_weight, axis=1)
     recall = tp_c / num_positives
-    precision = tp_c / (tp_c + fp_c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.nan_to_num(tp_c / (tp_c + fp_c), nan=0.0)
     envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
     steps = np.diff(recall, axis=1, prepend=0.0)
     return np.sum(steps * envelope, axis=1)
+
+
+def _ranked(matches: DetectionMatches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predictions ranked per class (class, score descending, input order) and the class bounds; cached on the
+    matches object because a bootstrap calls :func:`ap_from_matches` many times with the same matches."""
+    cached = matches.__dict__.get("_ranked")
+    if cached is None:
+        idx = np.arange(matches.pred_score.shape[0])
+        order = np.lexsort((idx, -matches.pred_score, matches.pred_class))
+        bounds = np.searchsorted(matches.pred_class[order], np.arange(matches.classes.shape[0] + 1))
+        cached = (order, bounds, matches.tp[:, order])
+        matches.__dict__["_ranked"] = cached  # frozen dataclass: a private cache, not a field
+    return cached
 
 
 def ap_from_matches(matches: DetectionMatches, video_weights: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
@@ -482,22 +497,22 @@ def ap_from_matches(matches: DetectionMatches, video_weights: np.ndarray | Seque
     """
     num_t = matches.tiou_thresholds.shape[0]
     num_c = matches.classes.shape[0]
+    order, bounds, tp_sorted = _ranked(matches)
     if video_weights is None:
-        pred_w = np.ones(matches.pred_score.shape[0])
         npos = np.bincount(matches.gt_class, minlength=num_c).astype(np.float64)
+        tpw = tp_sorted.astype(np.float64)
+        fpw = 1.0 - tpw
     else:
         w = np.asarray(video_weights, dtype=np.float64)
         if w.shape != (matches.video_ids.shape[0],):
             raise ValueError(f"video_weights has shape {w.shape}; expected ({matches.video_ids.shape[0]},)")
-        pred_w = np.where(matches.pred_video >= 0, w[np.maximum(matches.pred_video, 0)], 1.0)
+        if np.any(w < 0) or not np.all(np.isfinite(w)):
+            raise ValueError("video_weights must be finite and >= 0")
+        pv = matches.pred_video[order]
+        pred_w = np.where(pv >= 0, w[np.maximum(pv, 0)], 1.0)
         npos = np.bincount(matches.gt_class, weights=w[matches.gt_video], minlength=num_c)
-    keep = pred_w > 0
-    idx = np.flatnonzero(keep)
-    order = idx[np.lexsort((idx, -matches.pred_score[idx], matches.pred_class[idx]))]
-    cls = matches.pred_class[order]
-    bounds = np.searchsorted(cls, np.arange(num_c + 1))
-    tpw = matches.tp[:, order] * pred_w[order][None, :]
-    fpw = (~matches.tp[:, order]) * pred_w[order][None, :]
+        tpw = np.where(tp_sorted, pred_w, 0.0)
+        fpw = pred_w - tpw
     ap = np.zeros((num_t, num_c))
     for c in range(num_c):
         if npos[c] <= 0:

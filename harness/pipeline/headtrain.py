@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -98,8 +99,11 @@ def evaluate_split(ds: TALDataset, subset: str, detections: dict, proposals: dic
             "average_mAP": float(det.average_mAP), **{k: float(v) for k, v in ar.items()}}
 
 
-def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, parent_run_id: str = "") -> dict:
-    """Train ``cfg.head.name`` from scratch on ``features``; write predictions and ``metrics.json``."""
+def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, parent_run_id: str = "",
+             on_epoch: Callable[[int, float], None] | None = None) -> dict:
+    """Train ``cfg.head.name`` from scratch on ``features``; write predictions and ``metrics.json``.
+
+    ``on_epoch(epoch, validation average mAP)`` is called after every epoch (Optuna pruning raises from it)."""
     from heads import create_head
     from heads.losses import tal_loss
 
@@ -152,6 +156,8 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
             history.append(row)
             tracker.log_metrics({f"head_{k}": v for k, v in row.items()}, step=epoch)
             log.info("head[%s] epoch %d: loss %.4f, validation avg mAP %.4f", hc.name, epoch + 1, row["loss"], row["val_average_mAP"])
+            if on_epoch is not None:
+                on_epoch(epoch, row["val_average_mAP"])
         train_time = time.perf_counter() - t0
         metrics: dict = {}
         for name, subset, vids in (("validation", cfg.data.val_subset, val), ("testing", cfg.data.test_subset, test)):

@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from harness.config import flatten, to_dict
 from harness.errors import LofiError
@@ -69,7 +70,9 @@ def _memory(cfg: ExperimentConfig, mode: str) -> dict[str, float]:
 
 
 def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, dirs: StageDirs | None = None,
-            parent_run_id: str = "", config_path: str = "") -> dict:
+            parent_run_id: str = "", config_path: str = "",
+            on_epoch: Callable[[int, float], None] | None = None) -> dict:
+    """Run every stage of ``mode`` (reusing finished ones) and write metrics.json and row.json into ``out``."""
     from harness.pipeline.features import run_features
     from harness.pipeline.headtrain import run_head
     from harness.pipeline.lofi import run_lofi
@@ -105,7 +108,7 @@ def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, dirs: Sta
         if cycle is not None:
             encoder = timed("lofi", lambda: run_lofi(cfg, cycle=cycle, seed=seed, init=encoder, out=dirs.lofi, parent_run_id=pid))
         feats = timed("features", lambda: run_features(cfg, encoder_checkpoint=encoder, out=dirs.features, seed=seed))
-        metrics = timed("head", lambda: run_head(cfg, features=feats, seed=seed, out=dirs.head, parent_run_id=pid))
+        metrics = timed("head", lambda: run_head(cfg, features=feats, seed=seed, out=dirs.head, parent_run_id=pid, on_epoch=on_epoch))
         write_json_atomic(out / "metrics.json", {k: metrics[k] for k in metrics if k != "history"})
         fids = mode_fidelities(cfg, mode)
         L, size = (fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, fids[0][1], fids[0][2])

@@ -1,0 +1,79 @@
+"""Figures beside the tables (matplotlib, Agg backend, PNG written atomically): from the tidy rows only."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the report runs on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness.io import atomic_path  # noqa: E402
+from harness.tables import MODE_LABELS, THRESHOLD_COLUMNS, TableError, _relative_memory  # noqa: E402
+
+log = logging.getLogger(__name__)
+_ORDER = ["icp", "acp", "acp+", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long", "lofi-custom", "e2e-full"]
+
+
+def _modes(rows: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(rows["mode"]))
+    return sorted(present, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m))
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    log.info("wrote %s", path)
+    return path
+
+
+def plot_map_vs_tiou(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """mAP (%) against the tIoU threshold, one line per configuration: mean over seeds, error bars = sd."""
+    cols = [c for c in THRESHOLD_COLUMNS if c in rows]
+    if not cols:
+        raise TableError("rows hold no mAP_<tIoU> columns; cannot plot mAP vs tIoU")
+    tious = [float(c.split("_")[1]) for c in cols]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in _modes(rows):
+        values = rows.loc[rows["mode"] == mode, cols].to_numpy(dtype=np.float64) * 100.0
+        sd = values.std(axis=0, ddof=1) if values.shape[0] > 1 else None
+        ax.errorbar(tious, values.mean(axis=0), yerr=sd, marker="o", ms=3, capsize=2,
+                    label=f"{MODE_LABELS.get(mode, mode)} (n={values.shape[0]})")
+    ax.set_xlabel("tIoU threshold")
+    ax.set_ylabel("mAP (%)")
+    ax.set_title(title or "mAP vs tIoU (mean ± sd over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, Path(path))
+
+
+def plot_map_vs_memory(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Average mAP (%) against LoFi-stage activation memory relative to full fidelity; frozen modes as lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plotted = 0
+    for mode in _modes(rows):
+        runs = rows[rows["mode"] == mode]
+        values = runs["average_mAP"].to_numpy(dtype=np.float64) * 100.0
+        mean, sd = values.mean(), (values.std(ddof=1) if values.size > 1 else 0.0)
+        rel = _relative_memory(runs)
+        label = MODE_LABELS.get(mode, mode)
+        if np.isnan(rel):  # no end-to-end stage: a reference level, not a point
+            ax.axhline(mean, ls="--", lw=1, color="gray")
+            ax.annotate(f"{label} (frozen)", (0.0, mean), xycoords=("axes fraction", "data"), fontsize=7,
+                        va="bottom", color="gray")
+            continue
+        ax.errorbar([rel], [mean], yerr=[sd], marker="o", capsize=2, label=label)
+        plotted += 1
+    ax.set_xlabel("activation memory relative to full fidelity")
+    ax.set_ylabel("average mAP (%)")
+    ax.set_title(title or "average mAP vs activation memory (mean ± sd over seeds)")
+    ax.grid(alpha=0.3)
+    if plotted:
+        ax.legend(fontsize=7)
+    return _save(fig, Path(path))
