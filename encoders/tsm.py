@@ -18,7 +18,9 @@ shared by the shift modules, and only while a stage runs: gradient checkpointing
 pass through the same function and therefore sees the same group length.
 
 The snippet feature is the mean over its F frames of the globally average-pooled frame features. Input is
-normalised with the ImageNet mean/std inside the encoder.
+normalised with the ImageNet mean/std inside the encoder. Without weights, timm zero-initialises each block's last
+BatchNorm, so the residual branches (and with them the shifts) start silent and frames do not interact until
+training moves those scales.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from encoders import register_encoder
 from encoders.weights import WeightsError, create_timm_backbone, load_backbone_checkpoint
 from harness.errors import ConfigError
 
+PathLike = str | os.PathLike[str]
 ShiftOver = Literal["snippet", "video"]
 SHIFT_OVER: tuple[str, ...] = ("snippet", "video")
 
@@ -158,7 +161,7 @@ def _create_tsm_resnet(
     variant: str,
     arch: Mapping[str, Any] | None = None,
     pretrained: bool = False,
-    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint: PathLike | None = None,
     shift_div: int = 8,
     shift_over: ShiftOver = "snippet",
     grad_checkpointing: bool = False,
@@ -183,25 +186,31 @@ def _create_tsm_resnet(
 
 
 @register_encoder
-def tsm_resnet18(pretrained: bool = False, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> TSMEncoder:
+def tsm_resnet18(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """TSM-ResNet18, the paper's main encoder (D = 512)."""
-    return _create_tsm_resnet("resnet18", variant="tsm_resnet18", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+    return _create_tsm_resnet(
+        "resnet18", variant="tsm_resnet18", pretrained=pretrained, checkpoint=checkpoint, **kwargs
+    )
 
 
 @register_encoder
-def tsm_resnet34(pretrained: bool = False, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> TSMEncoder:
+def tsm_resnet34(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """TSM-ResNet34 (D = 512)."""
-    return _create_tsm_resnet("resnet34", variant="tsm_resnet34", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+    return _create_tsm_resnet(
+        "resnet34", variant="tsm_resnet34", pretrained=pretrained, checkpoint=checkpoint, **kwargs
+    )
 
 
 @register_encoder
-def tsm_resnet50(pretrained: bool = False, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> TSMEncoder:
+def tsm_resnet50(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """TSM-ResNet50, Bottleneck blocks (D = 2048)."""
-    return _create_tsm_resnet("resnet50", variant="tsm_resnet50", pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+    return _create_tsm_resnet(
+        "resnet50", variant="tsm_resnet50", pretrained=pretrained, checkpoint=checkpoint, **kwargs
+    )
 
 
 @register_encoder
-def tsm_resnet_mini(pretrained: bool = False, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> TSMEncoder:
+def tsm_resnet_mini(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """ResNet18 blocks, one per stage, half width (D = 256): CPU experiments on the synthetic benchmark."""
     arch = dict(layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_type="deep", stem_width=16)
     return _create_tsm_resnet(
@@ -210,7 +219,7 @@ def tsm_resnet_mini(pretrained: bool = False, checkpoint: str | os.PathLike[str]
 
 
 @register_encoder
-def tsm_resnet_tiny(pretrained: bool = False, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> TSMEncoder:
+def tsm_resnet_tiny(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """ResNet18 blocks, one per stage, quarter width (D = 128, ~0.3M params): tests and CPU smoke runs."""
     arch = dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_type="deep", stem_width=8)
     return _create_tsm_resnet(

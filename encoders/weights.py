@@ -3,7 +3,7 @@
 Accepted checkpoint layouts (``.pth``/``.pt``/``.bin`` via ``torch.load(weights_only=True)``, or ``.safetensors``):
 
 - a plain / timm state dict: ``layer1.0.conv1.weight``;
-- a training checkpoint: ``{"state_dict": {...}}`` or ``{"model": {...}}``;
+- a training checkpoint: ``{"state_dict": {...}}``, ``{"model": {...}}`` or our stages' ``{"encoder": {...}}``;
 - the TSM authors' Kinetics-400 checkpoints: ``module.base_model.layer1.0.conv1.net.weight`` (DataParallel
   ``module.``, TSN wrapper ``base_model.``, the shift module wrapping conv1 as ``.net``), plus a ``new_fc``;
 - an encoder of this package saved whole: ``backbone.layer1.0.conv1.net.weight``.
@@ -54,7 +54,7 @@ def create_timm_backbone(model_name: str, *, pretrained: bool, **model_kwargs: A
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file and return its tensor state dict (unwrapping ``state_dict``/``model``)."""
+    """Read a checkpoint file and return its tensor state dict (unwrapping ``state_dict``/``model``/``encoder``)."""
     file = Path(path)
     if not file.is_file():
         raise WeightsError(f"{file}: checkpoint file not found; pass checkpoint= an existing .pth/.safetensors file")
@@ -68,13 +68,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except Exception as exc:
         reason = " ".join(str(exc).split())[:160]
         raise WeightsError(f"{file}: cannot read checkpoint ({type(exc).__name__}: {reason})") from exc
-    for key in ("state_dict", "model"):
+    for key in ("state_dict", "model", "encoder"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(
-            f"{file}: not a state dict (expected name -> tensor, optionally under 'state_dict' or 'model')"
+            f"{file}: not a state dict (expected name -> tensor, optionally under 'state_dict', 'model' or 'encoder')"
         )
     return dict(obj)
 

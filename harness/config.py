@@ -70,6 +70,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         _, vt = get_args(tp) or (Any, Any)
         return types.MappingProxyType({str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()})
     if tp is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 as a string; accept what float() reads
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -120,6 +120,12 @@ class LofiConfig:
 class HeadConfig:
     name: str = "gtad"
     max_duration: int = 0  # 0 = L (every anchor 0 <= t_s < t_e <= L)
+    # Widths and samples per proposal; the published heads' values are the defaults. The CPU synthetic benchmark
+    # uses smaller ones: the published G-TAD costs seconds per step on 2 cores.
+    hidden: int = 256
+    hidden_2d: int = 128
+    hidden_3d: int = 512
+    samples: int = 32  # G-TAD SGAlign inner samples / BMN samples per proposal
     optim: OptimConfig = OptimConfig(optimizer="adam", lr=4e-3, weight_decay=1e-4, epochs=10, step_size=5, gamma=0.1, batch_size=16)
     classifier_optim: OptimConfig = OptimConfig(optimizer="adam", lr=1e-2, weight_decay=1e-4, epochs=30, step_size=20, gamma=0.1, batch_size=32)
 

@@ -4,7 +4,9 @@
 ``torch.autograd.graph.saved_tensors_hooks``) during one forward of encoder + head + loss: each underlying storage
 once (views share storage), parameters and buffers excluded (they are model state, not activations). It is exact,
 device independent, and available on CPU, CUDA and the ``meta`` device (which allocates nothing, so even full
-fidelity at 100 × 8 × 224² can be measured on a laptop). It grows linearly with the batch.
+fidelity at 100 × 8 × 224² can be measured on a laptop). It grows linearly with the batch (up to small fixed
+costs such as BatchNorm's per-channel statistics). With gradient checkpointing it is what is kept from forward to
+backward (stage inputs); the stage recomputed during backward shows only in ``peak_bytes``.
 
 ``peak_bytes`` is ``torch.cuda.max_memory_allocated`` over the step on CUDA (weights, gradients, activations,
 workspace and allocator rounding included), ``None`` elsewhere.
@@ -45,10 +47,10 @@ class MemoryReport:
     device: str
 
 
-class _SavedTensorMeter:
+class SavedTensorMeter:
     """Counts the bytes of distinct storages that autograd saves, skipping the given (parameter) storages.
 
-    Each storage is attributed to the ``phase`` during which it was first saved ("encoder" or "head").
+    Each storage is attributed to the ``phase`` during which it was first saved (e.g. "encoder", "head").
     """
 
     def __init__(self, excluded: set[Any]) -> None:
@@ -92,6 +94,19 @@ def _storage_key(tensor: torch.Tensor) -> Any:
     if tensor.device.type == "meta":
         return ("meta", storage._cdata)
     return (str(tensor.device), storage.data_ptr())
+
+
+@contextlib.contextmanager
+def track_saved_tensors(*modules: nn.Module) -> Iterator[SavedTensorMeter]:
+    """Count what autograd saves inside the block; the parameters and buffers of ``modules`` are not counted.
+
+        with track_saved_tensors(model) as meter:
+            loss = model(x).sum()
+        meter.total_bytes()
+    """
+    meter = SavedTensorMeter(excluded=_state_storages(*modules))
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        yield meter
 
 
 def _state_storages(*modules: nn.Module) -> set[Any]:
@@ -154,6 +169,8 @@ def measure_step_memory(
     features (heads use sparse kernels that meta lacks, and their activations are small), and both are counted.
     """
     dev = torch.device(device)
+    if amp_dtype is not None and dev.type == "meta":
+        raise ValueError("autocast is not available on the meta device; measure AMP on cpu or cuda")
     head_dev = torch.device("cpu") if dev.type == "meta" else dev
     encoder.to(dev).train()
     head.to(head_dev).train()
@@ -162,7 +179,6 @@ def measure_step_memory(
     else:
         gen = torch.Generator(device=dev).manual_seed(seed)
         x = torch.rand((batch, snippets, frames, 3, size, size), generator=gen, device=dev)
-    meter = _SavedTensorMeter(excluded=_state_storages(encoder, head))
     param_bytes = sum(p.numel() * p.element_size() for m in (encoder, head) for p in m.parameters())
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -171,7 +187,7 @@ def measure_step_memory(
         torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
     with _buffers_restored(encoder, head):
-        with autocast, torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        with autocast, track_saved_tensors(encoder, head) as meter:
             features = encoder(x)  # (B, L, D)
             meter.phase = "head"
             head_input = features.transpose(1, 2)
@@ -240,7 +256,9 @@ def measure_fidelities(
     encoder = create_encoder(encoder_name, **dict(encoder_kwargs or {}))
     reports: dict[str, MemoryReport] = {}
     for name, (length, side) in fidelity_shapes(snippets=snippets, size=size).items():
-        head = create_head(head_name, in_features=encoder.num_features, temporal_length=length, **dict(head_kwargs or {}))
+        head = create_head(
+            head_name, in_features=encoder.num_features, temporal_length=length, **dict(head_kwargs or {})
+        )
         reports[name] = measure_step_memory(
             encoder,
             head,

@@ -290,10 +290,10 @@ def _config_table(
         numeric_rows.append(numbers)
     if not display_rows:
         raise TableError(f"rows hold none of the {name} table's modes ({', '.join(m for m, _ in modes)})")
-    notes = (_stats_note(stats, rows[rows["mode"].isin([m for m, _ in modes])], "configuration"),
-             _published_note(rows, sources))
+    used = rows[rows["mode"].isin([m for m, _ in modes])]
+    notes = (_stats_note(stats, used, "configuration"), _published_note(rows, sources))
     full_title = f"{title} — {dataset}, {encoder}, {head}"
-    return Table(name, full_title, pd.DataFrame(display_rows), pd.DataFrame(numeric_rows), notes, provenance(rows))
+    return Table(name, full_title, pd.DataFrame(display_rows), pd.DataFrame(numeric_rows), notes, provenance(used))
 
 
 def ablation_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None) -> Table:
@@ -342,10 +342,10 @@ def models_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = No
         numeric_rows.append(numbers)
     if not display_rows:
         raise TableError(f"rows hold neither {BASELINE} nor {lofi_mode} runs; the models table compares them")
-    notes = (_stats_note(stats, rows[rows["mode"].isin([BASELINE, lofi_mode])], f"{lofi_mode}"),
-             _published_note(rows, sources))
+    used = rows[rows["mode"].isin([BASELINE, lofi_mode])]
+    notes = (_stats_note(stats, used, f"{lofi_mode}"), _published_note(rows, sources))
     return Table("models", f"Encoders × heads, ACP vs LoFi (paper Table 6) — {dataset}",
-                 pd.DataFrame(display_rows), pd.DataFrame(numeric_rows), notes, provenance(rows))
+                 pd.DataFrame(display_rows), pd.DataFrame(numeric_rows), notes, provenance(used))
 
 
 def memory_table(rows: pd.DataFrame) -> Table:

@@ -26,7 +26,7 @@ def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def gather_neighbours(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Features of the neighbours: x (B, C, L), idx (B, L, k) -> (B, C, L, k) with out[b, :, i, j] = x[b, :, idx[b, i, j]]."""
+    """Neighbour features: x (B, C, L), idx (B, L, k) -> (B, C, L, k), out[b, :, i, j] = x[b, :, idx[b, i, j]]."""
     b, c, length = x.shape
     k = idx.shape[-1]
     flat = idx.reshape(b, 1, length * k).expand(b, c, length * k)
@@ -66,7 +66,7 @@ class GCNeXt(nn.Module):
         neighbours = gather_neighbours(x, idx)  # (B, C, L, k)
         centre = x.unsqueeze(-1).expand_as(neighbours)
         # G-TAD's edge feature is [x_j, x_i]; [x_i, x_j - x_i] is the same function class (an invertible linear
-        # map of it, absorbed by the first 1×1 conv), so we keep the published order for weight compatibility.
+        # map of it, absorbed by the first 1×1 conv), so we keep the published order (weights stay compatible).
         edges = torch.cat((neighbours, centre), dim=1)  # (B, 2C, L, k)
         semantic = self.semantic(edges).amax(dim=-1)
         return torch.relu(x + self.temporal(x) + semantic)

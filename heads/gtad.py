@@ -4,7 +4,8 @@ Structure of the published implementation (frostinassiky/gtad, ``gtad_lib/models
 
     x (B, D_in, L) ─ Conv1d(D_in→256, k=3, groups=4) ─ ReLU ─ GCNeXt ──► base (B, 256, L)
     base ─ GCNeXt ─ Conv1d(256→1) ─ sigmoid ──► start (B, L)        (idem for end, own GCNeXt)
-    base ─ GCNeXt ──► feat ─ SGAlign ──► (B, 256·36, D, L) ─ 1×1 512 ─ 1×1 128 ─ 3×3 128 ─ 3×3 128 ─ 1×1 2 ─ sigmoid
+    base ─ GCNeXt ──► feat ─ SGAlign ──► (B, 256·36, D, L)
+         ─ 1×1 512 ─ 1×1 128 ─ 3×3 128 ─ 3×3 128 ─ 1×1 2 ─ sigmoid ──► iou_map (B, 2, D, L)
 
 SGAlign aligns two streams over each anchor's *expanded* region [s − r·n, s + d + r·n] (n = d + 1 snippets,
 r = 0.5): 32 bins of ``feat`` (the "inner" stream) and 4 bins of the mean of ``feat`` over each snippet's k
@@ -83,15 +84,27 @@ def align1d_weights(
     return rows[keep], cols[keep], weights[keep]
 
 
+def _apply(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ matrix.T`` for a sparse COO ``matrix`` (out, in) and dense ``rows`` (N, in) -> (N, out).
+
+    Written as sparse @ dense, the product torch documents (with autograd for the dense side) on CPU and CUDA.
+    """
+    return torch.sparse.mm(matrix, rows.t()).t()
+
+
 def align1d(x: torch.Tensor, regions: torch.Tensor, *, resolution: int, sampling_ratio: int = 0) -> torch.Tensor:
     """Align1D of every region on every sample: x (B, C, L), regions (N, 2) -> (B, C, N, resolution)."""
     b, c, length = x.shape
     n = regions.shape[0]
     rows, cols, weights = align1d_weights(regions, length=length, resolution=resolution, sampling_ratio=sampling_ratio)
     matrix = torch.sparse_coo_tensor(
-        torch.stack((cols, rows)), weights.to(x.dtype), (length, n * resolution), device=x.device, check_invariants=False
+        torch.stack((rows, cols)),
+        weights.to(x.dtype),
+        (n * resolution, length),
+        device=x.device,
+        check_invariants=False,
     ).coalesce()
-    return torch.mm(x.reshape(b * c, length), matrix).reshape(b, c, n, resolution)
+    return _apply(matrix, x.reshape(b * c, length)).reshape(b, c, n, resolution)
 
 
 def gtad_anchor_regions(length: int, max_duration: int, context_ratio: float) -> torch.Tensor:
@@ -157,7 +170,7 @@ class SGAlign(nn.Module):
         return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
 
     def matrices(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached sparse maps for length L: (2L, P·D·L) for ``forward`` and (P·2L, D·L) for ``project``."""
+        """Cached sparse maps for length L: (P·D·L, 2L) for ``forward`` and (D·L, P·2L) for ``project``."""
         key = (length, self.duration(length), str(device), dtype)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -167,10 +180,18 @@ class SGAlign(nn.Module):
         a = d * length
         p, anchor = rows // a, rows % a
         align = torch.sparse_coo_tensor(
-            torch.stack((cols, rows)), w.to(dtype), (2 * length, self.samples * a), device=device, check_invariants=False
+            torch.stack((rows, cols)),
+            w.to(dtype),
+            (self.samples * a, 2 * length),
+            device=device,
+            check_invariants=False,
         ).coalesce()
         fused = torch.sparse_coo_tensor(
-            torch.stack((p * 2 * length + cols, anchor)), w.to(dtype), (self.samples * 2 * length, a), device=device, check_invariants=False
+            torch.stack((anchor, p * 2 * length + cols)),
+            w.to(dtype),
+            (a, self.samples * 2 * length),
+            device=device,
+            check_invariants=False,
         ).coalesce()
         self._cache[key] = (align, fused)
         while len(self._cache) > self._CACHE_SIZE:
@@ -182,7 +203,7 @@ class SGAlign(nn.Module):
         b, c, length = inner.shape
         align, _ = self.matrices(length, inner.device, inner.dtype)
         streams = torch.cat((inner, context), dim=2).reshape(b * c, 2 * length)
-        return torch.mm(streams, align).reshape(b, c * self.samples, self.duration(length), length)
+        return _apply(align, streams).reshape(b, c * self.samples, self.duration(length), length)
 
     def project(self, inner: torch.Tensor, context: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         """``conv(forward(inner, context))`` for a 1×1 ``conv``, without materialising the aligned map.
@@ -195,7 +216,7 @@ class SGAlign(nn.Module):
         weight = conv.weight.reshape(conv.out_channels, c, self.samples)  # channel c·P + p, G-TAD's order
         streams = torch.stack((inner, context), dim=2)  # (B, C, 2, L): column j = stream·L + l
         per_bin = torch.einsum("ocp,bcsl->bopsl", weight, streams).reshape(b * conv.out_channels, -1)
-        out = torch.mm(per_bin, fused).reshape(b, conv.out_channels, self.duration(length), length)
+        out = _apply(fused, per_bin).reshape(b, conv.out_channels, self.duration(length), length)
         if conv.bias is not None:
             out = out + conv.bias.view(1, -1, 1, 1)
         return out

@@ -124,6 +124,14 @@ def test_dataset_input_ignores_ambiguous() -> None:
     np.testing.assert_allclose(res.ap[0], [1.0, 0.5], atol=1e-12)
 
 
+def test_empty_predictions(tmp_path: Path) -> None:
+    gt = gt_file(tmp_path, {"v1": [ann(0, 10)], "v2": [ann(0, 10, "B")]})
+    res = evaluate_detection(gt, preds_dict({}))
+    assert res.ap.shape == (10, 2) and res.average_mAP == 0.0
+    with pytest.raises(PredictionError, match="no proposal"):
+        evaluate_proposals(gt, preds_dict({}))
+
+
 # ------------------------------------------------------------------------------------------------ vs reference
 
 

@@ -201,7 +201,10 @@ def test_parameter_count_matches_published_architecture() -> None:
     temporal = (256 * 128 + 128) + (4 * 3 * 128 + 128) + (128 * 256 + 256)
     semantic = (512 * 128 + 128) + (4 * 128 + 128) + (128 * 256 + 256)
     heads = 2 * (256 + 1)
-    proposal = lambda samples: (256 * samples * 512 + 512) + (512 * 128 + 128) + 2 * (128 * 128 * 9 + 128) + (128 * 2 + 2)  # noqa: E731
+
+    def proposal(samples: int) -> int:
+        return (256 * samples * 512 + 512) + (512 * 128 + 128) + 2 * (128 * 128 * 9 + 128) + (128 * 2 + 2)
+
     expected = conv_in + 4 * (temporal + semantic) + heads + proposal(36)
     assert expected == 5_825_412
     model = GTAD(400, 100)

@@ -105,12 +105,12 @@ def test_tem_loss_hand_value() -> None:
 def test_pem_losses_hand_values() -> None:
     # D = L = 2: valid cells (0,0), (0,1), (1,0); (1,1) is invalid and must be ignored.
     valid = valid_map_mask(2, 2)
-    gt = torch.tensor([[[0.95, 0.5], [0.2, 0.0]]])  # high, medium / low, invalid
-    pred = torch.tensor([[[0.75, 0.5], [0.0, 0.9]]])
+    gt = torch.tensor([[[0.95, 0.5], [0.0, 0.0]]])  # high, medium / low (IoU 0 counts as low), invalid
+    pred = torch.tensor([[[0.75, 0.5], [0.2, 0.9]]])
     # one cell per group → every ratio is 1 → all three valid cells used: 0.5 · (0.2² + 0 + 0.2²) / 3
     assert pem_reg_loss(pred, gt, valid).item() == pytest.approx(0.5 * 0.08 / 3, rel=1e-5)
     # cls: positive (0,0) (IoU > 0.9), negatives (0,1), (1,0)
-    expected = -(0.5 * math.log(0.75 + 1e-6) + 0.5 * (math.log(0.5 + 1e-6) + math.log(1.0 + 1e-6)) / 2)
+    expected = -(0.5 * math.log(0.75 + 1e-6) + 0.5 * (math.log(0.5 + 1e-6) + math.log(0.8 + 1e-6)) / 2)
     assert pem_cls_loss(pred, gt, valid).item() == pytest.approx(expected, rel=1e-5)
     # changing the invalid cell's prediction changes nothing
     pred2 = pred.clone()
@@ -156,6 +156,19 @@ def test_perfect_predictions_beat_random_and_reproducible() -> None:
     assert again.item() == noisy.item()
     total = parts_r["tem"] + 10 * parts_r["pem_reg"] + parts_r["pem_cls"]
     assert noisy.item() == pytest.approx(total.item(), rel=1e-6)
+
+
+def test_tal_loss_ignores_invalid_cells() -> None:
+    t = make_targets_batch([[[0.25, 0.75]]], 6, 6)
+    gen = torch.Generator().manual_seed(2)
+    out = {"start": torch.rand(1, 6, generator=gen), "end": torch.rand(1, 6, generator=gen),
+           "iou_map": torch.rand(1, 2, 6, 6, generator=gen)}
+    changed = {k: v.clone() for k, v in out.items()}
+    changed["iou_map"][:, :, ~valid_map_mask(6, 6)] = 0.99  # cells ending past the video
+    a, parts_a = tal_loss(out, t, generator=torch.Generator().manual_seed(0))
+    b, parts_b = tal_loss(changed, t, generator=torch.Generator().manual_seed(0))
+    assert a.item() == b.item()
+    assert parts_a["pem_cls"].item() == parts_b["pem_cls"].item()
 
 
 def test_no_positive_targets_are_finite() -> None:

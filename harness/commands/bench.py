@@ -53,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     memory.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda", "meta"), help="where to run the step (default cpu)"
     )
+    memory.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="checkpoint each encoder stage (keeps only stage inputs; recomputation shows in peak bytes only)",
+    )
     memory.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="run the forward under autocast")
     memory.add_argument("--json", action="store_true", help='print {"full": bytes, "S": .., "T": .., "ST": ..}')
     memory.set_defaults(func=run_memory)
@@ -79,6 +84,7 @@ def run_memory(args: argparse.Namespace) -> int:
         size=args.size,
         device=args.device,
         amp_dtype=amp_dtype,
+        encoder_kwargs={"grad_checkpointing": args.grad_checkpointing},
     )
     if args.json:
         print(json.dumps({name: r.activation_bytes for name, r in reports.items()}))
@@ -101,7 +107,8 @@ def run_memory(args: argparse.Namespace) -> int:
     if full.peak_bytes is not None:
         headers += ["peak MiB", "peak vs full"]
     print(
-        f"{args.encoder} + {args.head}, batch {args.batch}, {args.frames} frames/snippet, device {args.device}; "
+        f"{args.encoder} + {args.head}, batch {args.batch}, {args.frames} frames/snippet, device {args.device}, "
+        f"grad checkpointing {'on' if args.grad_checkpointing else 'off'}; "
         f"weights {full.param_bytes / 2**20:.1f} MiB"
     )
     print(tabulate(rows, headers=headers, disable_numparse=True))

@@ -26,6 +26,11 @@ Tie rules (the official code uses NumPy's unstable ``argsort()[::-1]``, which le
   each video's list) — a stable sort by descending score;
 - ground-truth instances with equal tIoU to a prediction are tried in their input order.
 
+Degenerate pairs: the tIoU of two zero-length segments is 0/0; we define it as 0 (never a match). The official
+code computes NaN there, and since ``NaN < threshold`` is false it would count a zero-length prediction as a true
+positive of *any* unmatched zero-length instance of its video and class (12 such instances in ActivityNet-1.3's
+file) — a defect we do not reproduce.
+
 Speed: no Python loop per prediction. The (prediction, ground truth) pairs of the same video and class are built
 with ``searchsorted``/``repeat``, pairs below the lowest threshold are dropped, and the greedy matching runs as a
 loop over the *rank of a prediction within its (video, class) group*: step ``r`` handles the r-th prediction of
@@ -51,6 +56,7 @@ from harness.errors import AnnotationError, PredictionError
 log = logging.getLogger(__name__)
 
 TIOU_THRESHOLDS: np.ndarray = np.linspace(0.5, 0.95, 10)
+TIOU_THRESHOLDS.flags.writeable = False  # a shared constant: nobody may change it in place
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -299,7 +305,9 @@ def load_predictions(
     names: list[str] = []
     for vid, entries in data["results"].items():
         if not isinstance(entries, list):
-            raise PredictionError(f"{source}: video {vid}: results must be a list of entries, got {type(entries).__name__}")
+            raise PredictionError(
+                f"{source}: video {vid}: results must be a list of entries, got {type(entries).__name__}"
+            )
         names.append(vid)
         counts.append(len(entries))
         entry: Any = None

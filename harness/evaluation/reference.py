@@ -21,7 +21,10 @@ def _tiou(p: Sequence[float], g: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _gt_by_video(database: Mapping[str, Any], subset: str) -> tuple[dict[str, list[tuple[str, list[float]]]], list[str]]:
+GroundTruth = dict[str, list[tuple[str, list[float]]]]  # video -> [(label, [start, end])]
+
+
+def _gt_by_video(database: Mapping[str, Any], subset: str) -> tuple[GroundTruth, list[str]]:
     per_video: dict[str, list[tuple[str, list[float]]]] = {}
     labels: set[str] = set()
     for vid, info in database.items():

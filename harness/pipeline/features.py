@@ -13,9 +13,8 @@ from tqdm import tqdm
 from harness.experiment import ExperimentConfig
 from harness.io import atomic_path
 from harness.pipeline.data import VideoFrames, prepare_dataset
-from harness.pipeline.pretrain import load_encoder
-from harness.pipeline.runtime import autocast, mark_done, select_device, stage_done
-from harness.seeding import seed_everything
+from harness.pipeline.models import load_encoder
+from harness.pipeline.runtime import autocast, mark_done, prepare, stage_done
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +28,7 @@ def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, 
     """Extract (L, D) float32 features for every video of the three subsets; resumable per video."""
     if stage_done(out):
         return out
-    seed_everything(seed, cfg.runtime.deterministic)
-    device = select_device(cfg.runtime)
+    device = prepare(cfg.runtime, seed)
     ds = prepare_dataset(cfg.data)
     frames = VideoFrames(cfg.data)
     wanted = [v for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)) for v in ds.subset(s)]

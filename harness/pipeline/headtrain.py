@@ -19,10 +19,11 @@ from harness.experiment import ExperimentConfig, OptimConfig
 from harness.io import write_json_atomic
 from harness.pipeline.data import dominant_label, prepare_dataset, tal_targets
 from harness.pipeline.features import load_features
+from harness.pipeline.models import build_head
 from harness.pipeline.runtime import (
-    autocast, check_finite, make_optimizer, mark_done, select_device, set_lr, stage_done,
+    autocast, check_finite, make_optimizer, mark_done, prepare, set_lr, stage_done,
 )
-from harness.seeding import numpy_rng, seed_everything, torch_generator
+from harness.seeding import numpy_rng, torch_generator
 from harness.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,6 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
     """Train ``cfg.head.name`` from scratch on ``features``; write predictions and ``metrics.json``.
 
     ``on_epoch(epoch, validation average mAP)`` is called after every epoch (Optuna pruning raises from it)."""
-    from heads import create_head
     from heads.losses import tal_loss
 
     if stage_done(out):
@@ -112,8 +112,7 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
 
         return json.loads((out / "metrics.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed, cfg.runtime.deterministic)
-    device = select_device(cfg.runtime)
+    device = prepare(cfg.runtime, seed)
     ds = prepare_dataset(cfg.data)
     have = {p.stem for p in (features / "videos").glob("*.npy")}
     split = {s: [v for v in ds.subset(s) if v.id in have] for s in (cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)}
@@ -123,7 +122,7 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
     D = min(L, cfg.head.max_duration or L)
     targets = tal_targets(train, L, D)
     hc, oc = cfg.head, cfg.head.optim
-    head = create_head(hc.name, in_features=x_train.shape[1], temporal_length=L, max_duration=D).to(device)
+    head = build_head(cfg, hc.name, in_features=x_train.shape[1], temporal_length=L).to(device)
     opt = make_optimizer(head.parameters(), oc)
     cidx = ds.class_index()
     t0 = time.perf_counter()
@@ -149,7 +148,7 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                tot += float(loss) * len(idx)
+                tot += loss.item() * len(idx)
             det, prop = predict(cfg, head, classifier, x_val, val, ds.classes, device)
             val_metrics = evaluate_split(ds, cfg.data.val_subset, det, prop)
             row = {"loss": tot / len(train), "lr": lr, "val_average_mAP": val_metrics["average_mAP"]}

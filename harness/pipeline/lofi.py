@@ -15,25 +15,18 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from harness.experiment import ExperimentConfig
+from harness.experiment import ExperimentConfig, config_hash
 from harness.fidelity import fidelity_shape
 from harness.pipeline.data import VideoFrames, prepare_dataset, tal_targets
-from harness.pipeline.pretrain import load_encoder
+from harness.pipeline.models import build_head, load_encoder
 from harness.pipeline.runtime import (
-    autocast, check_finite, load_torch, make_optimizer, mark_done, save_torch, select_device, set_lr, stage_done,
+    autocast, check_finite, load_torch, make_optimizer, mark_done, save_torch, prepare, set_lr, stage_done,
 )
 from harness.schedule import fidelity_at
-from harness.seeding import numpy_rng, seed_everything, torch_generator
+from harness.seeding import numpy_rng, torch_generator
 from harness.tracking import start_run
 
 log = logging.getLogger(__name__)
-
-
-def _head_for(cfg: ExperimentConfig, name: str, in_features: int) -> nn.Module:
-    from heads import create_head
-
-    return create_head(name, in_features=in_features, temporal_length=cfg.fidelity.snippets,
-                       max_duration=cfg.head.max_duration or None)
 
 
 def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: Path, parent_run_id: str = "",
@@ -47,23 +40,27 @@ def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: P
     if stage_done(out):
         return out / "encoder.pt"
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed, cfg.runtime.deterministic)
-    device = select_device(cfg.runtime)
+    device = prepare(cfg.runtime, seed)
     ds = prepare_dataset(cfg.data)
     frames = VideoFrames(cfg.data)
     videos = frames.usable(ds.subset(cfg.data.train_subset))
     fid, opt_cfg, lc = cfg.fidelity, cfg.lofi.optim, cfg.lofi
 
     encoder = load_encoder(cfg, init).to(device)
-    head = _head_for(cfg, lc.head, encoder.num_features).to(device)
+    head = build_head(cfg, lc.head, in_features=encoder.num_features, temporal_length=fid.snippets).to(device)
     opt = make_optimizer(
         [{"params": encoder.parameters(), "lr": opt_cfg.lr * lc.encoder_lr_scale}, {"params": head.parameters()}],
         opt_cfg,
     )
     start_epoch, history = 0, []
     ckpt = out / "checkpoint.pt"
-    if ckpt.is_file():  # resume after a kill: the last finished epoch
-        state = load_torch(ckpt)
+    # A checkpoint is resumed only by the same stage configuration; after a config change it is stale.
+    key = config_hash((cfg.data, cfg.fidelity, cfg.encoder, cfg.lofi, cfg.head), cycle, seed, init.resolve())
+    state = load_torch(ckpt) if ckpt.is_file() else None
+    if state is not None and state.get("key") != key:
+        log.warning("LoFi: %s belongs to another configuration; starting from epoch 1", ckpt)
+        state = None
+    if state is not None:  # resume after a kill: the last finished epoch
         encoder.load_state_dict(state["encoder"])
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])
@@ -73,6 +70,7 @@ def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: P
     bs = opt_cfg.batch_size
     micro = max(1, bs // opt_cfg.accumulate)
     iters_per_epoch = (len(videos) + bs - 1) // bs
+    t_start = time.perf_counter()
     with start_run(cfg.tracking, run_name=f"lofi-{cycle}-seed{seed}", parent_run_id=parent_run_id,
                    tags={"stage": "lofi", "cycle": cycle, "seed": str(seed)}) as tracker:
         for epoch in range(start_epoch, opt_cfg.epochs):
@@ -100,20 +98,21 @@ def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: P
                                            generator=torch_generator(seed, "lofi-loss", epoch, step, m))
                     check_finite(loss, stage=f"LoFi[{cycle}]", epoch=epoch, step=step)
                     (loss * len(part) / len(batch)).backward()
-                    tot += float(loss) * len(part)
+                    tot += loss.item() * len(part)
                     seen += len(part)
                 opt.step()
-                bar.set_postfix(loss=f"{float(loss):.3f}", fid=f"{f.name}:{L}x{size}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", fid=f"{f.name}:{L}x{size}")
             row = {"loss": tot / max(seen, 1), "lr": lr, "clips_per_s": seen / (time.perf_counter() - t0)}
             history.append(row)
             tracker.log_metrics({f"lofi_{k}": v for k, v in row.items()}, step=epoch)
             log.info("LoFi[%s] epoch %d: loss %.4f (%.1f clips/s)", cycle, epoch + 1, row["loss"], row["clips_per_s"])
             save_torch(ckpt, {"encoder": encoder.state_dict(), "head": head.state_dict(),
-                              "optimizer": opt.state_dict(), "epoch": epoch, "history": history})
+                              "optimizer": opt.state_dict(), "epoch": epoch, "history": history, "key": key})
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < opt_cfg.epochs:
                 return ckpt  # simulated interruption (tests)
         save_torch(out / "encoder.pt", {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name})
         mark_done(out, {"stage": "lofi", "cycle": cycle, "seed": seed, "history": history,
-                        "skipped_videos": frames.skipped, "mlflow_run_id": tracker.run_id})
+                        "skipped_videos": frames.skipped, "mlflow_run_id": tracker.run_id,
+                        "time_s": time.perf_counter() - t_start})
     ckpt.unlink(missing_ok=True)
     return out / "encoder.pt"

@@ -21,42 +21,22 @@ from tqdm import tqdm
 
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
-from harness.pipeline.data import LabelledItem, VideoFrames, dominant_label, read_source_index, video_file
+from harness.pipeline.data import LabelledItem, VideoFrames, prepare_dataset, read_source_index, video_file
+from harness.pipeline.models import build_encoder, load_encoder
 from harness.pipeline.runtime import (
-    check_finite, load_torch, make_optimizer, mark_done, save_torch, select_device, set_lr, stage_done,
+    check_finite, make_optimizer, mark_done, save_torch, prepare, set_lr, stage_done,
 )
-from harness.seeding import numpy_rng, seed_everything
+from harness.seeding import numpy_rng
 from harness.tracking import start_run
 
 log = logging.getLogger(__name__)
-
-
-def build_encoder(cfg: ExperimentConfig, *, from_weights: bool) -> nn.Module:
-    from encoders import create_encoder
-
-    e = cfg.encoder
-    return create_encoder(
-        e.name,
-        pretrained=e.pretrained and from_weights,
-        checkpoint=(e.checkpoint or None) if from_weights else None,
-        shift_over=e.shift_over,
-        grad_checkpointing=e.grad_checkpointing,
-        channels_last=e.channels_last,
-    )
-
-
-def load_encoder(cfg: ExperimentConfig, checkpoint: Path) -> nn.Module:
-    enc = build_encoder(cfg, from_weights=False)
-    state = load_torch(checkpoint)
-    enc.load_state_dict(state["encoder"])
-    return enc
 
 
 def _image_clip(path: Path, frames: int, size: int) -> torch.Tensor:
     from PIL import Image
 
     try:
-        img = np.asarray(Image.open(path).convert("RGB"))
+        img = np.array(Image.open(path).convert("RGB"))
     except OSError as exc:
         raise LofiError(f"{path}: cannot read image ({exc}); regenerate the source or remove it from the index") from None
     t = torch.from_numpy(img).permute(2, 0, 1).float().div(255.0)[None]
@@ -86,8 +66,6 @@ def _load_items(cfg: ExperimentConfig, mode: str, frames_src: VideoFrames) -> tu
         classes, items = read_source_index(cfg.data, cfg.data.acp_source, "clips")
         clips = [_video_clip(frames_src, it.path, nf, size) for it in tqdm(items, desc="load clips", leave=False)]
     else:  # acp+: the target's trimmed training segments
-        from harness.pipeline.data import prepare_dataset
-
         ds = prepare_dataset(cfg.data)
         classes = list(ds.classes)
         cidx = ds.class_index()
@@ -139,9 +117,9 @@ def train_classification(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss) * len(idx)
+            tot += loss.item() * len(idx)
             correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         row = {"loss": tot / n, "accuracy": correct / n, "lr": lr, "clips_per_s": n / (time.perf_counter() - t0)}
         history.append(row)
         tracker.log_metrics({f"{stage}_{k}": v for k, v in row.items()}, step=epoch)
@@ -159,8 +137,8 @@ def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, init
     if stage_done(out):
         return out / "encoder.pt"
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed, cfg.runtime.deterministic)
-    device = select_device(cfg.runtime)
+    device = prepare(cfg.runtime, seed)
+    prepare_dataset(cfg.data)  # generates the synthetic benchmark (and its pre-training sources) on first use
     frames_src = VideoFrames(cfg.data)
     source = cfg.data.icp_source if mode == "icp" else cfg.data.acp_source
     with start_run(cfg.tracking, run_name=f"pretrain-{mode}-seed{seed}", parent_run_id=parent_run_id,

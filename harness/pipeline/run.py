@@ -49,18 +49,23 @@ def mode_fidelities(cfg: ExperimentConfig, mode: str) -> list[tuple[str, float, 
     return [(cycle, *PAPER_RATIOS[cycle])]
 
 
+def check_fidelity(cfg: ExperimentConfig, mode: str) -> None:
+    """Fail fast (before any work) on a fidelity the mode cannot use."""
+    for _, r_t, r_s in mode_fidelities(cfg, mode):
+        fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, r_t, r_s)
+
+
 def _memory(cfg: ExperimentConfig, mode: str) -> dict[str, float]:
     """Activation bytes of one LoFi training step (batch 1) at the mode's fidelities, and at full fidelity."""
     from harness.memory import measure_step_memory
-    from harness.pipeline.lofi import _head_for
-    from harness.pipeline.pretrain import build_encoder
+    from harness.pipeline.models import build_encoder, build_head
 
     fid = cfg.fidelity
     enc = build_encoder(cfg, from_weights=False)
 
     def at(r_t: float, r_s: float) -> int:
         L, size = fidelity_shape(fid.snippets, fid.size, r_t, r_s)
-        head = _head_for(cfg, cfg.lofi.head, enc.num_features)
+        head = build_head(cfg, cfg.lofi.head, in_features=enc.num_features, temporal_length=L)
         return int(measure_step_memory(enc, head, batch=1, snippets=L, frames=fid.frames, size=size).activation_bytes)
 
     full = at(1.0, 1.0)
@@ -80,6 +85,7 @@ def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, dirs: Sta
 
     if mode not in MODES:
         raise LofiError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+    check_fidelity(cfg, mode)
     dirs = dirs or StageDirs.under(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))

@@ -29,9 +29,14 @@ def select_device(cfg: RuntimeConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def configure_threads(cfg: RuntimeConfig) -> None:
+def prepare(cfg: RuntimeConfig, seed: int) -> torch.device:
+    """Seed everything, set torch's thread count, and pick the device: the first lines of every stage."""
+    from harness.seeding import seed_everything
+
+    seed_everything(seed, cfg.deterministic)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    return select_device(cfg)
 
 
 def autocast(device: torch.device, enabled: bool):  # -> context manager

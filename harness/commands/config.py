@@ -1,0 +1,85 @@
+"""`lofi config schema|show|check`: the experiment config's JSON schema, the resolved config, a validity check."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from harness.errors import ConfigError
+
+EPILOG = """\
+examples:
+  lofi config schema --out config/schema.json        regenerate the committed schema (a test compares them)
+  lofi config show --config config/smoke.yaml --set lofi.optim.epochs=1
+  lofi config check --config config/default.yaml
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="experiment configs: JSON schema, resolved view, check",
+                       description="Inspect and check experiment configs (config/*.yaml).", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    csub.required = True
+    s = csub.add_parser("schema", help="print (or write) the JSON schema generated from harness/experiment.py",
+                        description="The JSON schema (draft 2020-12) of ExperimentConfig: types, enums, closed "
+                        "objects, defaults. config/schema.json is this output; the Snakefile validates against it.")
+    s.add_argument("--out", type=Path, default=None, metavar="FILE", help="write here (atomically) instead of stdout")
+    s.set_defaults(func=_schema)
+    for name, helptext, func in (
+        ("show", "print the resolved config (every default filled in) as YAML", _show),
+        ("check", "check a config against the dataclasses and the JSON schema", _check),
+    ):
+        c = csub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        c.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
+        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set lofi.optim.epochs=2 (repeatable)")
+        c.set_defaults(func=func)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from harness.schema import schema_text
+
+    text = schema_text()
+    if args.out is None:
+        print(text, end="")
+    else:
+        from harness.io import write_text_atomic
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out, text)
+        print(args.out)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from harness.config import to_dict
+    from harness.experiment import load_experiment
+
+    cfg = load_experiment(args.config, args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def check_config(path: Path, overrides: list[str] | None = None) -> None:
+    """Raise ConfigError (one line, naming the file and key) unless ``path`` is a valid experiment config."""
+    import jsonschema
+
+    from harness.config import apply_overrides, load_yaml
+    from harness.experiment import load_experiment
+    from harness.schema import experiment_schema
+
+    load_experiment(path, overrides)  # the friendlier message first: unknown key with a suggestion, wrong type
+    data = apply_overrides(load_yaml(path), overrides or [])
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(experiment_schema()).iter_errors(data))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+        raise ConfigError(f"{path}: {key}: {error.message}")
+
+
+def _check(args: argparse.Namespace) -> int:
+    check_config(args.config, args.overrides)
+    print(f"ok: {args.config}")
+    return 0

@@ -1,0 +1,44 @@
+"""The factories: the only place where encoder and head hyperparameters are read from the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from harness.experiment import ExperimentConfig
+from harness.pipeline.runtime import load_torch
+
+
+def build_encoder(cfg: ExperimentConfig, *, from_weights: bool) -> nn.Module:
+    """The configured encoder; ``from_weights`` loads timm ImageNet / local checkpoint weights when configured."""
+    from encoders import create_encoder
+
+    e = cfg.encoder
+    return create_encoder(
+        e.name,
+        pretrained=e.pretrained and from_weights,
+        checkpoint=(e.checkpoint or None) if from_weights else None,
+        shift_over=e.shift_over,
+        grad_checkpointing=e.grad_checkpointing,
+        channels_last=e.channels_last,
+    )
+
+
+def load_encoder(cfg: ExperimentConfig, checkpoint: Path) -> nn.Module:
+    """An encoder with the weights a stage of ours saved (``{"encoder": state_dict}``)."""
+    enc = build_encoder(cfg, from_weights=False)
+    enc.load_state_dict(load_torch(checkpoint)["encoder"])
+    return enc
+
+
+def build_head(cfg: ExperimentConfig, name: str, *, in_features: int, temporal_length: int) -> nn.Module:
+    from heads import create_head
+
+    h = cfg.head
+    common = dict(in_features=in_features, temporal_length=temporal_length, max_duration=h.max_duration or None,
+                  hidden=h.hidden, hidden_2d=h.hidden_2d, hidden_3d=h.hidden_3d)
+    samples = {"gtad": "inner_samples", "bmn": "num_sample"}.get(name)
+    if samples is not None:
+        common[samples] = h.samples
+    return create_head(name, **common)

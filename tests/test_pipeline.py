@@ -1,0 +1,134 @@
+"""The training pipeline end to end on the smoke benchmark: every mode, determinism, resume, MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.experiment import MODES, load_experiment
+from harness.pipeline.run import StageDirs, run_all
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "config" / "smoke.yaml"
+
+
+def _cfg(overrides, *extra):
+    return load_experiment(SMOKE, [*overrides, *extra])
+
+
+def _check_metrics(out: Path) -> dict:
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["mAP"]) == 10 and all(0.0 <= x <= 1.0 for x in m["mAP"])
+    assert m["average_mAP"] == pytest.approx(float(np.mean(m["mAP"])), abs=1e-12)
+    assert 0.0 <= m["validation"]["average_mAP"] <= 1.0
+    row = json.loads((out / "row.json").read_text())
+    assert row["average_mAP"] == m["average_mAP"] and row["seed"] >= 0
+    return m
+
+
+def test_every_mode_produces_metrics(tmp_path, tiny_overrides):
+    cfg = _cfg(tiny_overrides, "lofi.r_t=3", "lofi.r_s=1.5")
+    shared = tmp_path / "shared"
+    rows = {}
+    for mode in MODES:
+        out = tmp_path / mode
+        # the ACP encoder is shared by every mode that starts from it, as the Snakefile shares it
+        pre = shared / "acp" if mode not in ("icp", "acp+") else out / "pretrain"
+        dirs = StageDirs(pretrain=pre, acp=shared / "acp", lofi=out / "lofi", features=out / "features", head=out / "head")
+        rows[mode] = run_all(cfg, mode=mode, seed=0, out=out, dirs=dirs)
+        _check_metrics(out)
+    assert rows["lofi-T"]["L"] == 2 and rows["lofi-T"]["size"] == 16  # 8 snippets / r_t 4
+    assert rows["lofi-ST"]["L"] == 4 and rows["lofi-ST"]["size"] == 11  # 16 / sqrt(2) = 11.3
+    assert rows["lofi-custom"]["L"] == 3 and rows["lofi-custom"]["size"] == 11  # 8/3 -> 3, 16/1.5 -> 11
+    assert rows["lofi-long"]["fidelities"] == "S,T,ST"
+    # low fidelity saves activation memory: every LoFi setting below the full-fidelity step
+    for mode in ("lofi-S", "lofi-T", "lofi-ST"):
+        assert 0 < rows[mode]["activation_rel"] < 1.0, mode
+    assert rows["e2e-full"]["activation_rel"] == pytest.approx(1.0)
+    # frozen-encoder modes never ran a LoFi stage
+    assert not (tmp_path / "acp" / "lofi").exists()
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path, tiny_overrides):
+    cfg = _cfg(tiny_overrides)
+    a = run_all(cfg, mode="lofi-short", seed=3, out=tmp_path / "a")
+    b = run_all(cfg, mode="lofi-short", seed=3, out=tmp_path / "b")
+    for k in ("average_mAP", "mAP_0.50", "mAP_0.95", "AR_100", "val_average_mAP"):
+        assert a[k] == b[k], k
+    pa = json.loads((tmp_path / "a/head/predictions_testing.json").read_text())
+    pb = json.loads((tmp_path / "b/head/predictions_testing.json").read_text())
+    assert pa == pb
+    c = run_all(cfg, mode="lofi-short", seed=4, out=tmp_path / "c")
+    assert c["average_mAP"] != a["average_mAP"] or c["val_average_mAP"] != a["val_average_mAP"]
+
+
+def test_lofi_stage_resumes_after_a_kill_with_the_same_numbers(tmp_path, tiny_overrides):
+    from harness.pipeline.lofi import run_lofi
+    from harness.pipeline.pretrain import run_pretrain
+
+    cfg = _cfg(tiny_overrides, "lofi.optim.epochs=3")
+    init = run_pretrain(cfg, mode="acp", seed=1, out=tmp_path / "acp")
+    straight = run_lofi(cfg, cycle="long", seed=1, init=init, out=tmp_path / "straight")
+    partial = run_lofi(cfg, cycle="long", seed=1, init=init, out=tmp_path / "resumed", stop_after_epoch=1)
+    assert partial.name == "checkpoint.pt" and not (tmp_path / "resumed" / "done.json").exists()
+    resumed = run_lofi(cfg, cycle="long", seed=1, init=init, out=tmp_path / "resumed")
+    sa = torch.load(straight, weights_only=True)["encoder"]
+    sb = torch.load(resumed, weights_only=True)["encoder"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    ha = json.loads((tmp_path / "straight/done.json").read_text())["history"]
+    hb = json.loads((tmp_path / "resumed/done.json").read_text())["history"]
+    assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+
+
+def test_stale_checkpoint_of_another_config_is_not_resumed(tmp_path, tiny_overrides):
+    from harness.pipeline.lofi import run_lofi
+    from harness.pipeline.pretrain import run_pretrain
+
+    cfg = _cfg(tiny_overrides, "lofi.optim.epochs=2")
+    init = run_pretrain(cfg, mode="acp", seed=1, out=tmp_path / "acp")
+    run_lofi(cfg, cycle="S", seed=1, init=init, out=tmp_path / "x", stop_after_epoch=1)
+    other = _cfg(tiny_overrides, "lofi.optim.epochs=2", "lofi.optim.lr=0.05")
+    run_lofi(other, cycle="S", seed=1, init=init, out=tmp_path / "x")
+    fresh = run_lofi(other, cycle="S", seed=1, init=init, out=tmp_path / "y")
+    a = torch.load(tmp_path / "x/encoder.pt", weights_only=True)["encoder"]
+    b = torch.load(fresh, weights_only=True)["encoder"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_with_stage_epoch_and_step(tmp_path, tiny_overrides):
+    from harness.errors import LofiError
+    from harness.pipeline.lofi import run_lofi
+    from harness.pipeline.pretrain import run_pretrain
+
+    cfg = _cfg(tiny_overrides, "lofi.optim.lr=1e30")
+    init = run_pretrain(cfg, mode="acp", seed=2, out=tmp_path / "acp")
+    with pytest.raises(LofiError, match=r"LoFi\[S\]: loss is .* at epoch \d+ step \d+"):
+        run_lofi(cfg, cycle="S", seed=2, init=init, out=tmp_path / "nan")
+    assert not (tmp_path / "nan" / "done.json").exists()
+
+
+def test_mlflow_records_parent_and_children(tmp_path, tiny_overrides):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = _cfg([o for o in tiny_overrides if not o.startswith("tracking.")], f"tracking.uri={uri}", "tracking.experiment=t")
+    row = run_all(cfg, mode="lofi-T", seed=0, out=tmp_path / "run")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("t")
+    runs = client.search_runs([exp.experiment_id])
+    parent = client.get_run(row["mlflow_run_id"])
+    assert parent.data.params["mode"] == "lofi-T" and parent.data.params["encoder.name"] == "tsm_resnet_tiny"
+    assert "commit" in parent.data.params and "lofi.c_s" in parent.data.params
+    assert parent.data.metrics["average_mAP"] == pytest.approx(row["average_mAP"])
+    assert "mAP_0.50" in parent.data.metrics
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {r.data.tags["stage"] for r in children} == {"pretrain", "lofi", "head"}
+    head = next(r for r in children if r.data.tags["stage"] == "head")
+    assert "head_val_average_mAP" in head.data.metrics and "AR_100" in head.data.metrics
+    assert all(r.info.status == "FINISHED" for r in runs)

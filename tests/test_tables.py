@@ -1,0 +1,194 @@
+"""harness.tables / plots / `lofi report tables` on TEST FIXTURES: made-up row.json, predictions.json and
+annotations.json files written into tmp_path. None of these numbers is a measured result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.paper_results import PUBLISHED, canonical_dataset, published
+from harness.tables import TableError, ablation_table, load_rows, memory_table, models_table, pretrain_table, to_latex, to_markdown, write_tables
+
+CLASSES = ("jump", "run")
+N_VIDEOS = 10
+# Fixture average mAP per mode and seed (fractions, as rows store them).
+FIXTURE_AVG = {
+    "acp": (0.30, 0.32), "lofi-S": (0.33, 0.35), "lofi-T": (0.31, 0.33), "lofi-ST": (0.34, 0.34),
+    "lofi-short": (0.35, 0.37), "lofi-long": (0.36, 0.38), "icp": (0.25, 0.27), "acp+": (0.31, 0.31),
+}
+FIXTURE_SHAPE = {"lofi-S": (100, 112, 0.25), "lofi-T": (25, 224, 0.25), "lofi-ST": (50, 158, 0.25)}
+NOISE = {"icp": 8.0, "acp": 6.0, "acp+": 5.0, "lofi-S": 4.0, "lofi-T": 4.0, "lofi-ST": 4.0, "lofi-short": 2.0,
+         "lofi-long": 1.0}
+
+
+def _write_annotations(path: Path) -> dict:
+    rng = np.random.default_rng(0)
+    db = {}
+    for i in range(N_VIDEOS):
+        start = float(rng.uniform(0, 50))
+        db[f"vid{i:02d}"] = {"subset": "validation", "duration": 100.0,
+                             "annotations": [{"segment": [start, start + 20.0], "label": CLASSES[i % 2]}]}
+    path.write_text(json.dumps({"version": "fixture", "database": db}))
+    return db
+
+
+def _write_run(root: Path, dataset: str, mode: str, seed: int, db: dict, gt: Path, encoder: str = "tsm_resnet18") -> Path:
+    run = root / dataset / encoder / mode / f"seed{seed}"
+    run.mkdir(parents=True)
+    rng = np.random.default_rng([seed, len(mode)])
+    results = {}
+    for vid, info in db.items():
+        (s, e), label = info["annotations"][0]["segment"], info["annotations"][0]["label"]
+        jitter = rng.normal(0, NOISE[mode], 2)
+        results[vid] = [{"label": label, "score": float(rng.uniform(0.5, 1)), "segment": [s + jitter[0], e + abs(jitter[1]) + 1]},
+                        {"label": CLASSES[int(rng.integers(2))], "score": float(rng.uniform(0, 0.5)), "segment": [1.0, 9.0]}]
+    (run / "predictions.json").write_text(json.dumps({"version": "fixture", "results": results}))
+    avg = FIXTURE_AVG[mode][seed]
+    L, size, rel = FIXTURE_SHAPE.get(mode, (None, None, 0.3 if mode in ("lofi-long", "lofi-short") else 0.0))
+    cycle = {"lofi-S": "S", "lofi-T": "T", "lofi-ST": "ST", "lofi-long": "long", "lofi-short": "short"}.get(mode, "")
+    row = {
+        "dataset": dataset, "encoder": encoder, "head": "gtad", "mode": mode, "cycle": cycle, "r_t": None, "r_s": None,
+        "L": L, "size": size, "full_L": 100, "full_size": 224, "seed": seed, "split": "validation",
+        "config_hash": f"hash-{mode}-{seed}", "commit": "fixturecommit", "mlflow_run_id": f"mlflow-{mode}-{seed}",
+        "average_mAP": avg, **{f"mAP_{t:.2f}": avg + 0.2 - 0.4 * (t - 0.5) / 0.45 for t in np.linspace(0.5, 0.95, 10)},
+        "activation_bytes": int(rel * 2**30), "activation_bytes_full": 2**30, "time_lofi_s": 10.0 + seed,
+        "predictions": "predictions.json", "ground_truth": str(gt),
+    }
+    (run / "row.json").write_text(json.dumps(row))
+    return run
+
+
+@pytest.fixture(scope="module")
+def fixture_runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    gt = root / "annotations.json"
+    db = _write_annotations(gt)
+    for dataset in ("synthetic", "activitynet"):
+        for mode in FIXTURE_AVG:
+            for seed in (0, 1):
+                _write_run(root, dataset, mode, seed, db, gt)
+    for mode in ("acp", "lofi-long"):  # a second encoder for the models table
+        for seed in (0, 1):
+            _write_run(root, "activitynet", mode, seed, db, gt, encoder="tsm_resnet34")
+    return root
+
+
+def _rows(root: Path, dataset: str, encoder: str = "tsm_resnet18") -> pd.DataFrame:
+    rows = load_rows(sorted(root.glob(f"{dataset}/**/row.json")))
+    return rows[rows["encoder"] == encoder]
+
+
+def _markdown_table(text: str) -> list[list[str]]:
+    """Cells of the first pipe table in ``text`` (separator line dropped)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    return [cells[0]] + [c for c in cells[2:]] if cells else []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_ablation_table_rows_columns_and_values(fixture_runs: Path) -> None:
+    table = ablation_table(_rows(fixture_runs, "synthetic"))
+    assert list(table.display["Config"]) == ["ACP", "S-LoFi", "T-LoFi", "ST-LoFi", "Short C-LoFi", "Long C-LoFi"]
+    for col in ("L", "H×W", "mAP@0.5", "mAP@0.75", "mAP@0.95", "Avg", "Act. mem. (rel.)", "Δ Avg [95% CI]", "p (Holm)"):
+        assert col in table.display.columns
+    acp = table.display.set_index("Config").loc["ACP"]
+    assert acp["Avg"] == "31.00 ± 1.41"  # (30 + 32) / 2, sd = sqrt(2) with ddof=1
+    s = table.display.set_index("Config").loc["S-LoFi"]
+    assert (s["L"], s["H×W"], s["Act. mem. (rel.)"]) == ("100", "112²", "0.25")
+    assert table.display.set_index("Config").loc["Long C-LoFi", "L"] == "–"
+
+
+def test_outputs_parse_and_round_trip(fixture_runs: Path, tmp_path: Path) -> None:
+    table = ablation_table(_rows(fixture_runs, "synthetic"))
+    md, csv, tex = write_tables([table], tmp_path, "table_ablation")
+    cells = _markdown_table(md.read_text())
+    assert cells[0][:2] == ["Config", "L"] and len(cells) == 7
+    assert all(len(r) == len(cells[0]) for r in cells)
+    pd.testing.assert_frame_equal(pd.read_csv(csv), table.numeric, check_dtype=False)
+    latex = tex.read_text()
+    assert latex.index(r"\toprule") < latex.index(r"\midrule") < latex.index(r"\bottomrule")
+    assert r"$\pm$" in latex and "fixturecommit" in latex
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_provenance_comes_from_rows(fixture_runs: Path) -> None:
+    text = to_markdown(ablation_table(_rows(fixture_runs, "synthetic")))
+    assert "fixturecommit" in text and "mlflow-lofi-S-1" in text and "hash-acp-0" in text
+    assert "hash-icp-0" not in text  # only the runs shown in the table
+
+
+def test_published_numbers_absent_for_synthetic(fixture_runs: Path) -> None:
+    for build in (ablation_table, pretrain_table):
+        table = build(_rows(fixture_runs, "synthetic"))
+        assert not any("Paper" in c for c in table.display.columns)
+        assert not any(c.startswith("paper_") for c in table.numeric.columns)
+        text = to_markdown(table) + to_latex(table)
+        for r in PUBLISHED:  # no published value anywhere in the synthetic tables
+            for v in r.values.values():
+                assert f"{v:.2f}" not in text
+        assert "not comparable" in text
+
+
+def test_published_numbers_beside_measured_for_activitynet(fixture_runs: Path) -> None:
+    table = ablation_table(_rows(fixture_runs, "activitynet"))
+    shown = table.display.set_index("Config")
+    assert shown.loc["ACP", "Paper Avg"] == "33.59" and shown.loc["Long C-LoFi", "Paper Avg"] == "34.49"
+    assert shown.loc["ACP", "Δ paper"] == "-2.59"  # 31.00 - 33.59
+    assert table.numeric.set_index("mode").loc["lofi-S", "paper_mAP_0.50"] == 50.47
+    pre = pretrain_table(_rows(fixture_runs, "activitynet")).display.set_index("Config")
+    assert pre.loc["ICP", "Paper Avg"] == "32.16"
+
+
+def test_models_and_memory_tables(fixture_runs: Path) -> None:
+    rows = load_rows(sorted(fixture_runs.glob("activitynet/**/row.json")))
+    models = models_table(rows).display.set_index("Encoder")
+    assert set(models.index) == {"tsm_resnet18", "tsm_resnet34"}
+    assert models.loc["tsm_resnet34", "Paper LoFi"] == "34.74"
+    assert models.loc["tsm_resnet18", "LoFi Avg"] == "37.00 ± 1.41"
+    memory = memory_table(_rows(fixture_runs, "synthetic")).display
+    st = memory[memory["Config"] == "ST-LoFi"].iloc[0]
+    assert (st["Rel. to full"], st["Activations (MiB)"], st["Peak (GiB)"]) == ("0.25", "256.0", "not measured")
+    assert memory[memory["Config"] == "ACP"].iloc[0]["Rel. to full"] == "–"
+
+
+def test_report_command_end_to_end(fixture_runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    rc = main(["-q", "report", "tables", "--runs-glob", str(fixture_runs / "synthetic" / "**" / "row.json"),
+               "--out", str(out), "--n-boot", "40", "--seed", "0"])
+    assert rc == 0
+    for kind in ("ablation", "pretrain", "models", "memory"):
+        for ext in ("md", "csv", "tex"):
+            assert (out / f"table_{kind}.{ext}").stat().st_size > 0
+    assert (out / "plot_map_vs_tiou_synthetic_tsm_resnet18_gtad.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plot_map_vs_memory_synthetic_tsm_resnet18_gtad.png").exists()
+    numeric = pd.read_csv(out / "table_ablation.csv").set_index("mode")
+    others = numeric.drop(index="acp")
+    assert others["p_holm"].between(1 / 41, 1).all()
+    assert (others["p_holm"] >= others["p_value"]).all()  # Holm never lowers a p-value
+    assert (others["delta_ci_low"] <= others["delta_ci_high"]).all()
+    text = (out / "table_ablation.md").read_text()
+    assert f"n = {N_VIDEOS} test videos" in text and "Holm-corrected over 5 comparison(s)" in text
+    # same seed -> same numbers
+    main(["-q", "report", "tables", "--runs-glob", str(fixture_runs / "synthetic" / "**" / "row.json"),
+          "--out", str(tmp_path / "again"), "--n-boot", "40", "--seed", "0", "--which", "ablation", "--no-plots"])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "table_ablation.csv"), pd.read_csv(out / "table_ablation.csv"))
+
+
+def test_missing_row_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(TableError, match="no row.json") as exc:
+        load_rows([tmp_path])
+    assert "\n" not in str(exc.value)
+
+
+def test_paper_results_lookup() -> None:
+    assert canonical_dataset("ActivityNet-v1.3") == "activitynet" and canonical_dataset("HACS") == "hacs"
+    assert canonical_dataset("synthetic-default") is None
+    assert published("ablation", "hacs", "lofi-long").values == {"average_mAP": 24.64}
+    assert published("ablation", "synthetic", "acp") is None

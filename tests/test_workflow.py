@@ -1,0 +1,216 @@
+"""The Snakefile, the config schema and the `lofi config` / `lofi track` commands.
+
+Dry runs (`snakemake -n`) parse the real Snakefile with the smoke config moved to a temporary results folder; the
+slow test runs the smoke workflow end to end into a temporary working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from harness.experiment import MODE_PLAN, load_experiment
+from harness.schema import experiment_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "Snakefile"
+CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
+
+
+def lofi(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--nolock", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+
+
+def smoke_copy(tmp_path: Path, **sweep: object) -> tuple[Path, Path]:
+    """config/smoke.yaml with its results (and optionally more sweep keys) under tmp_path."""
+    data = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    results = tmp_path / "results"
+    data["sweep"].update({"results": str(results), **sweep})
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path, results
+
+
+def job_counts(output: str) -> Counter:
+    """The 'Job stats' table of a (dry) run: rule -> count (without the total)."""
+    block = output.split("Job stats:", 1)[1]
+    counts = Counter()
+    for line in block.splitlines()[3:]:
+        m = re.fullmatch(r"(\S+)\s+(\d+)", line.strip())
+        if not m:
+            break
+        if m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def expected_ablation_jobs(config: Path) -> Counter:
+    """Jobs for table_ablation.md worked out from the config and MODE_PLAN (not from the Snakefile)."""
+    sweep = load_experiment(config).sweep
+    n = len(sweep.seeds)
+    plans = [MODE_PLAN[m] for m in sweep.ablation_modes]
+    pretrain = {p for p, _ in plans} | ({"acp"} if any(c for _, c in plans) else set())
+    cycles = {c for _, c in plans if c}
+    sources = {p for p, c in plans if c is None} | {f"lofi-{c}" for c in cycles}
+    return Counter({"data": 1, "track_init": 1, "pretrain": n * len(pretrain), "lofi": n * len(cycles),
+                    "features": n * len(sources), "run": n * len(plans), "table_ablation": 1})
+
+
+# ------------------------------------------------------------------------------------------------- parse time
+def test_dry_run_lists_the_ablation_jobs(tmp_path: Path) -> None:
+    config, results = smoke_copy(tmp_path)
+    out = snakemake("-n", str(results / "table_ablation.md"), "--configfile", str(config))
+    assert out.returncode == 0, out.stderr + out.stdout
+    counts = job_counts(out.stdout)
+    assert counts == expected_ablation_jobs(config)
+    # every job logs and benchmarks under the sweep's results
+    assert f"log: {results}/logs/" in out.stdout and f"benchmark: {results}/benchmarks/" in out.stdout
+
+
+def test_default_config_dry_run_builds_every_table() -> None:
+    out = snakemake("-n", "all")
+    assert out.returncode == 0, out.stderr + out.stdout
+    counts = job_counts(out.stdout)
+    for rule in ("table_ablation", "table_pretrain", "table_models", "table_memory", "optuna", "memory"):
+        assert counts[rule] == 1, rule
+    cfg = load_experiment(ROOT / "config/default.yaml")
+    runs = {(e, h, m) for e in cfg.sweep.encoders[:1] for h in cfg.sweep.heads[:1]
+            for m in (*cfg.sweep.ablation_modes, *cfg.sweep.pretrain_modes)}
+    runs |= {(e, h, m) for e in cfg.sweep.encoders for h in cfg.sweep.heads for m in cfg.sweep.model_modes}
+    assert counts["run"] == len(runs) * len(cfg.sweep.seeds)
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    config, results = smoke_copy(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["lofi"]["epochz"] = 3
+    config.write_text(yaml.safe_dump(data))
+    out = snakemake("-n", str(results / "table_ablation.md"), "--configfile", str(config))
+    assert out.returncode != 0
+    line = next(l for l in (out.stdout + out.stderr).splitlines() if "epochz" in l)
+    assert str(config) in line and "lofi" in line
+
+
+def test_config_override_reaches_resolved_config_and_keeps_mtime(tmp_path: Path) -> None:
+    config, results = smoke_copy(tmp_path)
+    target = str(results / "table_ablation.md")
+    assert snakemake("-n", target, "--configfile", str(config)).returncode == 0
+    resolved = results / "config.resolved.yaml"
+    first = resolved.stat().st_mtime_ns
+    assert snakemake("-n", target, "--configfile", str(config)).returncode == 0
+    assert resolved.stat().st_mtime_ns == first  # unchanged content: untouched file
+    out = snakemake("-n", target, "--configfile", str(config), "--config", "post={top_k: 7}")
+    assert out.returncode == 0, out.stderr
+    text = resolved.read_text()
+    assert yaml.safe_load(text)["post"]["top_k"] == 7
+    assert yaml.safe_load(text)["post"]["sigma"] == load_experiment(config).post.sigma  # the rest kept
+    # the jobs read the resolved file, and it is a valid config on its own
+    assert f"--config {resolved}" in snakemake("-n", "-p", target, "--configfile", str(config)).stdout
+    assert lofi("config", "check", "--config", str(resolved)).returncode == 0
+
+
+# ------------------------------------------------------------------------------------------------- the schema
+def test_committed_schema_is_current() -> None:
+    out = lofi("config", "schema")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (ROOT / "config/schema.json").read_text(), "regenerate: lofi config schema --out config/schema.json"
+
+
+def test_schema_is_closed_and_uses_field_defaults() -> None:
+    schema = experiment_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    assert list(validator.iter_errors({"lofi": {"epochz": 3}}))
+    assert list(validator.iter_errors({"encoder": {"shift_over": "sideways"}}))  # Literal -> enum
+    assert list(validator.iter_errors({"fidelity": {"snippets": 0}}))
+    assert list(validator.iter_errors({"sweep": {"optuna": {"r_t": [1.0]}}}))  # a pair
+    assert not list(validator.iter_errors({"data": {"synthetic_profile": None}}))
+    # pretrain.optim's default (lr 0.05) differs from OptimConfig()'s (0.1): a validator that fills in defaults
+    # must fill in what from_dict uses
+    optim = schema["properties"]["pretrain"]["properties"]["optim"]["properties"]
+    assert optim["lr"]["default"] == 0.05
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_checks(config: Path) -> None:
+    out = lofi("config", "check", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    validator = jsonschema.Draft202012Validator(experiment_schema())
+    assert not list(validator.iter_errors(yaml.safe_load(config.read_text())))
+
+
+def test_config_check_rejects_bad_value_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runtime: {device: tpu}\n")
+    out = lofi("config", "check", "--config", str(bad))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and str(bad) in out.stderr and "runtime.device" in out.stderr
+
+
+def test_config_show_applies_overrides() -> None:
+    out = lofi("config", "show", "--config", "config/smoke.yaml", "--set", "lofi.optim.epochs=7")
+    assert out.returncode == 0, out.stderr
+    shown = yaml.safe_load(out.stdout)
+    assert shown["lofi"]["optim"]["epochs"] == 7
+    assert shown["head"]["max_duration"] == 0  # defaults filled in
+
+
+def test_track_ui_points_at_the_sweep_store() -> None:
+    out = lofi("track", "ui", "--config", "config/smoke.yaml")
+    assert out.returncode == 0, out.stderr
+    results = load_experiment(ROOT / "config/smoke.yaml").sweep.results
+    assert out.stdout.strip() == f"mlflow ui --backend-store-uri sqlite:///{results}/mlflow.db"
+
+
+def test_update_readme_replaces_only_between_markers(tmp_path: Path) -> None:
+    readme, table = tmp_path / "README.md", tmp_path / "table_ablation.md"
+    readme.write_text("intro\n<!-- tables:start -->\nold\n<!-- tables:end -->\noutro\n")
+    table.write_text("| a | b |\n|---|---|\n| 1 | 2 |\n")
+    for _ in range(2):  # idempotent
+        out = subprocess.run([sys.executable, str(ROOT / "scripts/update_readme.py"), "--readme", str(readme),
+                              str(table)], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- tables:start -->\n") and text.endswith("<!-- tables:end -->\noutro\n")
+    assert "old" not in text and text.count("| 1 | 2 |") == 1 and "at commit `" in text
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
+    config, _ = smoke_copy(tmp_path, results="results")
+    target = "results/table_ablation.md"
+    args = ("--directory", str(tmp_path), target, "--configfile", str(config))
+    out = snakemake("--cores", "2", *args)
+    assert out.returncode == 0, out.stderr[-4000:]
+    md = (tmp_path / target).read_text()
+    cfg = load_experiment(config)
+    from harness.tables import ABLATION_MODES, SHOWN_METRICS
+
+    labels = dict(ABLATION_MODES)
+    for mode in cfg.sweep.ablation_modes:
+        assert labels[mode] in md, mode
+    for _, header in SHOWN_METRICS:
+        assert header in md, header
+    rows = list((tmp_path / "results").rglob("row.json"))
+    assert len(rows) == len(cfg.sweep.ablation_modes) * len(cfg.sweep.seeds)
+    assert {json.loads(r.read_text())["mode"] for r in rows} == set(cfg.sweep.ablation_modes)
+    assert json.loads((tmp_path / "results/mlflow_sweep.json").read_text())["sweep_run_id"]
+    # Nothing left to do; then one head value changed reruns the runs and the table only, not the stages.
+    again = snakemake("-n", *args)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    changed = snakemake("-n", *args, "--config", "head={optim: {epochs: 1}}")
+    assert changed.returncode == 0, changed.stderr
+    assert set(job_counts(changed.stdout)) == {"run", "table_ablation"}
