@@ -215,3 +215,16 @@ def test_class_is_visible_in_appearance_alone() -> None:
         actor = _actor_mask(scene_a, SMOKE.frame_size, 1.0)
         assert changed[actor].mean() > 8.0, (a.name, b.name)
         assert np.all(changed[~_actor_mask(scene_a, SMOKE.frame_size, 1.6)] < 1.0)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default"])
+def test_planned_segments_never_pass_the_video_end(profile: str) -> None:
+    """Regression: rounding to centiseconds once put an end 5 ms past a 12.375 s video (default profile, seed 0)."""
+    from harness.data.synthetic import PROFILES, make_plan
+
+    for seed in range(3):
+        plan = make_plan(PROFILES[profile], seed)
+        for v in plan.videos:
+            duration = round(v.num_frames / plan.profile.fps, 6)
+            for start, end in v.segments:
+                assert 0.0 <= start < end <= duration, (seed, v.id, start, end, duration)

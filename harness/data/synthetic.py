@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the rendered content or the plan changes: directories made by an older generator are then refused
 # instead of being silently mixed with new files on resume.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -269,7 +269,8 @@ def sample_segments(structure: Sequence[np.ndarray], rng: np.random.Generator, n
     rel = rel[np.lexsort((rel[:, 1], rel[:, 0]))]
     duration = num_frames / fps
     seconds = np.round(rel * duration, 2)
-    seconds[:, 1] = np.minimum(seconds[:, 1], round(duration, 2))
+    # rounding to centiseconds must never push an end past the video's end (12.375 s rounds up to 12.38)
+    seconds[:, 1] = np.minimum(seconds[:, 1], np.floor(duration * 100) / 100)
     return tuple((float(s), float(e)) for s, e in seconds)
 
 

@@ -40,11 +40,10 @@ def prepare_dataset(cfg: DataConfig) -> TALDataset:
 
 
 def video_file(cfg: DataConfig, video: Video) -> Path:
-    """Where a video's file is: the annotation's own path (relative to the annotation file), else video_dir/id+ext."""
-    base = cfg.annotations_path().parent
+    """Where a video's file is: the annotation's own path (the reader resolved it against the annotation file's
+    folder), else ``root/video_dir/<id><ext>``."""
     if video.path is not None:
-        p = Path(video.path)
-        return p if p.is_absolute() else base / p
+        return Path(video.path)
     return cfg.root / cfg.video_dir / f"{video.id}{cfg.video_ext}"
 
 
