@@ -20,13 +20,6 @@ def smoke_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_overrides(smoke_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """config/smoke.yaml made tinier still, so every mode runs in seconds on a CI core."""
+    """config/smoke.yaml on the session's smoke data, tracking off (tests that need MLflow turn it on)."""
     cache = tmp_path_factory.mktemp("frames")
-    return [
-        f"data.root={smoke_root}", f"data.cache_dir={cache}", "tracking.enabled=false",
-        "fidelity.snippets=8", "fidelity.size=16", "fidelity.frames=2",
-        "pretrain.optim.epochs=1", "pretrain.finetune.epochs=1",
-        "lofi.optim.epochs=2", "lofi.optim.batch_size=4", "lofi.c_s=2",
-        "head.optim.epochs=2", "head.hidden=16", "head.hidden_2d=8", "head.hidden_3d=16", "head.samples=4",
-        "head.classifier_optim.epochs=5", "runtime.threads=1",
-    ]
+    return [f"data.root={smoke_root}", f"data.cache_dir={cache}", "tracking.enabled=false", "runtime.threads=1"]

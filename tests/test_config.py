@@ -70,7 +70,7 @@ def test_impossible_fidelity_ratio_is_a_one_line_cli_error(tmp_path, capsys):
                "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err
-    assert "impossible fidelity ratio r_t=0.5" in err and "use 1 <= r_t <= 16" in err
+    assert "impossible fidelity ratio r_t=0.5" in err and "use 1 <= r_t <= 8" in err
     assert not (tmp_path / "run").exists()  # checked before anything is written
 
 
@@ -78,6 +78,6 @@ def test_fidelity_ratio_checked_before_training(tmp_path):
     from harness.pipeline.run import check_fidelity
 
     cfg = load_experiment(ROOT / "config/smoke.yaml", ["lofi.r_t=40"])
-    with pytest.raises(ConfigError, match=r"r_t=40.*use 1 <= r_t <= 16"):
+    with pytest.raises(ConfigError, match=r"r_t=40.*use 1 <= r_t <= 8"):
         check_fidelity(cfg, "lofi-custom")
     check_fidelity(cfg, "lofi-long")  # the custom ratio is not used by other modes
