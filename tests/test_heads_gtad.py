@@ -221,3 +221,21 @@ def test_registered() -> None:
     model = create_head("gtad", in_features=16, temporal_length=8, hidden=32, groups=8, hidden_3d=16, hidden_2d=8)
     assert isinstance(model, GTAD)
     assert model(torch.randn(1, 16, 8))["iou_map"].shape == (1, 2, 8, 8)
+
+
+def test_sparse_and_dense_alignment_maps_agree(monkeypatch):
+    """Small maps are stored dense for speed; the sparse path (used at L = 100) must give the same outputs."""
+    import heads.gtad as gtad_module
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 12, dtype=torch.float64)
+    outs = []
+    for dense_max in (0, gtad_module._DENSE_MAX):
+        monkeypatch.setattr(gtad_module, "_DENSE_MAX", dense_max)
+        for fused in (False, True):
+            torch.manual_seed(1)
+            model = gtad_module.GTAD(32, 12, hidden=32, inner_samples=8, fused_projection=fused).double()
+            outs.append(model(x))
+    for other in outs[1:]:
+        for k in ("start", "end", "iou_map"):
+            torch.testing.assert_close(outs[0][k], other[k], rtol=1e-9, atol=1e-12)

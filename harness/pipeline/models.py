@@ -41,4 +41,6 @@ def build_head(cfg: ExperimentConfig, name: str, *, in_features: int, temporal_l
     samples = {"gtad": "inner_samples", "bmn": "num_sample"}.get(name)
     if samples is not None:
         common[samples] = h.samples
+    if name == "gtad":
+        common["fused_projection"] = h.fused_projection
     return create_head(name, **common)
