@@ -129,6 +129,10 @@ class HeadConfig:
     # G-TAD only: apply the proposal branch's first 1×1 conv before SGAlign (both linear, so identical outputs and
     # parameters; ~3× faster on CPU, but the activation memory then differs from the published head's)
     fused_projection: bool = False
+    # Video-level class scores fused with the proposals: "finetuned" = the ACP+ model, computed once per seed and
+    # shared by every mode (as the field's fixed external classifier); "features" = a linear probe trained on each
+    # run's own features; or the path of an external scores JSON (see harness/pipeline/classify.py).
+    class_scores: str = "finetuned"
     optim: OptimConfig = OptimConfig(optimizer="adam", lr=4e-3, weight_decay=1e-4, epochs=10, step_size=5, gamma=0.1, batch_size=16)
     classifier_optim: OptimConfig = OptimConfig(optimizer="adam", lr=1e-2, weight_decay=1e-4, epochs=30, step_size=20, gamma=0.1, batch_size=32)
 

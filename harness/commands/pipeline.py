@@ -38,8 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", required=True, choices=MODES, help="pre-training / LoFi mode")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--head", default=None, help="final head (overrides head.name): gtad or bmn")
-    for name in ("pretrain", "acp", "lofi", "features", "head"):
-        p.add_argument(f"--{name}-dir", type=Path, default=None, help=f"folder of the {name} stage (default OUT/{name})")
+    for name, what in (("pretrain", "the mode's pre-training"), ("acp", "the ACP pre-training acp+ starts from"),
+                       ("acpplus", "the ACP+ model behind the shared class scores"), ("lofi", "the LoFi stage"),
+                       ("features", "feature extraction"), ("classifier", "the shared video-level class scores"),
+                       ("head", "head training")):
+        p.add_argument(f"--{name}-dir", type=Path, default=None, help=f"folder of {what} (default under OUT)")
     p.set_defaults(func=_run)
 
     st = sub.add_parser("stage", help="run one stage alone (pretrain, lofi, features, head)",
@@ -63,9 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--encoder", required=True, type=Path, help="encoder.pt")
     c.add_argument("--out", required=True, type=Path)
     c.set_defaults(func=_features)
+    e = ss.add_parser("classifier", help="video-level class scores from the ACP+ model -> OUT/class_scores.json")
+    _common(e)
+    e.add_argument("--checkpoint", required=True, type=Path, help="the ACP+ stage's encoder.pt")
+    e.add_argument("--out", required=True, type=Path)
+    e.set_defaults(func=_classifier)
     d = ss.add_parser("head", help="head from scratch on features -> predictions + metrics.json")
     _common(d)
     d.add_argument("--features", required=True, type=Path)
+    d.add_argument("--class-scores", type=Path, default=None, help="shared class_scores.json (default: per head.class_scores)")
     d.add_argument("--head", default=None, help="gtad or bmn (overrides head.name)")
     d.add_argument("--out", required=True, type=Path)
     d.set_defaults(func=_head)
@@ -84,7 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     d = StageDirs.under(args.out)
     dirs = StageDirs(args.pretrain_dir or d.pretrain, args.acp_dir or d.acp, args.lofi_dir or d.lofi,
-                     args.features_dir or d.features, args.head_dir or d.head)
+                     args.features_dir or d.features, args.head_dir or d.head,
+                     args.acpplus_dir or d.acpplus, args.classifier_dir or d.classifier)
     row = run_all(cfg, mode=args.mode, seed=args.seed, out=args.out, dirs=dirs, parent_run_id=args.parent_run_id,
                   config_path=str(args.config))
     print(json.dumps({"average_mAP": row["average_mAP"], "out": str(args.out)}))
@@ -112,9 +122,17 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classifier(args: argparse.Namespace) -> int:
+    from harness.pipeline.classify import run_class_scores
+
+    print(run_class_scores(_cfg(args), checkpoint=args.checkpoint, out=args.out, seed=args.seed))
+    return 0
+
+
 def _head(args: argparse.Namespace) -> int:
     from harness.pipeline.headtrain import run_head
 
-    m = run_head(_cfg(args), features=args.features, seed=args.seed, out=args.out, parent_run_id=args.parent_run_id)
+    m = run_head(_cfg(args), features=args.features, seed=args.seed, out=args.out, parent_run_id=args.parent_run_id,
+                 class_scores=args.class_scores)
     print(json.dumps({"average_mAP": m["average_mAP"]}))
     return 0

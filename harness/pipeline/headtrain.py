@@ -58,7 +58,7 @@ def _train_classifier(feats: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 @torch.no_grad()
-def predict(cfg: ExperimentConfig, head: nn.Module, classifier: VideoClassifier, feats: torch.Tensor,
+def predict(cfg: ExperimentConfig, head: nn.Module, class_scores: np.ndarray, feats: torch.Tensor,
             videos: list[Video], classes: tuple[str, ...], device: torch.device) -> tuple[dict, dict]:
     """(detections, proposals) in the official results layout, keyed by video id."""
     from harness.postprocess import fuse_with_classes, soft_nms_bmn, soft_nms_gaussian
@@ -71,7 +71,7 @@ def predict(cfg: ExperimentConfig, head: nn.Module, classifier: VideoClassifier,
         x = feats[i : i + 32].to(device)
         with autocast(device, cfg.runtime.amp):
             out = head(x)
-        scores = classifier(x).softmax(dim=1).float().cpu().numpy()
+        scores = class_scores[i : i + 32]
         for j, v in enumerate(videos[i : i + 32]):
             props = decode_proposals(out["start"][j].float().cpu(), out["end"][j].float().cpu(),
                                      out["iou_map"][j].float().cpu(), v.duration)
@@ -100,11 +100,25 @@ def evaluate_split(ds: TALDataset, subset: str, detections: dict, proposals: dic
             "average_mAP": float(det.average_mAP), **{k: float(v) for k, v in ar.items()}}
 
 
+def video_class_scores(cfg: ExperimentConfig, classifier: VideoClassifier | None, class_scores: Path | None,
+                       feats: torch.Tensor, videos: list[Video], classes: tuple[str, ...], device: torch.device) -> np.ndarray:
+    """(N, C) video-level class scores: from the shared scores file, or the run's own linear probe."""
+    if classifier is None:
+        from harness.pipeline.classify import load_class_scores
+
+        assert class_scores is not None
+        return load_class_scores(class_scores, classes, [v.id for v in videos])
+    with torch.no_grad():
+        return classifier(feats.to(device)).softmax(dim=1).float().cpu().numpy()
+
+
 def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, parent_run_id: str = "",
-             on_epoch: Callable[[int, float], None] | None = None) -> dict:
+             on_epoch: Callable[[int, float], None] | None = None, class_scores: Path | None = None) -> dict:
     """Train ``cfg.head.name`` from scratch on ``features``; write predictions and ``metrics.json``.
 
-    ``on_epoch(epoch, validation average mAP)`` is called after every epoch (Optuna pruning raises from it)."""
+    ``on_epoch(epoch, validation average mAP)`` is called after every epoch (Optuna pruning raises from it).
+    ``class_scores``: the shared video-level scores (``head.class_scores`` = finetuned or a path); None trains a
+    linear probe on these features (``head.class_scores: features``)."""
     from heads.losses import tal_loss
 
     if stage_done(out):
@@ -129,9 +143,12 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
     history = []
     with start_run(cfg.tracking, run_name=f"head-{hc.name}-seed{seed}", parent_run_id=parent_run_id,
                    tags={"stage": "head", "head": hc.name, "seed": str(seed)}) as tracker:
-        classifier = _train_classifier(x_train, torch.tensor([cidx[dominant_label(v)] for v in train]), len(ds.classes),
-                                       hc.classifier_optim, seed, device)
+        classifier = None
+        if class_scores is None:
+            classifier = _train_classifier(x_train, torch.tensor([cidx[dominant_label(v)] for v in train]),
+                                           len(ds.classes), hc.classifier_optim, seed, device)
         x_val = load_features(features, [v.id for v in val])
+        s_val = video_class_scores(cfg, classifier, class_scores, x_val, val, ds.classes, device)
         for epoch in range(oc.epochs):
             head.train()
             lr = set_lr(opt, epoch, oc)
@@ -149,7 +166,7 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
                 loss.backward()
                 opt.step()
                 tot += loss.item() * len(idx)
-            det, prop = predict(cfg, head, classifier, x_val, val, ds.classes, device)
+            det, prop = predict(cfg, head, s_val, x_val, val, ds.classes, device)
             val_metrics = evaluate_split(ds, cfg.data.val_subset, det, prop)
             row = {"loss": tot / len(train), "lr": lr, "val_average_mAP": val_metrics["average_mAP"]}
             history.append(row)
@@ -160,7 +177,9 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
         train_time = time.perf_counter() - t0
         metrics: dict = {}
         for name, subset, vids in (("validation", cfg.data.val_subset, val), ("testing", cfg.data.test_subset, test)):
-            det, prop = predict(cfg, head, classifier, load_features(features, [v.id for v in vids]), vids, ds.classes, device)
+            x = load_features(features, [v.id for v in vids])
+            det, prop = predict(cfg, head, video_class_scores(cfg, classifier, class_scores, x, vids, ds.classes, device),
+                                x, vids, ds.classes, device)
             write_json_atomic(out / f"predictions_{name}.json", _results_file(det), indent=None)
             write_json_atomic(out / f"proposals_{name}.json", _results_file(prop), indent=None)
             metrics[name] = evaluate_split(ds, subset, det, prop)

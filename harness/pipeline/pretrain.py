@@ -96,8 +96,8 @@ def train_classification(
     device: torch.device,
     progress: bool,
     tracker,
-) -> list[dict[str, float]]:
-    """Cross-entropy training of encoder + a linear classifier; returns per-epoch history."""
+) -> tuple[list[dict[str, float]], nn.Module]:
+    """Cross-entropy training of encoder + a linear classifier; returns (per-epoch history, classifier)."""
     classifier = nn.Linear(encoder.num_features, num_classes).to(device)
     encoder.to(device).train()
     opt = make_optimizer(list(encoder.parameters()) + list(classifier.parameters()), optim_cfg)
@@ -124,7 +124,7 @@ def train_classification(
         history.append(row)
         tracker.log_metrics({f"{stage}_{k}": v for k, v in row.items()}, step=epoch)
         log.info("%s epoch %d: loss %.4f acc %.3f", stage, epoch + 1, row["loss"], row["accuracy"])
-    return history
+    return history, classifier
 
 
 def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, init: Path | None = None,
@@ -149,17 +149,20 @@ def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, init
             if encoder is None:
                 raise LofiError("acp+ needs the ACP encoder: pass init=<acp out>/encoder.pt (lofi run does this)")
             classes, clips, labels = _load_items(cfg, mode, frames_src)
-            history = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.finetune, seed=seed,
+            history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.finetune, seed=seed,
                                            stage="acp+", device=device, progress=cfg.runtime.progress, tracker=tracker)
         elif not source:  # real data: start from published weights instead of training
             encoder = build_encoder(cfg, from_weights=True)
-            history = []
+            history, classifier, classes = [], None, []
         else:
             encoder = build_encoder(cfg, from_weights=False)
             classes, clips, labels = _load_items(cfg, mode, frames_src)
-            history = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.optim, seed=seed,
+            history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.optim, seed=seed,
                                            stage=mode, device=device, progress=cfg.runtime.progress, tracker=tracker)
-        save_torch(out / "encoder.pt", {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name})
+        state = {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name}
+        if classifier is not None:  # kept so the ACP+ model can serve as the video-level classifier
+            state.update(classifier=classifier.cpu().state_dict(), classes=list(classes))
+        save_torch(out / "encoder.pt", state)
         mark_done(out, {"stage": "pretrain", "mode": mode, "seed": seed, "history": history,
                         "time_s": time.perf_counter() - t0, "mlflow_run_id": tracker.run_id})
     return out / "encoder.pt"

@@ -29,10 +29,13 @@ class StageDirs:
     lofi: Path
     features: Path
     head: Path
+    acpplus: Path | None = None  # the ACP+ model behind the shared video-level class scores (default: OUT/pretrain-acpplus)
+    classifier: Path | None = None  # the shared class scores (default: OUT/classifier)
 
     @staticmethod
     def under(out: Path) -> "StageDirs":
-        return StageDirs(out / "pretrain", out / "pretrain-acp", out / "lofi", out / "features", out / "head")
+        return StageDirs(out / "pretrain", out / "pretrain-acp", out / "lofi", out / "features", out / "head",
+                         out / "pretrain-acpplus", out / "classifier")
 
 
 def mode_fidelities(cfg: ExperimentConfig, mode: str) -> list[tuple[str, float, float]]:
@@ -72,6 +75,24 @@ def _memory(cfg: ExperimentConfig, mode: str) -> dict[str, float]:
     fids = mode_fidelities(cfg, mode)
     used = max((at(r_t, r_s) for _, r_t, r_s in fids), default=0)
     return {"activation_bytes": used, "activation_bytes_full": full, "activation_rel": used / full if full else 0.0}
+
+
+def _class_scores(cfg: ExperimentConfig, seed: int, out: Path, dirs: StageDirs, pre_mode: str, pid: str) -> Path | None:
+    """The shared video-level class scores this run fuses with its proposals (None: the run's own linear probe)."""
+    from harness.pipeline.classify import run_class_scores
+    from harness.pipeline.pretrain import run_pretrain
+
+    choice = cfg.head.class_scores
+    if choice == "features":
+        return None
+    if choice != "finetuned":
+        return Path(choice)
+    # where this run's stages already put the ACP and ACP+ models (both are reused when finished)
+    acp_dir = dirs.pretrain if pre_mode == "acp" else dirs.acp
+    acpplus_dir = dirs.pretrain if pre_mode == "acp+" else (dirs.acpplus or out / "pretrain-acpplus")
+    acp = run_pretrain(cfg, mode="acp", seed=seed, out=acp_dir, parent_run_id=pid)
+    model = run_pretrain(cfg, mode="acp+", seed=seed, out=acpplus_dir, init=acp, parent_run_id=pid)
+    return run_class_scores(cfg, checkpoint=model, out=dirs.classifier or out / "classifier", seed=seed)
 
 
 def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, dirs: StageDirs | None = None,
@@ -114,7 +135,9 @@ def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, dirs: Sta
         if cycle is not None:
             encoder = timed("lofi", lambda: run_lofi(cfg, cycle=cycle, seed=seed, init=encoder, out=dirs.lofi, parent_run_id=pid))
         feats = timed("features", lambda: run_features(cfg, encoder_checkpoint=encoder, out=dirs.features, seed=seed))
-        metrics = timed("head", lambda: run_head(cfg, features=feats, seed=seed, out=dirs.head, parent_run_id=pid, on_epoch=on_epoch))
+        scores = _class_scores(cfg, seed, out, dirs, pre_mode, pid)
+        metrics = timed("head", lambda: run_head(cfg, features=feats, seed=seed, out=dirs.head, parent_run_id=pid,
+                                                 on_epoch=on_epoch, class_scores=scores))
         write_json_atomic(out / "metrics.json", {k: metrics[k] for k in metrics if k != "history"})
         fids = mode_fidelities(cfg, mode)
         L, size = (fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, fids[0][1], fids[0][2])

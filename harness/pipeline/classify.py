@@ -1,0 +1,79 @@
+"""The video-level classifier: class scores for every video, computed once and shared by every configuration.
+
+TAL heads score class-agnostic proposals; the class comes from a video-level classifier, and the field uses one
+fixed external classifier for all configurations (LoFi's tables too), so that differences in mAP come from the
+proposals. Here that classifier is the ACP+ model (encoder fine-tuned on the target's trimmed training segments,
+with its linear layer); its snippet-level softmax, averaged over the full-fidelity snippets of a video, is the
+video's class score. On real data an external scores file (e.g. a published ActivityNet classifier's) can be
+given instead: ``head.class_scores: path/to/scores.json`` with ``{"classes": [...], "scores": {id: [...]}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from harness.errors import LofiError
+from harness.experiment import ExperimentConfig
+from harness.io import write_json_atomic
+from harness.pipeline.data import VideoFrames, prepare_dataset
+from harness.pipeline.models import load_encoder
+from harness.pipeline.runtime import autocast, load_torch, mark_done, prepare, stage_done
+
+log = logging.getLogger(__name__)
+SCORES = "class_scores.json"
+
+
+@torch.no_grad()
+def run_class_scores(cfg: ExperimentConfig, *, checkpoint: Path, out: Path, seed: int = 0, batch_size: int = 8) -> Path:
+    """Score every video of the three subsets with the classifier saved in ``checkpoint`` (an ACP+ encoder.pt)."""
+    if stage_done(out):
+        return out / SCORES
+    device = prepare(cfg.runtime, seed)
+    state = load_torch(checkpoint)
+    if "classifier" not in state:
+        raise LofiError(f"{checkpoint}: holds no classifier; pass the ACP+ stage's encoder.pt")
+    ds = prepare_dataset(cfg.data)
+    if list(state["classes"]) != list(ds.classes):
+        raise LofiError(f"{checkpoint}: its classes differ from the dataset's; re-run the ACP+ stage on this dataset")
+    encoder = load_encoder(cfg, checkpoint).to(device).eval()
+    classifier = nn.Linear(encoder.num_features, len(ds.classes))
+    classifier.load_state_dict(state["classifier"])
+    classifier.to(device).eval()
+    frames = VideoFrames(cfg.data)
+    videos = frames.usable([v for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
+                            for v in ds.subset(s)])
+    fid = cfg.fidelity
+    scores: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    for i in tqdm(range(0, len(videos), batch_size), desc="class scores", disable=not cfg.runtime.progress, leave=False):
+        part = videos[i : i + batch_size]
+        x = frames.batch(part, snippets=fid.snippets, fid=fid, size=fid.size).to(device)
+        with autocast(device, cfg.runtime.amp):
+            probs = classifier(encoder(x)).float().softmax(dim=-1).mean(dim=1)  # (B, C): snippet average
+        for v, p in zip(part, probs.cpu().numpy()):
+            scores[v.id] = [float(x) for x in p]
+    write_json_atomic(out / SCORES, {"classes": list(ds.classes), "scores": scores}, indent=None)
+    mark_done(out, {"stage": "class_scores", "checkpoint": str(checkpoint), "videos": len(scores),
+                    "time_s": time.perf_counter() - t0})
+    return out / SCORES
+
+
+def load_class_scores(path: Path, classes: tuple[str, ...], video_ids: list[str]) -> np.ndarray:
+    """(N, C) scores for ``video_ids`` in the dataset's class order."""
+    try:
+        data = json.loads(Path(path).read_text())
+        order = [data["classes"].index(c) for c in classes]
+        return np.array([[data["scores"][v][j] for j in order] for v in video_ids], dtype=np.float64)
+    except FileNotFoundError:
+        raise LofiError(f"{path}: class scores file not found; run the classifier stage or fix head.class_scores") from None
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise LofiError(f"{path}: malformed class scores ({type(exc).__name__}: {exc}); expected "
+                        "{'classes': [...], 'scores': {video_id: [one score per class]}} covering every video") from None
