@@ -352,6 +352,27 @@ rule features:
         "--out $(dirname {output}) > {log} 2>&1"
 
 
+rule classifier:
+    """Video-level class scores of every video from the ACP+ model, shared by every mode and head of a seed."""
+    input:
+        data=DATA_DONE,
+        model=f"{BASE}/pretrain/acpplus/seed{{seed}}/done.json",
+    output:
+        f"{BASE}/classifier/seed{{seed}}/done.json",
+    params:
+        hash=lambda wc: _digest(_sections(PRETRAIN_SECTIONS, wc.encoder)),
+    log:
+        f"{LOGS}/{{dataset}}/{{encoder}}/classifier-seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/{{dataset}}/{{encoder}}/classifier-seed{{seed}}.tsv"
+    threads: THREADS
+    resources:
+        gpu=GPU,
+    shell:
+        "lofi stage classifier " + LOFI_ARGS + " --seed {wildcards.seed} "
+        "--checkpoint $(dirname {input.model})/encoder.pt --out $(dirname {output}) > {log} 2>&1"
+
+
 def run_stage_dirs(wc):
     """The shared stage folders of a run: {name: folder} (lofi run's --NAME-dir flags)."""
     pre, cycle = MODE_PLAN[MODE_OF_SLUG[wc.mode]]
@@ -359,8 +380,11 @@ def run_stage_dirs(wc):
     source = f"lofi-{cycle}" if cycle else slug(pre)
     dirs = {"pretrain": f"{base}/pretrain/{slug(pre)}/seed{wc.seed}",
             "features": f"{base}/features/{source}/seed{wc.seed}"}
-    if pre == "acp+":
+    if pre == "acp+" or CFG.head.class_scores == "finetuned":
         dirs["acp"] = f"{base}/pretrain/acp/seed{wc.seed}"
+    if CFG.head.class_scores == "finetuned":  # the shared video-level classifier (ACP+ model) of this seed
+        dirs["acpplus"] = f"{base}/pretrain/acpplus/seed{wc.seed}"
+        dirs["classifier"] = f"{base}/classifier/seed{wc.seed}"
     if cycle:
         dirs["lofi"] = f"{base}/lofi/{cycle}/seed{wc.seed}"
     return dirs

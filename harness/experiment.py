@@ -102,6 +102,7 @@ class OptimConfig:
 class PretrainConfig:
     optim: OptimConfig = OptimConfig(optimizer="sgd", lr=0.05, momentum=0.9, epochs=4, batch_size=32, step_size=3)
     clip_frames: int = 4  # frames per trimmed clip (ACP, ACP+)
+    clips_per_segment: int = 1  # ACP+: clips drawn from each trimmed training segment
     finetune: OptimConfig = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.9, epochs=2, batch_size=32)  # ACP+
 
 

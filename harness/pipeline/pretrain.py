@@ -45,15 +45,16 @@ def _image_clip(path: Path, frames: int, size: int) -> torch.Tensor:
 
 
 def _video_clip(frames_src: VideoFrames, path: Path, frames: int, size: int, start: float = 0.0, end: float = -1.0,
-                fps: float | None = None) -> torch.Tensor:
+                fps: float | None = None, n: int = 1) -> torch.Tensor:
+    """(n, F, 3, S, S): n clips of F frames spread uniformly over the video or over [start, end] seconds."""
     from harness.data.video import sample_snippets
 
     arr = frames_src.cache.get(path)
     if end > start and fps:
         a, b = int(start * fps), max(int(start * fps) + 1, int(np.ceil(end * fps)))
         arr = arr[a : min(b, len(arr))] if a < len(arr) else arr[-1:]
-    stride = max(1, len(arr) // frames)
-    return sample_snippets(arr, 1, frames, stride, size)
+    stride = max(1, len(arr) // (frames * n))
+    return sample_snippets(arr, n, frames, stride, size)
 
 
 def _load_items(cfg: ExperimentConfig, mode: str, frames_src: VideoFrames) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -74,8 +75,11 @@ def _load_items(cfg: ExperimentConfig, mode: str, frames_src: VideoFrames) -> tu
         for v in vids:
             fps = v.fps or (len(frames_src.cache.get(video_file(cfg.data, v))) / max(v.duration, 1e-9))
             for s in v.segments:
-                items.append(LabelledItem(video_file(cfg.data, v), cidx[s.label], s.start, s.end))
-                clips.append(_video_clip(frames_src, items[-1].path, nf, size, s.start, s.end, fps))
+                # several clips per segment: the target's training set is small and one clip each overfits
+                for clip in _video_clip(frames_src, video_file(cfg.data, v), nf, size, s.start, s.end, fps,
+                                        n=cfg.pretrain.clips_per_segment):
+                    items.append(LabelledItem(video_file(cfg.data, v), cidx[s.label], s.start, s.end))
+                    clips.append(clip[None])
     labels = torch.tensor([it.label for it in items], dtype=torch.long)
     return classes, torch.stack(clips), labels
 
