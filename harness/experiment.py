@@ -48,6 +48,9 @@ class DataConfig:
     clip_segments: bool = False
     train_subset: str = "training"
     val_subset: str = "validation"  # model selection / Optuna; never the test split
+    # > 0: move this fraction of train_subset (chosen by a hash of the video id, so fixed) into a new subset named
+    # val_subset. For datasets whose reported split is their validation set (ActivityNet, HACS: test labels are private).
+    val_holdout: float = 0.0
     test_subset: str = "testing"  # the split the tables report
     acp_source: str = "clips/index.json"  # trimmed clips of other classes (relative to root); "" = use weights
     icp_source: str = "images/index.json"  # still images (relative to root); "" = use timm ImageNet weights

@@ -132,3 +132,55 @@ def test_mlflow_records_parent_and_children(tmp_path, tiny_overrides):
     head = next(r for r in children if r.data.tags["stage"] == "head")
     assert "head_val_average_mAP" in head.data.metrics and "AR_100" in head.data.metrics
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_validation_holdout_is_carved_from_training(smoke_root, tiny_overrides):
+    from harness.errors import LofiError
+    from harness.pipeline.data import prepare_dataset
+
+    base = prepare_dataset(_cfg(tiny_overrides).data)
+    cfg = _cfg(tiny_overrides, "data.val_holdout=0.25", "data.val_subset=holdout")
+    ds = prepare_dataset(cfg.data)
+    n_train = len(base.subset("training"))
+    held = ds.subset("holdout")
+    assert len(held) == round(0.25 * n_train) and len(ds.subset("training")) == n_train - len(held)
+    assert {v.id for v in held} <= {v.id for v in base.subset("training")}
+    assert [v.id for v in held] == [v.id for v in prepare_dataset(cfg.data).subset("holdout")]  # fixed, not random
+    assert ds.subset("testing") == base.subset("testing")
+    with pytest.raises(LofiError, match="already has videos"):
+        prepare_dataset(_cfg(tiny_overrides, "data.val_holdout=0.25").data)  # 'validation' exists
+
+
+def test_class_scores_are_shared_and_alternatives_work(tmp_path, tiny_overrides):
+    from harness.errors import LofiError
+    from harness.pipeline.classify import load_class_scores
+
+    cfg = _cfg(tiny_overrides)
+    shared = dict(acp=tmp_path / "acp", acpplus=tmp_path / "acpplus", classifier=tmp_path / "classifier")
+    rows = {}
+    for mode in ("acp", "lofi-T"):
+        out = tmp_path / mode
+        dirs = StageDirs(pretrain=shared["acp"] if mode != "icp" else out / "pretrain", acp=shared["acp"],
+                         lofi=out / "lofi", features=out / "features", head=out / "head",
+                         acpplus=shared["acpplus"], classifier=shared["classifier"])
+        rows[mode] = run_all(cfg, mode=mode, seed=0, out=out, dirs=dirs)
+    # one classifier for both modes: their detections use the same class scores, so each video's labels agree
+    scores = json.loads((shared["classifier"] / "class_scores.json").read_text())
+    ds_classes = tuple(scores["classes"])
+    assert len(scores["scores"]) >= len(rows) and all(abs(sum(p) - 1) < 1e-5 for p in scores["scores"].values())
+    a = json.loads((tmp_path / "acp/head/predictions_testing.json").read_text())["results"]
+    b = json.loads((tmp_path / "lofi-T/head/predictions_testing.json").read_text())["results"]
+    for vid in a:
+        top = np.argsort(scores["scores"][vid])[::-1][:2]
+        assert {e["label"] for e in a[vid]} == {e["label"] for e in b[vid]} == {ds_classes[i] for i in top}
+    # the per-run linear probe instead of the shared classifier
+    probe = run_all(_cfg(tiny_overrides, "head.class_scores=features"), mode="acp", seed=0, out=tmp_path / "probe",
+                    dirs=StageDirs(pretrain=shared["acp"], acp=shared["acp"], lofi=tmp_path / "probe/lofi",
+                                   features=tmp_path / "acp/features", head=tmp_path / "probe/head"))
+    assert 0.0 <= probe["average_mAP"] <= 1.0
+    assert not (tmp_path / "probe" / "classifier").exists()
+    # an external scores file with a class missing is a one-line error naming the file
+    bad = tmp_path / "external.json"
+    bad.write_text(json.dumps({"classes": list(ds_classes[1:]), "scores": {}}))
+    with pytest.raises(LofiError, match=r"external.json: malformed class scores"):
+        load_class_scores(bad, ds_classes, ["x"])

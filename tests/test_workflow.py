@@ -39,6 +39,7 @@ def smoke_copy(tmp_path: Path, **sweep: object) -> tuple[Path, Path]:
     data = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
     results = tmp_path / "results"
     data["sweep"].update({"results": str(results), **sweep})
+    data["data"]["root"] = str(tmp_path / "data")  # never the checkout's data/ (a run there would change the plan)
     path = tmp_path / "smoke.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path, results
@@ -59,14 +60,21 @@ def job_counts(output: str) -> Counter:
 
 def expected_ablation_jobs(config: Path) -> Counter:
     """Jobs for table_ablation.md worked out from the config and MODE_PLAN (not from the Snakefile)."""
-    sweep = load_experiment(config).sweep
+    cfg = load_experiment(config)
+    sweep = cfg.sweep
     n = len(sweep.seeds)
     plans = [MODE_PLAN[m] for m in sweep.ablation_modes]
     pretrain = {p for p, _ in plans} | ({"acp"} if any(c for _, c in plans) else set())
+    shared_classifier = cfg.head.class_scores == "finetuned"
+    if shared_classifier:  # the ACP+ model (from ACP) scores every video once per seed
+        pretrain |= {"acp", "acp+"}
     cycles = {c for _, c in plans if c}
     sources = {p for p, c in plans if c is None} | {f"lofi-{c}" for c in cycles}
-    return Counter({"data": 1, "track_init": 1, "pretrain": n * len(pretrain), "lofi": n * len(cycles),
-                    "features": n * len(sources), "run": n * len(plans), "table_ablation": 1})
+    counts = Counter({"data": 1, "track_init": 1, "pretrain": n * len(pretrain), "lofi": n * len(cycles),
+                      "features": n * len(sources), "run": n * len(plans), "table_ablation": 1})
+    if shared_classifier:
+        counts["classifier"] = n
+    return counts
 
 
 # ------------------------------------------------------------------------------------------------- parse time
@@ -204,6 +212,15 @@ def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
         assert labels[mode] in md, mode
     for _, header in SHOWN_METRICS:
         assert header in md, header
+    # the Markdown table parses: one row per configuration, as many cells as the header
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    header_cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert len(body) == len(cfg.sweep.ablation_modes) and all(len(r) == len(header_cells) for r in body)
+    import pandas as pd
+
+    csv = pd.read_csv(tmp_path / "results/table_ablation.csv")
+    assert len(csv) == len(cfg.sweep.ablation_modes)
     rows = list((tmp_path / "results").rglob("row.json"))
     assert len(rows) == len(cfg.sweep.ablation_modes) * len(cfg.sweep.seeds)
     assert {json.loads(r.read_text())["mode"] for r in rows} == set(cfg.sweep.ablation_modes)

@@ -33,10 +33,47 @@ def prepare_dataset(cfg: DataConfig) -> TALDataset:
     if not path.is_file():
         raise LofiError(f"{path}: annotation file not found; set data.root / data.annotations in the config")
     ds = read_annotations(path, layout=cfg.layout, clip_segments=cfg.clip_segments)
+    if cfg.val_holdout > 0:
+        ds = hold_out_validation(ds, cfg, source=str(path))
+    ds = _fill_durations(ds, cfg)
     for subset in {cfg.train_subset, cfg.val_subset, cfg.test_subset}:
         if not ds.subset(subset):
             raise LofiError(f"{path}: no videos in subset '{subset}'; set data.*_subset to one of {sorted(ds.subset_counts())}")
     return ds
+
+
+def _fill_durations(ds: TALDataset, cfg: DataConfig) -> TALDataset:
+    """THUMOS14's annotation files carry no durations: take them from the video files."""
+    import dataclasses
+    import math
+
+    from harness.data.video import probe_video
+
+    missing = [v for v in ds.videos.values() if not math.isfinite(v.duration)]
+    if not missing:
+        return ds
+    log.info("%s: reading the duration of %d videos from their files", cfg.annotations_path(), len(missing))
+    videos = dict(ds.videos)
+    for v in missing:
+        videos[v.id] = dataclasses.replace(v, duration=probe_video(video_file(cfg, v)).duration)
+    return dataclasses.replace(ds, videos=videos)
+
+
+def hold_out_validation(ds: TALDataset, cfg: DataConfig, *, source: str) -> TALDataset:
+    """Move ``cfg.val_holdout`` of the training videos into a new subset ``cfg.val_subset`` (fixed by id hash)."""
+    import dataclasses
+    import hashlib
+
+    if not 0 < cfg.val_holdout < 1:
+        raise LofiError(f"data.val_holdout={cfg.val_holdout}: must lie in (0, 1), e.g. 0.1")
+    if ds.subset(cfg.val_subset):
+        raise LofiError(f"{source}: data.val_holdout needs a new subset name, but '{cfg.val_subset}' already has videos; "
+                        "set data.val_subset to e.g. holdout")
+    train = sorted(ds.subset(cfg.train_subset), key=lambda v: hashlib.sha1(v.id.encode()).hexdigest())
+    moved = {v.id for v in train[: max(1, round(cfg.val_holdout * len(train)))]}
+    videos = {k: dataclasses.replace(v, subset=cfg.val_subset) if k in moved else v for k, v in ds.videos.items()}
+    log.info("%s: %d of %d %s videos held out as '%s'", source, len(moved), len(train), cfg.train_subset, cfg.val_subset)
+    return dataclasses.replace(ds, videos=videos)
 
 
 def video_file(cfg: DataConfig, video: Video) -> Path:

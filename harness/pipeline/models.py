@@ -6,19 +6,25 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.pipeline.runtime import load_torch
 
 
-def build_encoder(cfg: ExperimentConfig, *, from_weights: bool) -> nn.Module:
-    """The configured encoder; ``from_weights`` loads timm ImageNet / local checkpoint weights when configured."""
+def build_encoder(cfg: ExperimentConfig, *, from_weights: bool, mode: str = "acp") -> nn.Module:
+    """The configured encoder. ``from_weights`` starts it from published weights instead of training (real data):
+    ICP from timm's ImageNet weights (``encoder.pretrained``), ACP from ``encoder.checkpoint`` (e.g. TSM K400)."""
     from encoders import create_encoder
 
     e = cfg.encoder
+    if from_weights and mode == "icp" and not e.pretrained:
+        raise LofiError("icp without data.icp_source needs encoder.pretrained=true (timm ImageNet weights)")
+    if from_weights and mode == "acp" and not e.checkpoint:
+        raise LofiError("acp without data.acp_source needs encoder.checkpoint=PATH (e.g. TSM Kinetics-400 weights)")
     return create_encoder(
         e.name,
-        pretrained=e.pretrained and from_weights,
-        checkpoint=(e.checkpoint or None) if from_weights else None,
+        pretrained=from_weights and mode == "icp",
+        checkpoint=e.checkpoint if from_weights and mode == "acp" else None,
         shift_over=e.shift_over,
         grad_checkpointing=e.grad_checkpointing,
         channels_last=e.channels_last,

@@ -156,7 +156,7 @@ def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, init
             history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.finetune, seed=seed,
                                            stage="acp+", device=device, progress=cfg.runtime.progress, tracker=tracker)
         elif not source:  # real data: start from published weights instead of training
-            encoder = build_encoder(cfg, from_weights=True)
+            encoder = build_encoder(cfg, from_weights=True, mode=mode)
             history, classifier, classes = [], None, []
         else:
             encoder = build_encoder(cfg, from_weights=False)
