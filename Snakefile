@@ -418,7 +418,7 @@ rule memory:
     output:
         f"{BASE}/memory.json",
     params:
-        hash=lambda wc: _digest([wc.encoder, CFG.lofi.head, RESOLVED["fidelity"]]),
+        hash=lambda wc: _digest([wc.encoder, CFG.lofi.head, RESOLVED["fidelity"], RESOLVED["head"]]),
         head=CFG.lofi.head,
         fid=CFG.fidelity,
     log:
@@ -427,7 +427,8 @@ rule memory:
         f"{BENCH}/{{dataset}}/{{encoder}}/memory.tsv"
     shell:
         "lofi bench memory --encoder {wildcards.encoder} --head {params.head} --snippets {params.fid.snippets} "
-        "--size {params.fid.size} --frames {params.fid.frames} --batch 1 --device meta --json > {output} 2> {log}"
+        "--size {params.fid.size} --frames {params.fid.frames} --batch 1 --device meta --config {CONFIG_FILE} "
+        "--json > {output} 2> {log}"
 
 
 def table_rule(kind):

@@ -25,7 +25,7 @@ from harness.evaluation.detection import evaluate_detection, load_ground_truth, 
 from harness.evaluation.proposals import evaluate_proposals
 from harness.evaluation.reference import reference_detection_ap, reference_proposal_metrics
 
-REAL_GT = Path("/work/shared/data/activitynet/activity_net_v1-3_gt.json")
+REAL_GT = Path(__file__).resolve().parents[2] / "shared" / "data" / "activitynet" / "activity_net_v1-3_gt.json"
 NUM_VIDEOS = 4728
 NUM_CLASSES = 200
 

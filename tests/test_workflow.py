@@ -88,8 +88,14 @@ def test_dry_run_lists_the_ablation_jobs(tmp_path: Path) -> None:
     assert f"log: {results}/logs/" in out.stdout and f"benchmark: {results}/benchmarks/" in out.stdout
 
 
-def test_default_config_dry_run_builds_every_table() -> None:
-    out = snakemake("-n", "all")
+def test_default_config_dry_run_builds_every_table(tmp_path: Path) -> None:
+    # the default config with its results under tmp_path: the checkout's results/ may already hold a sweep
+    data = yaml.safe_load((ROOT / "config/default.yaml").read_text())
+    data["sweep"]["results"] = str(tmp_path / "results")
+    data["data"]["root"] = str(tmp_path / "data")
+    config = tmp_path / "default.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = snakemake("-n", "all", "--configfile", str(config))
     assert out.returncode == 0, out.stderr + out.stdout
     counts = job_counts(out.stdout)
     for rule in ("table_ablation", "table_pretrain", "table_models", "table_memory", "optuna", "memory"):

@@ -60,7 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     memory.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="run the forward under autocast")
     memory.add_argument("--json", action="store_true", help='print {"full": bytes, "S": .., "T": .., "ST": ..}')
+    memory.add_argument("--config", default=None, help="take the head's widths from this experiment config "
+                        "(as the runs build it); default: the published head's")
     memory.set_defaults(func=run_memory)
+
+
+def _config_head_kwargs(config: str | None, head: str) -> dict:
+    if config is None:
+        return {}
+    from harness.experiment import load_experiment
+    from harness.pipeline.models import head_kwargs
+
+    return head_kwargs(load_experiment(config), head)
 
 
 def run_memory(args: argparse.Namespace) -> int:
@@ -85,6 +96,7 @@ def run_memory(args: argparse.Namespace) -> int:
         device=args.device,
         amp_dtype=amp_dtype,
         encoder_kwargs={"grad_checkpointing": args.grad_checkpointing},
+        head_kwargs=_config_head_kwargs(args.config, args.head),
     )
     if args.json:
         print(json.dumps({name: r.activation_bytes for name, r in reports.items()}))

@@ -38,15 +38,20 @@ def load_encoder(cfg: ExperimentConfig, checkpoint: Path) -> nn.Module:
     return enc
 
 
+def head_kwargs(cfg: ExperimentConfig, name: str) -> dict[str, object]:
+    """The head hyperparameters the config sets, as ``create_head`` keywords for head ``name``."""
+    h = cfg.head
+    kwargs: dict[str, object] = dict(max_duration=h.max_duration or None, hidden=h.hidden, hidden_2d=h.hidden_2d,
+                                     hidden_3d=h.hidden_3d)
+    samples = {"gtad": "inner_samples", "bmn": "num_sample"}.get(name)
+    if samples is not None:
+        kwargs[samples] = h.samples
+    if name == "gtad":
+        kwargs["fused_projection"] = h.fused_projection
+    return kwargs
+
+
 def build_head(cfg: ExperimentConfig, name: str, *, in_features: int, temporal_length: int) -> nn.Module:
     from heads import create_head
 
-    h = cfg.head
-    common = dict(in_features=in_features, temporal_length=temporal_length, max_duration=h.max_duration or None,
-                  hidden=h.hidden, hidden_2d=h.hidden_2d, hidden_3d=h.hidden_3d)
-    samples = {"gtad": "inner_samples", "bmn": "num_sample"}.get(name)
-    if samples is not None:
-        common[samples] = h.samples
-    if name == "gtad":
-        common["fused_projection"] = h.fused_projection
-    return create_head(name, **common)
+    return create_head(name, in_features=in_features, temporal_length=temporal_length, **head_kwargs(cfg, name))
