@@ -21,7 +21,11 @@ from harness.evaluation import (
     load_predictions,
     match_detections,
 )
-from harness.evaluation.reference import reference_detection_ap, reference_proposal_metrics
+from harness.evaluation.reference import (
+    pandas_rowwise_detection_ap,
+    reference_detection_ap,
+    reference_proposal_metrics,
+)
 
 
 def ann(s: float, e: float, label: str = "A") -> dict[str, Any]:
@@ -174,6 +178,16 @@ def test_detection_matches_slow_reference(tmp_path: Path, seed: int) -> None:
     assert list(res.classes) == classes
     np.testing.assert_allclose(res.ap, np.array(ref), rtol=0, atol=1e-9)
     assert 0 < res.average_mAP < 1
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_pandas_rowwise_baseline_agrees_with_reference(seed: int) -> None:
+    """The benchmark's official-structure baseline computes the same APs as the loop reference."""
+    db, results = random_case(seed)
+    classes, ref = reference_detection_ap(db, results)
+    classes_pd, ap_pd = pandas_rowwise_detection_ap(db, results)
+    assert classes_pd == classes
+    np.testing.assert_allclose(np.array(ap_pd), np.array(ref), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed,max_avg", [(0, 100), (1, 100), (2, 10), (3, 5), (4, 20)])
