@@ -163,7 +163,9 @@ class TrackingConfig:
 class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    # torch intra-op threads (0 = torch's default). Part of the config on purpose: a different thread count splits
+    # float reductions differently, so the same seed gives (slightly) different numbers.
+    threads: int = 0
     progress: bool = True
     deterministic: bool = True
 
