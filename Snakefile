@@ -1,8 +1,8 @@
 # lofi-bench workflow: encoders × heads × pre-training modes × LoFi cycles × seeds -> tables.
 #
 #   snakemake --cores 8 results/table_ablation.md                         the default (synthetic) benchmark
-#   snakemake --cores 2 --configfile config/smoke.yaml results/smoke/table_ablation.md
-#   snakemake --cores 8 --resources gpu=4 --configfile config/activitynet.yaml all
+#   snakemake --cores 2 results/smoke/table_ablation.md --configfile config/smoke.yaml
+#   snakemake --cores 8 --resources gpu=4 all --configfile config/activitynet.yaml
 #   snakemake --cores 8 readme                                            tables -> README.md
 #
 # Rules are thin: each calls one `lofi` command (see `lofi --help`). Stage folders hold done.json only when the
