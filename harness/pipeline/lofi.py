@@ -11,8 +11,6 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from harness.experiment import ExperimentConfig, config_hash

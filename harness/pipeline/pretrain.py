@@ -149,9 +149,9 @@ def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, init
                    tags={"stage": "pretrain", "mode": mode, "seed": str(seed)}) as tracker:
         t0 = time.perf_counter()
         if mode == "acp+":
-            encoder = load_encoder(cfg, init) if init else None
-            if encoder is None:
-                raise LofiError("acp+ needs the ACP encoder: pass init=<acp out>/encoder.pt (lofi run does this)")
+            if init is None:
+                raise LofiError("acp+ needs the ACP encoder: pass --init <acp stage>/encoder.pt (lofi run does this)")
+            encoder = load_encoder(cfg, init)
             classes, clips, labels = _load_items(cfg, mode, frames_src)
             history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.finetune, seed=seed,
                                            stage="acp+", device=device, progress=cfg.runtime.progress, tracker=tracker)
