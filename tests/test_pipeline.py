@@ -184,3 +184,27 @@ def test_class_scores_are_shared_and_alternatives_work(tmp_path, tiny_overrides)
     bad.write_text(json.dumps({"classes": list(ds_classes[1:]), "scores": {}}))
     with pytest.raises(LofiError, match=r"external.json: malformed class scores"):
         load_class_scores(bad, ds_classes, ["x"])
+
+
+def test_corrupt_video_stops_with_its_name_or_is_skipped_and_counted(smoke_root, tiny_overrides, tmp_path):
+    import shutil
+
+    from harness.errors import LofiError
+    from harness.pipeline.data import VideoFrames, prepare_dataset, video_file
+
+    root = tmp_path / "data"
+    shutil.copytree(smoke_root, root)
+    cfg = _cfg(tiny_overrides, f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}")
+    ds = prepare_dataset(cfg.data)
+    videos = ds.subset("training")
+    bad = video_file(cfg.data, videos[1])
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated download
+    with pytest.raises(LofiError) as err:
+        VideoFrames(cfg.data).usable(videos)
+    msg = str(err.value)
+    assert str(bad) in msg and "skip_corrupt" in msg and "\n" not in msg
+    skipping = _cfg(tiny_overrides, f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.skip_corrupt=true")
+    frames = VideoFrames(skipping.data)
+    kept = frames.usable(videos)
+    assert [v.id for v in kept] == [v.id for v in videos if v.id != videos[1].id]
+    assert frames.skipped == [videos[1].id]
