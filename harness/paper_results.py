@@ -1,4 +1,4 @@
-"""The published LoFi numbers as data (Xu et al., NeurIPS 2021), transcribed from /work/shared/reference/paper.md.
+"""The published LoFi numbers as data (Xu et al., NeurIPS 2021, arXiv 2103.15233), transcribed from its tables.
 
 All values are mAP in % on the validation subset, G-TAD head, RGB only, as the paper reports them (NeurIPS
 submission text; the camera-ready may differ slightly). They are shown beside measured numbers only for the

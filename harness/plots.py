@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -14,15 +15,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness.io import atomic_path  # noqa: E402
-from harness.tables import MODE_LABELS, THRESHOLD_COLUMNS, TableError, _relative_memory  # noqa: E402
+from harness.tables import THRESHOLD_COLUMNS, TableError, _relative_memory, mode_label, order_modes  # noqa: E402
 
 log = logging.getLogger(__name__)
-_ORDER = ["icp", "acp", "acp+", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long", "lofi-custom", "e2e-full"]
-
-
-def _modes(rows: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(rows["mode"]))
-    return sorted(present, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m))
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -33,18 +28,20 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_map_vs_tiou(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "") -> Path:
-    """mAP (%) against the tIoU threshold, one line per configuration: mean over seeds, error bars = sd."""
+def plot_map_vs_tiou(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "",
+                     modes: Sequence[str] | None = None) -> Path:
+    """mAP (%) against the tIoU threshold, one line per mode (``modes``, in order; None: every mode in the rows):
+    mean over seeds, error bars = sd."""
     cols = [c for c in THRESHOLD_COLUMNS if c in rows]
     if not cols:
         raise TableError("rows hold no mAP_<tIoU> columns; cannot plot mAP vs tIoU")
     tious = [float(c.split("_")[1]) for c in cols]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for mode in _modes(rows):
-        values = rows.loc[rows["mode"] == mode, cols].to_numpy(dtype=np.float64) * 100.0
-        sd = values.std(axis=0, ddof=1) if values.shape[0] > 1 else None
-        ax.errorbar(tious, values.mean(axis=0), yerr=sd, marker="o", ms=3, capsize=2,
-                    label=f"{MODE_LABELS.get(mode, mode)} (n={values.shape[0]})")
+    for mode in order_modes(rows["mode"], modes):
+        values = rows.loc[rows["mode"] == mode, cols].astype("float64") * 100.0
+        sd = values.std() if len(values) > 1 else None  # ddof=1
+        ax.errorbar(tious, values.mean(), yerr=sd, marker="o", ms=3, capsize=2,
+                    label=f"{mode_label(mode)} (n={len(values)})")
     ax.set_xlabel("tIoU threshold")
     ax.set_ylabel("mAP (%)")
     ax.set_title(title or "mAP vs tIoU (mean ± sd over seeds)")
@@ -53,16 +50,17 @@ def plot_map_vs_tiou(rows: pd.DataFrame, path: str | os.PathLike[str], *, title:
     return _save(fig, Path(path))
 
 
-def plot_map_vs_memory(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "") -> Path:
+def plot_map_vs_memory(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "",
+                       modes: Sequence[str] | None = None) -> Path:
     """Average mAP (%) against LoFi-stage activation memory relative to full fidelity; frozen modes as lines."""
     fig, ax = plt.subplots(figsize=(6, 4))
     plotted = 0
-    for mode in _modes(rows):
+    for mode in order_modes(rows["mode"], modes):
         runs = rows[rows["mode"] == mode]
-        values = runs["average_mAP"].to_numpy(dtype=np.float64) * 100.0
-        mean, sd = values.mean(), (values.std(ddof=1) if values.size > 1 else 0.0)
+        values = runs["average_mAP"].astype("float64") * 100.0
+        mean, sd = values.mean(), (values.std() if len(values) > 1 else 0.0)
         rel = _relative_memory(runs)
-        label = MODE_LABELS.get(mode, mode)
+        label = mode_label(mode)
         if np.isnan(rel):  # no end-to-end stage: a reference level, not a point
             ax.axhline(mean, ls="--", lw=1, color="gray")
             ax.annotate(f"{label} (frozen)", (0.0, mean), xycoords=("axes fraction", "data"), fontsize=7,

@@ -13,12 +13,10 @@ turn the ratios into shapes with ``harness.fidelity.fidelity_shape``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from harness.errors import ConfigError
 from harness.fidelity import PAPER_RATIOS
 
-CycleName = Literal["S", "T", "ST", "long", "short", "custom", "full"]
 CYCLES: tuple[str, ...] = ("S", "T", "ST", "long", "short", "custom", "full")
 CYCLE_ORDER: tuple[str, ...] = ("S", "T", "ST")  # the order C-LoFi visits the three fidelities
 
@@ -45,13 +43,11 @@ def fidelity_at(
     iteration: int,
     c_l: int = 1,
     c_s: int = 16,
-    ratios: dict[str, tuple[float, float]] | None = None,
     custom: tuple[float, float] = (1.0, 1.0),
 ) -> Fidelity:
     """The fidelity used at ``epoch`` (0-based) and global ``iteration`` (0-based, counted over all epochs)."""
-    table = PAPER_RATIOS if ratios is None else ratios
     if cycle in CYCLE_ORDER:
-        return Fidelity(cycle, *table[cycle])
+        return Fidelity(cycle, *PAPER_RATIOS[cycle])
     if cycle == "full":
         return Fidelity("full", 1.0, 1.0)
     if cycle == "custom":
@@ -59,11 +55,11 @@ def fidelity_at(
     if cycle == "long":
         _check_positive("c_l", c_l)
         name = CYCLE_ORDER[(epoch // c_l) % len(CYCLE_ORDER)]
-        return Fidelity(name, *table[name])
+        return Fidelity(name, *PAPER_RATIOS[name])
     if cycle == "short":
         _check_positive("c_s", c_s)
         name = CYCLE_ORDER[(iteration // c_s) % len(CYCLE_ORDER)]
-        return Fidelity(name, *table[name])
+        return Fidelity(name, *PAPER_RATIOS[name])
     raise ConfigError(f"unknown cycle '{cycle}'; use one of {', '.join(CYCLES)}")
 
 

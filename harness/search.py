@@ -37,7 +37,6 @@ from harness.errors import ConfigError, LofiError
 from harness.experiment import ExperimentConfig, OptunaConfig, TrackingConfig, config_hash
 from harness.fidelity import fidelity_shape
 from harness.io import atomic_path, write_text_atomic
-from harness.pipeline.run import StageDirs
 from harness.seeding import derive_seed
 from harness.tracking import git_commit, start_run
 
@@ -60,8 +59,8 @@ class RunSpec:
     """Where and how one chain run happens (a trial, or a fresh-seed re-run of the best ratios)."""
 
     seed: int
-    out: Path
-    dirs: StageDirs
+    out: Path  # the run's own folder (row.json, head/)
+    stages_root: Path  # shared stage folders (harness/pipeline/plan.py): every trial reuses the same ACP stages
     parent_run_id: str = ""
 
 
@@ -95,14 +94,14 @@ class SearchResult:
 
 
 def chain_run(cfg: ExperimentConfig, spec: RunSpec, on_epoch: OnEpoch | None) -> Mapping[str, Any]:
-    """The real objective: the whole ``lofi-custom`` chain (pre-training is reused from ``spec.dirs``)."""
+    """The real objective: the whole ``lofi-custom`` chain (shared stages are reused from ``spec.stages_root``)."""
     from harness.pipeline.data import prepare_dataset
     from harness.pipeline.run import run_all
 
     # Generates the synthetic benchmark when configured (a no-op once complete): ACP pre-training reads its clip
     # index before any stage would otherwise create it.
     prepare_dataset(cfg.data)
-    return run_all(cfg, mode=SEARCH_MODE, seed=spec.seed, out=spec.out, dirs=spec.dirs,
+    return run_all(cfg, mode=SEARCH_MODE, seed=spec.seed, out=spec.out, stages_root=spec.stages_root,
                    parent_run_id=spec.parent_run_id, on_epoch=on_epoch)
 
 
@@ -110,15 +109,10 @@ def with_ratios(cfg: ExperimentConfig, r_t: float, r_s: float) -> ExperimentConf
     return replace(cfg, lofi=replace(cfg.lofi, r_t=float(r_t), r_s=float(r_s)))
 
 
-def shared_pretrain_dir(out: Path, seed: int) -> Path:
-    return out / "shared" / f"pretrain-acp-seed{seed}"
-
-
-def run_dirs(out: Path, run_out: Path, seed: int) -> StageDirs:
-    """Stage folders of one run: its own LoFi/features/head, the search's shared ACP pre-training of ``seed``."""
-    own = StageDirs.under(run_out)
-    pre = shared_pretrain_dir(out, seed)
-    return replace(own, pretrain=pre, acp=pre)
+def stages_root(out: Path) -> Path:
+    """The search's shared stage folders: ACP pre-training and the classifier once per seed, one LoFi stage per
+    distinct (r_t, r_s) (the plan names custom LoFi folders by their key)."""
+    return out / "stages"
 
 
 def check_ranges(cfg: ExperimentConfig) -> None:
@@ -205,7 +199,7 @@ def _objective(cfg: ExperimentConfig, out: Path, objective_fn: ChainFn, multi: b
             trial.set_user_attr("size", size)
             trial.set_user_attr("out", str(run_out))
             tracker.log_params({"r_t": r_t, "r_s": r_s, "trial": n, "L": L, "size": size})
-            spec = RunSpec(seed=o.search_seed, out=run_out, dirs=run_dirs(out, run_out, o.search_seed),
+            spec = RunSpec(seed=o.search_seed, out=run_out, stages_root=stages_root(out),
                            parent_run_id=tracker.run_id)
             pruned: optuna.TrialPruned | None = None
             try:
@@ -347,7 +341,7 @@ def fresh_seed_runs(cfg: ExperimentConfig, out: Path, r_t: float, r_s: float, se
     key = f"rt{r_t:.6g}-rs{r_s:.6g}"
     for seed in seeds:
         run_out = out / "best" / key / f"seed{seed}"
-        spec = RunSpec(seed=seed, out=run_out, dirs=run_dirs(out, run_out, seed), parent_run_id=parent_run_id)
+        spec = RunSpec(seed=seed, out=run_out, stages_root=stages_root(out), parent_run_id=parent_run_id)
         rows.append((objective_fn or chain_run)(with_ratios(cfg, r_t, r_s), spec, None))
     return rows
 

@@ -3,7 +3,8 @@
 Every number in a table comes from the rows (and from ``harness.stats`` comparisons computed on the runs' saved
 predictions); provenance (commits, config hashes, MLflow run ids, dates) is taken from the rows as well. A table is
 written three ways, each atomically: Markdown (tabulate ``github``), CSV (the numbers, machine-readable) and LaTeX
-(booktabs). Published numbers (``harness.paper_results``) are put beside measured ones only for the datasets the
+(tabulate ``latex_booktabs``). Which modes a table shows, in which order, is the caller's ``modes`` argument (the
+config's ``sweep.*_modes``); without it, every mode the rows hold. Published numbers (``harness.paper_results``) are put beside measured ones only for the datasets the
 paper used; for synthetic data they never share a column with measurements.
 """
 
@@ -25,7 +26,7 @@ from tabulate import tabulate
 from harness.errors import LofiError
 from harness.io import atomic_path, write_text_atomic
 from harness.paper_results import PAPER, canonical_dataset, published
-from harness.stats import Comparison, mean_sd
+from harness.stats import Comparison
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,15 @@ THRESHOLD_COLUMNS: tuple[str, ...] = tuple(f"mAP_{t:.2f}" for t in np.linspace(0
 SHOWN_METRICS: tuple[tuple[str, str], ...] = (
     ("mAP_0.50", "mAP@0.5"), ("mAP_0.75", "mAP@0.75"), ("mAP_0.95", "mAP@0.95"), ("average_mAP", "Avg"),
 )
-ABLATION_MODES: tuple[tuple[str, str], ...] = (
-    ("acp", "ACP"), ("lofi-S", "S-LoFi"), ("lofi-T", "T-LoFi"), ("lofi-ST", "ST-LoFi"),
-    ("lofi-short", "Short C-LoFi"), ("lofi-long", "Long C-LoFi"),
-)
-PRETRAIN_MODES: tuple[tuple[str, str], ...] = (("icp", "ICP"), ("acp", "ACP"), ("acp+", "ACP+"), ("lofi-long", "LoFi"))
-MODE_LABELS: dict[str, str] = {**dict(ABLATION_MODES), **dict(PRETRAIN_MODES), "lofi-long": "Long C-LoFi",
-                               "lofi-custom": "Custom LoFi", "e2e-full": "End-to-end (full fidelity)"}
+# The display name of every mode, in the canonical order tables and plots use when not told another (the modes
+# are harness.experiment.MODES; tests/test_tables.py checks both name the same set). WHICH modes a table shows is
+# the caller's choice (the config's sweep.*_modes in `lofi report tables`), never a list here.
+MODE_LABELS: dict[str, str] = {
+    "icp": "ICP", "acp": "ACP", "acp+": "ACP+", "lofi-S": "S-LoFi", "lofi-T": "T-LoFi", "lofi-ST": "ST-LoFi",
+    "lofi-short": "Short C-LoFi", "lofi-long": "Long C-LoFi", "lofi-custom": "Custom LoFi",
+    "e2e-full": "End-to-end (full fidelity)",
+}
+PAPER_LOFI_LABEL: dict[str, str] = {"lofi-long": "LoFi"}  # the paper's Tables 1 and 6 call Long C-LoFi "LoFi"
 CYCLIC = ("long", "short")
 BASELINE = "acp"
 ALPHA = 0.05
@@ -148,11 +151,9 @@ def _p(p: float) -> str:
 
 
 def _metric_stats(runs: pd.DataFrame, column: str) -> tuple[float, float]:
-    """Mean and sd over seeds, in %."""
-    if column not in runs or runs[column].isna().all():
-        return float("nan"), float("nan")
-    mean, sd = mean_sd(runs[column].dropna().to_numpy(dtype=np.float64) * 100.0)
-    return mean, sd
+    """Mean and sample sd (ddof=1; NaN for one seed) over seeds, in %."""
+    values = runs[column].dropna() * 100.0 if column in runs else pd.Series(dtype="float64")
+    return float(values.mean()), float(values.std())
 
 
 def _relative_memory(runs: pd.DataFrame) -> float:
@@ -197,19 +198,19 @@ def _comparison_numbers(c: Comparison | None) -> dict[str, float]:
             "p_value": c.p_value, "p_holm": c.p_adjusted}
 
 
-def _stats_note(stats: Mapping[str, Comparison] | None, rows: pd.DataFrame, what: str) -> str:
+def _stats_note(comparisons: Sequence[Comparison], rows: pd.DataFrame) -> str:
     seeds = sorted({int(s) for s in rows["seed"]})
-    per_config = rows.groupby("mode")["seed"].nunique()
+    per_config = rows.groupby(["encoder", "head", "mode"])["seed"].nunique()
     seed_txt = f"{per_config.min()}–{per_config.max()}" if per_config.min() != per_config.max() else f"{per_config.min()}"
     text = f"mAP in %, mean ± sd over seeds (ddof=1); {seed_txt} seed(s) per configuration (seeds {', '.join(map(str, seeds))})."
-    if not stats:
+    if not comparisons:
         return text + " No significance tests (no predictions given)."
-    c = next(iter(stats.values()))
+    c = comparisons[0]
     return (
-        f"{text} Δ: {what} minus the baseline's seed-mean average mAP, 95% paired bootstrap percentile interval "
+        f"{text} Δ: configuration minus the baseline's seed-mean average mAP, 95% paired bootstrap percentile interval "
         f"({c.n_boot} resamples of the n = {c.n_videos} test videos and of the seeds). p: two-sided paired "
         f"permutation test over videos ({c.n_perm} permutations, the same swaps for every seed pair), "
-        f"Holm-corrected over {len(stats)} comparison(s); {DAGGER}: p (Holm) < {ALPHA}."
+        f"Holm-corrected over {len(comparisons)} comparison(s); {DAGGER}: p (Holm) < {ALPHA}."
     )
 
 
@@ -246,147 +247,169 @@ def provenance(rows: pd.DataFrame) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def order_modes(present: Iterable[str], modes: Sequence[str] | None = None) -> list[str]:
+    """The modes of ``present`` a table shows, in order: those listed in ``modes`` in its order, or (``None``)
+    all of them in the canonical order of ``MODE_LABELS`` (unknown modes last, by name)."""
+    have = set(present)
+    if modes is not None:
+        return [m for m in dict.fromkeys(modes) if m in have]
+    canonical = list(MODE_LABELS)
+    return sorted(have, key=lambda m: (canonical.index(m) if m in canonical else len(canonical), m))
+
+
+def mode_label(mode: str, overrides: Mapping[str, str] | None = None) -> str:
+    return (overrides or {}).get(mode) or MODE_LABELS.get(mode, mode)
+
+
+def _mode_row(
+    runs: pd.DataFrame, mode: str, label: str, comp: Comparison | None, *, paper_table: str,
+    metrics: Sequence[tuple[str, str]], with_shape: bool,
+) -> tuple[dict[str, object], dict[str, object], str | None]:
+    """Display cells, CSV numbers and the published source (if any) of one mode's runs (one dataset/encoder/head)."""
+    dataset, encoder, head = (_single(runs, c) for c in ("dataset", "encoder", "head"))
+    cells: dict[str, object] = {"Config": label}
+    numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "head": head, "mode": mode,
+                                  "config": label, "n_seeds": int(runs["seed"].nunique())}
+    if with_shape:
+        cells["L"], cells["H×W"] = _shape_cells(runs)
+        numbers["L"], numbers["HxW"] = cells["L"], cells["H×W"]
+    for column, header in metrics:
+        mean, sd = _metric_stats(runs, column)
+        cells[header] = _pm(mean, sd)
+        numbers[f"{column}_mean"], numbers[f"{column}_sd"] = mean, sd
+    if with_shape:
+        rel = _relative_memory(runs)
+        cells["Act. mem. (rel.)"] = _num(rel)
+        numbers["activation_rel"] = rel
+    cells.update({"Δ Avg [95% CI]": "(baseline)", "p (Holm)": "", "": ""} if mode == BASELINE else _comparison_cells(comp))
+    numbers.update(_comparison_numbers(comp))
+    if canonical_dataset(dataset) is None:
+        return cells, numbers, None
+    pub = published(paper_table, dataset, mode, encoder=encoder, head=head)
+    pub_avg = pub.values.get("average_mAP") if pub else None
+    cells["Paper Avg"] = _num(pub_avg)
+    cells["Δ paper"] = _num(numbers["average_mAP_mean"] - pub_avg, signed=True) if pub_avg is not None else "–"
+    for column, _ in metrics:
+        numbers[f"paper_{column}"] = pub.values.get(column, float("nan")) if pub else float("nan")
+    return cells, numbers, pub.source if pub else None
+
+
 def _config_table(
-    name: str, title: str, rows: pd.DataFrame, stats: Mapping[str, Comparison] | None, modes: Sequence[tuple[str, str]],
-    paper_table: str, with_shape: bool,
+    name: str, title: str, rows: pd.DataFrame, stats: Mapping[str, Comparison] | None, modes: Sequence[str] | None,
+    *, paper_table: str, with_shape: bool, labels: Mapping[str, str] | None = None,
 ) -> Table:
     if rows.empty:
         raise TableError(f"no rows for the {name} table")
     _check_scale(rows)
     dataset, encoder, head = (_single(rows, c) for c in ("dataset", "encoder", "head"))
-    real = canonical_dataset(dataset) is not None
+    shown = order_modes(rows["mode"], modes)
+    if not shown:
+        raise TableError(f"rows hold none of the {name} table's modes ({', '.join(modes or ())})")
     display_rows, numeric_rows, sources = [], [], set()
-    for mode, label in modes:
-        runs = rows[rows["mode"] == mode]
-        if runs.empty:
-            continue
-        cells: dict[str, object] = {"Config": label}
-        numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "head": head, "mode": mode,
-                                      "config": label, "n_seeds": int(runs["seed"].nunique())}
-        if with_shape:
-            cells["L"], cells["H×W"] = _shape_cells(runs)
-            numbers["L"], numbers["HxW"] = cells["L"], cells["H×W"]
-        for column, header in SHOWN_METRICS:
-            mean, sd = _metric_stats(runs, column)
-            cells[header] = _pm(mean, sd)
-            numbers[f"{column}_mean"], numbers[f"{column}_sd"] = mean, sd
-        if with_shape:
-            rel = _relative_memory(runs)
-            cells["Act. mem. (rel.)"] = _num(rel)
-            numbers["activation_rel"] = rel
-        comp = stats.get(mode) if stats else None
-        cells.update(_comparison_cells(comp) if mode != BASELINE else {"Δ Avg [95% CI]": "(baseline)", "p (Holm)": "", "": ""})
-        numbers.update(_comparison_numbers(comp))
-        if real:
-            pub = published(paper_table, dataset, mode, encoder=encoder, head=head)
-            pub_avg = pub.values.get("average_mAP") if pub else None
-            cells["Paper Avg"] = _num(pub_avg)
-            cells["Δ paper"] = _num(numbers["average_mAP_mean"] - pub_avg, signed=True) if pub_avg is not None else "–"
-            for column, _ in SHOWN_METRICS:
-                numbers[f"paper_{column}"] = pub.values.get(column, float("nan")) if pub else float("nan")
-            if pub:
-                sources.add(pub.source)
+    for mode in shown:
+        cells, numbers, source = _mode_row(rows[rows["mode"] == mode], mode, mode_label(mode, labels),
+                                           (stats or {}).get(mode), paper_table=paper_table, metrics=SHOWN_METRICS,
+                                           with_shape=with_shape)
         display_rows.append(cells)
         numeric_rows.append(numbers)
-    if not display_rows:
-        raise TableError(f"rows hold none of the {name} table's modes ({', '.join(m for m, _ in modes)})")
-    used = rows[rows["mode"].isin([m for m, _ in modes])]
-    notes = (_stats_note(stats, used, "configuration"), _published_note(rows, sources))
-    full_title = f"{title} — {dataset}, {encoder}, {head}"
-    return Table(name, full_title, pd.DataFrame(display_rows), pd.DataFrame(numeric_rows), notes, provenance(used))
+        sources.add(source)
+    used = rows[rows["mode"].isin(shown)]
+    notes = (_stats_note(list((stats or {}).values()), used), _published_note(rows, sources - {None}))
+    return Table(name, f"{title} — {dataset}, {encoder}, {head}", pd.DataFrame(display_rows),
+                 pd.DataFrame(numeric_rows), notes, provenance(used))
 
 
-def ablation_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None) -> Table:
-    """The paper's Table 2: LoFi configurations against ACP (one dataset, encoder and head)."""
-    return _config_table("ablation", "LoFi configurations (paper Table 2)", rows, stats, ABLATION_MODES, "ablation", True)
+def ablation_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None, *,
+                   modes: Sequence[str] | None = None) -> Table:
+    """The paper's Table 2: LoFi configurations against ACP (one dataset, encoder and head).
+
+    One row per mode in ``modes`` that the rows hold, in that order (``None``: every mode present, canonical
+    order); ``stats`` maps a mode to its comparison with ACP."""
+    return _config_table("ablation", "LoFi configurations (paper Table 2)", rows, stats, modes,
+                         paper_table="ablation", with_shape=True)
 
 
-def pretrain_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None) -> Table:
-    """The paper's Table 1: pre-training methods ICP, ACP, ACP+ and LoFi (Long C-LoFi) against ACP."""
-    return _config_table("pretrain", "Pre-training methods (paper Table 1)", rows, stats, PRETRAIN_MODES, "pretrain", False)
+def pretrain_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None, *,
+                   modes: Sequence[str] | None = None) -> Table:
+    """The paper's Table 1: pre-training methods (ICP, ACP, ACP+, LoFi) against ACP; rows as ``ablation_table``."""
+    return _config_table("pretrain", "Pre-training methods (paper Table 1)", rows, stats, modes,
+                         paper_table="pretrain", with_shape=False, labels=PAPER_LOFI_LABEL)
 
 
-def models_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None, *, lofi_mode: str = "lofi-long") -> Table:
-    """Encoders × heads, ACP vs LoFi (paper Table 6); ``stats`` keyed by "encoder/head" (LoFi vs ACP)."""
+def models_table(rows: pd.DataFrame, stats: Mapping[str, Mapping[str, Comparison]] | None = None, *,
+                 modes: Sequence[str] | None = None) -> Table:
+    """Encoders × heads (paper Table 6): per encoder and head, the average mAP of each mode against ACP.
+
+    ``stats`` maps "encoder/head" to {mode: comparison with ACP} (Holm across all of them)."""
     if rows.empty:
         raise TableError("no rows for the models table")
     _check_scale(rows)
     dataset = _single(rows, "dataset")
-    real = canonical_dataset(dataset) is not None
-    display_rows, numeric_rows, sources = [], [], set()
-    for (encoder, head), runs in rows.groupby(["encoder", "head"], sort=True):
-        acp, lofi = runs[runs["mode"] == BASELINE], runs[runs["mode"] == lofi_mode]
-        if acp.empty and lofi.empty:
-            continue
-        a_mean, a_sd = _metric_stats(acp, "average_mAP")
-        l_mean, l_sd = _metric_stats(lofi, "average_mAP")
-        key = f"{encoder}/{head}"
-        comp = stats.get(key) if stats else None
-        cells: dict[str, object] = {"Encoder": encoder, "Head": head, "ACP Avg": _pm(a_mean, a_sd),
-                                    "LoFi Avg": _pm(l_mean, l_sd), **_comparison_cells(comp)}
-        numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "head": head,
-                                      "acp_mean": a_mean, "acp_sd": a_sd, "lofi_mean": l_mean, "lofi_sd": l_sd,
-                                      "n_seeds_acp": int(acp["seed"].nunique()), "n_seeds_lofi": int(lofi["seed"].nunique()),
-                                      **_comparison_numbers(comp)}
-        if real:
-            p_acp = published("models", dataset, BASELINE, encoder=encoder, head=head)
-            p_lofi = published("models", dataset, lofi_mode, encoder=encoder, head=head)
-            for tag, pub, mean in (("ACP", p_acp, a_mean), ("LoFi", p_lofi, l_mean)):
-                value = pub.values["average_mAP"] if pub else None
-                cells[f"Paper {tag}"] = _num(value)
-                cells[f"Δ paper {tag}"] = _num(mean - value, signed=True) if value is not None else "–"
-                numbers[f"paper_{tag.lower()}"] = value if value is not None else float("nan")
-                if pub:
-                    sources.add(pub.source)
-        display_rows.append(cells)
-        numeric_rows.append(numbers)
+    display_rows, numeric_rows, sources, comparisons = [], [], set(), []
+    for (encoder, head), group in rows.groupby(["encoder", "head"], sort=True):
+        comps = (stats or {}).get(f"{encoder}/{head}", {})
+        comparisons += list(comps.values())
+        for mode in order_modes(group["mode"], modes):
+            cells, numbers, source = _mode_row(group[group["mode"] == mode], mode, mode_label(mode, PAPER_LOFI_LABEL),
+                                               comps.get(mode), paper_table="models", metrics=SHOWN_METRICS[-1:],
+                                               with_shape=False)
+            display_rows.append({"Encoder": encoder, "Head": head, **cells})
+            numeric_rows.append(numbers)
+            sources.add(source)
     if not display_rows:
-        raise TableError(f"rows hold neither {BASELINE} nor {lofi_mode} runs; the models table compares them")
-    used = rows[rows["mode"].isin([BASELINE, lofi_mode])]
-    notes = (_stats_note(stats, used, f"{lofi_mode}"), _published_note(rows, sources))
-    return Table("models", f"Encoders × heads, ACP vs LoFi (paper Table 6) — {dataset}",
-                 pd.DataFrame(display_rows), pd.DataFrame(numeric_rows), notes, provenance(used))
+        raise TableError(f"rows hold none of the models table's modes ({', '.join(modes or ())})")
+    used = rows[rows["mode"].isin(order_modes(rows["mode"], modes))]
+    notes = (_stats_note(comparisons, used), _published_note(rows, sources - {None}))
+    return Table("models", f"Encoders × heads (paper Table 6) — {dataset}", pd.DataFrame(display_rows),
+                 pd.DataFrame(numeric_rows), notes, provenance(used))
 
 
-def memory_table(rows: pd.DataFrame) -> Table:
-    """Per fidelity configuration: activation bytes, relative to full, peak device memory, stage times."""
+def memory_table(rows: pd.DataFrame, *, modes: Sequence[str] | None = None) -> Table:
+    """Per encoder and mode: activation memory of one LoFi training step (as the rows carry it: bytes at the
+    mode's fidelity, at full fidelity, their ratio), device peak only where rows carry ``peak_bytes``, stage times."""
     if rows.empty:
         raise TableError("no rows for the memory table")
     dataset = _single(rows, "dataset")
     time_cols = sorted(c for c in rows.columns if c.startswith("time_") and c.endswith("_s"))
-    throughput_cols = sorted(c for c in rows.columns if c.startswith("throughput"))
+    with_peak = "peak_bytes" in rows and rows["peak_bytes"].notna().any()
     display_rows, numeric_rows = [], []
-    order = {m: i for i, m in enumerate(["acp", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long"])}
-    groups = sorted(rows.groupby(["encoder", "mode"]), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1]))
-    for (encoder, mode), runs in groups:
-        L, hw = _shape_cells(runs)
-        act = runs["activation_bytes"].astype("float64") if "activation_bytes" in runs else pd.Series(dtype="float64")
-        act = act.where(act > 0)
-        peak = runs["peak_bytes"].astype("float64") if "peak_bytes" in runs else pd.Series(dtype="float64")
-        rel = _relative_memory(runs)
-        cells: dict[str, object] = {
-            "Encoder": encoder, "Config": MODE_LABELS.get(mode, mode), "L": L, "H×W": hw,
-            "Activations (MiB)": _num(act.mean() / 2**20, 1) if act.notna().any() else "–",
-            "Rel. to full": _num(rel),
-            "Peak (GiB)": _num(peak.mean() / 2**30, 2) if peak.notna().any() else "not measured",
-        }
-        numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "mode": mode, "L": L, "HxW": hw,
-                                      "activation_bytes": float(act.mean()) if act.notna().any() else float("nan"),
-                                      "activation_rel": rel,
-                                      "peak_bytes": float(peak.mean()) if peak.notna().any() else float("nan")}
-        for col in throughput_cols + time_cols:
-            values = runs[col].astype("float64")
-            mean = float(values.mean()) if values.notna().any() else float("nan")
-            cells[col.replace("_", " ")] = _num(mean, 1)
-            numbers[col] = mean
-        display_rows.append(cells)
-        numeric_rows.append(numbers)
+
+    def mean_of(runs: pd.DataFrame, column: str) -> float:
+        values = pd.to_numeric(runs[column], errors="coerce") if column in runs else pd.Series(dtype="float64")
+        values = values.where(values > 0)  # 0: nothing trained end to end (frozen-encoder modes)
+        return float(values.mean()) if values.notna().any() else float("nan")
+
+    for encoder, group in rows.groupby("encoder", sort=True):
+        for mode in order_modes(group["mode"], modes):
+            runs = group[group["mode"] == mode]
+            L, hw = _shape_cells(runs)
+            act, full = mean_of(runs, "activation_bytes"), mean_of(runs, "activation_bytes_full")
+            rel = _relative_memory(runs)
+            cells: dict[str, object] = {
+                "Encoder": encoder, "Config": mode_label(mode), "L": L, "H×W": hw,
+                "Activations (MiB)": _num(act / 2**20, 1), "Full fidelity (MiB)": _num(full / 2**20, 1),
+                "Rel. to full": _num(rel),
+            }
+            numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "mode": mode, "L": L, "HxW": hw,
+                                          "activation_bytes": act, "activation_bytes_full": full, "activation_rel": rel}
+            if with_peak:
+                peak = mean_of(runs, "peak_bytes")
+                cells["Peak (GiB)"], numbers["peak_bytes"] = _num(peak / 2**30, 2), peak
+            for col in time_cols:
+                numbers[col] = mean = mean_of(runs, col)
+                cells[f"{col[len('time_'):-len('_s')]} (s)"] = _num(mean, 1)
+            display_rows.append(cells)
+            numeric_rows.append(numbers)
+    if not display_rows:
+        raise TableError(f"rows hold none of the memory table's modes ({', '.join(modes or ())})")
+    used = rows[rows["mode"].isin([n["mode"] for n in numeric_rows])]
     notes = ("Activations: bytes kept for the backward pass of one LoFi training step (batch 1) at the mode's "
-             "fidelity (the largest over a cycle), as measured by the run; relative to the same step at full "
-             "fidelity. Peak: device peak where measured (CUDA only). Times: mean seconds per stage over seeds "
-             "(stages reused from an earlier run are not timed).",)
+             "fidelity (the largest over a cycle; – for modes that train no encoder end to end), and at full "
+             "fidelity, counted by the run on the meta device. "
+             + ("Peak: device peak memory (CUDA only). " if with_peak else "")
+             + "Times: mean seconds per stage over seeds (stages reused from an earlier run are not timed).",)
     return Table("memory", f"Memory per fidelity configuration — {dataset}", pd.DataFrame(display_rows),
-                 pd.DataFrame(numeric_rows), notes, provenance(rows))
+                 pd.DataFrame(numeric_rows), notes, provenance(used))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -402,34 +425,20 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "×": r"$\times$", "²": r"\textsuperscript{2}", "Δ": r"$\Delta$", "†": r"\textsuperscript{\dag}",
-    "–": "--", "…": r"\ldots{}", "<": r"\textless{}", ">": r"\textgreater{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+# tabulate escapes LaTeX's special characters; these symbols are not special but pdfLaTeX cannot typeset them all.
+_LATEX_SYMBOLS = str.maketrans({"±": r"$\pm$", "×": r"$\times$", "²": r"$^2$", "Δ": r"$\Delta$", "†": r"$^\dagger$",
+                                "–": "--"})
+_TEXT_COLUMNS = {"Config", "Encoder", "Head"}
 
 
 def to_latex(table: Table) -> str:
-    """A booktabs table (\\toprule/\\midrule/\\bottomrule); notes and provenance below it."""
-    cols = list(table.display.columns)
-    align = "l" * min(1, len(cols)) + "r" * max(0, len(cols) - 1)
-    lines = [
-        "% generated by `lofi report tables`; numbers come from the runs' row.json files",
-        r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(table.title)}}}",
-        rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-        " & ".join(latex_escape(c) for c in cols) + r" \\", r"\midrule",
-    ]
-    for _, row in table.display.iterrows():
-        lines.append(" & ".join(latex_escape(row[c]) for c in cols) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\par\footnotesize"]
-    lines += [latex_escape(n) + r"\par" for n in (*table.notes, *table.provenance)]
-    lines += [r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    """A booktabs ``tabular`` (tabulate ``latex_booktabs``) with the title, notes and provenance as comment lines
+    around it: put it in your own ``table`` float with your caption."""
+    align = ["left" if c in _TEXT_COLUMNS else "right" for c in table.display.columns]
+    body = tabulate(table.display, headers="keys", tablefmt="latex_booktabs", showindex=False,
+                    disable_numparse=True, colalign=align).translate(_LATEX_SYMBOLS)
+    head = [table.title, "generated by `lofi report tables`; numbers come from the runs' row.json files"]
+    return "\n".join([*(f"% {line}" for line in head), body, *(f"% {n}" for n in (*table.notes, *table.provenance))]) + "\n"
 
 
 def write_tables(tables: Sequence[Table], out: str | os.PathLike[str], stem: str) -> list[Path]:

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -46,40 +47,27 @@ class NullTracker:
 
     run_id: str = ""
 
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-    def log_artifact(self, path: str | Path) -> None: ...
-    def set_tags(self, tags: Mapping[str, str]) -> None: ...
-
-
-class MlflowTracker:
-    def __init__(self, client: Any, run_id: str) -> None:
-        self._client = client
-        self.run_id = run_id
-
+    # MlflowClient.log_batch splits long lists into requests within the server's limits (100 params/tags, 1000
+    # metrics) and truncates values past MLflow's length limits with a warning; only names are ours to make legal.
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(legal_name(k), str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self._client.log_batch(self.run_id, params=items[i : i + 100])
+        self._client.log_batch(self.run_id, params=[Param(legal_name(k), str(v)) for k, v in params.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(legal_name(k), float(v), now, step or 0) for k, v in metrics.items()]
-        if items:
-            self._client.log_batch(self.run_id, metrics=items)
+        self._client.log_batch(self.run_id, metrics=[Metric(legal_name(k), float(v), now, step or 0)
+                                                     for k, v in metrics.items()])
 
     def log_artifact(self, path: str | Path) -> None:
         self._client.log_artifact(self.run_id, str(path))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        for k, v in tags.items():
-            self._client.set_tag(self.run_id, legal_name(k), str(v))
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(self.run_id, tags=[RunTag(legal_name(k), str(v)) for k, v in tags.items()])
 
 
 def ensure_experiment(cfg: TrackingConfig) -> str:

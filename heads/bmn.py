@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from heads import register_head
-from heads.common import effective_max_duration
+from heads.common import autocast_disabled, effective_max_duration, sparse_compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,14 @@ class BMSampler:
     def sample(self, y: torch.Tensor) -> torch.Tensor:
         """(B, C, N, L) per-sample features → (B, C, D, L): ``Σ_{n,t} A[(d,s),(n,t)] · y[b, c, n, t]``."""
         B, C, N, L = y.shape
-        # float32 at least (half-precision sparse mm is patchy across backends); float64 kept for checks.
-        dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+        # float32 at least: CSR mm has no half-precision kernel on CPU ("addmm_out_sparse_csr_impl_mkl" not
+        # implemented for 'BFloat16') and half-precision sparse mm is patchy elsewhere; float64 kept for checks.
+        # An fp32 island with autocast off (autocast would otherwise cast both sides to its dtype); the result is
+        # cast back to y's dtype so the rest of the head stays in autocast.
+        dtype = sparse_compute_dtype(y.dtype)
         matrix = self.matrix if dtype == torch.float32 else self.matrix.to(dtype)
         flat = y.to(dtype).reshape(B * C, N * L).t()  # (N·L, B·C)
-        with torch.autocast(device_type=y.device.type, enabled=False):  # keep autocast from halving one side
+        with autocast_disabled(y.device):
             out = torch.sparse.mm(matrix, flat)  # (D·L, B·C)
         return out.t().reshape(B, C, self.max_duration, self.temporal_length).to(y.dtype)
 

@@ -7,7 +7,26 @@ when the proposal ends inside the video: ``s + d + 1 <= L``.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+
+def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on ``device``'s type, for ops without a low-precision kernel.
+
+    Sparse matmuls run in such an fp32 island: CUDA has no BFloat16 ``addmm_sparse_cuda`` (COO) and CPU no
+    BFloat16 ``addmm_out_sparse_csr_impl_mkl`` (CSR). Device types without autocast (``meta``) get a no-op.
+    """
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # "unsupported scalarType": autocast does not exist for this device type
+        return contextlib.nullcontext()
+
+
+def sparse_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a sparse matmul runs in for inputs of ``dtype``: float64 stays, everything else is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def valid_map_mask(max_duration: int, temporal_length: int, device: torch.device | str | None = None) -> torch.Tensor:

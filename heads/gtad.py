@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from heads import register_head
-from heads.common import effective_max_duration
+from heads.common import autocast_disabled, effective_max_duration, sparse_compute_dtype
 from heads.graph import GCNeXt, gather_neighbours, knn_indices
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,21 @@ def align1d_weights(
 
 
 def _apply(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``rows @ matrix.T`` for a sparse COO ``matrix`` (out, in) and dense ``rows`` (N, in) -> (N, out).
+    """``rows @ matrix.T`` for a sparse COO ``matrix`` (out, in) and dense ``rows`` (N, in) -> (N, out), in ``rows``'s
+    dtype.
 
     Written as sparse @ dense, the product torch documents (with autograd for the dense side) on CPU and CUDA.
-    Small maps are kept dense (see ``_DENSE_MAX``): a dense matmul is several times faster there.
+    Small maps are kept dense (see ``_DENSE_MAX``): a dense matmul is several times faster there, and it has
+    half-precision kernels, so under autocast it runs in the autocast dtype. The sparse product has none on CUDA
+    (``"addmm_sparse_cuda" not implemented for 'BFloat16'``): it runs in the matrix's dtype (float32, or float64
+    for float64 inputs, see ``heads.common.sparse_compute_dtype``) with autocast off, and its result is cast back,
+    so the rest of the head stays in autocast. For float32/float64 inputs both casts are no-ops.
     """
     if not matrix.is_sparse:
-        return rows @ matrix.t()
-    return torch.sparse.mm(matrix, rows.t()).t()
+        return rows @ matrix.t().to(rows.dtype)
+    with autocast_disabled(rows.device):
+        out = torch.sparse.mm(matrix, rows.to(matrix.dtype).t()).t()
+    return out.to(rows.dtype)
 
 
 # Maps with at most this many entries are stored dense: at the CPU benchmark's L = 32 the fused map is 1 M entries
@@ -111,7 +118,7 @@ def align1d(x: torch.Tensor, regions: torch.Tensor, *, resolution: int, sampling
     rows, cols, weights = align1d_weights(regions, length=length, resolution=resolution, sampling_ratio=sampling_ratio)
     matrix = torch.sparse_coo_tensor(
         torch.stack((rows, cols)),
-        weights.to(x.dtype),
+        weights.to(sparse_compute_dtype(x.dtype)),
         (n * resolution, length),
         device=x.device,
         check_invariants=False,
@@ -140,7 +147,7 @@ class SGAlign(nn.Module):
     """Sub-graph alignment: (B, C, L) inner and context streams -> (B, C·(P_in + P_ctx), D, L).
 
     Channel ``c * P + p`` holds bin p of channel c (bins 0…P_in−1 from the inner stream, the rest from the context
-    stream), G-TAD's order. One sparse matrix per (L, D, device, dtype), built on first use and cached.
+    stream), G-TAD's order. One sparse matrix per (L, D, device, float32/float64), built on first use and cached.
     """
 
     _CACHE_SIZE = 8
@@ -182,7 +189,11 @@ class SGAlign(nn.Module):
         return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
 
     def matrices(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached sparse maps for length L: (P·D·L, 2L) for ``forward`` and (D·L, P·2L) for ``project``."""
+        """Cached sparse maps for length L: (P·D·L, 2L) for ``forward`` and (D·L, P·2L) for ``project``.
+
+        Stored in float64 for float64 inputs, else float32 (half-precision inputs included: see ``_apply``).
+        """
+        dtype = sparse_compute_dtype(dtype)
         key = (length, self.duration(length), str(device), dtype)
         if key in self._cache:
             self._cache.move_to_end(key)

@@ -21,7 +21,7 @@ from harness.evaluation import (
     load_predictions,
     match_detections,
 )
-from harness.evaluation.reference import (
+from reference_evaluation import (  # tests/reference_evaluation.py: the slow oracle
     pandas_rowwise_detection_ap,
     reference_detection_ap,
     reference_proposal_metrics,

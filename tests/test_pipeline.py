@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.experiment import MODES, load_experiment
-from harness.pipeline.run import StageDirs, run_all
+from harness.experiment import load_experiment
+from harness.pipeline.plan import MODES
+from harness.pipeline.run import run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "config" / "smoke.yaml"
@@ -36,10 +37,8 @@ def test_every_mode_produces_metrics(tmp_path, tiny_overrides):
     rows = {}
     for mode in MODES:
         out = tmp_path / mode
-        # the ACP encoder is shared by every mode that starts from it, as the Snakefile shares it
-        pre = shared / "acp" if mode not in ("icp", "acp+") else out / "pretrain"
-        dirs = StageDirs(pretrain=pre, acp=shared / "acp", lofi=out / "lofi", features=out / "features", head=out / "head")
-        rows[mode] = run_all(cfg, mode=mode, seed=0, out=out, dirs=dirs)
+        # one stages root: the ACP encoder (and classifier) shared by every mode, as the workflow shares them
+        rows[mode] = run_all(cfg, mode=mode, seed=0, out=out, stages_root=shared)
         _check_metrics(out)
     assert rows["lofi-T"]["L"] == 2 and rows["lofi-T"]["size"] == 16  # 8 snippets / r_t 4
     assert rows["lofi-ST"]["L"] == 4 and rows["lofi-ST"]["size"] == 11  # 16 / sqrt(2) = 11.3
@@ -49,8 +48,9 @@ def test_every_mode_produces_metrics(tmp_path, tiny_overrides):
     for mode in ("lofi-S", "lofi-T", "lofi-ST"):
         assert 0 < rows[mode]["activation_rel"] < 1.0, mode
     assert rows["e2e-full"]["activation_rel"] == pytest.approx(1.0)
-    # frozen-encoder modes never ran a LoFi stage
-    assert not (tmp_path / "acp" / "lofi").exists()
+    # one LoFi stage per cycle, none for the frozen-encoder modes; every run's head in its own folder
+    assert sorted(p.name for p in (shared / "lofi").iterdir())[:6] == ["S", "ST", "T", "full", "long", "short"]
+    assert all((tmp_path / m / "head" / "done.json").is_file() for m in MODES)
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path, tiny_overrides):
@@ -156,16 +156,10 @@ def test_class_scores_are_shared_and_alternatives_work(tmp_path, tiny_overrides)
     from harness.pipeline.classify import load_class_scores
 
     cfg = _cfg(tiny_overrides)
-    shared = dict(acp=tmp_path / "acp", acpplus=tmp_path / "acpplus", classifier=tmp_path / "classifier")
-    rows = {}
-    for mode in ("acp", "lofi-T"):
-        out = tmp_path / mode
-        dirs = StageDirs(pretrain=shared["acp"] if mode != "icp" else out / "pretrain", acp=shared["acp"],
-                         lofi=out / "lofi", features=out / "features", head=out / "head",
-                         acpplus=shared["acpplus"], classifier=shared["classifier"])
-        rows[mode] = run_all(cfg, mode=mode, seed=0, out=out, dirs=dirs)
+    stages = tmp_path / "stages"
+    rows = {mode: run_all(cfg, mode=mode, seed=0, out=tmp_path / mode, stages_root=stages) for mode in ("acp", "lofi-T")}
     # one classifier for both modes: their detections use the same class scores, so each video's labels agree
-    scores = json.loads((shared["classifier"] / "class_scores.json").read_text())
+    scores = json.loads((stages / "classifier" / "seed0" / "class_scores.json").read_text())
     ds_classes = tuple(scores["classes"])
     assert len(scores["scores"]) >= len(rows) and all(abs(sum(p) - 1) < 1e-5 for p in scores["scores"].values())
     a = json.loads((tmp_path / "acp/head/predictions_testing.json").read_text())["results"]
@@ -175,10 +169,9 @@ def test_class_scores_are_shared_and_alternatives_work(tmp_path, tiny_overrides)
         assert {e["label"] for e in a[vid]} == {e["label"] for e in b[vid]} == {ds_classes[i] for i in top}
     # the per-run linear probe instead of the shared classifier
     probe = run_all(_cfg(tiny_overrides, "head.class_scores=features"), mode="acp", seed=0, out=tmp_path / "probe",
-                    dirs=StageDirs(pretrain=shared["acp"], acp=shared["acp"], lofi=tmp_path / "probe/lofi",
-                                   features=tmp_path / "acp/features", head=tmp_path / "probe/head"))
-    assert 0.0 <= probe["average_mAP"] <= 1.0
-    assert not (tmp_path / "probe" / "classifier").exists()
+                    stages_root=stages)
+    assert probe["run_key"] != rows["acp"]["run_key"]
+    assert set(probe["stage_keys"]) == {"pretrain-acp-seed0", "features-acp-seed0", "head-seed0"}  # no classifier
     # an external scores file with a class missing is a one-line error naming the file
     bad = tmp_path / "external.json"
     bad.write_text(json.dumps({"classes": list(ds_classes[1:]), "scores": {}}))

@@ -20,6 +20,7 @@ from harness import search as S
 from harness.errors import ConfigError, LofiError
 from harness.experiment import ExperimentConfig, OptunaConfig, SweepConfig, TrackingConfig
 from harness.fidelity import fidelity_shape
+from harness.pipeline.plan import plan_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,11 +120,20 @@ def test_trials_share_one_pretraining_and_get_their_own_folders(tmp_path: Path) 
         seen.append(spec)
         return fake_chain(cfg, spec, on_epoch)
 
-    S.run_study(_cfg(search_seed=7), tmp_path, 2, objective_fn=record)
+    configs: list[ExperimentConfig] = []
+
+    def record_cfg(cfg: ExperimentConfig, spec: S.RunSpec, on_epoch: S.OnEpoch | None) -> Mapping[str, Any]:
+        configs.append(cfg)
+        return record(cfg, spec, on_epoch)
+
+    S.run_study(_cfg(search_seed=7), tmp_path, 2, objective_fn=record_cfg)
     assert [s.out for s in seen] == [tmp_path / "trials" / "0", tmp_path / "trials" / "1"]
-    assert {s.dirs.pretrain for s in seen} == {tmp_path / "shared" / "pretrain-acp-seed7"}
-    assert [s.dirs.lofi for s in seen] == [tmp_path / "trials" / "0" / "lofi", tmp_path / "trials" / "1" / "lofi"]
-    assert {s.seed for s in seen} == {7}
+    assert {s.stages_root for s in seen} == {tmp_path / "stages"} and {s.seed for s in seen} == {7}
+    # the plan puts both trials' ACP pre-training in one folder and each (r_t, r_s) in a LoFi folder of its own
+    plans = [plan_run(c, mode=S.SEARCH_MODE, seed=7, run_dir=s.out, stages_root=s.stages_root) for c, s in zip(configs, seen)]
+    assert {p.get("pretrain", "acp").folder for p in plans} == {tmp_path / "stages" / "pretrain" / "acp" / "seed7"}
+    lofi = [p.get("lofi").folder for p in plans]
+    assert lofi[0] != lofi[1] and all(f.parent.parent == tmp_path / "stages" / "lofi" for f in lofi)
 
 
 def test_pruning_stops_trials_that_report_bad_intermediate_values(tmp_path: Path) -> None:

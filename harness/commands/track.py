@@ -57,33 +57,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    import logging
     from dataclasses import replace
 
     from harness.config import flatten, to_dict
     from harness.experiment import load_experiment
     from harness.io import write_json_atomic
-    from harness.tracking import ensure_experiment, git_commit, legal_name
+    from harness.tracking import ensure_experiment, git_commit, start_run
 
     cfg = load_experiment(args.config, args.overrides)
     uri = sweep_tracking_uri(cfg)
     info = {"experiment_id": "", "sweep_run_id": "", "tracking_uri": ""}
     if cfg.tracking.enabled:
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         tracking = replace(cfg.tracking, uri=uri)
-        exp_id = ensure_experiment(tracking)
-        client = MlflowClient(tracking_uri=uri)
-        run = client.create_run(exp_id, run_name=f"sweep {cfg.data.name} {cfg.sweep.results}",
-                                tags={"kind": "sweep", "config": str(args.config), "commit": git_commit()})
-        params = [Param(legal_name(k), str(v)[:6000]) for k, v in flatten(to_dict(cfg)).items()]
-        for start in range(0, len(params), 100):  # MLflow caps a batch at 100 params
-            client.log_batch(run.info.run_id, params=params[start:start + 100])
-        # The parent holds no work of its own; its children (the jobs) are attached later by id.
-        client.set_terminated(run.info.run_id, status="FINISHED")
-        info = {"experiment_id": exp_id, "sweep_run_id": run.info.run_id, "tracking_uri": uri}
+        # The parent holds no work of its own (it ends FINISHED at once); its children (the jobs) attach by id.
+        with start_run(tracking, run_name=f"sweep {cfg.data.name} {cfg.sweep.results}",
+                       tags={"kind": "sweep", "config": str(args.config), "commit": git_commit()}) as run:
+            run.log_params(flatten(to_dict(cfg)))
+        info = {"experiment_id": ensure_experiment(tracking), "sweep_run_id": run.run_id, "tracking_uri": uri}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, info)
     print(json.dumps(info))

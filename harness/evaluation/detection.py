@@ -1,6 +1,6 @@
 """ActivityNet detection mAP, with the semantics of the official ``Evaluation/eval_detection.py``, vectorised.
 
-Protocol (see ``/work/shared/reference/paper.md``, "ActivityNet evaluation protocol"):
+Protocol (the official ActivityNet evaluator's, which the LoFi paper uses):
 
 - Ground truth: the instances of the chosen subset. The classes evaluated are the labels that occur in that
   subset's ground truth (sorted by name; the order does not change any number). THUMOS 'Ambiguous' spans are not

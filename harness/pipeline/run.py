@@ -1,40 +1,24 @@
-"""One configuration end to end: pre-train → (LoFi) → features → head → metrics, reusing finished stages, and
-the tidy results row that every table is built from."""
+"""One configuration end to end: its stages from the plan, each run (or reused when finished with the same key),
+and the tidy results row that every table is built from."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from harness.config import flatten, to_dict
 from harness.errors import LofiError
-from harness.experiment import MODE_PLAN, MODES, ExperimentConfig, config_hash
+from harness.experiment import ExperimentConfig, config_hash
 from harness.fidelity import fidelity_shape
 from harness.io import write_json_atomic, write_text_atomic
+from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run, slug
 from harness.pipeline.runtime import Env, stage_done
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
 from harness.tracking import git_commit, start_run
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageDirs:
-    pretrain: Path
-    acp: Path  # the ACP encoder acp+ fine-tunes
-    lofi: Path
-    features: Path
-    head: Path
-    acpplus: Path | None = None  # the ACP+ model behind the shared video-level class scores (default: OUT/pretrain-acpplus)
-    classifier: Path | None = None  # the shared class scores (default: OUT/classifier)
-
-    @staticmethod
-    def under(out: Path) -> "StageDirs":
-        return StageDirs(out / "pretrain", out / "pretrain-acp", out / "lofi", out / "features", out / "head",
-                         out / "pretrain-acpplus", out / "classifier")
 
 
 def mode_fidelities(cfg: ExperimentConfig, mode: str) -> list[tuple[str, float, float]]:
@@ -80,69 +64,86 @@ def _memory(cfg: ExperimentConfig, mode: str) -> dict[str, float]:
     return {"activation_bytes": used, "activation_bytes_full": full, "activation_rel": used / full if full else 0.0}
 
 
-def _class_scores(cfg: ExperimentConfig, seed: int, out: Path, dirs: StageDirs, pre_mode: str, pid: str) -> Path | None:
-    """The shared video-level class scores this run fuses with its proposals (None: the run's own linear probe)."""
-    from harness.pipeline.classify import run_class_scores
-    from harness.pipeline.pretrain import run_pretrain
-
-    choice = cfg.head.class_scores
-    if choice == "features":
-        return None
-    if choice != "finetuned":
-        return Path(choice)
-    # where this run's stages already put the ACP and ACP+ models (both are reused when finished)
-    acp_dir = dirs.pretrain if pre_mode == "acp" else dirs.acp
-    acpplus_dir = dirs.pretrain if pre_mode == "acp+" else (dirs.acpplus or out / "pretrain-acpplus")
-    acp = run_pretrain(cfg, mode="acp", seed=seed, out=acp_dir, parent_run_id=pid)
-    model = run_pretrain(cfg, mode="acp+", seed=seed, out=acpplus_dir, init=acp, parent_run_id=pid)
-    return run_class_scores(cfg, checkpoint=model, out=dirs.classifier or out / "classifier", seed=seed)
-
-
-def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, dirs: StageDirs | None = None,
-            parent_run_id: str = "", config_path: str = "",
-            on_epoch: Callable[[int, float], None] | None = None) -> dict:
-    """Run every stage of ``mode`` (reusing finished ones) and write metrics.json and row.json into ``out``."""
+def run_stage(cfg: ExperimentConfig, stage: Stage, *, data=None, parent_run_id: str = "",
+              on_epoch: Callable[[int, float], None] | None = None) -> Path:
+    """Run one planned stage (its upstream stages must be finished); returns the file or folder it produced."""
+    from harness.pipeline.classify import SCORES, run_class_scores
     from harness.pipeline.features import run_features
-    from harness.pipeline.headtrain import run_head
     from harness.pipeline.lofi import run_lofi
     from harness.pipeline.pretrain import run_pretrain
 
-    if mode not in MODES:
-        raise LofiError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+    for up in stage.needs:
+        if stage_done(up.folder, up.key) is None:
+            raise LofiError(f"{up.folder}: stage {up.name} is not finished; run it first (lofi run runs every stage)")
+    common = {"seed": stage.seed, "key": stage.key, "data": data}
+    if stage.kind == "pretrain":
+        init = stage.needs[0].folder / "encoder.pt" if stage.needs else None
+        return run_pretrain(cfg, mode=stage.variant, out=stage.folder, init=init, parent_run_id=parent_run_id, **common)
+    if stage.kind == "lofi":
+        return run_lofi(cfg, cycle=stage.variant, init=stage.needs[0].folder / "encoder.pt", out=stage.folder,
+                        parent_run_id=parent_run_id, **common)
+    if stage.kind == "features":
+        return run_features(cfg, encoder_checkpoint=stage.needs[0].folder / "encoder.pt", out=stage.folder, **common)
+    if stage.kind == "classifier":
+        run_class_scores(cfg, checkpoint=stage.needs[0].folder / "encoder.pt", out=stage.folder, **common)
+        return stage.folder / SCORES
+    raise LofiError(f"{stage.name}: the head stage runs through lofi run (it writes the run's row)")
+
+
+def _class_scores_path(cfg: ExperimentConfig, plan: RunPlan) -> Path | None:
+    """The video-level class scores the head fuses with (None: the run's own linear probe on its features)."""
+    from harness.pipeline.classify import SCORES
+
+    cls = plan.get("classifier")
+    if cls is not None:
+        return cls.folder / SCORES
+    return None if cfg.head.class_scores == "features" else Path(cfg.head.class_scores)
+
+
+def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, stages_root: Path | None = None,
+            parent_run_id: str = "", config_path: str = "",
+            on_epoch: Callable[[int, float], None] | None = None) -> dict:
+    """Run every stage of ``mode`` (reusing those finished with the same key) and write metrics.json and row.json
+    into ``out``; shared stages live under ``stages_root`` (default ``out``, see harness/pipeline/plan.py)."""
+    from harness.pipeline.data import load_stage_data
+    from harness.pipeline.headtrain import run_head
+
     check_fidelity(cfg, mode)
-    dirs = dirs or StageDirs.under(out)
+    plan = plan_run(cfg, mode=mode, seed=seed, run_dir=out, stages_root=stages_root)
+    # Before any work: a finished stage of another configuration in the way stops here, naming its folder.
+    todo = [s for s in plan.stages if stage_done(s.folder, s.key) is None]
+    if (out / "row.json").is_file() and plan.head not in todo:
+        import json
+
+        row = json.loads((out / "row.json").read_text(encoding="utf-8"))
+        if row.get("run_key") == plan.key:
+            log.info("%s seed %d: already finished (%s)", mode, seed, out)
+            return row
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
-    pre_mode, cycle = MODE_PLAN[mode]
     times: dict[str, float] = {}
     chash = config_hash(cfg, mode, seed)
+    data = load_stage_data(cfg.data) if todo else None  # the dataset and frame source, built once for every stage
     with start_run(cfg.tracking, run_name=f"{cfg.data.name}/{cfg.encoder.name}/{cfg.head.name}/{mode}/seed{seed}",
                    parent_run_id=parent_run_id, tags={"mode": mode, "seed": str(seed), "config_hash": chash}) as parent:
         parent.log_params({**flatten(to_dict(cfg)), "mode": mode, "seed": seed, "commit": git_commit(),
                            **{f"env.{k}": v for k, v in Env.capture().__dict__.items()}})
-
-        def timed(name: str, fn):
-            done_before = stage_done(getattr(dirs, name)) is not None
-            t0 = time.perf_counter()
-            result = fn()
-            if not done_before:
-                times[name] = time.perf_counter() - t0
-            return result
-
         pid = parent.run_id
-        if pre_mode == "acp+":
-            acp = timed("acp", lambda: run_pretrain(cfg, mode="acp", seed=seed, out=dirs.acp, parent_run_id=pid))
-            encoder = timed("pretrain", lambda: run_pretrain(cfg, mode="acp+", seed=seed, out=dirs.pretrain, init=acp, parent_run_id=pid))
-        else:
-            encoder = timed("pretrain", lambda: run_pretrain(cfg, mode=pre_mode, seed=seed, out=dirs.pretrain, parent_run_id=pid))
-        if cycle is not None:
-            encoder = timed("lofi", lambda: run_lofi(cfg, cycle=cycle, seed=seed, init=encoder, out=dirs.lofi, parent_run_id=pid))
-        feats = timed("features", lambda: run_features(cfg, encoder_checkpoint=encoder, out=dirs.features, seed=seed))
-        scores = _class_scores(cfg, seed, out, dirs, pre_mode, pid)
-        metrics = timed("head", lambda: run_head(cfg, features=feats, seed=seed, out=dirs.head, parent_run_id=pid,
-                                                 on_epoch=on_epoch, class_scores=scores))
+        for stage in todo:
+            if stage.kind == "head":
+                continue
+            t0 = time.perf_counter()
+            run_stage(cfg, stage, data=data, parent_run_id=pid)
+            times[f"pretrain_{slug(stage.variant)}" if stage.kind == "pretrain" else stage.kind] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        metrics = run_head(cfg, features=plan.head.need("features").folder, seed=seed, out=plan.head.folder,
+                           key=plan.head.key, data=data, parent_run_id=pid, on_epoch=on_epoch,
+                           class_scores=_class_scores_path(cfg, plan))
+        if plan.head in todo:
+            times["head"] = time.perf_counter() - t0
+        write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
         write_json_atomic(out / "metrics.json", {k: metrics[k] for k in metrics if k != "history"})
         fids = mode_fidelities(cfg, mode)
+        pre_mode, cycle = MODE_PLAN[mode]
         L, size = (fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, fids[0][1], fids[0][2])
                    if len(fids) == 1 else (None, None))
         row = {
@@ -151,6 +152,7 @@ def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, dirs: Sta
             "r_t": fids[0][1] if len(fids) == 1 else None, "r_s": fids[0][2] if len(fids) == 1 else None,
             "L": L, "size": size, "full_L": cfg.fidelity.snippets, "full_size": cfg.fidelity.size,
             "seed": seed, "split": cfg.data.test_subset, "config": config_path, "config_hash": chash,
+            "run_key": plan.key, "stage_keys": {s.name: s.key for s in plan.stages},
             "commit": git_commit(), "mlflow_run_id": parent.run_id,
             "average_mAP": metrics["average_mAP"],
             **{f"mAP_{t:.2f}": m for t, m in zip(metrics["tiou_thresholds"], metrics["mAP"])},
@@ -158,7 +160,7 @@ def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, dirs: Sta
             "val_average_mAP": metrics["validation"]["average_mAP"],
             **_memory(cfg, mode),
             **{f"time_{k}_s": v for k, v in times.items()},
-            "predictions": str((dirs.head / "predictions_testing.json").resolve()),
+            "predictions": str((plan.head.folder / "predictions_testing.json").resolve()),
             "ground_truth": str(cfg.data.annotations_path().resolve()),
         }
         parent.log_metrics({k: v for k, v in row.items() if k.startswith(("mAP_", "average_mAP", "AR_", "AUC", "activation", "time_"))

@@ -44,13 +44,41 @@ def autocast(device: torch.device, enabled: bool):  # -> context manager
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
-def stage_done(out: Path) -> dict[str, Any] | None:
+def _fingerprint(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def stage_done(out: Path, key: str) -> dict[str, Any] | None:
+    """The stage's ``done.json`` when ``out`` holds a finished stage made with ``key``, else None.
+
+    A finished stage is never reused for another key, and never when a file it produced is gone or was rewritten
+    since (size and mtime recorded at the end of the stage): both stop with a one-line error, so old results are
+    not reported under a new config and nothing finished is overwritten silently."""
     p = out / DONE
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        info = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise LofiError(f"{p}: unreadable stage marker; delete the folder {out} to recompute the stage") from None
+    if not isinstance(info, dict) or info.get("key") != key:
+        raise LofiError(
+            f"{out}: finished by another configuration (stage key {info.get('key') if isinstance(info, dict) else None}, "
+            f"wanted {key}); use another --out or delete {out} to recompute it"
+        )
+    for rel, fp in (info.get("outputs") or {}).items():
+        f = out / rel
+        if not f.is_file() or _fingerprint(f) != fp:
+            raise LofiError(f"{f}: output of a finished stage is missing or changed; delete {out} to recompute it")
+    return info
 
 
-def mark_done(out: Path, info: dict[str, Any]) -> None:
-    write_json_atomic(out / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+def mark_done(out: Path, info: dict[str, Any], *, key: str, outputs: Iterable[Path] = ()) -> None:
+    """Write ``done.json`` last: the stage's key, the files it produced (relative, with size and mtime) and ``info``."""
+    files = {str(Path(f).relative_to(out)): _fingerprint(Path(f)) for f in outputs}
+    write_json_atomic(out / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "key": key, **info,
+                                   "outputs": files})
 
 
 def save_torch(path: Path, obj: Any) -> None:

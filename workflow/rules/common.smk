@@ -1,0 +1,130 @@
+# The config and the sweep's plan.
+#
+# Which config the jobs see. Snakemake merges `--configfile X` over the `configfile:` default; a config file here is
+# complete on its own, so when files are given on the command line only they (+ `--config`) count and default.yaml's
+# keys never leak into e.g. the smoke sweep. The merged result is validated once, by the same validator every
+# `lofi` command uses (harness.config.from_dict: one-line errors naming the key and the file), and written, fully
+# resolved, to {results}/config.resolved.yaml — rewritten only when its content changes, so its mtime is stable —
+# and every job gets that file. The file is never an `input:`: what a job depends on is its stage key (`params.key`,
+# from harness/pipeline/plan.py: a hash of exactly the config sections and upstream stages it reads), and
+# Snakemake 9 reruns a job whose params changed, so one changed value recomputes only what depends on it.
+#
+# Tracking: `lofi track init` creates the MLflow store, experiment and parent "sweep" run once before the parallel
+# jobs (concurrent first use of SQLite races); each training job passes its id as --parent-run-id.
+
+import copy
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from harness.commands.track import sweep_tracking_uri
+from harness.config import evolve, from_dict, to_dict
+from harness.errors import LofiError
+from harness.experiment import ExperimentConfig
+from harness.pipeline.plan import Planner, encoder_mode, slug, sweep_root, sweep_runs, unique_stages
+
+_cli_files = [str(f) for f in workflow.config_settings.configfiles]
+if _cli_files:
+    RAW_CONFIG = copy.deepcopy(workflow.config_settings.overwrite_config)
+    CONFIG_SOURCE = " + ".join(os.path.relpath(f) if not os.path.relpath(f).startswith("..") else f for f in _cli_files)
+else:
+    RAW_CONFIG = copy.deepcopy(dict(config))
+    CONFIG_SOURCE = "config/default.yaml"
+
+
+def _typed(value):
+    """`--config` parses nested values with YAML's BaseLoader (every scalar a string): read them as YAML again."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return yaml.safe_load(value) if isinstance(value, str) and value.strip() else value
+
+
+def _merge(base, update):
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+if workflow.config_settings.config:
+    _merge(RAW_CONFIG, _typed(copy.deepcopy(dict(workflow.config_settings.config))))
+    CONFIG_SOURCE += " (+ --config " + ",".join(workflow.config_settings.config) + ")"
+try:
+    CFG = from_dict(ExperimentConfig, RAW_CONFIG, source=CONFIG_SOURCE)
+    CFG = evolve(CFG, tracking=evolve(CFG.tracking, uri=sweep_tracking_uri(CFG)))  # the store beside the results
+except LofiError as exc:
+    raise WorkflowError(f"config error: {exc}") from None
+
+R = CFG.sweep.results.rstrip("/")
+CONFIG_FILE = f"{R}/config.resolved.yaml"
+
+
+def _write_if_changed(path, text):
+    p = Path(path)
+    if p.is_file() and p.read_text(encoding="utf-8") == text:
+        return  # same content: keep the mtime
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(p)
+
+
+_write_if_changed(
+    CONFIG_FILE,
+    f"# Written by the Snakefile from {CONFIG_SOURCE}: the resolved config every job reads. Do not edit.\n"
+    + yaml.safe_dump(to_dict(CFG), sort_keys=False),
+)
+
+DATASET = CFG.data.name
+ENCODERS = tuple(CFG.sweep.encoders)
+HEADS = tuple(CFG.sweep.heads)
+THREADS = CFG.sweep.threads_per_job
+GPU = CFG.sweep.gpu_per_job
+GROUND_TRUTH = str(CFG.data.annotations_path())
+SWEEP_JSON = f"{R}/mlflow_sweep.json"
+LOGS = f"{R}/logs"
+BENCH = f"{R}/benchmarks"
+
+# The runs each table needs (the first encoder and head for the single-model tables), planned once.
+try:
+    TABLE_RUNS = {
+        "ablation": sweep_runs(CFG, CFG.sweep.ablation_modes, encoders=ENCODERS[:1], heads=HEADS[:1]),
+        "pretrain": sweep_runs(CFG, CFG.sweep.pretrain_modes, encoders=ENCODERS[:1], heads=HEADS[:1]),
+        "models": sweep_runs(CFG, CFG.sweep.model_modes),
+    }
+    TABLE_RUNS["memory"] = TABLE_RUNS["ablation"]
+    ALL_RUNS = list({str(r.plan.row): r for runs in TABLE_RUNS.values() for r in runs}.values())
+    ALL_STAGES = unique_stages(ALL_RUNS)
+except LofiError as exc:
+    raise WorkflowError(f"config error: {exc}") from None
+
+
+def rule_name(*parts):
+    """A rule name from path parts (encoder names may hold characters rule names cannot)."""
+    return re.sub(r"\W+", "_", "_".join(str(p) for p in parts)).strip("_")
+
+
+def rel(path):
+    """A stage folder relative to the results folder: names its log and benchmark files."""
+    return os.path.relpath(path, R)
+
+
+def parent_run(wildcards, input):
+    """The sweep's MLflow run id (a function of `input`, so Snakemake does not compare it as a parameter)."""
+    p = Path(SWEEP_JSON)
+    if not p.is_file():  # only while printing a dry run; a job runs after its input exists
+        return "<from-mlflow_sweep.json>"
+    return json.loads(p.read_text())["sweep_run_id"] or '""'  # tracking off: no parent
+
+
+def lofi_args(*args):
+    """Every `lofi` call gets the resolved config; values are shell-quoted (they come from the config)."""
+    return shlex.join(["--config", CONFIG_FILE, *[str(a) for a in args]])

@@ -1,0 +1,114 @@
+# One job per shared stage (pre-training, LoFi, features, classifier) and one per run (final head + row.json), all
+# taken from the plan (harness/pipeline/plan.py): outputs are the stages' done.json, inputs their upstream stages'
+# done.json, `params.key` the stage key (a changed key reruns the job; Snakemake deletes a job's outputs first).
+
+
+if CFG.data.synthetic_profile:
+    DATA_DONE = f"{CFG.data.root}/manifest.json"
+
+    rule data:
+        output:
+            DATA_DONE,
+        params:
+            key=[CFG.data.synthetic_profile, CFG.data.synthetic_seed],
+            args=shlex.join(["--profile", CFG.data.synthetic_profile, "--seed", str(CFG.data.synthetic_seed),
+                             "--out", str(CFG.data.root)]),
+        log:
+            f"{LOGS}/data.log",
+        benchmark:
+            f"{BENCH}/data.tsv"
+        threads: THREADS
+        shell:
+            "lofi data synth {params.args} --no-progress > {log} 2>&1"
+
+else:
+    DATA_DONE = GROUND_TRUTH  # real data: the annotations must exist (videos are checked by the stages)
+
+
+rule track_init:
+    output:
+        SWEEP_JSON,
+    params:
+        key=to_dict(CFG.tracking),
+        args=lofi_args("--out", SWEEP_JSON),
+    log:
+        f"{LOGS}/track_init.log",
+    benchmark:
+        f"{BENCH}/track_init.tsv"
+    shell:
+        "lofi track init {params.args} > {log} 2>&1"
+
+
+def _stage_flag(stage):
+    if stage.kind == "pretrain":
+        return ["--mode", stage.variant]
+    if stage.kind == "lofi":
+        return ["--cycle", stage.variant]
+    if stage.kind == "features":
+        return ["--mode", encoder_mode(stage.needs[0])]
+    return []
+
+
+def stage_rule(run, stage):
+    """The job of one shared stage (the config of `run`, a run that needs it: same encoder)."""
+    folder = str(stage.folder)
+
+    rule:
+        name:
+            rule_name(stage.kind, run.encoder, stage.folder.relative_to(sweep_root(CFG, run.encoder)))
+        input:
+            data=DATA_DONE,
+            sweep=ancient(SWEEP_JSON),
+            needs=[str(s.done) for s in stage.needs],
+        output:
+            str(stage.done),
+        params:
+            key=stage.key,
+            args=lofi_args(stage.kind, *_stage_flag(stage), "--seed", stage.seed, "--set",
+                           f"encoder.name={run.encoder}", "--stages", sweep_root(CFG, run.encoder)),
+            parent=parent_run,
+        log:
+            f"{LOGS}/{rel(folder)}.log",
+        benchmark:
+            f"{BENCH}/{rel(folder)}.tsv"
+        threads: THREADS
+        resources:
+            gpu=GPU,
+        shell:
+            "lofi stage {params.args} --set runtime.threads={threads} --parent-run-id {params.parent} > {log} 2>&1"
+
+
+def run_rule(run):
+    """One configuration's final head, metrics and row.json (its shared stages are jobs of their own)."""
+    plan = run.plan
+
+    rule:
+        name:
+            rule_name("run", run.encoder, run.head, slug(plan.mode), f"seed{plan.seed}")
+        input:
+            needs=[str(s.done) for s in plan.stages if s.kind != "head"],
+            sweep=ancient(SWEEP_JSON),
+        output:
+            row=str(plan.row),
+            head=str(plan.head.done),
+        params:
+            key=plan.key,
+            args=lofi_args("--mode", plan.mode, "--seed", plan.seed, "--head", run.head, "--set",
+                           f"encoder.name={run.encoder}", "--stages", sweep_root(CFG, run.encoder),
+                           "--out", plan.run_dir),
+            parent=parent_run,
+        log:
+            f"{LOGS}/{rel(plan.run_dir)}.log",
+        benchmark:
+            f"{BENCH}/{rel(plan.run_dir)}.tsv"
+        threads: THREADS
+        resources:
+            gpu=GPU,
+        shell:
+            "lofi run {params.args} --set runtime.threads={threads} --parent-run-id {params.parent} > {log} 2>&1"
+
+
+for _run, _stage in ALL_STAGES:
+    stage_rule(_run, _stage)
+for _run in ALL_RUNS:
+    run_rule(_run)
