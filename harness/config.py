@@ -1,162 +1,202 @@
-"""Typed, frozen configs parsed once from YAML/dicts.
+"""Loading, overriding, validating and serialising the typed, frozen configs (pydantic models).
 
-Unknown keys and wrong types are errors that name the key and the file; ``key=value`` overrides from the command
-line go through the same checks. Derived quantities (shapes at a fidelity, schedules) are computed by pure
-functions from the config and never written back into it.
+The models (``harness/experiment.py``) are the one validator: types, ranges and cross-field rules. This module
+reads YAML (floats as YAML 1.2 reads them), applies ``key=value`` overrides, and turns pydantic's
+``ValidationError`` into one ``ConfigError`` line naming the file, the dotted key, the bad value and the fix::
+
+    config/x.yaml: lofi.optim.lr = -0.1: must be > 0; set a positive learning rate
+
+Derived quantities (shapes at a fidelity, schedules) are computed by pure functions from the config and never
+written back into it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
+import re
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from harness.errors import ConfigError
 
-T = TypeVar("T")
+T = TypeVar("T", bound=BaseModel)
+
+# YAML 1.2 (core schema) floats. PyYAML implements YAML 1.1, whose float pattern needs a dot and a signed
+# exponent, so it reads `1e-4` and `1E5` as strings. Float config fields accept a string only when it matches this
+# (Snakemake reads --configfile with a YAML 1.1 loader, and the Snakefile must read what `lofi` reads).
+YAML12_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+class Yaml12FloatLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose float resolver follows YAML 1.2: ``1e-4`` and ``1E5`` are floats."""
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp`` (recursing into dataclasses, tuples, optionals, literals)."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
+Yaml12FloatLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# Appended after the int resolver, so plain integers stay ints.
+Yaml12FloatLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^(?:{YAML12_FLOAT.pattern})$"),
+                                        list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with YAML 1.2 floats (what every config path uses)."""
+    return yaml.load(text, Loader=Yaml12FloatLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+# ------------------------------------------------------------------------------------------------ error messages
+def _show(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    elif isinstance(value, Mapping):
+        text = "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    elif isinstance(value, BaseModel):
+        text = type(value).__name__ + "(...)"
+    elif isinstance(value, Path):
+        text = repr(str(value))
+    else:
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the field at ``loc`` (None when ``loc`` goes through a non-model)."""
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
-    if origin is typing.Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping for {_type_name(tp)}, got {value!r}")
-        return _build(tp, value, where)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        _, vt = get_args(tp) or (Any, Any)
-        return types.MappingProxyType({str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()})
-    if tp is float:
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 as a string; accept what float() reads
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if tp is Path:
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{where}: expected a path, got {value!r}")
-        return Path(value)
-    raise ConfigError(f"{where}: unsupported config type {tp}")
+        cls = sub
+    return cls
 
 
-def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
-            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
-    kwargs = {}
-    for name, f in fields.items():
-        sub = f"{where}.{name}" if where else name
-        if name in data:
-            value = data[name]
-            default = _default_of(f)
-            # A partial mapping for a nested config overrides only the keys it names, on top of that field's
-            # own default (which may differ from the nested class's defaults).
-            if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
-                value = _merge(to_dict(default), value)
-            kwargs[name] = _coerce(value, hints[name], sub)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise ConfigError(f"{where}: missing required key '{name}'")
+_PROBLEMS: dict[str, tuple[str, str]] = {  # pydantic error type -> (problem, fix)
+    "greater_than": ("must be > {gt}", "use a value above {gt}"),
+    "greater_than_equal": ("must be >= {ge}", "use a value of at least {ge}"),
+    "less_than": ("must be < {lt}", "use a value below {lt}"),
+    "less_than_equal": ("must be <= {le}", "use a value of at most {le}"),
+    "int_type": ("expected an integer", "write a whole number such as 2"),
+    "int_from_float": ("expected an integer", "write a whole number such as 2"),
+    "int_parsing": ("expected an integer", "write a whole number such as 2"),
+    "float_type": ("expected a number", "write a number such as 0.1 or 1e-4"),
+    "float_parsing": ("expected a number", "write a number such as 0.1 or 1e-4"),
+    "finite_number": ("must be a finite number", "use a finite value"),
+    "bool_type": ("expected true or false", "write true or false"),
+    "string_type": ("expected a string", "write a string (quote it if YAML reads it as something else)"),
+    "string_too_short": ("must not be empty", "give a non-empty value"),
+    "path_type": ("expected a path", "write a path string"),
+    "tuple_type": ("expected a list", "write a list such as [1, 2]"),
+    "too_short": ("has too few items", "give at least {min_length} item(s)"),
+    "too_long": ("has too many items", "give at most {max_length} item(s)"),
+    "missing": ("missing", "give a value"),
+    "model_type": ("expected a mapping of keys to values", "write the section as `key: value` entries"),
+    "model_attributes_type": ("expected a mapping of keys to values", "write the section as `key: value` entries"),
+    "dict_type": ("expected a mapping of keys to values", "write the section as `key: value` entries"),
+}
+
+
+def _format_error(cls: type[BaseModel], err: Mapping[str, Any]) -> str:
+    loc, kind, ctx = tuple(err.get("loc", ())), err.get("type", ""), dict(err.get("ctx") or {})
+    value = err.get("input")
+    if kind == "config_invalid":  # a model validator's error: ctx names the key below the model's location
+        key = _dotted(loc + tuple(ctx["key"].split(".")))
+        return f"{key} = {_show(ctx['value'])}: {ctx['problem']}; {ctx['fix']}"
+    key = _dotted(loc)
+    if kind == "extra_forbidden":
+        owner = _model_at(cls, loc[:-1])
+        known = list(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+        return f"{key} = {_show(value)}: unknown key '{loc[-1]}'; {hint}"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        return f"{key} = {_show(value)}: not one of the allowed values; use one of {expected}"
+    problem, fix = _PROBLEMS.get(kind, (str(err.get("msg", kind)), "see config/schema.json"))
+    owner = _model_at(cls, loc[:-1])
+    hints = getattr(owner, "fix_hints", {}) if owner is not None else {}
+    leaf = loc[-1] if loc else ""
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") and leaf in hints:
+        fix = hints[leaf]
+    if kind == "missing" and loc and isinstance(loc[-1], int):  # a fixed-length list (a range) too short
+        key, value = _dotted(loc[:-1]), err.get("input")
+        problem, fix = f"has no item {loc[-1]}", "give every item, e.g. [low, high] for a range"
+    shown = {k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()}
     try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # __post_init__ validation
-        raise ConfigError(f"{where}: {exc}") from None
+        problem, fix = problem.format(**shown), fix.format(**shown)
+    except (KeyError, IndexError):
+        pass
+    return f"{key} = {_show(value)}: {problem}; {fix}"
 
 
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
+def config_error(cls: type[BaseModel], exc: ValidationError, source: str) -> ConfigError:
+    """One line: ``source: dotted.key = value: problem; fix`` for the first error, ``(+N more)`` for the rest."""
+    errors = exc.errors(include_url=False)
+    if not errors:
+        return ConfigError(f"{source}: {exc}".replace("\n", " "))
+    line = _format_error(cls, errors[0])
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ConfigError(f"{source}: {line}{more}".replace("\n", " "))
 
 
-def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else v
-    return out
-
-
+# ------------------------------------------------------------------------------------------------ validation
 def from_dict(cls: type[T], data: Mapping[str, Any], source: str = "<config>") -> T:
-    """Build the frozen dataclass ``cls`` from ``data``; errors start with ``source`` (a file name)."""
+    """Validate ``data`` into the frozen model ``cls``; errors are one ConfigError line starting with ``source``.
+
+    A partial mapping for a nested section overrides only the keys it names, on top of that field's own default
+    (``pretrain: {optim: {lr: 0.01}}`` keeps ``pretrain.optim``'s momentum 0.9).
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
     try:
-        return _build(cls, data, "")
-    except ConfigError as exc:
-        msg = str(exc)
-        msg = msg[2:] if msg.startswith(": ") else msg
-        raise ConfigError(f"{source}: {msg}") from None
+        return cls.model_validate(dict(data))
+    except ValidationError as exc:
+        raise config_error(cls, exc, source) from None
 
 
+def evolve(model: T, **changes: Any) -> T:
+    """A validated copy of ``model`` with ``changes`` (``model_copy`` would not validate).
+
+    A mapping given for a nested section updates that section's current value, and the whole copy is validated
+    at once (errors name the full dotted key): ``evolve(cfg, lofi={"r_t": 2.0})`` equals
+    ``evolve(cfg, lofi=evolve(cfg.lofi, r_t=2.0))``.
+    """
+    cls = type(model)
+    try:
+        return cls.model_validate(_updated(model, changes))
+    except ValidationError as exc:
+        raise config_error(cls, exc, f"evolve({cls.__name__})") from None
+
+
+def _updated(model: BaseModel, changes: Mapping[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {name: getattr(model, name) for name in type(model).model_fields}
+    for name, value in changes.items():
+        current = data.get(name)
+        data[name] = _updated(current, value) if isinstance(value, Mapping) and isinstance(current, BaseModel) else value
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ YAML, overrides
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=value`` -> (["a", "b"], parsed YAML value)."""
+    """``a.b=value`` -> (["a", "b"], parsed YAML value, with YAML 1.2 floats)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. train.epochs=3")
+        raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. lofi.optim.epochs=3")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{text}': the value is not valid YAML; quote it") from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -188,7 +228,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found; pass an existing YAML file (see config/)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" (line {line + 1})" if line is not None else ""
@@ -203,17 +243,22 @@ def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = No
     return from_dict(cls, data, source=str(path))
 
 
+# ------------------------------------------------------------------------------------------------ plain views
 def to_dict(cfg: Any) -> Any:
-    """A plain (YAML/JSON-serialisable) view of a config."""
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, (tuple, list)):
-        return [to_dict(v) for v in cfg]
-    if isinstance(cfg, Mapping):
-        return {k: to_dict(v) for k, v in cfg.items()}
-    if isinstance(cfg, Path):
-        return str(cfg)
-    return cfg
+    """A plain (YAML/JSON-serialisable) view of a config: nested dicts, Path -> str, tuples -> lists."""
+    if isinstance(cfg, BaseModel):
+        return _plain(cfg.model_dump(mode="python"))
+    return _plain(cfg)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,19 +1,31 @@
-"""The experiment config: frozen dataclasses, parsed once from YAML (+ ``key=value`` overrides).
+"""The experiment config: frozen pydantic models, parsed once from YAML (+ ``key=value`` overrides).
 
-``config/*.yaml`` are instances of ``ExperimentConfig``; an unknown key or a wrong type is an error naming the
-key and the file. Mode and seed are not config: they come from the command line (``lofi run --mode --seed``) so
-that one config file describes a whole sweep.
+``config/*.yaml`` are instances of ``ExperimentConfig``; an unknown key, a wrong type, a value out of its range or
+an impossible combination (a fidelity below one snippet or the minimum frame size) is an error naming the file,
+the key, the value and the fix — raised when the config is loaded, before any work starts. Mode and seed are not
+config: they come from the command line (``lofi run --mode --seed``) so that one config file describes a whole
+sweep.
+
+Types are strict: an int field rejects ``2.5``, ``"2"`` and ``true``; a float field takes ints and, besides
+numbers, only a string that YAML 1.2 reads as a float (``"1e-4"``: PyYAML's YAML 1.1 loader, which Snakemake uses,
+leaves it a string; ``harness.config`` loads YAML with YAML 1.2 floats). Copies go through
+``harness.config.evolve``, which validates.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
-from harness.config import load_config, to_dict
+from annotated_types import Ge, MinLen
+from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic_core import PydanticCustomError
+
+from harness.config import YAML12_FLOAT, load_config, to_dict, yaml_load
+from harness.fidelity import MIN_SIZE, PAPER_RATIOS
 
 MODES: tuple[str, ...] = (
     "icp", "acp", "acp+", "lofi-S", "lofi-T", "lofi-ST", "lofi-long", "lofi-short", "lofi-custom", "e2e-full",
@@ -34,183 +46,338 @@ MODE_PLAN: dict[str, tuple[str, str | None]] = {
 }
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "synthetic"  # the dataset's name in tables: synthetic | activitynet | hacs | thumos14
+# ---------------------------------------------------------------------------------------------- field types
+def _number(value: Any) -> Any:
+    if isinstance(value, str) and YAML12_FLOAT.fullmatch(value.strip()):
+        return float(yaml_load(value))
+    return value
+
+
+Int = Annotated[int, Strict()]  # no floats (2.5, 2.0), strings or booleans
+Float = Annotated[float, Strict(), AllowInfNan(False), BeforeValidator(_number)]  # ints welcome, no bools
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+Name = Annotated[str, Strict(), MinLen(1)]
+Seed = Annotated[int, Strict(), Ge(0)]
+Ratio = Annotated[float, Strict(), AllowInfNan(False), Ge(1), BeforeValidator(_number)]  # Ge first: schema
+Mode = Literal[MODES]  # type: ignore[valid-type]
+
+
+def invalid(key: str, value: Any, problem: str, fix: str) -> PydanticCustomError:
+    """A model validator's error; ``key`` is dotted, relative to the model that raises it."""
+    return PydanticCustomError("config_invalid", "{key} = {value}: {problem}; {fix}",
+                               {"key": key, "value": value, "problem": problem, "fix": fix})
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else v
+    return out
+
+
+class ConfigModel(BaseModel):
+    """Frozen, closed (unknown keys are errors); a partial mapping for a nested section keeps that field's defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # field name -> the fix printed when the value is out of its range (harness.config formats errors)
+    fix_hints: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_sections(cls, data: Any) -> Any:
+        # `pretrain: {optim: {lr: 0.01}}` overrides only lr on top of *this field's* default (lr 0.05 → 0.01,
+        # momentum 0.9 kept), which may differ from the nested class's own defaults (OptimConfig().lr is 0.1).
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            value = out.get(name)
+            if isinstance(value, Mapping):
+                default = field.get_default(call_default_factory=True)
+                if isinstance(default, BaseModel):
+                    out[name] = _merge(default.model_dump(), value)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- the sections
+class DataConfig(ConfigModel):
+    name: Name = "synthetic"  # the dataset's name in tables: synthetic | activitynet | hacs | thumos14
     # Synthetic benchmark: generated into `root` on first use when `synthetic_profile` is set.
-    synthetic_profile: str | None = "smoke"
-    synthetic_seed: int = 0
+    synthetic_profile: Str | None = "smoke"
+    synthetic_seed: Seed = 0
     root: Path = Path("data/synthetic-smoke")  # folder holding annotations and videos
-    annotations: str = "annotations.json"  # relative to root (or absolute)
-    layout: str = "auto"  # annotation layout, see `lofi data stats --help`
-    video_dir: str = ""  # where video files are, relative to root, when annotations carry no "video" path
-    video_ext: str = ".mp4"
-    clip_segments: bool = False
-    train_subset: str = "training"
-    val_subset: str = "validation"  # model selection / Optuna; never the test split
+    annotations: Name = "annotations.json"  # relative to root (or absolute)
+    layout: Name = "auto"  # annotation layout, see `lofi data stats --help`
+    video_dir: Str = ""  # where video files are, relative to root, when annotations carry no "video" path
+    video_ext: Str = ".mp4"
+    clip_segments: Bool = False
+    train_subset: Name = "training"
+    val_subset: Name = "validation"  # model selection / Optuna; never the test split
     # > 0: move this fraction of train_subset (chosen by a hash of the video id, so fixed) into a new subset named
     # val_subset. For datasets whose reported split is their validation set (ActivityNet, HACS: test labels are private).
-    val_holdout: float = 0.0
-    test_subset: str = "testing"  # the split the tables report
-    acp_source: str = "clips/index.json"  # trimmed clips of other classes (relative to root); "" = use weights
-    icp_source: str = "images/index.json"  # still images (relative to root); "" = use timm ImageNet weights
+    val_holdout: Float = Field(0.0, ge=0, lt=1)
+    test_subset: Name = "testing"  # the split the tables report
+    acp_source: Str = "clips/index.json"  # trimmed clips of other classes (relative to root); "" = use weights
+    icp_source: Str = "images/index.json"  # still images (relative to root); "" = use timm ImageNet weights
     cache_dir: Path = Path(".cache/frames")
-    max_side: int = 0  # decoded frames are stored with the longer side at most this (0 = as decoded)
-    skip_corrupt: bool = False  # skip undecodable videos with a warning (counted) instead of stopping
+    max_side: Int = Field(0, ge=0)  # decoded frames are stored with the longer side at most this (0 = as decoded)
+    skip_corrupt: Bool = False  # skip undecodable videos with a warning (counted) instead of stopping
+
+    fix_hints: ClassVar[dict[str, str]] = {
+        "val_holdout": "use a fraction in [0, 1), e.g. 0.1 (0 = no holdout)",
+        "max_side": "use 0 (as decoded) or a size in pixels",
+    }
 
     def annotations_path(self) -> Path:
         p = Path(self.annotations)
         return p if p.is_absolute() else self.root / p
 
+    @model_validator(mode="after")
+    def _subsets(self) -> DataConfig:
+        if self.val_subset == self.test_subset:
+            raise invalid("val_subset", self.val_subset, "model selection would read the test split (test_subset)",
+                          "use another subset, e.g. a holdout of train_subset via val_holdout")
+        if self.val_holdout > 0 and self.val_subset == self.train_subset:
+            raise invalid("val_subset", self.val_subset, "val_holdout moves videos out of train_subset into "
+                          "val_subset, so they must differ", "name the held-out subset, e.g. holdout")
+        return self
 
-@dataclass(frozen=True)
-class FidelityConfig:
+
+class FidelityConfig(ConfigModel):
     """Full fidelity: L snippets × F frames (``stride`` apart) × size²."""
 
-    snippets: int = 16
-    frames: int = 2
-    stride: int = 2
-    size: int = 32
-
-    def __post_init__(self) -> None:
-        for k in ("snippets", "frames", "stride", "size"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k}={getattr(self, k)} must be at least 1")
+    snippets: Int = Field(16, ge=1)
+    frames: Int = Field(2, ge=1)
+    stride: Int = Field(2, ge=1)
+    size: Int = Field(32, ge=1)
 
 
-@dataclass(frozen=True)
-class EncoderConfig:
-    name: str = "tsm_resnet_tiny"
-    pretrained: bool = False  # timm ImageNet weights by model name (needs the hub)
-    checkpoint: str = ""  # local weights file (timm / plain state dict / TSM K400 layout)
+class EncoderConfig(ConfigModel):
+    name: Name = "tsm_resnet_tiny"
+    pretrained: Bool = False  # timm ImageNet weights by model name (needs the hub)
+    checkpoint: Str = ""  # local weights file (timm / plain state dict / TSM K400 layout)
     shift_over: Literal["snippet", "video"] = "video"
-    grad_checkpointing: bool = False
-    channels_last: bool = False
+    grad_checkpointing: Bool = False
+    channels_last: Bool = False
 
 
-@dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(ConfigModel):
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 1e-4
-    epochs: int = 1
-    step_size: int = 5  # lr multiplied by `gamma` every `step_size` epochs
-    gamma: float = 0.5
-    batch_size: int = 16
-    accumulate: int = 1  # gradient accumulation steps per optimiser step
+    lr: Float = Field(0.1, gt=0)
+    momentum: Float = Field(0.0, ge=0, lt=1)
+    weight_decay: Float = Field(1e-4, ge=0)
+    epochs: Int = Field(1, ge=1)
+    step_size: Int = Field(5, ge=1)  # lr multiplied by `gamma` every `step_size` epochs
+    gamma: Float = Field(0.5, gt=0, le=1)
+    batch_size: Int = Field(16, ge=1)
+    accumulate: Int = Field(1, ge=1)  # gradient accumulation steps per optimiser step
+
+    fix_hints: ClassVar[dict[str, str]] = {
+        "lr": "set a positive learning rate",
+        "momentum": "use a momentum in [0, 1), e.g. 0.9 (0 = none)",
+        "weight_decay": "use 0 (none) or a positive decay such as 1e-4",
+        "gamma": "use a decay factor in (0, 1], e.g. 0.1 (1 = constant lr)",
+        "step_size": "use a number of epochs >= 1",
+        "epochs": "train for at least one epoch",
+        "batch_size": "use a batch of at least one sample",
+        "accumulate": "use 1 (no accumulation) or more steps",
+    }
+
+    @model_validator(mode="after")
+    def _accumulate(self) -> OptimConfig:
+        if self.accumulate > self.batch_size:
+            raise invalid("accumulate", self.accumulate, f"more accumulation steps than batch_size = "
+                          f"{self.batch_size} samples", f"use accumulate <= {self.batch_size}")
+        return self
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(ConfigModel):
     optim: OptimConfig = OptimConfig(optimizer="sgd", lr=0.05, momentum=0.9, epochs=4, batch_size=32, step_size=3)
-    clip_frames: int = 4  # frames per trimmed clip (ACP, ACP+)
-    clips_per_segment: int = 1  # ACP+: clips drawn from each trimmed training segment
+    clip_frames: Int = Field(4, ge=1)  # frames per trimmed clip (ACP, ACP+)
+    clips_per_segment: Int = Field(1, ge=1)  # ACP+: clips drawn from each trimmed training segment
     finetune: OptimConfig = OptimConfig(optimizer="sgd", lr=0.01, momentum=0.9, epochs=2, batch_size=32)  # ACP+
 
 
-@dataclass(frozen=True)
-class LofiConfig:
-    head: str = "gtad"  # the TAL head trained with the encoder (features are shared by every final head)
+class LofiConfig(ConfigModel):
+    head: Name = "gtad"  # the TAL head trained with the encoder (features are shared by every final head)
     optim: OptimConfig = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=1e-4, epochs=3, batch_size=16)
-    c_l: int = 1
-    c_s: int = 16
-    r_t: float = 1.0  # `lofi-custom` only
-    r_s: float = 1.0  # `lofi-custom` only
-    encoder_lr_scale: float = 1.0  # encoder lr = optim.lr × this (head at optim.lr)
+    c_l: Int = Field(1, ge=1)
+    c_s: Int = Field(16, ge=1)
+    r_t: Ratio = 1.0  # `lofi-custom` only
+    r_s: Ratio = 1.0  # `lofi-custom` only
+    encoder_lr_scale: Float = Field(1.0, ge=0)  # encoder lr = optim.lr × this (head at optim.lr)
+
+    fix_hints: ClassVar[dict[str, str]] = {
+        "r_t": "use a ratio >= 1 (below 1 would exceed full fidelity)",
+        "r_s": "use a ratio >= 1 (below 1 would exceed full fidelity)",
+        "c_l": "switch fidelity every c_l >= 1 epochs",
+        "c_s": "switch fidelity every c_s >= 1 mini-batches",
+    }
 
 
-@dataclass(frozen=True)
-class HeadConfig:
-    name: str = "gtad"
-    max_duration: int = 0  # 0 = L (every anchor 0 <= t_s < t_e <= L)
+class HeadConfig(ConfigModel):
+    name: Name = "gtad"
+    max_duration: Int = Field(0, ge=0)  # 0 = L (every anchor 0 <= t_s < t_e <= L)
     # Widths and samples per proposal; the published heads' values are the defaults. The CPU synthetic benchmark
     # uses smaller ones: the published G-TAD costs seconds per step on 2 cores.
-    hidden: int = 256
-    hidden_2d: int = 128
-    hidden_3d: int = 512
-    samples: int = 32  # G-TAD SGAlign inner samples / BMN samples per proposal
+    hidden: Int = Field(256, ge=1)
+    hidden_2d: Int = Field(128, ge=1)
+    hidden_3d: Int = Field(512, ge=1)
+    samples: Int = Field(32, ge=1)  # G-TAD SGAlign inner samples / BMN samples per proposal
     # G-TAD only: apply the proposal branch's first 1×1 conv before SGAlign (both linear, so identical outputs and
     # parameters; ~3× faster on CPU, but the activation memory then differs from the published head's)
-    fused_projection: bool = False
+    fused_projection: Bool = False
     # Video-level class scores fused with the proposals: "finetuned" = the ACP+ model, computed once per seed and
     # shared by every mode (as the field's fixed external classifier); "features" = a linear probe trained on each
     # run's own features; or the path of an external scores JSON (see harness/pipeline/classify.py).
-    class_scores: str = "finetuned"
+    class_scores: Name = "finetuned"
     optim: OptimConfig = OptimConfig(optimizer="adam", lr=4e-3, weight_decay=1e-4, epochs=10, step_size=5, gamma=0.1, batch_size=16)
     classifier_optim: OptimConfig = OptimConfig(optimizer="adam", lr=1e-2, weight_decay=1e-4, epochs=30, step_size=20, gamma=0.1, batch_size=32)
 
+    fix_hints: ClassVar[dict[str, str]] = {"max_duration": "use 0 (= L) or a number of snippets"}
 
-@dataclass(frozen=True)
-class PostConfig:
+
+class PostConfig(ConfigModel):
     nms: Literal["gaussian", "bmn"] = "gaussian"
-    sigma: float = 0.8  # G-TAD: score·exp(−IoU²/sigma)
-    alpha: float = 0.4  # BMN
-    low: float = 0.5
-    high: float = 0.9
-    top_k: int = 100
-    top_k_classes: int = 2
+    sigma: Float = Field(0.8, gt=0)  # G-TAD: score·exp(−IoU²/sigma)
+    alpha: Float = Field(0.4, gt=0)  # BMN
+    low: Float = Field(0.5, ge=0, le=1)
+    high: Float = Field(0.9, ge=0, le=1)
+    top_k: Int = Field(100, ge=1)
+    top_k_classes: Int = Field(2, ge=1)
+
+    fix_hints: ClassVar[dict[str, str]] = {
+        "sigma": "use a positive Gaussian soft-NMS width, e.g. 0.8",
+        "alpha": "use a positive BMN soft-NMS width, e.g. 0.4",
+        "low": "use an IoU threshold in [0, 1]",
+        "high": "use an IoU threshold in [0, 1]",
+    }
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> PostConfig:
+        if self.low > self.high:
+            raise invalid("low", self.low, f"above post.high = {self.high}", "use low <= high")
+        return self
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
-    enabled: bool = True
-    uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db
-    experiment: str = "lofi-bench"
+class TrackingConfig(ConfigModel):
+    enabled: Bool = True
+    uri: Str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db
+    experiment: Name = "lofi-bench"
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
+class RuntimeConfig(ConfigModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: Bool = True  # bf16 autocast on CUDA (ignored on CPU)
     # torch intra-op threads (0 = torch's default). Part of the config on purpose: a different thread count splits
     # float reductions differently, so the same seed gives (slightly) different numbers.
-    threads: int = 0
-    progress: bool = True
-    deterministic: bool = True
+    threads: Int = Field(0, ge=0)
+    progress: Bool = True
+    deterministic: Bool = True
+
+    fix_hints: ClassVar[dict[str, str]] = {"threads": "use 0 (torch's default) or a thread count"}
 
 
-@dataclass(frozen=True)
-class OptunaConfig:
-    trials: int = 12
-    sampler_seed: int = 0
-    r_t: tuple[float, float] = (1.0, 8.0)  # search ranges (continuous)
-    r_s: tuple[float, float] = (1.0, 4.0)
-    multi_objective: bool = False  # maximise validation mAP and minimise activation memory
-    search_seed: int = 0  # the run seed used inside the search
-    fresh_seeds: tuple[int, ...] = (100, 101, 102)  # re-runs of the best (r_t, r_s) for the test-split report
-    pruning: bool = True
+class OptunaConfig(ConfigModel):
+    trials: Int = Field(12, ge=1)
+    sampler_seed: Seed = 0
+    r_t: tuple[Ratio, Ratio] = (1.0, 8.0)  # search ranges (continuous)
+    r_s: tuple[Ratio, Ratio] = (1.0, 4.0)
+    multi_objective: Bool = False  # maximise validation mAP and minimise activation memory
+    search_seed: Seed = 0  # the run seed used inside the search
+    fresh_seeds: tuple[Seed, ...] = (100, 101, 102)  # re-runs of the best (r_t, r_s) for the test-split report
+    pruning: Bool = True
+
+    fix_hints: ClassVar[dict[str, str]] = {"trials": "run at least one trial"}
+
+    @model_validator(mode="after")
+    def _ranges(self) -> OptunaConfig:
+        for name in ("r_t", "r_s"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise invalid(name, [lo, hi], "not a (low, high) range", f"use 1 <= low <= high, e.g. [{hi:g}, {lo:g}]")
+        return self
 
 
-@dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(ConfigModel):
     """What the Snakefile sweeps; single-run commands ignore it."""
 
-    results: str = "results"
-    encoders: tuple[str, ...] = ("tsm_resnet_tiny",)
-    heads: tuple[str, ...] = ("gtad", "bmn")
-    ablation_modes: tuple[str, ...] = ("acp", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long")
-    pretrain_modes: tuple[str, ...] = ("icp", "acp", "acp+", "lofi-long")
-    model_modes: tuple[str, ...] = ("acp", "lofi-long")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    n_boot: int = 1000
-    threads_per_job: int = 1
-    gpu_per_job: int = 0  # GPU jobs declare resources: gpu=this (limit with --resources gpu=N)
-    optuna: OptunaConfig = field(default_factory=OptunaConfig)
+    results: Name = "results"
+    encoders: tuple[Name, ...] = Field(("tsm_resnet_tiny",), min_length=1)
+    heads: tuple[Name, ...] = Field(("gtad", "bmn"), min_length=1)
+    ablation_modes: tuple[Mode, ...] = ("acp", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long")
+    pretrain_modes: tuple[Mode, ...] = ("icp", "acp", "acp+", "lofi-long")
+    model_modes: tuple[Mode, ...] = ("acp", "lofi-long")
+    seeds: tuple[Seed, ...] = Field((0, 1, 2), min_length=1)
+    n_boot: Int = Field(1000, ge=1)
+    threads_per_job: Int = Field(1, ge=1)
+    gpu_per_job: Int = Field(0, ge=0)  # GPU jobs declare resources: gpu=this (limit with --resources gpu=N)
+    optuna: OptunaConfig = Field(default_factory=OptunaConfig)
+
+    fix_hints: ClassVar[dict[str, str]] = {
+        "n_boot": "use at least one bootstrap resample (1000 is usual)",
+        "gpu_per_job": "use 0 (CPU jobs) or a GPU count",
+    }
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    lofi: LofiConfig = field(default_factory=LofiConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    post: PostConfig = field(default_factory=PostConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
+def _smallest_size(r_s: float) -> int:
+    """The smallest full frame size that ``r_s`` reduces to at least MIN_SIZE pixels (Python's round)."""
+    size = MIN_SIZE
+    while round(size / r_s) < MIN_SIZE:
+        size += 1
+    return size
+
+
+class ExperimentConfig(ConfigModel):
+    data: DataConfig = Field(default_factory=DataConfig)
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    lofi: LofiConfig = Field(default_factory=LofiConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    post: PostConfig = Field(default_factory=PostConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+    @model_validator(mode="after")
+    def _fidelities(self) -> ExperimentConfig:
+        """Every fidelity a mode can use has at least one snippet and frames of at least MIN_SIZE pixels.
+
+        harness.fidelity.fidelity_shape rejects r_t > snippets and clamps the size to MIN_SIZE; a clamped size
+        would silently train at another r_s than the one recorded, so it is an error here.
+        """
+        L, size = self.fidelity.snippets, self.fidelity.size
+        # the paper's fixed ratios (S/T/ST fidelities and the long/short cycles over them) and full fidelity
+        for name, (r_t, r_s) in {**PAPER_RATIOS, "full": (1.0, 1.0)}.items():
+            what = f"the paper's {name} fidelity" if name != "full" else "full fidelity"
+            if r_t > L:
+                raise invalid("fidelity.snippets", L, f"{what} (r_t = {r_t:g}) would leave fewer than one snippet",
+                              f"use fidelity.snippets >= {math.ceil(r_t)}")
+            if round(size / r_s) < MIN_SIZE:
+                raise invalid("fidelity.size", size, f"{what} (r_s = {r_s:.3g}) gives {round(size / r_s)} px "
+                              f"frames, below the {MIN_SIZE} px minimum",
+                              f"use fidelity.size >= {max(_smallest_size(r) for _, r in PAPER_RATIOS.values())}")
+        # lofi-custom's ratios
+        if self.lofi.r_t > L:
+            raise invalid("lofi.r_t", self.lofi.r_t, f"leaves fewer than one of fidelity.snippets = {L} snippets",
+                          f"use 1 <= lofi.r_t <= {L}")
+        if round(size / self.lofi.r_s) < MIN_SIZE:
+            raise invalid("lofi.r_s", self.lofi.r_s, f"gives {round(size / self.lofi.r_s)} px frames at "
+                          f"fidelity.size = {size}, below the {MIN_SIZE} px minimum",
+                          f"use 1 <= lofi.r_s <= {size / MIN_SIZE:g}")
+        # the Optuna search samples up to the upper bounds
+        o = self.sweep.optuna
+        if o.r_t[1] > L:
+            raise invalid("sweep.optuna.r_t", list(o.r_t), f"the upper bound leaves fewer than one of "
+                          f"fidelity.snippets = {L} snippets", f"use an upper bound <= {L}")
+        if round(size / o.r_s[1]) < MIN_SIZE:
+            raise invalid("sweep.optuna.r_s", list(o.r_s), f"the upper bound gives {round(size / o.r_s[1])} px "
+                          f"frames at fidelity.size = {size}, below the {MIN_SIZE} px minimum",
+                          f"use an upper bound <= {size / MIN_SIZE:g}")
+        return self
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -221,7 +388,3 @@ def config_hash(cfg: object, *parts: object) -> str:
     """A short stable hash of a config (and extra parts such as mode and seed) for provenance."""
     blob = json.dumps([to_dict(cfg), [str(p) for p in parts]], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def with_head(cfg: ExperimentConfig, head: str) -> ExperimentConfig:
-    return replace(cfg, head=replace(cfg.head, name=head))

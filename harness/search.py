@@ -1,4 +1,4 @@
-"""Optuna search over the LoFi ratios (r_t, r_s): a seeded, resumable, pruned study and its report.
+"""Optuna search over the LoFi ratios (r_t, r_s): a seeded, resumable, pruned study (its report: ``harness.search_report``).
 
 Each trial runs the full chain in ``lofi-custom`` mode with ``lofi.r_t``/``lofi.r_s`` set, sharing one ACP
 pre-training folder across trials, and is scored on the VALIDATION split only (``val_average_mAP``); the test
@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.config import evolve, to_dict
 from harness.errors import ConfigError, LofiError
 from harness.experiment import ExperimentConfig, OptunaConfig, TrackingConfig, config_hash
 from harness.fidelity import fidelity_shape
-from harness.io import atomic_path, write_text_atomic
 from harness.seeding import derive_seed
 from harness.tracking import git_commit, start_run
 
@@ -106,7 +105,7 @@ def chain_run(cfg: ExperimentConfig, spec: RunSpec, on_epoch: OnEpoch | None) ->
 
 
 def with_ratios(cfg: ExperimentConfig, r_t: float, r_s: float) -> ExperimentConfig:
-    return replace(cfg, lofi=replace(cfg.lofi, r_t=float(r_t), r_s=float(r_s)))
+    return evolve(cfg, lofi=evolve(cfg.lofi, r_t=float(r_t), r_s=float(r_s)))
 
 
 def stages_root(out: Path) -> Path:
@@ -115,21 +114,11 @@ def stages_root(out: Path) -> Path:
     return out / "stages"
 
 
-def check_ranges(cfg: ExperimentConfig) -> None:
-    """Reject search ranges that would give impossible fidelities before any trial starts."""
-    o = cfg.sweep.optuna
-    for name, (lo, hi) in (("r_t", o.r_t), ("r_s", o.r_s)):
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 1 or hi < lo:
-            raise ConfigError(f"sweep.optuna.{name}=[{lo}, {hi}] is not a range of ratios; use 1 <= low <= high")
-    if o.r_t[1] > cfg.fidelity.snippets:
-        raise ConfigError(f"sweep.optuna.r_t upper bound {o.r_t[1]} leaves fewer than one of "
-                          f"fidelity.snippets={cfg.fidelity.snippets} snippets; use at most {cfg.fidelity.snippets}")
-
-
 def study_name(cfg: ExperimentConfig, multi_objective: bool) -> str:
     """Stable per search definition: the trial budget and tracking settings do not change the study."""
-    o = replace(cfg.sweep.optuna, trials=0, multi_objective=multi_objective)
-    key = replace(cfg, sweep=replace(cfg.sweep, optuna=o), tracking=TrackingConfig())
+    key = to_dict(cfg)  # a hash key, not a config: trials=0 is outside the valid range on purpose
+    key["sweep"]["optuna"].update(trials=0, multi_objective=multi_objective)
+    key["tracking"] = to_dict(TrackingConfig())
     return f"lofi-rt-rs-{config_hash(key, 'optuna-search')}"
 
 
@@ -249,11 +238,10 @@ def run_study(
     """
     o: OptunaConfig = cfg.sweep.optuna
     multi = o.multi_objective if multi_objective is None else multi_objective
-    cfg = replace(cfg, sweep=replace(cfg.sweep, optuna=replace(o, multi_objective=multi)))
+    cfg = evolve(cfg, sweep=evolve(cfg.sweep, optuna=evolve(o, multi_objective=multi)))
     n_target = o.trials if trials is None else trials
     if n_target < 1:
         raise ConfigError(f"--trials {n_target}: a search needs at least one trial")
-    check_ranges(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(out)
@@ -277,8 +265,7 @@ def run_study(
         pruner=(optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps)
                 if use_pruner else optuna.pruners.NopPruner()),
     )
-    done = len(counted_trials(study))
-    log.info("study %s (%s): %d of %d trials finished", name, url, done, n_target)
+    log.info("study %s (%s): %d of %d trials finished", name, url, len(counted_trials(study)), n_target)
     ran = 0
     with start_run(cfg.tracking, run_name="optuna-search",
                    tags={"optuna_study": name, "optuna_storage": url, "multi_objective": str(multi)}) as parent:
@@ -290,47 +277,19 @@ def run_study(
         while len(counted_trials(study)) < n_target:
             study.optimize(objective, n_trials=1, catch=(LofiError,))
             ran += 1
-        counted = counted_trials(study)
+        counted, done = counted_trials(study), _completed(study)
         parent.log_metrics({"trials_finished": len(counted),
-                            **({"best_val_average_mAP": float(best_trial(study).values[0])} if _completed(study) else {})})
+                            **({"best_val_average_mAP": max(float(t.values[0]) for t in done)} if done else {})})
     return SearchResult(study=study, study_name=name, storage=url, multi_objective=multi, ran=ran, counted=len(counted),
                         parent_run_id=parent.run_id)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading the study
-# ----------------------------------------------------------------------------------------------------------------
-
-
 def _completed(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-
-
-def val_map(t: FrozenTrial) -> float | None:
-    """A trial's validation mAP: its value (first objective), or for a pruned trial the last reported epoch."""
-    if t.state == TrialState.COMPLETE and t.values:
-        return float(t.values[0])
-    if t.state == TrialState.PRUNED and t.intermediate_values:
-        return float(t.intermediate_values[max(t.intermediate_values)])
-    return None
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The COMPLETE trial with the highest validation mAP (on the Pareto front too when multi-objective)."""
-    done = _completed(study)
-    if not done:
-        raise LofiError(f"study {study.study_name}: no trial completed; see the trials' errors and re-run")
-    return max(done, key=lambda t: (float(t.values[0]), -t.number))
-
-
-def ranked_trials(study: optuna.Study, k: int = TOP_K) -> list[FrozenTrial]:
-    """Top ``k`` finished trials by validation mAP (pruned ones by their last reported value)."""
-    scored = [t for t in counted_trials(study) if val_map(t) is not None]
-    return sorted(scored, key=lambda t: (-(val_map(t) or 0.0), t.number))[:k]
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The report
+# Re-runs of the best ratios (for the report, harness.search_report)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -344,125 +303,3 @@ def fresh_seed_runs(cfg: ExperimentConfig, out: Path, r_t: float, r_s: float, se
         spec = RunSpec(seed=seed, out=run_out, stages_root=stages_root(out), parent_run_id=parent_run_id)
         rows.append((objective_fn or chain_run)(with_ratios(cfg, r_t, r_s), spec, None))
     return rows
-
-
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _plot(kind: str, study: optuna.Study, path: Path, multi: bool) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: searches run on servers
-    import matplotlib.pyplot as plt
-
-    vis = optuna.visualization.matplotlib
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if kind == "contour":
-            ax = vis.plot_contour(study, target=(lambda t: t.values[0]) if multi else None,
-                                  target_name="validation average mAP")
-        else:
-            # PED-ANOVA attributes importance to reaching LOW target values when given a target, so the
-            # multi-objective case passes minus the validation mAP (the importances themselves are unsigned).
-            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
-            ax = vis.plot_param_importances(study, target=(lambda t: -t.values[0]) if multi else None,
-                                            target_name="validation average mAP")
-    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def write_plots(study: optuna.Study, report: Path, multi: bool) -> dict[str, Path | str]:
-    """Contour and importance PNGs beside the report; a reason string instead of a path when not drawn."""
-    n = len(_completed(study))
-    stem = report.with_suffix("")
-    result: dict[str, Path | str] = {}
-    for kind in ("contour", "importance"):
-        if n < 2:
-            result[kind] = f"needs at least 2 complete trials (have {n})"
-            continue
-        try:
-            result[kind] = _plot(kind, study, Path(f"{stem}_{kind}.png"), multi)
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. no variation to attribute importance to
-            log.warning("%s plot not drawn: %s", kind, exc)
-            result[kind] = f"not drawn ({type(exc).__name__}: {exc})"
-    return result
-
-
-def render_report(result: SearchResult, cfg: ExperimentConfig, fresh_rows: Sequence[Mapping[str, Any]],
-                  plots: Mapping[str, Path | str], report: Path, *, date: str | None = None,
-                  commit: str | None = None) -> str:
-    """The Markdown report: every number comes from the study or the rows."""
-    from tabulate import tabulate
-
-    from harness.stats import mean_sd
-
-    study, o, fid = result.study, cfg.sweep.optuna, cfg.fidelity
-    lines = [f"# Optuna search over (r_t, r_s): {cfg.data.name} / {cfg.encoder.name} / {cfg.head.name}", ""]
-    objectives = "validation average mAP ↑, activation memory relative to full fidelity ↓" if result.multi_objective \
-        else "validation average mAP ↑"
-    states = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in TrialState}
-    lines += [f"Objective: {objectives} ({cfg.data.val_subset} split). Search ranges: r_t ∈ [{o.r_t[0]:g}, {o.r_t[1]:g}], "
-              f"r_s ∈ [{o.r_s[0]:g}, {o.r_s[1]:g}]; full fidelity L={fid.snippets}, size={fid.size}. "
-              f"Trials: {', '.join(f'{v} {k.lower()}' for k, v in states.items() if v)}.", ""]
-    rows = []
-    for t in ranked_trials(study):
-        L, size = fidelity_shape(fid.snippets, fid.size, t.params["r_t"], t.params["r_s"])
-        mem = t.values[1] if result.multi_objective and t.values else t.user_attrs.get(MEMORY_KEY)
-        rows.append([t.number, _fmt(t.params["r_t"], 3), _fmt(t.params["r_s"], 3), L, size, _fmt(val_map(t)),
-                     _fmt(mem, 3), t.state.name])
-    lines += [f"## Best trials (top {TOP_K} by validation average mAP)", ""]
-    lines += [tabulate(rows, headers=["trial", "r_t", "r_s", "L", "size", "val avg mAP", "activation_rel", "state"],
-                       tablefmt="github", disable_numparse=True) if rows else "No trial finished with a validation score.", ""]
-    if result.multi_objective:
-        front = sorted(study.best_trials, key=lambda t: t.values[1])
-        lines += ["Pareto front (validation mAP ↑, activation_rel ↓): " + ", ".join(
-            f"trial {t.number} (r_t {t.params['r_t']:.3f}, r_s {t.params['r_s']:.3f}: {t.values[0]:.4f}, {t.values[1]:.3f})"
-            for t in front) + ".", ""]
-    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "error" in t.user_attrs]
-    if failed:
-        lines += ["Failed trials: " + "; ".join(f"trial {t.number}: {t.user_attrs['error']}" for t in failed), ""]
-    if _completed(study):
-        b = best_trial(study)
-        L, size = fidelity_shape(fid.snippets, fid.size, b.params["r_t"], b.params["r_s"])
-        tests = [float(r[TEST_KEY]) for r in fresh_rows]
-        m, sd = mean_sd(tests)
-        lines += ["## Best ratios on the test split", ""]
-        lines += [tabulate([[b.number, _fmt(b.params["r_t"], 3), _fmt(b.params["r_s"], 3), L, size,
-                             f"{_fmt(float(b.values[0]))} (seed {o.search_seed})",
-                             (f"{_fmt(m)} ± {_fmt(sd)}" if tests else "–") + f" (seeds {', '.join(map(str, o.fresh_seeds)) or 'none'}; n={len(tests)})"]],
-                           headers=["trial", "r_t", "r_s", "L", "size", "val avg mAP (search)", f"test avg mAP ({cfg.data.test_subset}), fresh seeds"],
-                           tablefmt="github", disable_numparse=True), ""]
-        lines += ["The search never saw the test split: trials are ranked on validation mAP only; the test column re-runs "
-                  "the best ratios with seeds the search did not use (mean ± sample sd).", ""]
-    lines += ["## Plots", ""]
-    for kind, title in (("contour", "Contour of validation mAP over (r_t, r_s)"), ("importance", "Parameter importances")):
-        p = plots.get(kind)
-        lines.append(f"![{title}]({Path(p).name})" if isinstance(p, Path) else f"- {title}: {p}.")
-    lines += ["", f"Provenance: study `{result.study_name}`, storage `{result.storage}`, sampler TPE seed {o.sampler_seed}, "
-              f"search seed {o.search_seed}, commit `{commit or git_commit(_PACKAGE_DIR)}`, date {date or time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
-    return "\n".join(lines)
-
-
-def write_report(result: SearchResult, cfg: ExperimentConfig, out: Path, report: Path | None = None, *,
-                 objective_fn: ChainFn | None = None) -> Path:
-    """Run the fresh-seed re-runs of the best ratios, draw the plots and write the Markdown report atomically."""
-    report = Path(report or Path(out) / "optuna_rt_rs.md")
-    fresh: list[Mapping[str, Any]] = []
-    if _completed(result.study):
-        b = best_trial(result.study)
-        with start_run(cfg.tracking, run_name="optuna-best-fresh-seeds", parent_run_id=result.parent_run_id,
-                       tags={"optuna_study": result.study_name}) as tracker:
-            tracker.log_params({"r_t": b.params["r_t"], "r_s": b.params["r_s"], "trial": b.number,
-                                "fresh_seeds": list(cfg.sweep.optuna.fresh_seeds)})
-            fresh = fresh_seed_runs(cfg, Path(out), b.params["r_t"], b.params["r_s"], cfg.sweep.optuna.fresh_seeds,
-                                    objective_fn=objective_fn, parent_run_id=tracker.run_id)
-            tracker.log_metrics({f"test_average_mAP_seed{s}": float(r[TEST_KEY])
-                                 for s, r in zip(cfg.sweep.optuna.fresh_seeds, fresh)})
-    plots = write_plots(result.study, report, result.multi_objective)
-    write_text_atomic(report, render_report(result, cfg, fresh, plots, report))
-    log.info("wrote %s", report)
-    return report

@@ -47,8 +47,21 @@ class NullTracker:
 
     run_id: str = ""
 
-    # MlflowClient.log_batch splits long lists into requests within the server's limits (100 params/tags, 1000
-    # metrics) and truncates values past MLflow's length limits with a warning; only names are ours to make legal.
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: str | Path) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+
+class MlflowTracker:
+    """One MLflow run. ``MlflowClient.log_batch`` splits long lists into requests within the server's limits
+    (100 params or tags, 1000 metrics each) and truncates values past MLflow's length limits with a warning; only
+    the names are ours to make legal."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self._client = client
+        self.run_id = run_id
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 

@@ -218,9 +218,18 @@ def test_registered() -> None:
     from heads import create_head, list_heads
 
     assert "gtad" in list_heads()
-    model = create_head("gtad", in_features=16, temporal_length=8, hidden=32, groups=8, hidden_3d=16, hidden_2d=8)
-    assert isinstance(model, GTAD)
-    assert model(torch.randn(1, 16, 8))["iou_map"].shape == (1, 2, 8, 8)
+    kw = dict(temporal_length=8, hidden=32, groups=8, hidden_3d=16, hidden_2d=8)
+    torch.manual_seed(0)
+    model = create_head("gtad", in_features=16, **kw)
+    torch.manual_seed(0)
+    direct = GTAD(16, **kw)
+    # the registered builder binds the same defaults as the class: same parameters, same outputs
+    assert [(n, p.shape) for n, p in model.named_parameters()] == [(n, p.shape) for n, p in direct.named_parameters()]
+    x = torch.randn(1, 16, 8)
+    got, want = model(x), direct(x)
+    assert got["iou_map"].shape == (1, 2, 8, 8)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
 
 
 def test_sparse_and_dense_alignment_maps_agree(monkeypatch):

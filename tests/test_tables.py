@@ -11,8 +11,16 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.experiment import MODES, SweepConfig
 from harness.paper_results import PUBLISHED, canonical_dataset, published
-from harness.tables import TableError, ablation_table, load_rows, memory_table, models_table, pretrain_table, to_latex, to_markdown, write_tables
+from harness.report import build_report, table_modes
+from harness.tables import (
+    MODE_LABELS, TableError, ablation_table, load_rows, memory_table, models_table, pretrain_table, to_latex,
+    to_markdown, write_tables,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATION, PRETRAIN = SweepConfig().ablation_modes, SweepConfig().pretrain_modes  # the config's default rows
 
 CLASSES = ("jump", "run")
 N_VIDEOS = 10
@@ -21,9 +29,11 @@ FIXTURE_AVG = {
     "acp": (0.30, 0.32), "lofi-S": (0.33, 0.35), "lofi-T": (0.31, 0.33), "lofi-ST": (0.34, 0.34),
     "lofi-short": (0.35, 0.37), "lofi-long": (0.36, 0.38), "icp": (0.25, 0.27), "acp+": (0.31, 0.31),
 }
-FIXTURE_SHAPE = {"lofi-S": (100, 112, 0.25), "lofi-T": (25, 224, 0.25), "lofi-ST": (50, 158, 0.25)}
+FIXTURE_SHAPE = {"lofi-S": (100, 112, 0.25), "lofi-T": (25, 224, 0.25), "lofi-ST": (50, 158, 0.25),
+                 "e2e-full": (100, 224, 1.0)}
 NOISE = {"icp": 8.0, "acp": 6.0, "acp+": 5.0, "lofi-S": 4.0, "lofi-T": 4.0, "lofi-ST": 4.0, "lofi-short": 2.0,
-         "lofi-long": 1.0}
+         "lofi-long": 1.0, "e2e-full": 1.0}
+EXTRA_AVG = {"e2e-full": (0.40, 0.42)}  # modes written only by the tests that need them (not by the fixture)
 
 
 def _write_annotations(path: Path) -> dict:
@@ -48,9 +58,10 @@ def _write_run(root: Path, dataset: str, mode: str, seed: int, db: dict, gt: Pat
         results[vid] = [{"label": label, "score": float(rng.uniform(0.5, 1)), "segment": [s + jitter[0], e + abs(jitter[1]) + 1]},
                         {"label": CLASSES[int(rng.integers(2))], "score": float(rng.uniform(0, 0.5)), "segment": [1.0, 9.0]}]
     (run / "predictions.json").write_text(json.dumps({"version": "fixture", "results": results}))
-    avg = FIXTURE_AVG[mode][seed]
+    avg = {**FIXTURE_AVG, **EXTRA_AVG}[mode][seed]
     L, size, rel = FIXTURE_SHAPE.get(mode, (None, None, 0.3 if mode in ("lofi-long", "lofi-short") else 0.0))
-    cycle = {"lofi-S": "S", "lofi-T": "T", "lofi-ST": "ST", "lofi-long": "long", "lofi-short": "short"}.get(mode, "")
+    cycle = {"lofi-S": "S", "lofi-T": "T", "lofi-ST": "ST", "lofi-long": "long", "lofi-short": "short",
+             "e2e-full": "full"}.get(mode, "")
     row = {
         "dataset": dataset, "encoder": encoder, "head": "gtad", "mode": mode, "cycle": cycle, "r_t": None, "r_s": None,
         "L": L, "size": size, "full_L": 100, "full_size": 224, "seed": seed, "split": "validation",
@@ -94,7 +105,7 @@ def _markdown_table(text: str) -> list[list[str]]:
 
 
 def test_ablation_table_rows_columns_and_values(fixture_runs: Path) -> None:
-    table = ablation_table(_rows(fixture_runs, "synthetic"))
+    table = ablation_table(_rows(fixture_runs, "synthetic"), modes=ABLATION)
     assert list(table.display["Config"]) == ["ACP", "S-LoFi", "T-LoFi", "ST-LoFi", "Short C-LoFi", "Long C-LoFi"]
     for col in ("L", "H×W", "mAP@0.5", "mAP@0.75", "mAP@0.95", "Avg", "Act. mem. (rel.)", "Δ Avg [95% CI]", "p (Holm)"):
         assert col in table.display.columns
@@ -106,7 +117,7 @@ def test_ablation_table_rows_columns_and_values(fixture_runs: Path) -> None:
 
 
 def test_outputs_parse_and_round_trip(fixture_runs: Path, tmp_path: Path) -> None:
-    table = ablation_table(_rows(fixture_runs, "synthetic"))
+    table = ablation_table(_rows(fixture_runs, "synthetic"), modes=ABLATION)
     md, csv, tex = write_tables([table], tmp_path, "table_ablation")
     cells = _markdown_table(md.read_text())
     assert cells[0][:2] == ["Config", "L"] and len(cells) == 7
@@ -119,7 +130,7 @@ def test_outputs_parse_and_round_trip(fixture_runs: Path, tmp_path: Path) -> Non
 
 
 def test_provenance_comes_from_rows(fixture_runs: Path) -> None:
-    text = to_markdown(ablation_table(_rows(fixture_runs, "synthetic")))
+    text = to_markdown(ablation_table(_rows(fixture_runs, "synthetic"), modes=ABLATION))
     assert "fixturecommit" in text and "mlflow-lofi-S-1" in text and "hash-acp-0" in text
     assert "hash-icp-0" not in text  # only the runs shown in the table
 
@@ -137,31 +148,79 @@ def test_published_numbers_absent_for_synthetic(fixture_runs: Path) -> None:
 
 
 def test_published_numbers_beside_measured_for_activitynet(fixture_runs: Path) -> None:
-    table = ablation_table(_rows(fixture_runs, "activitynet"))
+    table = ablation_table(_rows(fixture_runs, "activitynet"), modes=ABLATION)
     shown = table.display.set_index("Config")
     assert shown.loc["ACP", "Paper Avg"] == "33.59" and shown.loc["Long C-LoFi", "Paper Avg"] == "34.49"
     assert shown.loc["ACP", "Δ paper"] == "-2.59"  # 31.00 - 33.59
     assert table.numeric.set_index("mode").loc["lofi-S", "paper_mAP_0.50"] == 50.47
-    pre = pretrain_table(_rows(fixture_runs, "activitynet")).display.set_index("Config")
+    pre = pretrain_table(_rows(fixture_runs, "activitynet"), modes=PRETRAIN).display.set_index("Config")
     assert pre.loc["ICP", "Paper Avg"] == "32.16"
 
 
 def test_models_and_memory_tables(fixture_runs: Path) -> None:
     rows = load_rows(sorted(fixture_runs.glob("activitynet/**/row.json")))
-    models = models_table(rows).display.set_index("Encoder")
-    assert set(models.index) == {"tsm_resnet18", "tsm_resnet34"}
-    assert models.loc["tsm_resnet34", "Paper LoFi"] == "34.74"
-    assert models.loc["tsm_resnet18", "LoFi Avg"] == "37.00 ± 1.41"
+    models = models_table(rows, modes=("acp", "lofi-long")).display
+    assert list(zip(models["Encoder"], models["Config"])) == [
+        ("tsm_resnet18", "ACP"), ("tsm_resnet18", "LoFi"), ("tsm_resnet34", "ACP"), ("tsm_resnet34", "LoFi")]
+    shown = models.set_index(["Encoder", "Config"])
+    assert shown.loc[("tsm_resnet34", "LoFi"), "Paper Avg"] == "34.74"
+    assert shown.loc[("tsm_resnet18", "LoFi"), "Avg"] == "37.00 ± 1.41"  # (36 + 38) / 2
+    assert r"tsm\_resnet18" in to_latex(models_table(rows, modes=("acp",)))  # tabulate escapes LaTeX specials
     memory = memory_table(_rows(fixture_runs, "synthetic")).display
     st = memory[memory["Config"] == "ST-LoFi"].iloc[0]
-    assert (st["Rel. to full"], st["Activations (MiB)"], st["Peak (GiB)"]) == ("0.25", "256.0", "not measured")
-    assert memory[memory["Config"] == "ACP"].iloc[0]["Rel. to full"] == "–"
+    assert (st["Rel. to full"], st["Activations (MiB)"], st["Full fidelity (MiB)"]) == ("0.25", "256.0", "1024.0")
+    assert memory[memory["Config"] == "ACP"].iloc[0][["Rel. to full", "Activations (MiB)"]].tolist() == ["–", "–"]
+    assert st["lofi (s)"] == "10.5"  # time_lofi_s of seeds 0 and 1: 10 and 11
+    assert not any("Peak" in c for c in memory.columns)  # no row carries peak_bytes: no column claims one
+
+
+def test_memory_table_shows_a_peak_only_where_rows_carry_one(fixture_runs: Path) -> None:
+    rows = _rows(fixture_runs, "synthetic")
+    rows = rows.assign(peak_bytes=np.where(rows["mode"] == "lofi-S", 3 * 2.0**30, np.nan))
+    memory = memory_table(rows, modes=("acp", "lofi-S")).display.set_index("Config")
+    assert memory["Peak (GiB)"].tolist() == ["–", "3.00"]
+
+
+def test_tables_take_their_rows_and_order_from_modes(fixture_runs: Path) -> None:
+    rows = _rows(fixture_runs, "synthetic")
+    assert list(ablation_table(rows, modes=("lofi-long", "acp", "lofi-T")).display["Config"]) == [
+        "Long C-LoFi", "ACP", "T-LoFi"]
+    assert list(pretrain_table(rows, modes=table_modes(SweepConfig())["pretrain"]).display["Config"]) == [
+        "ICP", "ACP", "ACP+", "LoFi"]
+    with pytest.raises(TableError, match="none of the ablation table's modes"):
+        ablation_table(rows, modes=("e2e-full",))
+    assert set(MODE_LABELS) == set(MODES)  # every mode has a label (and its place in the canonical order)
+
+
+def test_an_e2e_full_mode_in_the_config_gets_its_row(fixture_runs: Path, tmp_path: Path) -> None:
+    gt = fixture_runs / "annotations.json"
+    db = json.loads(gt.read_text())["database"]
+    e2e = [_write_run(tmp_path / "runs", "synthetic", "e2e-full", seed, db, gt) for seed in (0, 1)]
+    others = sorted((fixture_runs / "synthetic" / "tsm_resnet18").glob("*/seed*"))
+    rows = load_rows([*others, *e2e])
+    # the library: the config's ablation_modes name the rows
+    sweep = SweepConfig(ablation_modes=(*SweepConfig().ablation_modes, "e2e-full"))
+    table = ablation_table(rows, modes=table_modes(sweep)["ablation"]).display.set_index("Config")
+    assert list(table.index)[-1] == "End-to-end (full fidelity)"
+    assert table.loc["End-to-end (full fidelity)", ["Avg", "L", "H×W", "Act. mem. (rel.)"]].tolist() == [
+        "41.00 ± 1.41", "100", "224²", "1.00"]
+    # the command: --config/--set choose the same rows, with a comparison against ACP
+    out = tmp_path / "out"
+    rc = main(["-q", "report", "tables", "--runs", *map(str, [*others, *e2e]), "--out", str(out), "--which", "ablation",
+               "--no-plots", "--n-boot", "20", "--config", str(ROOT / "config" / "smoke.yaml"),
+               "--set", "sweep.ablation_modes=[acp,e2e-full]"])
+    assert rc == 0
+    cells = _markdown_table((out / "table_ablation.md").read_text())
+    assert [r[0] for r in cells[1:]] == ["ACP", "End-to-end (full fidelity)"]
+    numeric = pd.read_csv(out / "table_ablation.csv").set_index("mode")
+    assert numeric.loc["e2e-full", "delta_ci_low"] <= numeric.loc["e2e-full", "delta_avg"] <= numeric.loc["e2e-full", "delta_ci_high"]
+    assert "Holm-corrected over 1 comparison(s)" in (out / "table_ablation.md").read_text()
 
 
 def test_report_command_end_to_end(fixture_runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     rc = main(["-q", "report", "tables", "--runs-glob", str(fixture_runs / "synthetic" / "**" / "row.json"),
-               "--out", str(out), "--n-boot", "40", "--seed", "0"])
+               "--out", str(out), "--n-boot", "40", "--seed", "0", "--config", str(ROOT / "config" / "default.yaml")])
     assert rc == 0
     for kind in ("ablation", "pretrain", "models", "memory"):
         for ext in ("md", "csv", "tex"):
@@ -175,9 +234,9 @@ def test_report_command_end_to_end(fixture_runs: Path, tmp_path: Path) -> None:
     assert (others["delta_ci_low"] <= others["delta_ci_high"]).all()
     text = (out / "table_ablation.md").read_text()
     assert f"n = {N_VIDEOS} test videos" in text and "Holm-corrected over 5 comparison(s)" in text
-    # same seed -> same numbers
-    main(["-q", "report", "tables", "--runs-glob", str(fixture_runs / "synthetic" / "**" / "row.json"),
-          "--out", str(tmp_path / "again"), "--n-boot", "40", "--seed", "0", "--which", "ablation", "--no-plots"])
+    # same seed -> same numbers, through the library call the command makes
+    build_report(load_rows(sorted(fixture_runs.glob("synthetic/**/row.json"))), out=tmp_path / "again",
+                 kinds=["ablation"], modes=table_modes(SweepConfig()), n_boot=40, seed=0, plots=False)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "table_ablation.csv"), pd.read_csv(out / "table_ablation.csv"))
 
 

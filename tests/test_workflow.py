@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from harness.config import load_yaml
 from harness.experiment import load_experiment
 from harness.pipeline.plan import MODE_PLAN
 from harness.schema import experiment_schema
@@ -157,10 +158,13 @@ def test_schema_is_closed_and_uses_field_defaults() -> None:
     assert list(validator.iter_errors({"fidelity": {"snippets": 0}}))
     assert list(validator.iter_errors({"sweep": {"optuna": {"r_t": [1.0]}}}))  # a pair
     assert not list(validator.iter_errors({"data": {"synthetic_profile": None}}))
+    assert list(validator.iter_errors({"lofi": {"optim": {"lr": -0.1}}}))  # ranges (Field(gt=0)) are stated
+    assert list(validator.iter_errors({"sweep": {"optuna": {"r_t": [0.5, 2.0]}}}))
+    assert list(validator.iter_errors({"fidelity": {"snippets": 2.5}}))
     # pretrain.optim's default (lr 0.05) differs from OptimConfig()'s (0.1): a validator that fills in defaults
     # must fill in what from_dict uses
-    optim = schema["properties"]["pretrain"]["properties"]["optim"]["properties"]
-    assert optim["lr"]["default"] == 0.05
+    assert schema["$defs"]["PretrainConfig"]["properties"]["optim"]["default"]["lr"] == 0.05
+    assert schema["$defs"]["OptimConfig"]["properties"]["lr"]["default"] == 0.1
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
@@ -168,7 +172,7 @@ def test_every_config_checks(config: Path) -> None:
     out = lofi("config", "check", "--config", str(config))
     assert out.returncode == 0, out.stderr
     validator = jsonschema.Draft202012Validator(experiment_schema())
-    assert not list(validator.iter_errors(yaml.safe_load(config.read_text())))
+    assert not list(validator.iter_errors(load_yaml(config)))
 
 
 def test_config_check_rejects_bad_value_in_one_line(tmp_path: Path) -> None:
@@ -217,9 +221,9 @@ def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-4000:]
     md = (tmp_path / target).read_text()
     cfg = load_experiment(config)
-    from harness.tables import ABLATION_MODES, SHOWN_METRICS
+    from harness.tables import MODE_LABELS, SHOWN_METRICS
 
-    labels = dict(ABLATION_MODES)
+    labels = MODE_LABELS
     for mode in cfg.sweep.ablation_modes:
         assert labels[mode] in md, mode
     for _, header in SHOWN_METRICS:

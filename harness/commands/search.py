@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from harness.experiment import load_experiment
-    from harness.search import PrunerOptions, best_trial, run_study, write_report
+    from harness.search import PrunerOptions, run_study
+    from harness.search_report import best_trial, write_report
 
     cfg = load_experiment(args.config, list(args.overrides))
     result = run_study(cfg, args.out, args.trials, multi_objective=args.multi_objective, storage=args.storage,

@@ -57,9 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from harness.config import flatten, to_dict
+    from harness.config import evolve, flatten, to_dict
     from harness.experiment import load_experiment
     from harness.io import write_json_atomic
     from harness.tracking import ensure_experiment, git_commit, start_run
@@ -68,7 +66,7 @@ def _init(args: argparse.Namespace) -> int:
     uri = sweep_tracking_uri(cfg)
     info = {"experiment_id": "", "sweep_run_id": "", "tracking_uri": ""}
     if cfg.tracking.enabled:
-        tracking = replace(cfg.tracking, uri=uri)
+        tracking = evolve(cfg.tracking, uri=uri)
         # The parent holds no work of its own (it ends FINISHED at once); its children (the jobs) attach by id.
         with start_run(tracking, run_name=f"sweep {cfg.data.name} {cfg.sweep.results}",
                        tags={"kind": "sweep", "config": str(args.config), "commit": git_commit()}) as run:

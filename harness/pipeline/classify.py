@@ -23,7 +23,7 @@ from tqdm import tqdm
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.io import write_json_atomic
-from harness.pipeline.data import VideoFrames, prepare_dataset
+from harness.pipeline.data import StageData, stage_data
 from harness.pipeline.models import load_encoder
 from harness.pipeline.runtime import autocast, load_torch, mark_done, prepare, stage_done
 
@@ -32,22 +32,25 @@ SCORES = "class_scores.json"
 
 
 @torch.no_grad()
-def run_class_scores(cfg: ExperimentConfig, *, checkpoint: Path, out: Path, seed: int = 0, batch_size: int = 8) -> Path:
-    """Score every video of the three subsets with the classifier saved in ``checkpoint`` (an ACP+ encoder.pt)."""
-    if stage_done(out):
+def run_class_scores(cfg: ExperimentConfig, *, checkpoint: Path, out: Path, key: str, seed: int = 0,
+                     data: StageData | None = None, batch_size: int = 8) -> Path:
+    """Score every video of the three subsets with the classifier saved in ``checkpoint`` (an ACP+ encoder.pt);
+    reuses a stage finished with ``key`` (the stage plan's). ``data``: dataset and frame source (built when None)."""
+    if stage_done(out, key) is not None:
         return out / SCORES
     device = prepare(cfg.runtime, seed)
     state = load_torch(checkpoint)
     if "classifier" not in state:
         raise LofiError(f"{checkpoint}: holds no classifier; pass the ACP+ stage's encoder.pt")
-    ds = prepare_dataset(cfg.data)
+    data = stage_data(cfg.data, data)
+    ds = data.ds
     if list(state["classes"]) != list(ds.classes):
         raise LofiError(f"{checkpoint}: its classes differ from the dataset's; re-run the ACP+ stage on this dataset")
     encoder = load_encoder(cfg, checkpoint).to(device).eval()
     classifier = nn.Linear(encoder.num_features, len(ds.classes))
     classifier.load_state_dict(state["classifier"])
     classifier.to(device).eval()
-    frames = VideoFrames(cfg.data)
+    frames = data.frames
     videos = frames.usable([v for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
                             for v in ds.subset(s)])
     fid = cfg.fidelity
@@ -62,7 +65,7 @@ def run_class_scores(cfg: ExperimentConfig, *, checkpoint: Path, out: Path, seed
             scores[v.id] = [float(x) for x in p]
     write_json_atomic(out / SCORES, {"classes": list(ds.classes), "scores": scores}, indent=None)
     mark_done(out, {"stage": "class_scores", "checkpoint": str(checkpoint), "videos": len(scores),
-                    "time_s": time.perf_counter() - t0})
+                    "time_s": time.perf_counter() - t0}, key=key, outputs=[out / SCORES])
     return out / SCORES
 
 

@@ -115,8 +115,9 @@ class VideoFrames:
             except VideoError as exc:
                 if not self.cfg.skip_corrupt:
                     raise LofiError(f"{exc} (set data.skip_corrupt=true to skip such videos)") from None
-                log.warning("skipping video %s: %s", v.id, exc)
-                self.skipped.append(v.id)
+                if v.id not in self.skipped:  # a frame source shared by several stages counts a video once
+                    log.warning("skipping video %s: %s", v.id, exc)
+                    self.skipped.append(v.id)
         return out
 
     def clip(self, video: Video, *, snippets: int, frames: int, stride: int, size: int) -> torch.Tensor:
@@ -128,6 +129,31 @@ class VideoFrames:
     def batch(self, videos: list[Video], *, snippets: int, fid: FidelityConfig, size: int) -> torch.Tensor:
         """(B, L, F, 3, size, size) float in [0, 1]."""
         return torch.stack([self.clip(v, snippets=snippets, frames=fid.frames, stride=fid.stride, size=size) for v in videos])
+
+
+@dataclass(frozen=True)
+class StageData:
+    """The dataset and the frame source of one DataConfig, built once per process and passed to every stage
+    (the frame source's in-memory cache is then shared: each video is read from the disk cache once)."""
+
+    cfg: DataConfig
+    ds: TALDataset
+    frames: VideoFrames
+
+
+def load_stage_data(cfg: DataConfig) -> StageData:
+    """Read (or generate) the dataset and open its frame source: what every stage starts from."""
+    return StageData(cfg, prepare_dataset(cfg), VideoFrames(cfg))
+
+
+def stage_data(cfg: DataConfig, data: StageData | None) -> StageData:
+    """``data`` when given (it must have been built from ``cfg``), else a new one (a stage run alone)."""
+    if data is None:
+        return load_stage_data(cfg)
+    if data.cfg != cfg:
+        raise LofiError(f"stage data built for data.root={data.cfg.root} differs from this stage's data config "
+                        f"(data.root={cfg.root}); build it with load_stage_data(cfg.data)")
+    return data
 
 
 def relative_segments(video: Video) -> np.ndarray:

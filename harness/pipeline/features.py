@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -11,8 +12,8 @@ import torch
 from tqdm import tqdm
 
 from harness.experiment import ExperimentConfig
-from harness.io import atomic_path
-from harness.pipeline.data import VideoFrames, prepare_dataset
+from harness.io import atomic_path, write_json_atomic
+from harness.pipeline.data import StageData, stage_data
 from harness.pipeline.models import load_encoder
 from harness.pipeline.runtime import autocast, mark_done, prepare, stage_done
 
@@ -23,16 +24,33 @@ def feature_path(out: Path, video_id: str) -> Path:
     return out / "videos" / f"{video_id}.npy"
 
 
+IN_PROGRESS = "in_progress.json"  # the key of an unfinished extraction: its files are resumed only by that key
+
+
 @torch.no_grad()
-def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, seed: int = 0, batch_size: int = 8) -> Path:
-    """Extract (L, D) float32 features for every video of the three subsets; resumable per video."""
-    if stage_done(out):
+def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, key: str, seed: int = 0,
+                 data: StageData | None = None, batch_size: int = 8) -> Path:
+    """Extract (L, D) float32 features for every video of the three subsets into ``out/videos/<id>.npy``.
+
+    Reuses a stage finished with ``key`` (the stage plan's); an interrupted extraction resumes per video, only with
+    the same ``key`` (else every video is extracted again). ``data``: the dataset and frame source (built when None)."""
+    if stage_done(out, key) is not None:
         return out
+    out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
-    ds = prepare_dataset(cfg.data)
-    frames = VideoFrames(cfg.data)
-    wanted = [v for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)) for v in ds.subset(s)]
-    videos = frames.usable(wanted)
+    data = stage_data(cfg.data, data)
+    wanted = [v for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
+              for v in data.ds.subset(s)]
+    videos = data.frames.usable(wanted)
+    frames = data.frames
+    marker = out / IN_PROGRESS
+    resumable = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+    stale = [] if resumable else sorted((out / "videos").glob("*.npy"))
+    if stale:  # the head takes every file in the folder: none may survive from another configuration
+        log.warning("features: %s holds %d files of another configuration; extracting every video again", out, len(stale))
+        for f in stale:
+            f.unlink()
+    write_json_atomic(marker, {"key": key})
     todo = [v for v in videos if not feature_path(out, v.id).is_file()]
     encoder = load_encoder(cfg, encoder_checkpoint).to(device).eval()
     fid = cfg.fidelity
@@ -46,9 +64,12 @@ def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, 
             with atomic_path(feature_path(out, v.id)) as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, f.astype(np.float32))
-    mark_done(out, {"stage": "features", "videos": len(videos), "skipped_videos": frames.skipped,
+    marker.unlink()
+    mark_done(out, {"stage": "features", "videos": len(videos),
+                    "skipped_videos": sorted({v.id for v in wanted} - {v.id for v in videos}),
                     "encoder_checkpoint": str(encoder_checkpoint), "num_features": int(encoder.num_features),
-                    "time_s": time.perf_counter() - t0})
+                    "time_s": time.perf_counter() - t0},
+              key=key, outputs=[feature_path(out, v.id) for v in videos])
     return out
 
 

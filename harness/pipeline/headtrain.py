@@ -17,13 +17,12 @@ from tqdm import tqdm
 from harness.data.model import TALDataset, Video
 from harness.experiment import ExperimentConfig, OptimConfig
 from harness.io import write_json_atomic
-from harness.pipeline.data import dominant_label, prepare_dataset, tal_targets
+from harness.pipeline.data import StageData, dominant_label, stage_data, tal_targets
 from harness.pipeline.features import load_features
+from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head
-from harness.pipeline.runtime import (
-    autocast, check_finite, make_optimizer, mark_done, prepare, set_lr, stage_done,
-)
-from harness.seeding import numpy_rng, torch_generator
+from harness.pipeline.runtime import autocast, make_optimizer, mark_done, prepare, stage_done
+from harness.seeding import torch_generator
 from harness.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -44,16 +43,12 @@ def _train_classifier(feats: torch.Tensor, labels: torch.Tensor, num_classes: in
                       seed: int, device: torch.device) -> VideoClassifier:
     model = VideoClassifier(feats.shape[1], num_classes).to(device)
     opt = make_optimizer(model.parameters(), optim_cfg)
-    n, bs = len(labels), optim_cfg.batch_size
-    for epoch in range(optim_cfg.epochs):
-        set_lr(opt, epoch, optim_cfg)
-        order = torch.from_numpy(numpy_rng(seed, "classifier-order", epoch).permutation(n))
-        for i in range(0, n, bs):
-            idx = order[i : i + bs]
-            loss = F.cross_entropy(model(feats[idx].to(device)), labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+
+    def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return F.cross_entropy(model(feats[idx].to(device)), labels[idx].to(device)), {}
+
+    fit(opt, train_step, n_items=len(labels), optim=optim_cfg, seed=seed, order_stream=("classifier-order",),
+        stage="classifier", modules=(model,))
     return model.eval()
 
 
@@ -78,8 +73,8 @@ def predict(cfg: ExperimentConfig, head: nn.Module, class_scores: np.ndarray, fe
             p = cfg.post
             if p.nms == "gaussian":
                 props = soft_nms_gaussian(props, sigma=p.sigma, top_k=p.top_k)
-            else:
-                props = soft_nms_bmn(props, alpha=p.alpha, low=p.low, high=p.high, top_k=p.top_k)
+            else:  # proposals are in seconds: BMN's gate takes the picked width as a fraction of the video
+                props = soft_nms_bmn(props, alpha=p.alpha, low=p.low, high=p.high, top_k=p.top_k, duration=v.duration)
             proposals[v.id] = [{"label": "proposal", "score": float(s), "segment": [float(a), float(b)]} for a, b, s in props]
             detections[v.id] = fuse_with_classes(props, scores[j], list(classes), top_k_classes=p.top_k_classes)
     return detections, proposals
@@ -112,22 +107,24 @@ def video_class_scores(cfg: ExperimentConfig, classifier: VideoClassifier | None
         return classifier(feats.to(device)).softmax(dim=1).float().cpu().numpy()
 
 
-def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, parent_run_id: str = "",
-             on_epoch: Callable[[int, float], None] | None = None, class_scores: Path | None = None) -> dict:
-    """Train ``cfg.head.name`` from scratch on ``features``; write predictions and ``metrics.json``.
+def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, key: str, data: StageData | None = None,
+             parent_run_id: str = "", on_epoch: Callable[[int, float], None] | None = None,
+             class_scores: Path | None = None) -> dict:
+    """Train ``cfg.head.name`` from scratch on ``features``; write predictions and ``metrics.json``; reuses a stage
+    finished with ``key`` (the stage plan's) and returns its metrics.
 
     ``on_epoch(epoch, validation average mAP)`` is called after every epoch (Optuna pruning raises from it).
     ``class_scores``: the shared video-level scores (``head.class_scores`` = finetuned or a path); None trains a
-    linear probe on these features (``head.class_scores: features``)."""
+    linear probe on these features (``head.class_scores: features``). ``data``: the dataset (built when None)."""
     from heads.losses import tal_loss
 
-    if stage_done(out):
+    if stage_done(out, key) is not None:
         import json
 
         return json.loads((out / "metrics.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
-    ds = prepare_dataset(cfg.data)
+    ds = stage_data(cfg.data, data).ds
     have = {p.stem for p in (features / "videos").glob("*.npy")}
     split = {s: [v for v in ds.subset(s) if v.id in have] for s in (cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)}
     train, val, test = split[cfg.data.train_subset], split[cfg.data.val_subset], split[cfg.data.test_subset]
@@ -140,7 +137,6 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
     opt = make_optimizer(head.parameters(), oc)
     cidx = ds.class_index()
     t0 = time.perf_counter()
-    history = []
     with start_run(cfg.tracking, run_name=f"head-{hc.name}-seed{seed}", parent_run_id=parent_run_id,
                    tags={"stage": "head", "head": hc.name, "seed": str(seed)}) as tracker:
         classifier = None
@@ -149,39 +145,37 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
                                            len(ds.classes), hc.classifier_optim, seed, device)
         x_val = load_features(features, [v.id for v in val])
         s_val = video_class_scores(cfg, classifier, class_scores, x_val, val, ds.classes, device)
-        for epoch in range(oc.epochs):
-            head.train()
-            lr = set_lr(opt, epoch, oc)
-            order = torch.from_numpy(numpy_rng(seed, "head-order", epoch).permutation(len(train)))
-            tot = 0.0
-            for step, i in enumerate(tqdm(range(0, len(train), oc.batch_size), desc=f"head epoch {epoch + 1}/{oc.epochs}",
-                                          disable=not cfg.runtime.progress, leave=False)):
-                idx = order[i : i + oc.batch_size]
-                with autocast(device, cfg.runtime.amp):
-                    outputs = head(x_train[idx].to(device))
-                loss, _ = tal_loss({k: v.float() for k, v in outputs.items()}, {k: v[idx].to(device) for k, v in targets.items()},
-                                   generator=torch_generator(seed, "head-loss", epoch, step))
-                check_finite(loss, stage=f"head[{hc.name}]", epoch=epoch, step=step)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tot += loss.item() * len(idx)
+
+        def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            with autocast(device, cfg.runtime.amp):
+                outputs = head(x_train[idx].to(device))
+            # the stream of the unaccumulated loop (no micro-batch offset) when a step is one micro-batch
+            gen = torch_generator(seed, "head-loss", epoch, step, *((micro,) if micro else ()))
+            loss, _ = tal_loss({k: v.float() for k, v in outputs.items()}, {k: v[idx].to(device) for k, v in targets.items()},
+                               generator=gen)
+            return loss, {}
+
+        def validate(epoch: int) -> dict[str, float]:
             det, prop = predict(cfg, head, s_val, x_val, val, ds.classes, device)
-            val_metrics = evaluate_split(ds, cfg.data.val_subset, det, prop)
-            row = {"loss": tot / len(train), "lr": lr, "val_average_mAP": val_metrics["average_mAP"]}
-            history.append(row)
-            tracker.log_metrics({f"head_{k}": v for k, v in row.items()}, step=epoch)
-            log.info("head[%s] epoch %d: loss %.4f, validation avg mAP %.4f", hc.name, epoch + 1, row["loss"], row["val_average_mAP"])
+            return {"val_average_mAP": evaluate_split(ds, cfg.data.val_subset, det, prop)["average_mAP"]}
+
+        def report(epoch: int, history: list[dict[str, float]]) -> None:
             if on_epoch is not None:
-                on_epoch(epoch, row["val_average_mAP"])
+                on_epoch(epoch, history[-1]["val_average_mAP"])
+
+        history = fit(opt, train_step, n_items=len(train), optim=oc, seed=seed, order_stream=("head-order",),
+                      stage=f"head[{hc.name}]", modules=(head,), validate=validate, on_epoch_end=report,
+                      tracker=tracker, metric_prefix="head", progress=cfg.runtime.progress)
         train_time = time.perf_counter() - t0
         metrics: dict = {}
+        written = []
         for name, subset, vids in (("validation", cfg.data.val_subset, val), ("testing", cfg.data.test_subset, test)):
             x = load_features(features, [v.id for v in vids])
             det, prop = predict(cfg, head, video_class_scores(cfg, classifier, class_scores, x, vids, ds.classes, device),
                                 x, vids, ds.classes, device)
-            write_json_atomic(out / f"predictions_{name}.json", _results_file(det), indent=None)
-            write_json_atomic(out / f"proposals_{name}.json", _results_file(prop), indent=None)
+            for kind, results in (("predictions", det), ("proposals", prop)):
+                write_json_atomic(out / f"{kind}_{name}.json", _results_file(results), indent=None)
+                written.append(out / f"{kind}_{name}.json")
             metrics[name] = evaluate_split(ds, subset, det, prop)
         test_m = metrics["testing"]
         result = {"mAP": test_m["mAP"], "average_mAP": test_m["average_mAP"], "tiou_thresholds": test_m["tiou_thresholds"],
@@ -195,5 +189,6 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, par
         tracker.log_metrics(final)
         for f in ("metrics.json", "predictions_testing.json"):
             tracker.log_artifact(out / f)
-        mark_done(out, {"stage": "head", "head": hc.name, "seed": seed, "mlflow_run_id": tracker.run_id})
+        mark_done(out, {"stage": "head", "head": hc.name, "seed": seed, "mlflow_run_id": tracker.run_id},
+                  key=key, outputs=[*written, out / "metrics.json"])
     return result

@@ -1,7 +1,7 @@
 """Stage 2: the LoFi stage — encoder + TAL head trained end-to-end with the TAL loss at low fidelity.
 
-The loop reads top to bottom: per epoch set the lr, draw the video order; per mini-batch ask the schedule for
-the fidelity, sample clips at that shape, forward, loss, backward, step. All randomness is a function of
+The loop is ``harness.pipeline.fit``; a step asks the schedule for the fidelity of its (epoch, global iteration),
+samples clips at that shape, forwards encoder and head and returns the TAL loss. All randomness is a function of
 (seed, epoch, step), so a run resumed from its last epoch checkpoint ends with the same numbers.
 """
 
@@ -11,37 +11,39 @@ import logging
 import time
 from pathlib import Path
 
-from tqdm import tqdm
+import torch
 
-from harness.experiment import ExperimentConfig, config_hash
+from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
-from harness.pipeline.data import VideoFrames, prepare_dataset, tal_targets
+from harness.pipeline.data import StageData, stage_data, tal_targets
+from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head, load_encoder
-from harness.pipeline.runtime import (
-    autocast, check_finite, load_torch, make_optimizer, mark_done, save_torch, prepare, set_lr, stage_done,
-)
+from harness.pipeline.runtime import autocast, load_torch, make_optimizer, mark_done, prepare, save_torch, stage_done
 from harness.schedule import fidelity_at
-from harness.seeding import numpy_rng, torch_generator
+from harness.seeding import torch_generator
 from harness.tracking import start_run
 
 log = logging.getLogger(__name__)
 
 
-def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: Path, parent_run_id: str = "",
-             stop_after_epoch: int | None = None) -> Path:
+def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: Path, key: str,
+             data: StageData | None = None, parent_run_id: str = "", stop_after_epoch: int | None = None) -> Path:
     """Train encoder + head at low fidelity from the pre-trained encoder ``init``; write ``out/encoder.pt``.
 
-    ``stop_after_epoch`` ends the process-level work early after that many epochs (tests use it to simulate a kill).
+    ``key``: the stage plan's key; a finished stage is reused only with it, and the epoch checkpoint
+    (``out/checkpoint.pt``) is resumed only by it. ``data``: the dataset and frame source (built here when None).
+    ``stop_after_epoch`` ends the work early after that many epochs (tests use it to simulate a kill).
     """
     from heads.losses import tal_loss
 
-    if stage_done(out):
+    if stage_done(out, key) is not None:
         return out / "encoder.pt"
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
-    ds = prepare_dataset(cfg.data)
-    frames = VideoFrames(cfg.data)
-    videos = frames.usable(ds.subset(cfg.data.train_subset))
+    data = stage_data(cfg.data, data)
+    wanted = data.ds.subset(cfg.data.train_subset)
+    videos = data.frames.usable(wanted)
+    skipped = sorted({v.id for v in wanted} - {v.id for v in videos})
     fid, opt_cfg, lc = cfg.fidelity, cfg.lofi.optim, cfg.lofi
 
     encoder = load_encoder(cfg, init).to(device)
@@ -52,10 +54,8 @@ def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: P
     )
     start_epoch, history = 0, []
     ckpt = out / "checkpoint.pt"
-    # A checkpoint is resumed only by the same stage configuration; after a config change it is stale.
-    key = config_hash((cfg.data, cfg.fidelity, cfg.encoder, cfg.lofi, cfg.head), cycle, seed, init.resolve())
     state = load_torch(ckpt) if ckpt.is_file() else None
-    if state is not None and state.get("key") != key:
+    if state is not None and state.get("key") != key:  # written by another configuration: stale
         log.warning("LoFi: %s belongs to another configuration; starting from epoch 1", ckpt)
         state = None
     if state is not None:  # resume after a kill: the last finished epoch
@@ -65,52 +65,38 @@ def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: P
         start_epoch, history = state["epoch"] + 1, state["history"]
         log.info("LoFi: resuming after epoch %d from %s", start_epoch, ckpt)
 
-    bs = opt_cfg.batch_size
-    micro = max(1, bs // opt_cfg.accumulate)
-    iters_per_epoch = (len(videos) + bs - 1) // bs
+    iters_per_epoch = (len(videos) + opt_cfg.batch_size - 1) // opt_cfg.batch_size
+
+    def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        f = fidelity_at(cycle, epoch=epoch, iteration=epoch * iters_per_epoch + step, c_l=lc.c_l, c_s=lc.c_s,
+                        custom=(lc.r_t, lc.r_s))
+        L, size = fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
+        part = [videos[j] for j in idx.tolist()]
+        x = data.frames.batch(part, snippets=L, fid=fid, size=size).to(device)
+        targets = {k: v.to(device) for k, v in tal_targets(part, L, min(L, cfg.head.max_duration or L)).items()}
+        with autocast(device, cfg.runtime.amp):
+            outputs = head(encoder(x).transpose(1, 2))  # encoder: (B, L, D)
+        loss, _ = tal_loss({k: v.float() for k, v in outputs.items()}, targets,
+                           generator=torch_generator(seed, "lofi-loss", epoch, step, micro))
+        return loss, {}
+
+    def save_checkpoint(epoch: int, history: list[dict[str, float]]) -> None:
+        save_torch(ckpt, {"encoder": encoder.state_dict(), "head": head.state_dict(),
+                          "optimizer": opt.state_dict(), "epoch": epoch, "history": history, "key": key})
+
     t_start = time.perf_counter()
     with start_run(cfg.tracking, run_name=f"lofi-{cycle}-seed{seed}", parent_run_id=parent_run_id,
                    tags={"stage": "lofi", "cycle": cycle, "seed": str(seed)}) as tracker:
-        for epoch in range(start_epoch, opt_cfg.epochs):
-            encoder.train()
-            head.train()
-            lr = set_lr(opt, epoch, opt_cfg)
-            order = numpy_rng(seed, "lofi-order", epoch).permutation(len(videos))
-            t0, tot, seen = time.perf_counter(), 0.0, 0
-            bar = tqdm(range(iters_per_epoch), desc=f"LoFi[{cycle}] epoch {epoch + 1}/{opt_cfg.epochs}",
-                       disable=not cfg.runtime.progress, leave=False)
-            for step in bar:
-                it = epoch * iters_per_epoch + step
-                f = fidelity_at(cycle, epoch=epoch, iteration=it, c_l=lc.c_l, c_s=lc.c_s, custom=(lc.r_t, lc.r_s))
-                L, size = fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
-                batch = [videos[j] for j in order[step * bs : (step + 1) * bs]]
-                opt.zero_grad(set_to_none=True)
-                for m in range(0, len(batch), micro):
-                    part = batch[m : m + micro]
-                    x = frames.batch(part, snippets=L, fid=fid, size=size).to(device)
-                    targets = {k: v.to(device) for k, v in tal_targets(part, L, min(L, cfg.head.max_duration or L)).items()}
-                    with autocast(device, cfg.runtime.amp):
-                        feats = encoder(x)  # (B, L, D)
-                        outputs = head(feats.transpose(1, 2))
-                    loss, parts = tal_loss({k: v.float() for k, v in outputs.items()}, targets,
-                                           generator=torch_generator(seed, "lofi-loss", epoch, step, m))
-                    check_finite(loss, stage=f"LoFi[{cycle}]", epoch=epoch, step=step)
-                    (loss * len(part) / len(batch)).backward()
-                    tot += loss.item() * len(part)
-                    seen += len(part)
-                opt.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", fid=f"{f.name}:{L}x{size}")
-            row = {"loss": tot / max(seen, 1), "lr": lr, "clips_per_s": seen / (time.perf_counter() - t0)}
-            history.append(row)
-            tracker.log_metrics({f"lofi_{k}": v for k, v in row.items()}, step=epoch)
-            log.info("LoFi[%s] epoch %d: loss %.4f (%.1f clips/s)", cycle, epoch + 1, row["loss"], row["clips_per_s"])
-            save_torch(ckpt, {"encoder": encoder.state_dict(), "head": head.state_dict(),
-                              "optimizer": opt.state_dict(), "epoch": epoch, "history": history, "key": key})
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < opt_cfg.epochs:
-                return ckpt  # simulated interruption (tests)
+        history = fit(opt, train_step, n_items=len(videos), optim=opt_cfg, seed=seed, order_stream=("lofi-order",),
+                      stage=f"LoFi[{cycle}]", modules=(encoder, head), start_epoch=start_epoch,
+                      stop_epoch=stop_after_epoch, history=history, on_epoch_end=save_checkpoint, tracker=tracker,
+                      metric_prefix="lofi", progress=cfg.runtime.progress)
+        if len(history) < opt_cfg.epochs:
+            return ckpt  # stopped early by stop_after_epoch (tests)
         save_torch(out / "encoder.pt", {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name})
         mark_done(out, {"stage": "lofi", "cycle": cycle, "seed": seed, "history": history,
-                        "skipped_videos": frames.skipped, "mlflow_run_id": tracker.run_id,
-                        "time_s": time.perf_counter() - t_start})
+                        "skipped_videos": skipped, "mlflow_run_id": tracker.run_id,
+                        "time_s": time.perf_counter() - t_start},
+                  key=key, outputs=[out / "encoder.pt"])
     ckpt.unlink(missing_ok=True)
     return out / "encoder.pt"

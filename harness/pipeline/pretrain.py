@@ -21,12 +21,10 @@ from tqdm import tqdm
 
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
-from harness.pipeline.data import LabelledItem, VideoFrames, prepare_dataset, read_source_index, video_file
+from harness.pipeline.data import LabelledItem, StageData, VideoFrames, read_source_index, stage_data, video_file
+from harness.pipeline.fit import fit
 from harness.pipeline.models import build_encoder, load_encoder
-from harness.pipeline.runtime import (
-    check_finite, make_optimizer, mark_done, save_torch, prepare, set_lr, stage_done,
-)
-from harness.seeding import numpy_rng
+from harness.pipeline.runtime import make_optimizer, mark_done, prepare, save_torch, stage_done
 from harness.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -57,9 +55,10 @@ def _video_clip(frames_src: VideoFrames, path: Path, frames: int, size: int, sta
     return sample_snippets(arr, n, frames, stride, size)
 
 
-def _load_items(cfg: ExperimentConfig, mode: str, frames_src: VideoFrames) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def _load_items(cfg: ExperimentConfig, mode: str, data: StageData) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """All pre-training inputs as one tensor (N, 1, F, 3, S, S); the synthetic sources are small."""
     size, nf = cfg.fidelity.size, cfg.pretrain.clip_frames
+    frames_src = data.frames
     if mode == "icp":
         classes, items = read_source_index(cfg.data, cfg.data.icp_source, "images")
         clips = [_image_clip(it.path, nf, size) for it in tqdm(items, desc="load images", leave=False)]
@@ -67,7 +66,7 @@ def _load_items(cfg: ExperimentConfig, mode: str, frames_src: VideoFrames) -> tu
         classes, items = read_source_index(cfg.data, cfg.data.acp_source, "clips")
         clips = [_video_clip(frames_src, it.path, nf, size) for it in tqdm(items, desc="load clips", leave=False)]
     else:  # acp+: the target's trimmed training segments
-        ds = prepare_dataset(cfg.data)
+        ds = data.ds
         classes = list(ds.classes)
         cidx = ds.class_index()
         vids = frames_src.usable(ds.subset(cfg.data.train_subset))
@@ -82,10 +81,6 @@ def _load_items(cfg: ExperimentConfig, mode: str, frames_src: VideoFrames) -> tu
                     clips.append(clip[None])
     labels = torch.tensor([it.label for it in items], dtype=torch.long)
     return classes, torch.stack(clips), labels
-
-
-def _classify(encoder: nn.Module, classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return classifier(encoder(x).mean(dim=1))
 
 
 def train_classification(
@@ -103,70 +98,59 @@ def train_classification(
 ) -> tuple[list[dict[str, float]], nn.Module]:
     """Cross-entropy training of encoder + a linear classifier; returns (per-epoch history, classifier)."""
     classifier = nn.Linear(encoder.num_features, num_classes).to(device)
-    encoder.to(device).train()
+    encoder.to(device)
     opt = make_optimizer(list(encoder.parameters()) + list(classifier.parameters()), optim_cfg)
-    n, bs = len(labels), optim_cfg.batch_size
-    history = []
-    for epoch in range(optim_cfg.epochs):
-        lr = set_lr(opt, epoch, optim_cfg)
-        order = torch.from_numpy(numpy_rng(seed, stage, "order", epoch).permutation(n))
-        tot, correct, t0 = 0.0, 0, time.perf_counter()
-        bar = tqdm(range(0, n, bs), desc=f"{stage} epoch {epoch + 1}/{optim_cfg.epochs}", disable=not progress, leave=False)
-        for step, i in enumerate(bar):
-            idx = order[i : i + bs]
-            x, y = clips[idx].to(device), labels[idx].to(device)
-            logits = _classify(encoder, classifier, x)
-            loss = F.cross_entropy(logits, y)
-            check_finite(loss, stage=stage, epoch=epoch, step=step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        row = {"loss": tot / n, "accuracy": correct / n, "lr": lr, "clips_per_s": n / (time.perf_counter() - t0)}
-        history.append(row)
-        tracker.log_metrics({f"{stage}_{k}": v for k, v in row.items()}, step=epoch)
-        log.info("%s epoch %d: loss %.4f acc %.3f", stage, epoch + 1, row["loss"], row["accuracy"])
+
+    def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = clips[idx].to(device), labels[idx].to(device)
+        logits = classifier(encoder(x).mean(dim=1))
+        return F.cross_entropy(logits, y), {"accuracy": int((logits.argmax(1) == y).sum())}
+
+    history = fit(opt, train_step, n_items=len(labels), optim=optim_cfg, seed=seed, order_stream=(stage, "order"),
+                  stage=stage, modules=(encoder, classifier), tracker=tracker, metric_prefix=stage, progress=progress)
     return history, classifier
 
 
-def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, init: Path | None = None,
-                 parent_run_id: str = "") -> Path:
-    """Pre-train the encoder (mode icp | acp | acp+) and write ``out/encoder.pt``; reuses a finished stage.
+def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, key: str, init: Path | None = None,
+                 data: StageData | None = None, parent_run_id: str = "") -> Path:
+    """Pre-train the encoder (mode icp | acp | acp+) and write ``out/encoder.pt``; reuses a stage finished with
+    ``key`` (the stage plan's).
 
-    ``init``: for acp+, the ACP encoder to fine-tune (trained here first when not given)."""
+    ``init``: for acp+, the ACP encoder to fine-tune. ``data``: the dataset and frame source (built here when None;
+    the synthetic benchmark and its pre-training sources are generated on first use)."""
     if mode not in ("icp", "acp", "acp+"):
         raise LofiError(f"pre-training mode '{mode}' is unknown; use icp, acp or acp+")
-    if stage_done(out):
+    if stage_done(out, key) is not None:
         return out / "encoder.pt"
+    if mode == "acp+" and init is None:
+        raise LofiError("acp+ needs the ACP encoder: pass --init <acp stage>/encoder.pt (lofi run does this)")
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
-    prepare_dataset(cfg.data)  # generates the synthetic benchmark (and its pre-training sources) on first use
-    frames_src = VideoFrames(cfg.data)
+    data = stage_data(cfg.data, data)
     source = cfg.data.icp_source if mode == "icp" else cfg.data.acp_source
     with start_run(cfg.tracking, run_name=f"pretrain-{mode}-seed{seed}", parent_run_id=parent_run_id,
                    tags={"stage": "pretrain", "mode": mode, "seed": str(seed)}) as tracker:
         t0 = time.perf_counter()
         if mode == "acp+":
-            if init is None:
-                raise LofiError("acp+ needs the ACP encoder: pass --init <acp stage>/encoder.pt (lofi run does this)")
             encoder = load_encoder(cfg, init)
-            classes, clips, labels = _load_items(cfg, mode, frames_src)
-            history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.finetune, seed=seed,
-                                           stage="acp+", device=device, progress=cfg.runtime.progress, tracker=tracker)
+            classes, clips, labels = _load_items(cfg, mode, data)
+            history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.finetune,
+                                                       seed=seed, stage="acp+", device=device,
+                                                       progress=cfg.runtime.progress, tracker=tracker)
         elif not source:  # real data: start from published weights instead of training
             encoder = build_encoder(cfg, from_weights=True, mode=mode)
             history, classifier, classes = [], None, []
         else:
             encoder = build_encoder(cfg, from_weights=False)
-            classes, clips, labels = _load_items(cfg, mode, frames_src)
-            history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.optim, seed=seed,
-                                           stage=mode, device=device, progress=cfg.runtime.progress, tracker=tracker)
+            classes, clips, labels = _load_items(cfg, mode, data)
+            history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.optim,
+                                                       seed=seed, stage=mode, device=device,
+                                                       progress=cfg.runtime.progress, tracker=tracker)
         state = {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name}
         if classifier is not None:  # kept so the ACP+ model can serve as the video-level classifier
             state.update(classifier=classifier.cpu().state_dict(), classes=list(classes))
         save_torch(out / "encoder.pt", state)
         mark_done(out, {"stage": "pretrain", "mode": mode, "seed": seed, "history": history,
-                        "time_s": time.perf_counter() - t0, "mlflow_run_id": tracker.run_id})
+                        "time_s": time.perf_counter() - t0, "mlflow_run_id": tracker.run_id},
+                  key=key, outputs=[out / "encoder.pt"])
     return out / "encoder.pt"

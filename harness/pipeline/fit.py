@@ -1,0 +1,116 @@
+"""The one training loop every stage uses (pre-training, LoFi, the head, the video-level classifier).
+
+It reads top to bottom in the order it runs, as nanoGPT's loop does: per epoch set the lr and draw the order of
+the items; per optimiser step zero the gradients, run the step's micro-batches (forward and loss in ``step_fn``,
+NaN check, backward scaled to the step's batch), step; per epoch record a row (mean loss, the stage's other
+means, lr, throughput, ``validate``'s metrics), log it, call ``on_epoch_end``. What a stage trains and on what
+is all in ``step_fn``; there is no trainer object.
+
+The lr is ``runtime.set_lr``, a step decay computed from the epoch alone, not ``timm.scheduler.StepLRScheduler``:
+timm computes the same ``lr · gamma ** (epoch // step_size)`` but keeps its base values in the optimiser's param
+groups and follows an ``step(epoch + 1)``-at-epoch-end convention, whereas a pure function of the epoch needs
+nothing restored on resume and is tested without an optimiser.
+
+Every random choice is a function of (seed, stream, epoch, step): the order is
+``numpy_rng(seed, *order_stream, epoch).permutation(n_items)``, so a run resumed at ``start_epoch`` (with the
+model and optimiser state of the end of the previous epoch) ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from harness.experiment import OptimConfig
+from harness.pipeline.runtime import check_finite, set_lr
+from harness.seeding import numpy_rng
+
+log = logging.getLogger(__name__)
+
+#: ``step_fn(epoch, step, micro, idx) -> (loss, sums)``: forward + loss of the items ``idx`` (a LongTensor of
+#: positions in ``range(n_items)``); ``micro`` is the position of this micro-batch's first item in the optimiser
+#: step's batch (0 without accumulation). ``loss`` is the micro-batch's mean loss (a scalar tensor with a graph);
+#: ``sums`` holds sums over its items of anything else the epoch row reports as a mean (e.g. ``{"accuracy":
+#: number correct}``), ``{}`` for nothing.
+StepFn = Callable[[int, int, int, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+def fit(
+    optimizer: torch.optim.Optimizer,
+    step_fn: StepFn,
+    *,
+    n_items: int,
+    optim: OptimConfig,
+    seed: int,
+    order_stream: tuple[str, ...],
+    stage: str,
+    modules: Sequence[nn.Module] = (),
+    start_epoch: int = 0,
+    stop_epoch: int | None = None,
+    history: Sequence[dict[str, float]] = (),
+    validate: Callable[[int], dict[str, float]] | None = None,
+    on_epoch_end: Callable[[int, list[dict[str, float]]], None] | None = None,
+    tracker: Any = None,
+    metric_prefix: str = "",
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train for epochs ``start_epoch`` … ``min(optim.epochs, stop_epoch) - 1``; returns ``history`` plus one row
+    per epoch run: ``{"loss", <sums' means>, "lr", "items_per_s", <validate's metrics>}``.
+
+    - ``optimizer``: built by the stage (``runtime.make_optimizer(params, optim)``; restored on resume).
+    - ``optim``: lr schedule (``lr``, ``step_size``, ``gamma``), ``epochs``, ``batch_size`` (items per optimiser
+      step) and ``accumulate`` (micro-batches per step, each of ``max(1, batch_size // accumulate)`` items).
+    - ``order_stream``: names the order's random stream, e.g. ``("lofi-order",)``; keep a stage's name stable.
+    - ``stage``: names the stage in the NaN error (``runtime.check_finite``), the progress bar and the log.
+    - ``modules``: put in train mode at the start of every epoch (``validate`` may switch them to eval).
+    - ``stop_epoch``: end after that epoch count although the schedule counts to ``optim.epochs`` (a kill).
+    - ``validate(epoch)``: metrics measured after the epoch's training, added to its row before it is logged.
+    - ``on_epoch_end(epoch, history)``: after the row is recorded and logged, e.g. save a checkpoint or let
+      Optuna prune (it may raise).
+    - ``tracker``: ``log_metrics(dict, step=epoch)`` with names ``{metric_prefix}_{key}``; None logs nothing.
+    """
+    history = list(history)
+    end = optim.epochs if stop_epoch is None else min(optim.epochs, stop_epoch)
+    bs = optim.batch_size
+    micro_size = max(1, bs // max(1, optim.accumulate))
+    n_steps = (n_items + bs - 1) // bs
+    for epoch in range(start_epoch, end):
+        for m in modules:
+            m.train()
+        lr = set_lr(optimizer, epoch, optim)
+        order = torch.from_numpy(numpy_rng(seed, *order_stream, epoch).permutation(n_items))
+        t0, total, seen, sums = time.perf_counter(), 0.0, 0, {}
+        bar = tqdm(range(n_steps), desc=f"{stage} epoch {epoch + 1}/{optim.epochs}", disable=not progress, leave=False)
+        for step in bar:
+            batch = order[step * bs : (step + 1) * bs]
+            optimizer.zero_grad(set_to_none=True)
+            for micro in range(0, len(batch), micro_size):
+                idx = batch[micro : micro + micro_size]
+                loss, extra = step_fn(epoch, step, micro, idx)
+                check_finite(loss, stage=stage, epoch=epoch, step=step)
+                # the step's gradient is that of the batch's mean loss, whatever the split into micro-batches
+                # (unscaled when the micro-batch is the batch: (1/n)·n is not exactly 1 in float32 for every n)
+                (loss if len(idx) == len(batch) else loss * len(idx) / len(batch)).backward()
+                total += loss.item() * len(idx)
+                seen += len(idx)
+                for k, v in extra.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        row = {"loss": total / max(seen, 1), **{k: v / max(seen, 1) for k, v in sums.items()}, "lr": lr,
+               "items_per_s": seen / (time.perf_counter() - t0)}
+        if validate is not None:
+            row.update(validate(epoch))
+        history.append(row)
+        if tracker is not None:
+            tracker.log_metrics({f"{metric_prefix}_{k}": v for k, v in row.items()}, step=epoch)
+        log.info("%s epoch %d/%d: %s", stage, epoch + 1, optim.epochs,
+                 ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+    return history
