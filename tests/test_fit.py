@@ -70,7 +70,8 @@ def test_accumulation_equals_one_big_batch():
     calls = []
     h2 = _linear_fit(m2, make_optimizer(m2.parameters(), acc), acc, calls=calls)
     # micro-batches of 2 at offsets 0, 2, 4, 6 of each step's batch; the last, short batch (3 items) as 2 + 1
-    assert [(m, len(i)) for e, s, m, i, lr in calls if e == 0] == [(0, 2), (2, 2), (4, 2), (6, 2)] * 2 + [(0, 2), (2, 1)]
+    micro = [(m, len(i)) for e, s, m, i, lr in calls if e == 0]
+    assert micro == [(0, 2), (2, 2), (4, 2), (6, 2)] * 2 + [(0, 2), (2, 1)]
     for a, b in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     np.testing.assert_allclose([h["loss"] for h in h1], [h["loss"] for h in h2], rtol=1e-12)
@@ -124,14 +125,16 @@ def test_epoch_row_sums_validate_and_tracker():
             logged.append((step, dict(metrics)))
 
     def step(epoch, step, micro, idx):
-        return model(torch.zeros(len(idx), DIM, dtype=torch.float64)).sum() * 0, {"odd": float(sum(i % 2 for i in idx.tolist()))}
+        loss = model(torch.zeros(len(idx), DIM, dtype=torch.float64)).sum() * 0
+        return loss, {"odd": float(sum(i % 2 for i in idx.tolist()))}
 
     history = fit(make_optimizer(model.parameters(), optim), step, n_items=N, optim=optim, seed=0, order_stream=("o",),
                   stage="toy", validate=lambda e: {"val": 10.0 + e},
                   on_epoch_end=lambda e, h: seen_rows.append(dict(h[-1])), tracker=Tracker(), metric_prefix="t")
     assert [h["odd"] for h in history] == [9 / N, 9 / N]  # a per-item sum, reported as its epoch mean
     assert [h["val"] for h in history] == [10.0, 11.0] and seen_rows == history
-    assert [s for s, _ in logged] == [0, 1] and set(logged[0][1]) == {"t_loss", "t_odd", "t_lr", "t_items_per_s", "t_val"}
+    assert [s for s, _ in logged] == [0, 1]
+    assert set(logged[0][1]) == {"t_loss", "t_odd", "t_lr", "t_items_per_s", "t_val"}
 
 
 class _FixedHead(nn.Module):
@@ -157,7 +160,8 @@ def test_predict_applies_soft_nms_in_seconds(nms):
     cfg = SimpleNamespace(runtime=SimpleNamespace(amp=False),
                           post=PostConfig(nms=nms, sigma=0.8, alpha=0.4, low=0.5, high=0.9, top_k=100, top_k_classes=1))
     video = Video("v1", "testing", 100.0)
-    det, prop = predict(cfg, _FixedHead(), np.array([[1.0]]), torch.zeros(1, 4, 8), [video], ("a",), torch.device("cpu"))
+    det, prop = predict(cfg, _FixedHead(), np.array([[1.0]]), torch.zeros(1, 4, 8), [video], ("a",),
+                        torch.device("cpu"))
     (a, b) = prop["v1"]
     assert a["segment"] == [0.0, 87.5] and a["score"] == pytest.approx(1.0)
     assert b["segment"] == [0.0, 100.0]

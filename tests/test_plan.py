@@ -56,7 +56,7 @@ def test_modes_plan_the_stages_they_need() -> None:
     assert names["e2e-full"][:3] == ["pretrain-acp-seed1", "lofi-full-seed1", "features-lofi-full-seed1"]
     assert "lofi" not in " ".join(names["acp+"])
     for mode, (pre, cycle) in MODE_PLAN.items():
-        assert (f"lofi-{cycle}-seed1" in names[mode]) == (cycle is not None and cycle != "custom"), mode
+        assert (f"lofi-{cycle}-seed1" in names[mode]) == (cycle is not None), mode
 
 
 def test_custom_ratios_get_folders_of_their_own_under_one_root() -> None:

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from harness.data.model import TALDataset, Video
 from harness.experiment import ExperimentConfig, OptimConfig

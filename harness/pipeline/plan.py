@@ -221,11 +221,12 @@ class Planner:
 
     def features(self, mode: str, seed: int) -> Stage:
         enc = self.encoder(mode, seed)
-        source = slug(enc.variant) if enc.kind == "pretrain" else f"lofi-{enc.folder.parent.name}"
-        memo = ("features", source, seed)
+        source = slug(enc.variant) if enc.kind == "pretrain" else f"lofi-{enc.variant}"
+        memo = ("features", enc.folder.parent.name, seed)  # custom: one per LoFi folder
         if memo not in self._memo:
             reads = _sections(self.cfg, ("data", "fidelity", "encoder"))
-            self._memo[memo] = Stage("features", source, seed, self.root / "features" / source / f"seed{seed}",
+            folder = self.root / "features" / (source if enc.kind == "pretrain" else f"lofi-{enc.folder.parent.name}")
+            self._memo[memo] = Stage("features", source, seed, folder / f"seed{seed}",
                                      _key("features", source, seed, reads, (enc,)), (enc,))
         return self._memo[memo]
 
