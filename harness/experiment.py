@@ -26,25 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from harness.config import YAML12_FLOAT, load_config, to_dict, yaml_load
 from harness.fidelity import MIN_SIZE, PAPER_RATIOS
-
-MODES: tuple[str, ...] = (
-    "icp", "acp", "acp+", "lofi-S", "lofi-T", "lofi-ST", "lofi-long", "lofi-short", "lofi-custom", "e2e-full",
-)  # fmt: skip
-PRETRAIN_MODES: tuple[str, ...] = ("icp", "acp", "acp+")
-# mode -> (pre-training it starts from, LoFi cycle or None when the encoder stays frozen after pre-training)
-MODE_PLAN: dict[str, tuple[str, str | None]] = {
-    "icp": ("icp", None),
-    "acp": ("acp", None),
-    "acp+": ("acp+", None),
-    "lofi-S": ("acp", "S"),
-    "lofi-T": ("acp", "T"),
-    "lofi-ST": ("acp", "ST"),
-    "lofi-long": ("acp", "long"),
-    "lofi-short": ("acp", "short"),
-    "lofi-custom": ("acp", "custom"),
-    "e2e-full": ("acp", "full"),
-}
-
+from harness.modes import MODES
 
 # ---------------------------------------------------------------------------------------------- field types
 def _number(value: Any) -> Any:

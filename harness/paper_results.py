@@ -24,7 +24,7 @@ class PublishedResult:
     dataset: str  # canonical dataset name: "activitynet" | "hacs"
     encoder: str  # encoder registry name
     head: str  # head registry name
-    mode: str  # lofi-bench mode (harness.experiment.MODES)
+    mode: str  # lofi-bench mode (harness.modes.MODES)
     values: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
 

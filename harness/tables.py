@@ -35,7 +35,7 @@ SHOWN_METRICS: tuple[tuple[str, str], ...] = (
     ("mAP_0.50", "mAP@0.5"), ("mAP_0.75", "mAP@0.75"), ("mAP_0.95", "mAP@0.95"), ("average_mAP", "Avg"),
 )
 # The display name of every mode, in the canonical order tables and plots use when not told another (the modes
-# are harness.experiment.MODES; tests/test_tables.py checks both name the same set). WHICH modes a table shows is
+# are harness.modes.MODES; tests/test_tables.py checks both name the same set). WHICH modes a table shows is
 # the caller's choice (the config's sweep.*_modes in `lofi report tables`), never a list here.
 MODE_LABELS: dict[str, str] = {
     "icp": "ICP", "acp": "ACP", "acp+": "ACP+", "lofi-S": "S-LoFi", "lofi-T": "T-LoFi", "lofi-ST": "ST-LoFi",

@@ -273,7 +273,9 @@ def test_one_real_trial_of_the_smoke_chain(tmp_path: Path) -> None:
     row = __import__("json").loads((tmp_path / "search" / "trials" / "0" / "row.json").read_text())
     assert (row["mode"], row["r_t"], row["r_s"]) == ("lofi-custom", trial.params["r_t"], trial.params["r_s"])
     assert trial.value == row["val_average_mAP"] and trial.user_attrs["activation_rel"] == row["activation_rel"]
-    assert (tmp_path / "search" / "shared" / "pretrain-acp-seed0" / "done.json").is_file()
-    assert not (tmp_path / "search" / "trials" / "0" / "pretrain").exists()
+    assert set(row["stage_keys"]) >= {"pretrain-acp-seed0", "lofi-custom-seed0"}
+    assert (tmp_path / "search" / "stages" / "pretrain" / "acp" / "seed0" / "done.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "search" / "trials" / "0").iterdir()) == [
+        "config.yaml", "head", "metrics.json", "row.json"]  # the trial's own folder holds its head only
     text = SR.write_report(result, cfg, tmp_path / "search").read_text()
     assert f"{trial.value:.4f}" in text

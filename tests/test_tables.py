@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.experiment import MODES, SweepConfig
+from harness.experiment import SweepConfig
+from harness.modes import MODES
 from harness.paper_results import PUBLISHED, canonical_dataset, published
 from harness.report import build_report, table_modes
 from harness.tables import (

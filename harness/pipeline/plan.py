@@ -35,26 +35,10 @@ from typing import Any, Iterator, Literal
 from harness.config import evolve, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
+from harness.modes import MODE_PLAN, MODES, PRETRAIN_MODES
 
 StageKind = Literal["pretrain", "lofi", "features", "classifier", "head"]
 
-MODES: tuple[str, ...] = (
-    "icp", "acp", "acp+", "lofi-S", "lofi-T", "lofi-ST", "lofi-long", "lofi-short", "lofi-custom", "e2e-full",
-)  # fmt: skip
-PRETRAIN_MODES: tuple[str, ...] = ("icp", "acp", "acp+")
-# mode -> (pre-training it starts from, LoFi cycle or None when the encoder stays frozen after pre-training)
-MODE_PLAN: dict[str, tuple[str, str | None]] = {
-    "icp": ("icp", None),
-    "acp": ("acp", None),
-    "acp+": ("acp+", None),
-    "lofi-S": ("acp", "S"),
-    "lofi-T": ("acp", "T"),
-    "lofi-ST": ("acp", "ST"),
-    "lofi-long": ("acp", "long"),
-    "lofi-short": ("acp", "short"),
-    "lofi-custom": ("acp", "custom"),
-    "e2e-full": ("acp", "full"),
-}
 BASELINE_MODE = "acp"  # the frozen-encoder pipeline every table compares against
 ROW = "row.json"
 
