@@ -125,6 +125,7 @@ def parent_run(wildcards, input):
     return json.loads(p.read_text())["sweep_run_id"] or '""'  # tracking off: no parent
 
 
-def lofi_args(*args):
-    """Every `lofi` call gets the resolved config; values are shell-quoted (they come from the config)."""
-    return shlex.join(["--config", CONFIG_FILE, *[str(a) for a in args]])
+def lofi_args(*args, command=()):
+    """Arguments of a `lofi [command...]` call: the resolved config first, every value shell-quoted (they come
+    from the config, e.g. an encoder name)."""
+    return shlex.join([*command, "--config", CONFIG_FILE, *[str(a) for a in args]])

@@ -64,8 +64,9 @@ def stage_rule(run, stage):
             str(stage.done),
         params:
             key=stage.key,
-            args=lofi_args(stage.kind, *_stage_flag(stage), "--seed", stage.seed, "--set",
-                           f"encoder.name={run.encoder}", "--stages", sweep_root(CFG, run.encoder)),
+            args=lofi_args(*_stage_flag(stage), "--seed", stage.seed, "--set",
+                           f"encoder.name={run.encoder}", "--stages", sweep_root(CFG, run.encoder),
+                           command=[stage.kind]),
             parent=parent_run,
         log:
             f"{LOGS}/{rel(folder)}.log",
