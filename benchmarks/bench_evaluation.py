@@ -26,7 +26,7 @@ from harness.evaluation.detection import evaluate_detection, load_ground_truth, 
 from harness.evaluation.proposals import evaluate_proposals
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the slow oracle is a test helper
-from reference_evaluation import (  # noqa: E402
+from reference_evaluation import (
     pandas_rowwise_detection_ap,
     reference_detection_ap,
     reference_proposal_metrics,

@@ -220,7 +220,7 @@ def check_encoder(args, device: torch.device) -> None:
                     times.append(time.perf_counter() - start)
                 break
             except torch.cuda.OutOfMemoryError as exc:
-                x = out = loss = None  # noqa: F841  (free before retrying)
+                x = out = loss = None
                 for p in params:
                     p.grad = None
                 torch.cuda.empty_cache()

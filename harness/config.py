@@ -12,10 +12,12 @@ written back into it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -45,7 +47,7 @@ Yaml12FloatLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"
 
 def yaml_load(text: str) -> Any:
     """Parse YAML text with YAML 1.2 floats (what every config path uses)."""
-    return yaml.load(text, Loader=Yaml12FloatLoader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=Yaml12FloatLoader)
 
 
 # ------------------------------------------------------------------------------------------------ error messages
@@ -132,10 +134,8 @@ def _format_error(cls: type[BaseModel], err: Mapping[str, Any]) -> str:
         key, value = _dotted(loc[:-1]), err.get("input")
         problem, fix = f"has no item {loc[-1]}", "give every item, e.g. [low, high] for a range"
     shown = {k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()}
-    try:
+    with contextlib.suppress(KeyError, IndexError):  # a message without those placeholders stays as it is
         problem, fix = problem.format(**shown), fix.format(**shown)
-    except (KeyError, IndexError):
-        pass
     return f"{key} = {_show(value)}: {problem}; {fix}"
 
 

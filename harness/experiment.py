@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, MinLen
 from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
@@ -27,6 +28,7 @@ from pydantic_core import PydanticCustomError
 from harness.config import YAML12_FLOAT, load_config, to_dict, yaml_load
 from harness.fidelity import MIN_SIZE, PAPER_RATIOS
 from harness.modes import MODES
+
 
 # ---------------------------------------------------------------------------------------------- field types
 def _number(value: Any) -> Any:

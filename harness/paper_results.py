@@ -8,9 +8,9 @@ datasets they were measured on (``canonical_dataset`` returns "activitynet" or "
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 PAPER = "Xu et al., NeurIPS 2021 (arXiv 2103.15233)"
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: the report runs on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from harness.io import atomic_path  # noqa: E402
-from harness.tables import THRESHOLD_COLUMNS, TableError, _relative_memory, mode_label, order_modes  # noqa: E402
+from harness.io import atomic_path
+from harness.tables import THRESHOLD_COLUMNS, TableError, _relative_memory, mode_label, order_modes
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ Ties in score: the earlier proposal (input order) is picked first.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,14 @@ from harness.experiment import SweepConfig
 from harness.seeding import numpy_rng
 from harness.stats import Comparison, compare_to_baseline, holm, weighted_metric
 from harness.tables import (
-    BASELINE, Table, ablation_table, memory_table, models_table, order_modes, pretrain_table, write_tables,
+    BASELINE,
+    Table,
+    ablation_table,
+    memory_table,
+    models_table,
+    order_modes,
+    pretrain_table,
+    write_tables,
 )
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,10 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -137,7 +138,7 @@ def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but the only stale-trial check
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds for a bad URL
+    except Exception as exc:
         raise ConfigError(f"--storage {url!r}: cannot open ({type(exc).__name__}: {exc}); "
                           "use a SQLAlchemy URL such as sqlite:///path/optuna.db") from None
 

@@ -8,8 +8,9 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -19,7 +20,15 @@ from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
 from harness.io import atomic_path, write_text_atomic
 from harness.search import (
-    _PACKAGE_DIR, MEMORY_KEY, TEST_KEY, TOP_K, ChainFn, SearchResult, _completed, counted_trials, fresh_seed_runs,
+    _PACKAGE_DIR,
+    MEMORY_KEY,
+    TEST_KEY,
+    TOP_K,
+    ChainFn,
+    SearchResult,
+    _completed,
+    counted_trials,
+    fresh_seed_runs,
 )
 from harness.tracking import git_commit, start_run
 

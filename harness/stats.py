@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -265,7 +266,7 @@ def _batches(n: int, per_item: int) -> list[slice]:
 
 
 def weighted_metric(
-    matches: "DetectionMatches", video_weights: np.ndarray, *, metric: str = "average_mAP", method: Method = "fast"
+    matches: DetectionMatches, video_weights: np.ndarray, *, metric: str = "average_mAP", method: Method = "fast"
 ) -> np.ndarray:
     """Metric (fraction) for each row of ``video_weights`` (B, V): the evaluator's mAP with videos re-weighted."""
     weights = np.atleast_2d(np.asarray(video_weights, dtype=np.float64))
@@ -305,8 +306,8 @@ def _seed_pairing(n_a: int, n_b: int, seeds_a: Sequence[int] | None, seeds_b: Se
 
 
 def paired_bootstrap(
-    matches_a: Sequence["DetectionMatches"],
-    matches_b: Sequence["DetectionMatches"],
+    matches_a: Sequence[DetectionMatches],
+    matches_b: Sequence[DetectionMatches],
     *,
     n_boot: int = 1000,
     rng: np.random.Generator,
@@ -351,7 +352,7 @@ def paired_bootstrap(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def merge_swapped(a: "DetectionMatches", b: "DetectionMatches", swap: np.ndarray) -> "DetectionMatches":
+def merge_swapped(a: DetectionMatches, b: DetectionMatches, swap: np.ndarray) -> DetectionMatches:
     """A's predictions on unswapped videos and B's on swapped ones (predictions on unknown videos stay A's).
 
     Valid because matching never depends on other videos: every prediction keeps its true-positive flags.
@@ -417,8 +418,8 @@ def _pair_metrics(a: Any, b: Any, swaps: np.ndarray, metric: str, method: Method
 
 
 def paired_permutation_test(
-    matches_a: Sequence["DetectionMatches"],
-    matches_b: Sequence["DetectionMatches"],
+    matches_a: Sequence[DetectionMatches],
+    matches_b: Sequence[DetectionMatches],
     *,
     n_perm: int = 1000,
     rng: np.random.Generator,
@@ -457,7 +458,7 @@ def paired_permutation_test(
 
 
 def compare_to_baseline(
-    runs: dict[str, Sequence["DetectionMatches"]],
+    runs: dict[str, Sequence[DetectionMatches]],
     seeds: dict[str, Sequence[int]],
     baseline: str,
     *,

@@ -15,9 +15,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -97,7 +97,7 @@ def load_rows(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
             if value and not Path(value).is_absolute():
                 row[key] = str((path.parent / value).resolve())
         row["row_path"] = str(path.resolve())
-        row["row_time"] = _dt.datetime.fromtimestamp(path.stat().st_mtime, tz=_dt.timezone.utc).isoformat(timespec="seconds")
+        row["row_time"] = _dt.datetime.fromtimestamp(path.stat().st_mtime, tz=_dt.UTC).isoformat(timespec="seconds")
         records.append(row)
     if not records:
         raise TableError("no row.json found; check --runs / --runs-glob")
@@ -235,7 +235,7 @@ def provenance(rows: pd.DataFrame) -> tuple[str, ...]:
 
     times = sorted(rows["row_time"].dropna()) if "row_time" in rows else []
     span = f"{times[0]} … {times[-1]}" if times else "unknown"
-    generated = _dt.datetime.now(tz=_dt.timezone.utc).isoformat(timespec="seconds")
+    generated = _dt.datetime.now(tz=_dt.UTC).isoformat(timespec="seconds")
     return (
         f"Provenance: {len(rows)} run(s); commit(s): {listing('commit')}; config hash(es): {listing('config_hash')}; "
         f"MLflow run id(s): {listing('mlflow_run_id')}; rows written {span}; table generated {generated}.",

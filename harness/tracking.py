@@ -11,9 +11,10 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from harness.experiment import TrackingConfig
 

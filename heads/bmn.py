@@ -135,7 +135,7 @@ class BMSampler:
         return out.t().reshape(B, C, self.max_duration, self.temporal_length).to(y.dtype)
 
 
-_SAMPLERS: "OrderedDict[tuple, BMSampler]" = OrderedDict()
+_SAMPLERS: OrderedDict[tuple, BMSampler] = OrderedDict()
 _SAMPLERS_LOCK = threading.Lock()
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install lofi-bench with its test extras and run the test suite (the README's test command).
+# Install lofi-bench with its test extras, lint, and run the test suite (the README's test command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet -e ".[test]"
+python -m ruff check .
+python -m ruff format --check .
 python -m pytest -q -n 2 tests

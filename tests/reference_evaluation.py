@@ -8,7 +8,8 @@ truth in input order). Do not use them for real evaluations: they are slow on pu
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

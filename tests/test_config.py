@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from harness.cli import main
 from harness.config import apply_overrides, evolve, from_dict, load_config, parse_override, to_dict, yaml_load
@@ -192,7 +193,7 @@ def test_evolve_validates_and_merges_nested_mappings():
         evolve(cfg.lofi.optim, lr=-1)
     with pytest.raises(ConfigError, match=r"lofi\.optim\.lrr = 1: unknown key 'lrr'; did you mean 'lr'\?"):
         evolve(cfg, lofi={"optim": {"lrr": 1}})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.lofi.r_t = 3.0  # type: ignore[misc]
 
 

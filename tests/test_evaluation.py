@@ -8,6 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from reference_evaluation import (  # tests/reference_evaluation.py: the slow oracle
+    pandas_rowwise_detection_ap,
+    reference_detection_ap,
+    reference_proposal_metrics,
+)
 
 from harness.cli import main
 from harness.data.model import Segment, TALDataset, Video
@@ -20,11 +25,6 @@ from harness.evaluation import (
     load_ground_truth,
     load_predictions,
     match_detections,
-)
-from reference_evaluation import (  # tests/reference_evaluation.py: the slow oracle
-    pandas_rowwise_detection_ap,
-    reference_detection_ap,
-    reference_proposal_metrics,
 )
 
 
@@ -313,7 +313,7 @@ def test_malformed_files(tmp_path: Path) -> None:
     gt = load_ground_truth(gt_file(tmp_path, {"v1": [ann(0, 10)]}))
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(PredictionError, match="bad.json: not valid JSON"):
+    with pytest.raises(PredictionError, match=r"bad\.json: not valid JSON"):
         load_predictions(bad, gt)
     bad.write_text(json.dumps({"version": "x"}))
     with pytest.raises(PredictionError, match='no "results"'):
@@ -322,7 +322,7 @@ def test_malformed_files(tmp_path: Path) -> None:
         load_predictions(tmp_path / "missing.json", gt)
     broken_gt = tmp_path / "broken_gt.json"
     broken_gt.write_text("[")
-    with pytest.raises(AnnotationError, match="broken_gt.json: not valid JSON"):
+    with pytest.raises(AnnotationError, match=r"broken_gt\.json: not valid JSON"):
         load_ground_truth(broken_gt)
     with pytest.raises(AnnotationError, match="no video in subset 'testing'"):
         load_ground_truth(gt_file(tmp_path, {"v1": [ann(0, 10)]}), subset="testing")

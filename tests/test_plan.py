@@ -12,7 +12,7 @@ import pytest
 
 from harness.errors import LofiError
 from harness.experiment import load_experiment
-from harness.pipeline.plan import MODE_PLAN, MODES, Planner, plan_run, sweep_runs, unique_stages
+from harness.pipeline.plan import MODE_PLAN, MODES, plan_run, sweep_runs, unique_stages
 from harness.pipeline.runtime import mark_done, stage_done
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_modes_plan_the_stages_they_need() -> None:
                             "classifier-seed1", "head-seed1"]
     assert names["e2e-full"][:3] == ["pretrain-acp-seed1", "lofi-full-seed1", "features-lofi-full-seed1"]
     assert "lofi" not in " ".join(names["acp+"])
-    for mode, (pre, cycle) in MODE_PLAN.items():
+    for mode, (_, cycle) in MODE_PLAN.items():
         assert (f"lofi-{cycle}-seed1" in names[mode]) == (cycle is not None), mode
 
 

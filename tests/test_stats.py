@@ -10,10 +10,21 @@ import pytest
 
 from harness.data.model import Segment, TALDataset, Video
 from harness.evaluation.detection import (
-    DetectionMatches, ap_from_matches, evaluate_detection, load_ground_truth, load_predictions, match_detections,
+    DetectionMatches,
+    ap_from_matches,
+    evaluate_detection,
+    load_ground_truth,
+    load_predictions,
+    match_detections,
 )
 from harness.stats import (
-    StatsError, holm, mean_sd, merge_swapped, paired_bootstrap, paired_permutation_test, weighted_metric,
+    StatsError,
+    holm,
+    mean_sd,
+    merge_swapped,
+    paired_bootstrap,
+    paired_permutation_test,
+    weighted_metric,
 )
 
 CLASSES = ("jump", "run", "swim")

@@ -16,8 +16,16 @@ from harness.modes import MODES
 from harness.paper_results import PUBLISHED, canonical_dataset, published
 from harness.report import build_report, table_modes
 from harness.tables import (
-    MODE_LABELS, TableError, ablation_table, load_rows, memory_table, models_table, pretrain_table, to_latex,
-    to_markdown, write_tables,
+    MODE_LABELS,
+    TableError,
+    ablation_table,
+    load_rows,
+    memory_table,
+    models_table,
+    pretrain_table,
+    to_latex,
+    to_markdown,
+    write_tables,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +250,7 @@ def test_report_command_end_to_end(fixture_runs: Path, tmp_path: Path) -> None:
 
 
 def test_missing_row_is_a_one_line_error(tmp_path: Path) -> None:
-    with pytest.raises(TableError, match="no row.json") as exc:
+    with pytest.raises(TableError, match=r"no row\.json") as exc:
         load_rows([tmp_path])
     assert "\n" not in str(exc.value)
 

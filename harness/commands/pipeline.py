@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.experiment import load_experiment
 from harness.errors import LofiError
+from harness.experiment import load_experiment
 from harness.pipeline.plan import MODE_PLAN, MODES, PRETRAIN_MODES
 from harness.schedule import CYCLES
 

@@ -20,10 +20,10 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np
@@ -215,17 +215,16 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float) -> Path:
     fmt, codec, pix_fmt, options = _WRITERS[ext]
     rate = Fraction(fps).limit_denominator(1001)  # 29.97 -> 2997/100, 30000/1001 stays exact
     height, width = frames.shape[1:3]
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format=fmt) as container:
-            stream = container.add_stream(codec, rate=rate)
-            stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-            stream.options = dict(options)
-            for index, array in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-                frame.pts = index
-                frame.time_base = 1 / rate
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode(None))
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.options = dict(options)
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            frame.pts = index
+            frame.time_base = 1 / rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     return path
 
 

@@ -61,9 +61,8 @@ def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, 
         with autocast(device, cfg.runtime.amp):
             feats = encoder(x).float().cpu().numpy()
         for v, f in zip(part, feats):
-            with atomic_path(feature_path(out, v.id)) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, f.astype(np.float32))
+            with atomic_path(feature_path(out, v.id)) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, f.astype(np.float32))
     marker.unlink()
     mark_done(out, {"stage": "features", "videos": len(videos),
                     "skipped_videos": sorted({v.id for v in wanted} - {v.id for v in videos}),

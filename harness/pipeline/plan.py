@@ -28,9 +28,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from harness.config import evolve, to_dict
 from harness.errors import LofiError
@@ -62,7 +63,7 @@ class Stage:
     seed: int
     folder: Path
     key: str
-    needs: tuple["Stage", ...] = ()
+    needs: tuple[Stage, ...] = ()
 
     @property
     def name(self) -> str:
@@ -74,13 +75,13 @@ class Stage:
     def done(self) -> Path:
         return self.folder / "done.json"
 
-    def need(self, kind: StageKind, variant: str | None = None) -> "Stage":
+    def need(self, kind: StageKind, variant: str | None = None) -> Stage:
         for s in self.needs:
             if s.kind == kind and (variant is None or s.variant == variant):
                 return s
         raise KeyError(f"{self.name} reads no {kind} {variant or ''} stage")
 
-    def closure(self) -> Iterator["Stage"]:
+    def closure(self) -> Iterator[Stage]:
         """This stage and everything it reads, upstream first, each once."""
         seen: set[Path] = set()
 

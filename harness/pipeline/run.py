@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from harness.config import flatten, to_dict
 from harness.errors import LofiError
@@ -143,7 +143,7 @@ def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, stages_ro
         write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
         write_json_atomic(out / "metrics.json", {k: metrics[k] for k in metrics if k != "history"})
         fids = mode_fidelities(cfg, mode)
-        pre_mode, cycle = MODE_PLAN[mode]
+        cycle = MODE_PLAN[mode][1]
         L, size = (fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, fids[0][1], fids[0][2])
                    if len(fids) == 1 else (None, None))
         row = {

@@ -7,9 +7,10 @@ import logging
 import math
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -91,7 +92,7 @@ def load_torch(path: Path) -> Any:
         raise LofiError(f"{path}: checkpoint not found; run the stage that writes it first")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception as exc:
         raise LofiError(f"{path}: not a readable checkpoint ({type(exc).__name__}); delete it and re-run the stage") from None
 
 
@@ -131,5 +132,5 @@ class Env:
     host: str
 
     @staticmethod
-    def capture() -> "Env":
+    def capture() -> Env:
         return Env(platform.python_version(), torch.__version__, platform.node())
