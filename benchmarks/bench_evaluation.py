@@ -91,10 +91,18 @@ def timed(fn: Any, *args: Any, repeat: int = 1, **kwargs: Any) -> tuple[Any, flo
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fraction", type=float, default=1.0, help="share of videos for the detection reference")
-    ap.add_argument("--proposal-fraction", type=float, default=0.02,
-                    help="share of videos for the proposal reference (it loops over 100 AN points x 10 tIoUs)")
-    ap.add_argument("--rowwise-fraction", type=float, default=0.05,
-                    help="share of videos for the pandas row-by-row baseline (the official evaluator's structure)")
+    ap.add_argument(
+        "--proposal-fraction",
+        type=float,
+        default=0.02,
+        help="share of videos for the proposal reference (it loops over 100 AN points x 10 tIoUs)",
+    )
+    ap.add_argument(
+        "--rowwise-fraction",
+        type=float,
+        default=0.05,
+        help="share of videos for the pandas row-by-row baseline (the official evaluator's structure)",
+    )
     ap.add_argument("--per-video", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -109,8 +117,10 @@ def main() -> int:
         source = "synthetic"
     results = make_predictions(db, rng, args.per_video)
     num_preds = sum(len(e) for e in results.values())
-    print(f"ground truth: {source}: {len(db)} videos, "
-          f"{sum(len(v['annotations']) for v in db.values())} instances; predictions: {num_preds}")
+    print(
+        f"ground truth: {source}: {len(db)} videos, "
+        f"{sum(len(v['annotations']) for v in db.values())} instances; predictions: {num_preds}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         gt_path = Path(tmp) / "gt.json"
@@ -119,13 +129,17 @@ def main() -> int:
         pred_path.write_text(json.dumps({"version": "VERSION 1.3", "results": results, "external_data": {}}))
         gt, t_gt = timed(load_ground_truth, gt_path)
         _, t_file = timed(load_predictions, pred_path, gt)
-        preds, t_load = timed(load_predictions, {"results": results}, gt, repeat=3)  # same input as the reference: a dict
+        preds, t_load = timed(
+            load_predictions, {"results": results}, gt, repeat=3
+        )  # same input as the reference: a dict
         result, t_fast = timed(evaluate_detection, gt, preds, repeat=3)
         props, t_fast_prop = timed(evaluate_proposals, gt, {"results": results}, repeat=3)  # includes reading the dict
 
     print("fast timings: best of 3 runs; reference: one run")
-    print(f"fast: load ground truth {t_gt:.2f} s; read + check predictions: {t_file:.2f} s from the JSON file, "
-          f"{t_load:.2f} s from the parsed dict")
+    print(
+        f"fast: load ground truth {t_gt:.2f} s; read + check predictions: {t_file:.2f} s from the JSON file, "
+        f"{t_load:.2f} s from the parsed dict"
+    )
     print(f"fast detection (match + AP): {t_fast:.2f} s; average mAP {result.average_mAP:.6f}")
     print(f"fast proposals: {t_fast_prop:.2f} s; {json.dumps({k: round(v, 6) for k, v in props.items()})}")
 
@@ -144,8 +158,10 @@ def main() -> int:
     diff = float(np.max(np.abs(np.asarray(ref_ap) - fast_ap)))
     t_ref_full = t_ref * len(vids) / n_sub
     print(f"reference detection: {t_ref:.1f} s{note}; max |AP difference| = {diff:.2e}")
-    print(f"detection speed-up (reference / fast, both from the parsed dict): {t_ref_full / t_fast_same:.0f}x; "
-          f"vs match + AP only: {t_ref_full / t_fast:.0f}x")
+    print(
+        f"detection speed-up (reference / fast, both from the parsed dict): {t_ref_full / t_fast_same:.0f}x; "
+        f"vs match + AP only: {t_ref_full / t_fast:.0f}x"
+    )
     ok = diff <= 1e-9
 
     # ---- the official evaluator's structure: pandas, row by row (the official script itself no longer runs)
@@ -155,10 +171,14 @@ def main() -> int:
     _, sub_ref = reference_detection_ap(rdb, rres)
     rdiff = float(np.max(np.abs(np.asarray(row_ap) - np.asarray(sub_ref))))
     t_row_full = t_row * len(vids) / n_row
-    print(f"pandas row-by-row baseline: {t_row:.1f} s on {n_row}/{len(vids)} videos, extrapolated linearly to "
-          f"{t_row_full:.0f} s; max |AP difference| vs reference = {rdiff:.2e}")
-    print(f"detection speed-up vs the row-by-row baseline: {t_row_full / t_fast_same:.0f}x (from the parsed dict), "
-          f"{t_row_full / t_fast:.0f}x (match + AP only)")
+    print(
+        f"pandas row-by-row baseline: {t_row:.1f} s on {n_row}/{len(vids)} videos, extrapolated linearly to "
+        f"{t_row_full:.0f} s; max |AP difference| vs reference = {rdiff:.2e}"
+    )
+    print(
+        f"detection speed-up vs the row-by-row baseline: {t_row_full / t_fast_same:.0f}x (from the parsed dict), "
+        f"{t_row_full / t_fast:.0f}x (match + AP only)"
+    )
     ok = ok and rdiff <= 1e-9
 
     # ---- proposal reference
@@ -168,8 +188,10 @@ def main() -> int:
     fast_sub = evaluate_proposals(load_ground_truth_from(pdb), {"results": pres})
     pdiff = max(abs(fast_sub[k] - ref_prop[k]) for k in fast_sub if ref_prop[k] is not None)
     t_ref_prop_full = t_ref_prop * len(vids) / n_prop
-    print(f"reference proposals: {t_ref_prop:.1f} s on {n_prop}/{len(vids)} videos, extrapolated linearly to "
-          f"{t_ref_prop_full:.0f} s; max |metric difference| on that subset = {pdiff:.2e}")
+    print(
+        f"reference proposals: {t_ref_prop:.1f} s on {n_prop}/{len(vids)} videos, extrapolated linearly to "
+        f"{t_ref_prop_full:.0f} s; max |metric difference| on that subset = {pdiff:.2e}"
+    )
     print(f"proposal speed-up (extrapolated reference / fast): {t_ref_prop_full / t_fast_prop:.0f}x")
     ok = ok and pdiff <= 1e-9
     print("agreement: OK" if ok else "agreement: MISMATCH")

@@ -63,8 +63,14 @@ def measure(
     timings = []
     for length in lengths:
         seconds = statistics.median(samples[length])
-        log.info("%s L=%d: median %.3f s of %s (first step %.3f s)", path, length, seconds,
-                 [round(s, 3) for s in samples[length]], first[length])
+        log.info(
+            "%s L=%d: median %.3f s of %s (first step %.3f s)",
+            path,
+            length,
+            seconds,
+            [round(s, 3) for s in samples[length]],
+            first[length],
+        )
         timings.append(Timing(path, length, seconds, min(samples[length]), first[length]))
     return timings
 

@@ -132,8 +132,14 @@ def run_mode(model, x, probe, *, amp: bool, device: torch.device, warmup: int, r
 
 
 def check_head(name: str, variant: str, extra: dict, args, device: torch.device) -> None:
-    record: dict = {"check": "head", "head": name, "variant": variant, "L": args.length, "batch": args.batch,
-                    "in_features": args.in_features}
+    record: dict = {
+        "check": "head",
+        "head": name,
+        "variant": variant,
+        "L": args.length,
+        "batch": args.batch,
+        "in_features": args.in_features,
+    }
     try:
         kwargs, source = head_kwargs(name, args.small)
         kwargs.update(extra)
@@ -151,8 +157,9 @@ def check_head(name: str, variant: str, extra: dict, args, device: torch.device)
         runs = {}
         for mode in ("fp32", "bf16"):
             try:
-                runs[mode] = run_mode(model, x, probe, amp=mode == "bf16", device=device, warmup=args.warmup,
-                                      repeats=args.repeats)
+                runs[mode] = run_mode(
+                    model, x, probe, amp=mode == "bf16", device=device, warmup=args.warmup, repeats=args.repeats
+                )
                 record[mode] = runs[mode]["stats"]
             except Exception as exc:
                 record[mode] = {"error": error_line(exc)}
@@ -167,8 +174,9 @@ def check_head(name: str, variant: str, extra: dict, args, device: torch.device)
             record["grad_rel_l2"] = float(f"{rel_l2(runs['bf16']['grad'], runs['fp32']['grad']):.3e}")
             record["speedup_bf16"] = round(record["fp32"]["step_s"] / record["bf16"]["step_s"], 2)
             finite = all(torch.isfinite(t).all() for r in runs.values() for t in (*r["out"].values(), r["grad"]))
-            record["ok"] = bool(finite and max(record["out_rel_l2"].values()) < OUT_TOL
-                                and record["grad_rel_l2"] < GRAD_TOL)
+            record["ok"] = bool(
+                finite and max(record["out_rel_l2"].values()) < OUT_TOL and record["grad_rel_l2"] < GRAD_TOL
+            )
         else:
             record["ok"] = False
     except Exception as exc:
@@ -190,8 +198,16 @@ def check_encoder(args, device: torch.device) -> None:
     else:
         encoder_name, snippets, frames, size, batch = "tsm_resnet18", 100, 8, 224, args.batch
     length, size = fidelity_shape(snippets, size, *PAPER_RATIOS["T"])
-    record: dict = {"check": "encoder+head", "encoder": encoder_name, "head": "gtad", "fidelity": "T", "L": length,
-                    "frames": frames, "size": size, "mode": "bf16"}
+    record: dict = {
+        "check": "encoder+head",
+        "encoder": encoder_name,
+        "head": "gtad",
+        "fidelity": "T",
+        "L": length,
+        "frames": frames,
+        "size": size,
+        "mode": "bf16",
+    }
     try:
         torch.manual_seed(0)
         encoder = create_encoder(encoder_name, pretrained=False).to(device).train()
@@ -257,26 +273,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=150.0, help="skip the optional checks past this many s")
     args = parser.parse_args(argv)
     small = args.small
-    for field, full, tiny in (("length", 100, 16), ("batch", 16, 2), ("in_features", 512, 32), ("warmup", 2, 1),
-                              ("repeats", 10, 3), ("encoder_repeats", 5, 2)):
+    for field, full, tiny in (
+        ("length", 100, 16),
+        ("batch", 16, 2),
+        ("in_features", 512, 32),
+        ("warmup", 2, 1),
+        ("repeats", 10, 3),
+        ("encoder_repeats", 5, 2),
+    ):
         if getattr(args, field) is None:
             setattr(args, field, tiny if small else full)
     device = torch.device(args.device)
     if small:
         # L = 16 keeps G-TAD's alignment map dense; force the sparse one, the path this check is about.
         gtad_module._DENSE_MAX = -1
-    env = {"check": "env", "torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "small": small, "import_s": round(time.perf_counter() - T0, 1), "threads": torch.get_num_threads()}
+    env = {
+        "check": "env",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "small": small,
+        "import_s": round(time.perf_counter() - T0, 1),
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                   cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+        env.update(
+            gpu=torch.cuda.get_device_name(device),
+            cuda=torch.version.cuda,
+            cudnn_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+        )
     emit(env)
 
     check_head("gtad", "default", {}, args, device)
     check_head("bmn", "default", {}, args, device)
-    optional = [("gtad fused_projection", lambda: check_head("gtad", "fused_projection",
-                                                             {"fused_projection": True}, args, device)),
-                ("encoder+head", lambda: check_encoder(args, device))]
+    optional = [
+        (
+            "gtad fused_projection",
+            lambda: check_head("gtad", "fused_projection", {"fused_projection": True}, args, device),
+        ),
+        ("encoder+head", lambda: check_encoder(args, device)),
+    ]
     for label, fn in optional:
         elapsed = time.perf_counter() - T0
         if elapsed > args.budget_s:

@@ -1,7 +1,7 @@
 """Video encoders: temporal shift (TSM) on timm backbones, behind a registry.
 
-    create_encoder("tsm_resnet18", pretrained=False) -> nn.Module with forward(x: (B, L, F, 3, H, W)) -> (B, L, D)
-    list_encoders("tsm_*")
+create_encoder("tsm_resnet18", pretrained=False) -> nn.Module with forward(x: (B, L, F, 3, H, W)) -> (B, L, D)
+list_encoders("tsm_*")
 """
 
 from __future__ import annotations

@@ -29,7 +29,9 @@ T = TypeVar("T", bound=BaseModel)
 # YAML 1.2 (core schema) floats. PyYAML implements YAML 1.1, whose float pattern needs a dot and a signed
 # exponent, so it reads `1e-4` and `1E5` as strings. Float config fields accept a string only when it matches this
 # (Snakemake reads --configfile with a YAML 1.1 loader, and the Snakefile must read what `lofi` reads).
-YAML12_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+YAML12_FLOAT = re.compile(
+    r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+)
 
 
 class Yaml12FloatLoader(yaml.SafeLoader):
@@ -41,8 +43,9 @@ Yaml12FloatLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 # Appended after the int resolver, so plain integers stay ints.
-Yaml12FloatLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^(?:{YAML12_FLOAT.pattern})$"),
-                                        list("-+0123456789."))
+Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(f"^(?:{YAML12_FLOAT.pattern})$"), list("-+0123456789.")
+)
 
 
 def yaml_load(text: str) -> Any:
@@ -182,7 +185,9 @@ def _updated(model: BaseModel, changes: Mapping[str, Any]) -> dict[str, Any]:
     data: dict[str, Any] = {name: getattr(model, name) for name in type(model).model_fields}
     for name, value in changes.items():
         current = data.get(name)
-        data[name] = _updated(current, value) if isinstance(value, Mapping) and isinstance(current, BaseModel) else value
+        data[name] = (
+            _updated(current, value) if isinstance(value, Mapping) and isinstance(current, BaseModel) else value
+        )
     return data
 
 

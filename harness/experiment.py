@@ -49,8 +49,11 @@ Mode = Literal[MODES]  # type: ignore[valid-type]
 
 def invalid(key: str, value: Any, problem: str, fix: str) -> PydanticCustomError:
     """A model validator's error; ``key`` is dotted, relative to the model that raises it."""
-    return PydanticCustomError("config_invalid", "{key} = {value}: {problem}; {fix}",
-                               {"key": key, "value": value, "problem": problem, "fix": fix})
+    return PydanticCustomError(
+        "config_invalid",
+        "{key} = {value}: {problem}; {fix}",
+        {"key": key, "value": value, "problem": problem, "fix": fix},
+    )
 
 
 def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,11 +124,19 @@ class DataConfig(ConfigModel):
     @model_validator(mode="after")
     def _subsets(self) -> DataConfig:
         if self.val_subset == self.test_subset:
-            raise invalid("val_subset", self.val_subset, "model selection would read the test split (test_subset)",
-                          "use another subset, e.g. a holdout of train_subset via val_holdout")
+            raise invalid(
+                "val_subset",
+                self.val_subset,
+                "model selection would read the test split (test_subset)",
+                "use another subset, e.g. a holdout of train_subset via val_holdout",
+            )
         if self.val_holdout > 0 and self.val_subset == self.train_subset:
-            raise invalid("val_subset", self.val_subset, "val_holdout moves videos out of train_subset into "
-                          "val_subset, so they must differ", "name the held-out subset, e.g. holdout")
+            raise invalid(
+                "val_subset",
+                self.val_subset,
+                "val_holdout moves videos out of train_subset into val_subset, so they must differ",
+                "name the held-out subset, e.g. holdout",
+            )
         return self
 
 
@@ -172,8 +183,12 @@ class OptimConfig(ConfigModel):
     @model_validator(mode="after")
     def _accumulate(self) -> OptimConfig:
         if self.accumulate > self.batch_size:
-            raise invalid("accumulate", self.accumulate, f"more accumulation steps than batch_size = "
-                          f"{self.batch_size} samples", f"use accumulate <= {self.batch_size}")
+            raise invalid(
+                "accumulate",
+                self.accumulate,
+                f"more accumulation steps than batch_size = {self.batch_size} samples",
+                f"use accumulate <= {self.batch_size}",
+            )
         return self
 
 
@@ -217,8 +232,12 @@ class HeadConfig(ConfigModel):
     # shared by every mode (as the field's fixed external classifier); "features" = a linear probe trained on each
     # run's own features; or the path of an external scores JSON (see harness/pipeline/classify.py).
     class_scores: Name = "finetuned"
-    optim: OptimConfig = OptimConfig(optimizer="adam", lr=4e-3, weight_decay=1e-4, epochs=10, step_size=5, gamma=0.1, batch_size=16)
-    classifier_optim: OptimConfig = OptimConfig(optimizer="adam", lr=1e-2, weight_decay=1e-4, epochs=30, step_size=20, gamma=0.1, batch_size=32)
+    optim: OptimConfig = OptimConfig(
+        optimizer="adam", lr=4e-3, weight_decay=1e-4, epochs=10, step_size=5, gamma=0.1, batch_size=16
+    )
+    classifier_optim: OptimConfig = OptimConfig(
+        optimizer="adam", lr=1e-2, weight_decay=1e-4, epochs=30, step_size=20, gamma=0.1, batch_size=32
+    )
 
     fix_hints: ClassVar[dict[str, str]] = {"max_duration": "use 0 (= L) or a number of snippets"}
 
@@ -338,29 +357,52 @@ class ExperimentConfig(ConfigModel):
         for name, (r_t, r_s) in {**PAPER_RATIOS, "full": (1.0, 1.0)}.items():
             what = f"the paper's {name} fidelity" if name != "full" else "full fidelity"
             if r_t > L:
-                raise invalid("fidelity.snippets", L, f"{what} (r_t = {r_t:g}) would leave fewer than one snippet",
-                              f"use fidelity.snippets >= {math.ceil(r_t)}")
+                raise invalid(
+                    "fidelity.snippets",
+                    L,
+                    f"{what} (r_t = {r_t:g}) would leave fewer than one snippet",
+                    f"use fidelity.snippets >= {math.ceil(r_t)}",
+                )
             if round(size / r_s) < MIN_SIZE:
-                raise invalid("fidelity.size", size, f"{what} (r_s = {r_s:.3g}) gives {round(size / r_s)} px "
-                              f"frames, below the {MIN_SIZE} px minimum",
-                              f"use fidelity.size >= {max(_smallest_size(r) for _, r in PAPER_RATIOS.values())}")
+                raise invalid(
+                    "fidelity.size",
+                    size,
+                    f"{what} (r_s = {r_s:.3g}) gives {round(size / r_s)} px frames, below the {MIN_SIZE} px minimum",
+                    f"use fidelity.size >= {max(_smallest_size(r) for _, r in PAPER_RATIOS.values())}",
+                )
         # lofi-custom's ratios
         if self.lofi.r_t > L:
-            raise invalid("lofi.r_t", self.lofi.r_t, f"leaves fewer than one of fidelity.snippets = {L} snippets",
-                          f"use 1 <= lofi.r_t <= {L}")
+            raise invalid(
+                "lofi.r_t",
+                self.lofi.r_t,
+                f"leaves fewer than one of fidelity.snippets = {L} snippets",
+                f"use 1 <= lofi.r_t <= {L}",
+            )
         if round(size / self.lofi.r_s) < MIN_SIZE:
-            raise invalid("lofi.r_s", self.lofi.r_s, f"gives {round(size / self.lofi.r_s)} px frames at "
-                          f"fidelity.size = {size}, below the {MIN_SIZE} px minimum",
-                          f"use 1 <= lofi.r_s <= {size / MIN_SIZE:g}")
+            raise invalid(
+                "lofi.r_s",
+                self.lofi.r_s,
+                f"gives {round(size / self.lofi.r_s)} px frames at "
+                f"fidelity.size = {size}, below the {MIN_SIZE} px minimum",
+                f"use 1 <= lofi.r_s <= {size / MIN_SIZE:g}",
+            )
         # the Optuna search samples up to the upper bounds
         o = self.sweep.optuna
         if o.r_t[1] > L:
-            raise invalid("sweep.optuna.r_t", list(o.r_t), f"the upper bound leaves fewer than one of "
-                          f"fidelity.snippets = {L} snippets", f"use an upper bound <= {L}")
+            raise invalid(
+                "sweep.optuna.r_t",
+                list(o.r_t),
+                f"the upper bound leaves fewer than one of fidelity.snippets = {L} snippets",
+                f"use an upper bound <= {L}",
+            )
         if round(size / o.r_s[1]) < MIN_SIZE:
-            raise invalid("sweep.optuna.r_s", list(o.r_s), f"the upper bound gives {round(size / o.r_s[1])} px "
-                          f"frames at fidelity.size = {size}, below the {MIN_SIZE} px minimum",
-                          f"use an upper bound <= {size / MIN_SIZE:g}")
+            raise invalid(
+                "sweep.optuna.r_s",
+                list(o.r_s),
+                f"the upper bound gives {round(size / o.r_s[1])} px "
+                f"frames at fidelity.size = {size}, below the {MIN_SIZE} px minimum",
+                f"use an upper bound <= {size / MIN_SIZE:g}",
+            )
         return self
 
 

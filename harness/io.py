@@ -39,4 +39,3 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
-

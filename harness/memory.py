@@ -100,9 +100,9 @@ def _storage_key(tensor: torch.Tensor) -> Any:
 def track_saved_tensors(*modules: nn.Module) -> Iterator[SavedTensorMeter]:
     """Count what autograd saves inside the block; the parameters and buffers of ``modules`` are not counted.
 
-        with track_saved_tensors(model) as meter:
-            loss = model(x).sum()
-        meter.total_bytes()
+    with track_saved_tensors(model) as meter:
+        loss = model(x).sum()
+    meter.total_bytes()
     """
     meter = SavedTensorMeter(excluded=_state_storages(*modules))
     with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):

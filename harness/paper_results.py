@@ -71,7 +71,7 @@ REAL_DATASETS: tuple[str, ...] = (_ANET, _HACS)
 
 
 def canonical_dataset(name: str) -> str | None:
-    """"activitynet" / "hacs" for the datasets the paper reports on (any common spelling), else None."""
+    """ "activitynet" / "hacs" for the datasets the paper reports on (any common spelling), else None."""
     key = re.sub(r"[^a-z0-9]", "", str(name).lower())
     if key.startswith(("activitynet", "anet")):
         return _ANET

@@ -28,8 +28,9 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_map_vs_tiou(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "",
-                     modes: Sequence[str] | None = None) -> Path:
+def plot_map_vs_tiou(
+    rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "", modes: Sequence[str] | None = None
+) -> Path:
     """mAP (%) against the tIoU threshold, one line per mode (``modes``, in order; None: every mode in the rows):
     mean over seeds, error bars = sd."""
     cols = [c for c in THRESHOLD_COLUMNS if c in rows]
@@ -40,8 +41,9 @@ def plot_map_vs_tiou(rows: pd.DataFrame, path: str | os.PathLike[str], *, title:
     for mode in order_modes(rows["mode"], modes):
         values = rows.loc[rows["mode"] == mode, cols].astype("float64") * 100.0
         sd = values.std() if len(values) > 1 else None  # ddof=1
-        ax.errorbar(tious, values.mean(), yerr=sd, marker="o", ms=3, capsize=2,
-                    label=f"{mode_label(mode)} (n={len(values)})")
+        ax.errorbar(
+            tious, values.mean(), yerr=sd, marker="o", ms=3, capsize=2, label=f"{mode_label(mode)} (n={len(values)})"
+        )
     ax.set_xlabel("tIoU threshold")
     ax.set_ylabel("mAP (%)")
     ax.set_title(title or "mAP vs tIoU (mean ± sd over seeds)")
@@ -50,8 +52,9 @@ def plot_map_vs_tiou(rows: pd.DataFrame, path: str | os.PathLike[str], *, title:
     return _save(fig, Path(path))
 
 
-def plot_map_vs_memory(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "",
-                       modes: Sequence[str] | None = None) -> Path:
+def plot_map_vs_memory(
+    rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "", modes: Sequence[str] | None = None
+) -> Path:
     """Average mAP (%) against LoFi-stage activation memory relative to full fidelity; frozen modes as lines."""
     fig, ax = plt.subplots(figsize=(6, 4))
     plotted = 0
@@ -63,8 +66,14 @@ def plot_map_vs_memory(rows: pd.DataFrame, path: str | os.PathLike[str], *, titl
         label = mode_label(mode)
         if np.isnan(rel):  # no end-to-end stage: a reference level, not a point
             ax.axhline(mean, ls="--", lw=1, color="gray")
-            ax.annotate(f"{label} (frozen)", (0.0, mean), xycoords=("axes fraction", "data"), fontsize=7,
-                        va="bottom", color="gray")
+            ax.annotate(
+                f"{label} (frozen)",
+                (0.0, mean),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                va="bottom",
+                color="gray",
+            )
             continue
         ax.errorbar([rel], [mean], yerr=[sd], marker="o", capsize=2, label=label)
         plotted += 1

@@ -41,8 +41,12 @@ _CONFIG_TABLES: dict[str, Callable[..., Table]] = {"ablation": ablation_table, "
 
 def table_modes(sweep: SweepConfig) -> dict[str, tuple[str, ...]]:
     """The modes of each table, in order, from the config: the memory table shows the ablation's modes."""
-    return {"ablation": sweep.ablation_modes, "pretrain": sweep.pretrain_modes, "models": sweep.model_modes,
-            "memory": sweep.ablation_modes}
+    return {
+        "ablation": sweep.ablation_modes,
+        "pretrain": sweep.pretrain_modes,
+        "models": sweep.model_modes,
+        "memory": sweep.ablation_modes,
+    }
 
 
 def _slug(*parts: Any) -> str:
@@ -76,8 +80,12 @@ class _Matcher:
             # The tests re-evaluate the saved predictions: they must reproduce the row's own number.
             recomputed = float(weighted_metric(matches, np.ones((1, len(matches.video_ids))))[0])
             if not np.isclose(recomputed, float(row["average_mAP"]), rtol=0, atol=1e-6):
-                log.warning("%s: predictions give average mAP %.6f but the row says %.6f; Δ/p use the predictions",
-                            key, recomputed, float(row["average_mAP"]))
+                log.warning(
+                    "%s: predictions give average mAP %.6f but the row says %.6f; Δ/p use the predictions",
+                    key,
+                    recomputed,
+                    float(row["average_mAP"]),
+                )
             self._matches[key] = matches
         return self._matches[key]
 
@@ -102,13 +110,18 @@ class _Tests:
             sub = rows[rows["mode"] == mode].sort_values("seed")
             runs[mode] = [self.match(r) for _, r in sub.iterrows()]
             seeds[mode] = [int(s) for s in sub["seed"]]
-        return compare_to_baseline(runs, seeds, BASELINE, n_boot=self.n_boot, n_perm=self.n_perm,
-                                   rng=numpy_rng(self.seed, "report", *purpose))
+        return compare_to_baseline(
+            runs, seeds, BASELINE, n_boot=self.n_boot, n_perm=self.n_perm, rng=numpy_rng(self.seed, "report", *purpose)
+        )
 
-    def compare_models(self, rows: pd.DataFrame, modes: Sequence[str], dataset: str) -> dict[str, dict[str, Comparison]]:
+    def compare_models(
+        self, rows: pd.DataFrame, modes: Sequence[str], dataset: str
+    ) -> dict[str, dict[str, Comparison]]:
         """Per "encoder/head": its modes against its ACP; Holm across every encoder × head × mode comparison."""
-        out = {f"{e}/{h}": self.compare(sub, modes, "models", dataset, e, h)
-               for (e, h), sub in rows.groupby(["encoder", "head"], sort=True)}
+        out = {
+            f"{e}/{h}": self.compare(sub, modes, "models", dataset, e, h)
+            for (e, h), sub in rows.groupby(["encoder", "head"], sort=True)
+        }
         flat = [(k, m, c) for k, comps in out.items() for m, c in comps.items()]
         adjusted = holm([c.p_value for _, _, c in flat])
         for (k, m, c), a in zip(flat, adjusted):
@@ -160,11 +173,22 @@ def build_report(
                 per_kind[kind].append(_CONFIG_TABLES[kind](sub, comps, modes=modes.get(kind)))
         if plots:
             slug = _slug(dataset, encoder, head)
-            written.append(figures.plot_map_vs_tiou(sub, out / f"plot_map_vs_tiou_{slug}.png", modes=plot_modes,
-                                                    title=f"mAP vs tIoU — {dataset}, {encoder}, {head}"))
-            written.append(figures.plot_map_vs_memory(
-                sub, out / f"plot_map_vs_memory_{slug}.png", modes=plot_modes,
-                title=f"avg mAP vs activation memory — {dataset}, {encoder}, {head}"))
+            written.append(
+                figures.plot_map_vs_tiou(
+                    sub,
+                    out / f"plot_map_vs_tiou_{slug}.png",
+                    modes=plot_modes,
+                    title=f"mAP vs tIoU — {dataset}, {encoder}, {head}",
+                )
+            )
+            written.append(
+                figures.plot_map_vs_memory(
+                    sub,
+                    out / f"plot_map_vs_memory_{slug}.png",
+                    modes=plot_modes,
+                    title=f"avg mAP vs activation memory — {dataset}, {encoder}, {head}",
+                )
+            )
     for dataset, sub in rows.groupby("dataset", sort=True):
         if "models" in kinds and shown("models", sub):
             comps = tests.compare_models(sub, shown("models", sub), str(dataset))

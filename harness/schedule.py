@@ -81,6 +81,5 @@ def schedule_table(
             for i in range(epochs * iterations_per_epoch)
         ]
     return [
-        fidelity_at(cycle, epoch=e, iteration=e * iterations_per_epoch, c_l=c_l, custom=custom)
-        for e in range(epochs)
+        fidelity_at(cycle, epoch=e, iteration=e * iterations_per_epoch, c_l=c_l, custom=custom) for e in range(epochs)
     ]

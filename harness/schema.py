@@ -21,8 +21,10 @@ def experiment_schema() -> dict[str, Any]:
     from harness.experiment import ExperimentConfig
 
     schema = {"$schema": SCHEMA_DIALECT, **ExperimentConfig.model_json_schema(mode="validation")}
-    schema["description"] = ("lofi-bench experiment config (generated from harness/experiment.py by "
-                             "`lofi config schema`; do not edit by hand)")
+    schema["description"] = (
+        "lofi-bench experiment config (generated from harness/experiment.py by "
+        "`lofi config schema`; do not edit by hand)"
+    )
     return schema
 
 

@@ -101,8 +101,15 @@ def chain_run(cfg: ExperimentConfig, spec: RunSpec, on_epoch: OnEpoch | None) ->
     # Generates the synthetic benchmark when configured (a no-op once complete): ACP pre-training reads its clip
     # index before any stage would otherwise create it.
     prepare_dataset(cfg.data)
-    return run_all(cfg, mode=SEARCH_MODE, seed=spec.seed, out=spec.out, stages_root=spec.stages_root,
-                   parent_run_id=spec.parent_run_id, on_epoch=on_epoch)
+    return run_all(
+        cfg,
+        mode=SEARCH_MODE,
+        seed=spec.seed,
+        out=spec.out,
+        stages_root=spec.stages_root,
+        parent_run_id=spec.parent_run_id,
+        on_epoch=on_epoch,
+    )
 
 
 def with_ratios(cfg: ExperimentConfig, r_t: float, r_s: float) -> ExperimentConfig:
@@ -127,25 +134,30 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'optuna.db').resolve()}"
 
 
-def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
-                 grace_period: int = GRACE_PERIOD_S) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S
+) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats (so stale RUNNING trials can be failed on resume)."""
     if "://" not in url:
         raise ConfigError(f"--storage {url!r} is not a database URL; use e.g. sqlite:///path/optuna.db")
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but the only stale-trial check
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     except Exception as exc:
-        raise ConfigError(f"--storage {url!r}: cannot open ({type(exc).__name__}: {exc}); "
-                          "use a SQLAlchemy URL such as sqlite:///path/optuna.db") from None
+        raise ConfigError(
+            f"--storage {url!r}: cannot open ({type(exc).__name__}: {exc}); "
+            "use a SQLAlchemy URL such as sqlite:///path/optuna.db"
+        ) from None
 
 
 def is_counted(t: FrozenTrial) -> bool:
     """Whether a trial uses up the budget: it ended on its own (not killed or interrupted)."""
-    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and "error" in t.user_attrs)
+    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        t.state == TrialState.FAIL and "error" in t.user_attrs
+    )
 
 
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -173,8 +185,9 @@ def _pruning_callback(trial: optuna.Trial, tracker: Any) -> OnEpoch:
     return on_epoch
 
 
-def _objective(cfg: ExperimentConfig, out: Path, objective_fn: ChainFn, multi: bool, parent_run_id: str,
-               name: str) -> Callable[[optuna.Trial], float | tuple[float, float]]:
+def _objective(
+    cfg: ExperimentConfig, out: Path, objective_fn: ChainFn, multi: bool, parent_run_id: str, name: str
+) -> Callable[[optuna.Trial], float | tuple[float, float]]:
     o = cfg.sweep.optuna
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
@@ -182,18 +195,23 @@ def _objective(cfg: ExperimentConfig, out: Path, objective_fn: ChainFn, multi: b
         r_s = trial.suggest_float("r_s", o.r_s[0], o.r_s[1])
         n = trial.number
         run_out = out / "trials" / str(n)
-        with start_run(cfg.tracking, run_name=f"trial-{n}", parent_run_id=parent_run_id,
-                       tags={"optuna_study": name, "optuna_trial": str(n)}) as tracker:
+        with start_run(
+            cfg.tracking,
+            run_name=f"trial-{n}",
+            parent_run_id=parent_run_id,
+            tags={"optuna_study": name, "optuna_trial": str(n)},
+        ) as tracker:
             L, size = fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, r_t, r_s)
             trial.set_user_attr("L", L)
             trial.set_user_attr("size", size)
             trial.set_user_attr("out", str(run_out))
             tracker.log_params({"r_t": r_t, "r_s": r_s, "trial": n, "L": L, "size": size})
-            spec = RunSpec(seed=o.search_seed, out=run_out, stages_root=stages_root(out),
-                           parent_run_id=tracker.run_id)
+            spec = RunSpec(seed=o.search_seed, out=run_out, stages_root=stages_root(out), parent_run_id=tracker.run_id)
             pruned: optuna.TrialPruned | None = None
             try:
-                row = objective_fn(with_ratios(cfg, r_t, r_s), spec, None if multi else _pruning_callback(trial, tracker))
+                row = objective_fn(
+                    with_ratios(cfg, r_t, r_s), spec, None if multi else _pruning_callback(trial, tracker)
+                )
             except optuna.TrialPruned as exc:
                 pruned = exc
             except LofiError as exc:
@@ -206,7 +224,9 @@ def _objective(cfg: ExperimentConfig, out: Path, objective_fn: ChainFn, multi: b
                 val, mem = float(row[VAL_KEY]), float(row[MEMORY_KEY])
                 if not (math.isfinite(val) and math.isfinite(mem)):
                     # Optuna would fail such a trial silently; as a LofiError it is counted and its reason kept.
-                    msg = f"trial {n} ({run_out}): {VAL_KEY}={val}, {MEMORY_KEY}={mem} are not finite; see the run's log"
+                    msg = (
+                        f"trial {n} ({run_out}): {VAL_KEY}={val}, {MEMORY_KEY}={mem} are not finite; see the run's log"
+                    )
                     trial.set_user_attr("error", msg)
                     raise LofiError(msg)
                 trial.set_user_attr(MEMORY_KEY, mem)
@@ -250,10 +270,17 @@ def run_study(
     rdb = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Load (or create) first to read the history, then re-open with a sampler seeded for that history.
-    probe = optuna.create_study(storage=rdb, study_name=name, load_if_exists=True,
-                                **({"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}))
-    if probe.directions != ([optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE] if multi
-                            else [optuna.study.StudyDirection.MAXIMIZE]):
+    probe = optuna.create_study(
+        storage=rdb,
+        study_name=name,
+        load_if_exists=True,
+        **({"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}),
+    )
+    if probe.directions != (
+        [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+        if multi
+        else [optuna.study.StudyDirection.MAXIMIZE]
+    ):
         raise ConfigError(f"study {name} in {url} has other objectives; use another --storage or --out")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -261,28 +288,57 @@ def run_study(
     n_existing = len(probe.get_trials(deepcopy=False))
     use_pruner = o.pruning and not multi  # Optuna cannot prune multi-objective trials
     study = optuna.load_study(
-        study_name=name, storage=rdb,
+        study_name=name,
+        storage=rdb,
         sampler=make_sampler(o.sampler_seed, n_existing, startup_trials=sampler_startup_trials),
-        pruner=(optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps)
-                if use_pruner else optuna.pruners.NopPruner()),
+        pruner=(
+            optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps)
+            if use_pruner
+            else optuna.pruners.NopPruner()
+        ),
     )
     log.info("study %s (%s): %d of %d trials finished", name, url, len(counted_trials(study)), n_target)
     ran = 0
-    with start_run(cfg.tracking, run_name="optuna-search",
-                   tags={"optuna_study": name, "optuna_storage": url, "multi_objective": str(multi)}) as parent:
-        parent.log_params({"study": name, "storage": url, "trials": n_target, "sampler_seed": o.sampler_seed,
-                           "r_t_range": list(o.r_t), "r_s_range": list(o.r_s), "multi_objective": multi,
-                           "pruning": use_pruner, "search_seed": o.search_seed, "commit": git_commit(_PACKAGE_DIR)})
+    with start_run(
+        cfg.tracking,
+        run_name="optuna-search",
+        tags={"optuna_study": name, "optuna_storage": url, "multi_objective": str(multi)},
+    ) as parent:
+        parent.log_params(
+            {
+                "study": name,
+                "storage": url,
+                "trials": n_target,
+                "sampler_seed": o.sampler_seed,
+                "r_t_range": list(o.r_t),
+                "r_s_range": list(o.r_s),
+                "multi_objective": multi,
+                "pruning": use_pruner,
+                "search_seed": o.search_seed,
+                "commit": git_commit(_PACKAGE_DIR),
+            }
+        )
         objective = _objective(cfg, out, objective_fn or chain_run, multi, parent.run_id, name)
         # One trial per call, recounting each time: another worker on the same storage also fills the budget.
         while len(counted_trials(study)) < n_target:
             study.optimize(objective, n_trials=1, catch=(LofiError,))
             ran += 1
         counted, done = counted_trials(study), _completed(study)
-        parent.log_metrics({"trials_finished": len(counted),
-                            **({"best_val_average_mAP": max(float(t.values[0]) for t in done)} if done else {})})
-    return SearchResult(study=study, study_name=name, storage=url, multi_objective=multi, ran=ran, counted=len(counted),
-                        parent_run_id=parent.run_id)
+        parent.log_metrics(
+            {
+                "trials_finished": len(counted),
+                **({"best_val_average_mAP": max(float(t.values[0]) for t in done)} if done else {}),
+            }
+        )
+    return SearchResult(
+        study=study,
+        study_name=name,
+        storage=url,
+        multi_objective=multi,
+        ran=ran,
+        counted=len(counted),
+        parent_run_id=parent.run_id,
+    )
 
 
 def _completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -294,8 +350,16 @@ def _completed(study: optuna.Study) -> list[FrozenTrial]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def fresh_seed_runs(cfg: ExperimentConfig, out: Path, r_t: float, r_s: float, seeds: Sequence[int], *,
-                    objective_fn: ChainFn | None = None, parent_run_id: str = "") -> list[Mapping[str, Any]]:
+def fresh_seed_runs(
+    cfg: ExperimentConfig,
+    out: Path,
+    r_t: float,
+    r_s: float,
+    seeds: Sequence[int],
+    *,
+    objective_fn: ChainFn | None = None,
+    parent_run_id: str = "",
+) -> list[Mapping[str, Any]]:
     """Re-run the chain at (r_t, r_s) with each fresh seed (finished stages are reused on a second call)."""
     rows = []
     key = f"rt{r_t:.6g}-rs{r_s:.6g}"

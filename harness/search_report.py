@@ -82,14 +82,16 @@ def _plot(kind: str, study: optuna.Study, path: Path, multi: bool) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if kind == "contour":
-            ax = vis.plot_contour(study, target=(lambda t: t.values[0]) if multi else None,
-                                  target_name="validation average mAP")
+            ax = vis.plot_contour(
+                study, target=(lambda t: t.values[0]) if multi else None, target_name="validation average mAP"
+            )
         else:
             # PED-ANOVA attributes importance to reaching LOW target values when given a target, so the
             # multi-objective case passes minus the validation mAP (the importances themselves are unsigned).
             warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
-            ax = vis.plot_param_importances(study, target=(lambda t: -t.values[0]) if multi else None,
-                                            target_name="validation average mAP")
+            ax = vis.plot_param_importances(
+                study, target=(lambda t: -t.values[0]) if multi else None, target_name="validation average mAP"
+            )
     fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
@@ -114,9 +116,16 @@ def write_plots(study: optuna.Study, report: Path, multi: bool) -> dict[str, Pat
     return result
 
 
-def render_report(result: SearchResult, cfg: ExperimentConfig, fresh_rows: Sequence[Mapping[str, Any]],
-                  plots: Mapping[str, Path | str], report: Path, *, date: str | None = None,
-                  commit: str | None = None) -> str:
+def render_report(
+    result: SearchResult,
+    cfg: ExperimentConfig,
+    fresh_rows: Sequence[Mapping[str, Any]],
+    plots: Mapping[str, Path | str],
+    report: Path,
+    *,
+    date: str | None = None,
+    commit: str | None = None,
+) -> str:
     """The Markdown report: every number comes from the study or the rows."""
     from tabulate import tabulate
 
@@ -124,26 +133,57 @@ def render_report(result: SearchResult, cfg: ExperimentConfig, fresh_rows: Seque
 
     study, o, fid = result.study, cfg.sweep.optuna, cfg.fidelity
     lines = [f"# Optuna search over (r_t, r_s): {cfg.data.name} / {cfg.encoder.name} / {cfg.head.name}", ""]
-    objectives = "validation average mAP ↑, activation memory relative to full fidelity ↓" if result.multi_objective \
+    objectives = (
+        "validation average mAP ↑, activation memory relative to full fidelity ↓"
+        if result.multi_objective
         else "validation average mAP ↑"
+    )
     states = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in TrialState}
-    lines += [f"Objective: {objectives} ({cfg.data.val_subset} split). Search ranges: r_t ∈ [{o.r_t[0]:g}, {o.r_t[1]:g}], "
-              f"r_s ∈ [{o.r_s[0]:g}, {o.r_s[1]:g}]; full fidelity L={fid.snippets}, size={fid.size}. "
-              f"Trials: {', '.join(f'{v} {k.lower()}' for k, v in states.items() if v)}.", ""]
+    lines += [
+        f"Objective: {objectives} ({cfg.data.val_subset} split). Search ranges: r_t ∈ [{o.r_t[0]:g}, {o.r_t[1]:g}], "
+        f"r_s ∈ [{o.r_s[0]:g}, {o.r_s[1]:g}]; full fidelity L={fid.snippets}, size={fid.size}. "
+        f"Trials: {', '.join(f'{v} {k.lower()}' for k, v in states.items() if v)}.",
+        "",
+    ]
     rows = []
     for t in ranked_trials(study):
         L, size = fidelity_shape(fid.snippets, fid.size, t.params["r_t"], t.params["r_s"])
         mem = t.values[1] if result.multi_objective and t.values else t.user_attrs.get(MEMORY_KEY)
-        rows.append([t.number, _fmt(t.params["r_t"], 3), _fmt(t.params["r_s"], 3), L, size, _fmt(val_map(t)),
-                     _fmt(mem, 3), t.state.name])
+        rows.append(
+            [
+                t.number,
+                _fmt(t.params["r_t"], 3),
+                _fmt(t.params["r_s"], 3),
+                L,
+                size,
+                _fmt(val_map(t)),
+                _fmt(mem, 3),
+                t.state.name,
+            ]
+        )
     lines += [f"## Best trials (top {TOP_K} by validation average mAP)", ""]
-    lines += [tabulate(rows, headers=["trial", "r_t", "r_s", "L", "size", "val avg mAP", "activation_rel", "state"],
-                       tablefmt="github", disable_numparse=True) if rows else "No trial finished with a validation score.", ""]
+    lines += [
+        tabulate(
+            rows,
+            headers=["trial", "r_t", "r_s", "L", "size", "val avg mAP", "activation_rel", "state"],
+            tablefmt="github",
+            disable_numparse=True,
+        )
+        if rows
+        else "No trial finished with a validation score.",
+        "",
+    ]
     if result.multi_objective:
         front = sorted(study.best_trials, key=lambda t: t.values[1])
-        lines += ["Pareto front (validation mAP ↑, activation_rel ↓): " + ", ".join(
-            f"trial {t.number} (r_t {t.params['r_t']:.3f}, r_s {t.params['r_s']:.3f}: {t.values[0]:.4f}, {t.values[1]:.3f})"
-            for t in front) + ".", ""]
+        lines += [
+            "Pareto front (validation mAP ↑, activation_rel ↓): "
+            + ", ".join(
+                f"trial {t.number} (r_t {t.params['r_t']:.3f}, r_s {t.params['r_s']:.3f}: {t.values[0]:.4f}, {t.values[1]:.3f})"
+                for t in front
+            )
+            + ".",
+            "",
+        ]
     failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if "error" in t.user_attrs]
     if failed:
         lines += ["Failed trials: " + "; ".join(f"trial {t.number}: {t.user_attrs['error']}" for t in failed), ""]
@@ -153,37 +193,94 @@ def render_report(result: SearchResult, cfg: ExperimentConfig, fresh_rows: Seque
         tests = [float(r[TEST_KEY]) for r in fresh_rows]
         m, sd = mean_sd(tests)
         lines += ["## Best ratios on the test split", ""]
-        lines += [tabulate([[b.number, _fmt(b.params["r_t"], 3), _fmt(b.params["r_s"], 3), L, size,
-                             f"{_fmt(float(b.values[0]))} (seed {o.search_seed})",
-                             (f"{_fmt(m)} ± {_fmt(sd)}" if tests else "–") + f" (seeds {', '.join(map(str, o.fresh_seeds)) or 'none'}; n={len(tests)})"]],
-                           headers=["trial", "r_t", "r_s", "L", "size", "val avg mAP (search)", f"test avg mAP ({cfg.data.test_subset}), fresh seeds"],
-                           tablefmt="github", disable_numparse=True), ""]
-        lines += ["The search never saw the test split: trials are ranked on validation mAP only; the test column re-runs "
-                  "the best ratios with seeds the search did not use (mean ± sample sd).", ""]
+        lines += [
+            tabulate(
+                [
+                    [
+                        b.number,
+                        _fmt(b.params["r_t"], 3),
+                        _fmt(b.params["r_s"], 3),
+                        L,
+                        size,
+                        f"{_fmt(float(b.values[0]))} (seed {o.search_seed})",
+                        (f"{_fmt(m)} ± {_fmt(sd)}" if tests else "–")
+                        + f" (seeds {', '.join(map(str, o.fresh_seeds)) or 'none'}; n={len(tests)})",
+                    ]
+                ],
+                headers=[
+                    "trial",
+                    "r_t",
+                    "r_s",
+                    "L",
+                    "size",
+                    "val avg mAP (search)",
+                    f"test avg mAP ({cfg.data.test_subset}), fresh seeds",
+                ],
+                tablefmt="github",
+                disable_numparse=True,
+            ),
+            "",
+        ]
+        lines += [
+            "The search never saw the test split: trials are ranked on validation mAP only; the test column re-runs "
+            "the best ratios with seeds the search did not use (mean ± sample sd).",
+            "",
+        ]
     lines += ["## Plots", ""]
-    for kind, title in (("contour", "Contour of validation mAP over (r_t, r_s)"), ("importance", "Parameter importances")):
+    for kind, title in (
+        ("contour", "Contour of validation mAP over (r_t, r_s)"),
+        ("importance", "Parameter importances"),
+    ):
         p = plots.get(kind)
         lines.append(f"![{title}]({Path(p).name})" if isinstance(p, Path) else f"- {title}: {p}.")
-    lines += ["", f"Provenance: study `{result.study_name}`, storage `{result.storage}`, sampler TPE seed {o.sampler_seed}, "
-              f"search seed {o.search_seed}, commit `{commit or git_commit(_PACKAGE_DIR)}`, date {date or time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+    lines += [
+        "",
+        f"Provenance: study `{result.study_name}`, storage `{result.storage}`, sampler TPE seed {o.sampler_seed}, "
+        f"search seed {o.search_seed}, commit `{commit or git_commit(_PACKAGE_DIR)}`, date {date or time.strftime('%Y-%m-%d %H:%M:%S')}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_report(result: SearchResult, cfg: ExperimentConfig, out: Path, report: Path | None = None, *,
-                 objective_fn: ChainFn | None = None) -> Path:
+def write_report(
+    result: SearchResult,
+    cfg: ExperimentConfig,
+    out: Path,
+    report: Path | None = None,
+    *,
+    objective_fn: ChainFn | None = None,
+) -> Path:
     """Run the fresh-seed re-runs of the best ratios, draw the plots and write the Markdown report atomically."""
     report = Path(report or Path(out) / "optuna_rt_rs.md")
     fresh: list[Mapping[str, Any]] = []
     if _completed(result.study):
         b = best_trial(result.study)
-        with start_run(cfg.tracking, run_name="optuna-best-fresh-seeds", parent_run_id=result.parent_run_id,
-                       tags={"optuna_study": result.study_name}) as tracker:
-            tracker.log_params({"r_t": b.params["r_t"], "r_s": b.params["r_s"], "trial": b.number,
-                                "fresh_seeds": list(cfg.sweep.optuna.fresh_seeds)})
-            fresh = fresh_seed_runs(cfg, Path(out), b.params["r_t"], b.params["r_s"], cfg.sweep.optuna.fresh_seeds,
-                                    objective_fn=objective_fn, parent_run_id=tracker.run_id)
-            tracker.log_metrics({f"test_average_mAP_seed{s}": float(r[TEST_KEY])
-                                 for s, r in zip(cfg.sweep.optuna.fresh_seeds, fresh)})
+        with start_run(
+            cfg.tracking,
+            run_name="optuna-best-fresh-seeds",
+            parent_run_id=result.parent_run_id,
+            tags={"optuna_study": result.study_name},
+        ) as tracker:
+            tracker.log_params(
+                {
+                    "r_t": b.params["r_t"],
+                    "r_s": b.params["r_s"],
+                    "trial": b.number,
+                    "fresh_seeds": list(cfg.sweep.optuna.fresh_seeds),
+                }
+            )
+            fresh = fresh_seed_runs(
+                cfg,
+                Path(out),
+                b.params["r_t"],
+                b.params["r_s"],
+                cfg.sweep.optuna.fresh_seeds,
+                objective_fn=objective_fn,
+                parent_run_id=tracker.run_id,
+            )
+            tracker.log_metrics(
+                {f"test_average_mAP_seed{s}": float(r[TEST_KEY]) for s, r in zip(cfg.sweep.optuna.fresh_seeds, fresh)}
+            )
     plots = write_plots(result.study, report, result.multi_objective)
     write_text_atomic(report, render_report(result, cfg, fresh, plots, report))
     log.info("wrote %s", report)

@@ -292,7 +292,9 @@ def weighted_metric(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _seed_pairing(n_a: int, n_b: int, seeds_a: Sequence[int] | None, seeds_b: Sequence[int] | None) -> np.ndarray | None:
+def _seed_pairing(
+    n_a: int, n_b: int, seeds_a: Sequence[int] | None, seeds_b: Sequence[int] | None
+) -> np.ndarray | None:
     """Index of B's run for each of A's runs when the seeds are the same, else None (resampled independently)."""
     if seeds_a is None or seeds_b is None:
         return np.arange(n_a) if n_a == n_b else None
@@ -371,12 +373,16 @@ def merge_swapped(a: DetectionMatches, b: DetectionMatches, swap: np.ndarray) ->
     )
 
 
-def _permutation_pairs(n_a: int, n_b: int, seeds_a: Sequence[int] | None, seeds_b: Sequence[int] | None) -> list[tuple[int, int]]:
+def _permutation_pairs(
+    n_a: int, n_b: int, seeds_a: Sequence[int] | None, seeds_b: Sequence[int] | None
+) -> list[tuple[int, int]]:
     pairing = _seed_pairing(n_a, n_b, seeds_a, seeds_b)
     if pairing is not None:
         return [(i, int(j)) for i, j in enumerate(pairing)]
     # Different seeds or counts: pair runs cyclically so every run takes part at least once.
-    log.warning("permutation test: configurations ran different seeds (%d vs %d runs); pairing runs by position", n_a, n_b)
+    log.warning(
+        "permutation test: configurations ran different seeds (%d vs %d runs); pairing runs by position", n_a, n_b
+    )
     n = max(n_a, n_b)
     return [(i % n_a, i % n_b) for i in range(n)]
 
@@ -474,21 +480,41 @@ def compare_to_baseline(
     partial = []
     for config in others:
         boot = paired_bootstrap(
-            runs[baseline], runs[config], n_boot=n_boot, rng=rng, metric=metric,
-            seeds_a=seeds.get(baseline), seeds_b=seeds.get(config),
+            runs[baseline],
+            runs[config],
+            n_boot=n_boot,
+            rng=rng,
+            metric=metric,
+            seeds_a=seeds.get(baseline),
+            seeds_b=seeds.get(config),
         )
         p = paired_permutation_test(
-            runs[baseline], runs[config], n_perm=n_perm, rng=rng, metric=metric,
-            seeds_a=seeds.get(baseline), seeds_b=seeds.get(config),
+            runs[baseline],
+            runs[config],
+            n_perm=n_perm,
+            rng=rng,
+            metric=metric,
+            seeds_a=seeds.get(baseline),
+            seeds_b=seeds.get(config),
         )
         partial.append((config, boot, p))
     adjusted = holm([p for _, _, p in partial])
     n_videos = len(runs[baseline][0].video_ids)
     return {
         config: Comparison(
-            config=config, baseline=baseline, diff=boot.diff, ci_low=boot.ci_low, ci_high=boot.ci_high,
-            p_value=p, p_adjusted=float(adj), n_videos=n_videos, n_seeds=len(runs[config]),
-            n_seeds_baseline=len(runs[baseline]), n_boot=n_boot, n_perm=n_perm, metric=metric,
+            config=config,
+            baseline=baseline,
+            diff=boot.diff,
+            ci_low=boot.ci_low,
+            ci_high=boot.ci_high,
+            p_value=p,
+            p_adjusted=float(adj),
+            n_videos=n_videos,
+            n_seeds=len(runs[config]),
+            n_seeds_baseline=len(runs[baseline]),
+            n_boot=n_boot,
+            n_perm=n_perm,
+            metric=metric,
         )
         for (config, boot, p), adj in zip(partial, adjusted)
     }

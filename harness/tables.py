@@ -32,14 +32,24 @@ log = logging.getLogger(__name__)
 
 THRESHOLD_COLUMNS: tuple[str, ...] = tuple(f"mAP_{t:.2f}" for t in np.linspace(0.5, 0.95, 10))
 SHOWN_METRICS: tuple[tuple[str, str], ...] = (
-    ("mAP_0.50", "mAP@0.5"), ("mAP_0.75", "mAP@0.75"), ("mAP_0.95", "mAP@0.95"), ("average_mAP", "Avg"),
+    ("mAP_0.50", "mAP@0.5"),
+    ("mAP_0.75", "mAP@0.75"),
+    ("mAP_0.95", "mAP@0.95"),
+    ("average_mAP", "Avg"),
 )
 # The display name of every mode, in the canonical order tables and plots use when not told another (the modes
 # are harness.modes.MODES; tests/test_tables.py checks both name the same set). WHICH modes a table shows is
 # the caller's choice (the config's sweep.*_modes in `lofi report tables`), never a list here.
 MODE_LABELS: dict[str, str] = {
-    "icp": "ICP", "acp": "ACP", "acp+": "ACP+", "lofi-S": "S-LoFi", "lofi-T": "T-LoFi", "lofi-ST": "ST-LoFi",
-    "lofi-short": "Short C-LoFi", "lofi-long": "Long C-LoFi", "lofi-custom": "Custom LoFi",
+    "icp": "ICP",
+    "acp": "ACP",
+    "acp+": "ACP+",
+    "lofi-S": "S-LoFi",
+    "lofi-T": "T-LoFi",
+    "lofi-ST": "ST-LoFi",
+    "lofi-short": "Short C-LoFi",
+    "lofi-long": "Long C-LoFi",
+    "lofi-custom": "Custom LoFi",
     "e2e-full": "End-to-end (full fidelity)",
 }
 PAPER_LOFI_LABEL: dict[str, str] = {"lofi-long": "LoFi"}  # the paper's Tables 1 and 6 call Long C-LoFi "LoFi"
@@ -84,7 +94,9 @@ def load_rows(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
         try:
             row = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise TableError(f"{path}: no row.json; pass run folders that finished (lofi run writes row.json last)") from None
+            raise TableError(
+                f"{path}: no row.json; pass run folders that finished (lofi run writes row.json last)"
+            ) from None
         except json.JSONDecodeError as exc:
             raise TableError(f"{path}: not valid JSON ({exc}); re-run the run or remove the folder") from None
         if not isinstance(row, dict):
@@ -194,14 +206,21 @@ def _comparison_numbers(c: Comparison | None) -> dict[str, float]:
     nan = float("nan")
     if c is None:
         return {"delta_avg": nan, "delta_ci_low": nan, "delta_ci_high": nan, "p_value": nan, "p_holm": nan}
-    return {"delta_avg": 100 * c.diff, "delta_ci_low": 100 * c.ci_low, "delta_ci_high": 100 * c.ci_high,
-            "p_value": c.p_value, "p_holm": c.p_adjusted}
+    return {
+        "delta_avg": 100 * c.diff,
+        "delta_ci_low": 100 * c.ci_low,
+        "delta_ci_high": 100 * c.ci_high,
+        "p_value": c.p_value,
+        "p_holm": c.p_adjusted,
+    }
 
 
 def _stats_note(comparisons: Sequence[Comparison], rows: pd.DataFrame) -> str:
     seeds = sorted({int(s) for s in rows["seed"]})
     per_config = rows.groupby(["encoder", "head", "mode"])["seed"].nunique()
-    seed_txt = f"{per_config.min()}–{per_config.max()}" if per_config.min() != per_config.max() else f"{per_config.min()}"
+    seed_txt = (
+        f"{per_config.min()}–{per_config.max()}" if per_config.min() != per_config.max() else f"{per_config.min()}"
+    )
     text = f"mAP in %, mean ± sd over seeds (ddof=1); {seed_txt} seed(s) per configuration (seeds {', '.join(map(str, seeds))})."
     if not comparisons:
         return text + " No significance tests (no predictions given)."
@@ -217,8 +236,10 @@ def _stats_note(comparisons: Sequence[Comparison], rows: pd.DataFrame) -> str:
 def _published_note(rows: pd.DataFrame, sources: set[str]) -> str:
     dataset = _single(rows, "dataset")
     if canonical_dataset(dataset) is None:
-        return (f"Published numbers ({PAPER}) were measured on ActivityNet-v1.3 / HACS and are not comparable with "
-                f"dataset '{dataset}'; they are not shown.")
+        return (
+            f"Published numbers ({PAPER}) were measured on ActivityNet-v1.3 / HACS and are not comparable with "
+            f"dataset '{dataset}'; they are not shown."
+        )
     if not sources:
         return f"No published number of {PAPER} matches these configurations."
     return f"Paper: {PAPER}, {', '.join(sorted(sources))}; Δ paper = measured mean minus published value (points)."
@@ -262,14 +283,26 @@ def mode_label(mode: str, overrides: Mapping[str, str] | None = None) -> str:
 
 
 def _mode_row(
-    runs: pd.DataFrame, mode: str, label: str, comp: Comparison | None, *, paper_table: str,
-    metrics: Sequence[tuple[str, str]], with_shape: bool,
+    runs: pd.DataFrame,
+    mode: str,
+    label: str,
+    comp: Comparison | None,
+    *,
+    paper_table: str,
+    metrics: Sequence[tuple[str, str]],
+    with_shape: bool,
 ) -> tuple[dict[str, object], dict[str, object], str | None]:
     """Display cells, CSV numbers and the published source (if any) of one mode's runs (one dataset/encoder/head)."""
     dataset, encoder, head = (_single(runs, c) for c in ("dataset", "encoder", "head"))
     cells: dict[str, object] = {"Config": label}
-    numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "head": head, "mode": mode,
-                                  "config": label, "n_seeds": int(runs["seed"].nunique())}
+    numbers: dict[str, object] = {
+        "dataset": dataset,
+        "encoder": encoder,
+        "head": head,
+        "mode": mode,
+        "config": label,
+        "n_seeds": int(runs["seed"].nunique()),
+    }
     if with_shape:
         cells["L"], cells["H×W"] = _shape_cells(runs)
         numbers["L"], numbers["HxW"] = cells["L"], cells["H×W"]
@@ -281,7 +314,9 @@ def _mode_row(
         rel = _relative_memory(runs)
         cells["Act. mem. (rel.)"] = _num(rel)
         numbers["activation_rel"] = rel
-    cells.update({"Δ Avg [95% CI]": "(baseline)", "p (Holm)": "", "": ""} if mode == BASELINE else _comparison_cells(comp))
+    cells.update(
+        {"Δ Avg [95% CI]": "(baseline)", "p (Holm)": "", "": ""} if mode == BASELINE else _comparison_cells(comp)
+    )
     numbers.update(_comparison_numbers(comp))
     if canonical_dataset(dataset) is None:
         return cells, numbers, None
@@ -295,8 +330,15 @@ def _mode_row(
 
 
 def _config_table(
-    name: str, title: str, rows: pd.DataFrame, stats: Mapping[str, Comparison] | None, modes: Sequence[str] | None,
-    *, paper_table: str, with_shape: bool, labels: Mapping[str, str] | None = None,
+    name: str,
+    title: str,
+    rows: pd.DataFrame,
+    stats: Mapping[str, Comparison] | None,
+    modes: Sequence[str] | None,
+    *,
+    paper_table: str,
+    with_shape: bool,
+    labels: Mapping[str, str] | None = None,
 ) -> Table:
     if rows.empty:
         raise TableError(f"no rows for the {name} table")
@@ -307,37 +349,64 @@ def _config_table(
         raise TableError(f"rows hold none of the {name} table's modes ({', '.join(modes or ())})")
     display_rows, numeric_rows, sources = [], [], set()
     for mode in shown:
-        cells, numbers, source = _mode_row(rows[rows["mode"] == mode], mode, mode_label(mode, labels),
-                                           (stats or {}).get(mode), paper_table=paper_table, metrics=SHOWN_METRICS,
-                                           with_shape=with_shape)
+        cells, numbers, source = _mode_row(
+            rows[rows["mode"] == mode],
+            mode,
+            mode_label(mode, labels),
+            (stats or {}).get(mode),
+            paper_table=paper_table,
+            metrics=SHOWN_METRICS,
+            with_shape=with_shape,
+        )
         display_rows.append(cells)
         numeric_rows.append(numbers)
         sources.add(source)
     used = rows[rows["mode"].isin(shown)]
     notes = (_stats_note(list((stats or {}).values()), used), _published_note(rows, sources - {None}))
-    return Table(name, f"{title} — {dataset}, {encoder}, {head}", pd.DataFrame(display_rows),
-                 pd.DataFrame(numeric_rows), notes, provenance(used))
+    return Table(
+        name,
+        f"{title} — {dataset}, {encoder}, {head}",
+        pd.DataFrame(display_rows),
+        pd.DataFrame(numeric_rows),
+        notes,
+        provenance(used),
+    )
 
 
-def ablation_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None, *,
-                   modes: Sequence[str] | None = None) -> Table:
+def ablation_table(
+    rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None, *, modes: Sequence[str] | None = None
+) -> Table:
     """The paper's Table 2: LoFi configurations against ACP (one dataset, encoder and head).
 
     One row per mode in ``modes`` that the rows hold, in that order (``None``: every mode present, canonical
     order); ``stats`` maps a mode to its comparison with ACP."""
-    return _config_table("ablation", "LoFi configurations (paper Table 2)", rows, stats, modes,
-                         paper_table="ablation", with_shape=True)
+    return _config_table(
+        "ablation", "LoFi configurations (paper Table 2)", rows, stats, modes, paper_table="ablation", with_shape=True
+    )
 
 
-def pretrain_table(rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None, *,
-                   modes: Sequence[str] | None = None) -> Table:
+def pretrain_table(
+    rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None, *, modes: Sequence[str] | None = None
+) -> Table:
     """The paper's Table 1: pre-training methods (ICP, ACP, ACP+, LoFi) against ACP; rows as ``ablation_table``."""
-    return _config_table("pretrain", "Pre-training methods (paper Table 1)", rows, stats, modes,
-                         paper_table="pretrain", with_shape=False, labels=PAPER_LOFI_LABEL)
+    return _config_table(
+        "pretrain",
+        "Pre-training methods (paper Table 1)",
+        rows,
+        stats,
+        modes,
+        paper_table="pretrain",
+        with_shape=False,
+        labels=PAPER_LOFI_LABEL,
+    )
 
 
-def models_table(rows: pd.DataFrame, stats: Mapping[str, Mapping[str, Comparison]] | None = None, *,
-                 modes: Sequence[str] | None = None) -> Table:
+def models_table(
+    rows: pd.DataFrame,
+    stats: Mapping[str, Mapping[str, Comparison]] | None = None,
+    *,
+    modes: Sequence[str] | None = None,
+) -> Table:
     """Encoders × heads (paper Table 6): per encoder and head, the average mAP of each mode against ACP.
 
     ``stats`` maps "encoder/head" to {mode: comparison with ACP} (Holm across all of them)."""
@@ -350,9 +419,15 @@ def models_table(rows: pd.DataFrame, stats: Mapping[str, Mapping[str, Comparison
         comps = (stats or {}).get(f"{encoder}/{head}", {})
         comparisons += list(comps.values())
         for mode in order_modes(group["mode"], modes):
-            cells, numbers, source = _mode_row(group[group["mode"] == mode], mode, mode_label(mode, PAPER_LOFI_LABEL),
-                                               comps.get(mode), paper_table="models", metrics=SHOWN_METRICS[-1:],
-                                               with_shape=False)
+            cells, numbers, source = _mode_row(
+                group[group["mode"] == mode],
+                mode,
+                mode_label(mode, PAPER_LOFI_LABEL),
+                comps.get(mode),
+                paper_table="models",
+                metrics=SHOWN_METRICS[-1:],
+                with_shape=False,
+            )
             display_rows.append({"Encoder": encoder, "Head": head, **cells})
             numeric_rows.append(numbers)
             sources.add(source)
@@ -360,8 +435,14 @@ def models_table(rows: pd.DataFrame, stats: Mapping[str, Mapping[str, Comparison
         raise TableError(f"rows hold none of the models table's modes ({', '.join(modes or ())})")
     used = rows[rows["mode"].isin(order_modes(rows["mode"], modes))]
     notes = (_stats_note(comparisons, used), _published_note(rows, sources - {None}))
-    return Table("models", f"Encoders × heads (paper Table 6) — {dataset}", pd.DataFrame(display_rows),
-                 pd.DataFrame(numeric_rows), notes, provenance(used))
+    return Table(
+        "models",
+        f"Encoders × heads (paper Table 6) — {dataset}",
+        pd.DataFrame(display_rows),
+        pd.DataFrame(numeric_rows),
+        notes,
+        provenance(used),
+    )
 
 
 def memory_table(rows: pd.DataFrame, *, modes: Sequence[str] | None = None) -> Table:
@@ -386,30 +467,50 @@ def memory_table(rows: pd.DataFrame, *, modes: Sequence[str] | None = None) -> T
             act, full = mean_of(runs, "activation_bytes"), mean_of(runs, "activation_bytes_full")
             rel = _relative_memory(runs)
             cells: dict[str, object] = {
-                "Encoder": encoder, "Config": mode_label(mode), "L": L, "H×W": hw,
-                "Activations (MiB)": _num(act / 2**20, 1), "Full fidelity (MiB)": _num(full / 2**20, 1),
+                "Encoder": encoder,
+                "Config": mode_label(mode),
+                "L": L,
+                "H×W": hw,
+                "Activations (MiB)": _num(act / 2**20, 1),
+                "Full fidelity (MiB)": _num(full / 2**20, 1),
                 "Rel. to full": _num(rel),
             }
-            numbers: dict[str, object] = {"dataset": dataset, "encoder": encoder, "mode": mode, "L": L, "HxW": hw,
-                                          "activation_bytes": act, "activation_bytes_full": full, "activation_rel": rel}
+            numbers: dict[str, object] = {
+                "dataset": dataset,
+                "encoder": encoder,
+                "mode": mode,
+                "L": L,
+                "HxW": hw,
+                "activation_bytes": act,
+                "activation_bytes_full": full,
+                "activation_rel": rel,
+            }
             if with_peak:
                 peak = mean_of(runs, "peak_bytes")
                 cells["Peak (GiB)"], numbers["peak_bytes"] = _num(peak / 2**30, 2), peak
             for col in time_cols:
                 numbers[col] = mean = mean_of(runs, col)
-                cells[f"{col[len('time_'):-len('_s')]} (s)"] = _num(mean, 1)
+                cells[f"{col[len('time_') : -len('_s')]} (s)"] = _num(mean, 1)
             display_rows.append(cells)
             numeric_rows.append(numbers)
     if not display_rows:
         raise TableError(f"rows hold none of the memory table's modes ({', '.join(modes or ())})")
     used = rows[rows["mode"].isin([n["mode"] for n in numeric_rows])]
-    notes = ("Activations: bytes kept for the backward pass of one LoFi training step (batch 1) at the mode's "
-             "fidelity (the largest over a cycle; – for modes that train no encoder end to end), and at full "
-             "fidelity, counted by the run on the meta device. "
-             + ("Peak: device peak memory (CUDA only). " if with_peak else "")
-             + "Times: mean seconds per stage over seeds (stages reused from an earlier run are not timed).",)
-    return Table("memory", f"Memory per fidelity configuration — {dataset}", pd.DataFrame(display_rows),
-                 pd.DataFrame(numeric_rows), notes, provenance(used))
+    notes = (
+        "Activations: bytes kept for the backward pass of one LoFi training step (batch 1) at the mode's "
+        "fidelity (the largest over a cycle; – for modes that train no encoder end to end), and at full "
+        "fidelity, counted by the run on the meta device. "
+        + ("Peak: device peak memory (CUDA only). " if with_peak else "")
+        + "Times: mean seconds per stage over seeds (stages reused from an earlier run are not timed).",
+    )
+    return Table(
+        "memory",
+        f"Memory per fidelity configuration — {dataset}",
+        pd.DataFrame(display_rows),
+        pd.DataFrame(numeric_rows),
+        notes,
+        provenance(used),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -426,8 +527,9 @@ def to_markdown(table: Table) -> str:
 
 
 # tabulate escapes LaTeX's special characters; these symbols are not special but pdfLaTeX cannot typeset them all.
-_LATEX_SYMBOLS = str.maketrans({"±": r"$\pm$", "×": r"$\times$", "²": r"$^2$", "Δ": r"$\Delta$", "†": r"$^\dagger$",
-                                "–": "--"})
+_LATEX_SYMBOLS = str.maketrans(
+    {"±": r"$\pm$", "×": r"$\times$", "²": r"$^2$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "–": "--"}
+)
 _TEXT_COLUMNS = {"Config", "Encoder", "Head"}
 
 
@@ -435,10 +537,14 @@ def to_latex(table: Table) -> str:
     """A booktabs ``tabular`` (tabulate ``latex_booktabs``) with the title, notes and provenance as comment lines
     around it: put it in your own ``table`` float with your caption."""
     align = ["left" if c in _TEXT_COLUMNS else "right" for c in table.display.columns]
-    body = tabulate(table.display, headers="keys", tablefmt="latex_booktabs", showindex=False,
-                    disable_numparse=True, colalign=align).translate(_LATEX_SYMBOLS)
+    body = tabulate(
+        table.display, headers="keys", tablefmt="latex_booktabs", showindex=False, disable_numparse=True, colalign=align
+    ).translate(_LATEX_SYMBOLS)
     head = [table.title, "generated by `lofi report tables`; numbers come from the runs' row.json files"]
-    return "\n".join([*(f"% {line}" for line in head), body, *(f"% {n}" for n in (*table.notes, *table.provenance))]) + "\n"
+    return (
+        "\n".join([*(f"% {line}" for line in head), body, *(f"% {n}" for n in (*table.notes, *table.provenance))])
+        + "\n"
+    )
 
 
 def write_tables(tables: Sequence[Table], out: str | os.PathLike[str], stem: str) -> list[Path]:

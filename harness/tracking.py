@@ -36,8 +36,13 @@ def git_commit(cwd: str | Path | None = None) -> str:
     """The commit of the checkout (with '+dirty' when it has changes), or 'unknown' outside git."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -72,8 +77,9 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._client.log_batch(self.run_id, metrics=[Metric(legal_name(k), float(v), now, step or 0)
-                                                     for k, v in metrics.items()])
+        self._client.log_batch(
+            self.run_id, metrics=[Metric(legal_name(k), float(v), now, step or 0) for k, v in metrics.items()]
+        )
 
     def log_artifact(self, path: str | Path) -> None:
         self._client.log_artifact(self.run_id, str(path))
@@ -90,7 +96,7 @@ def ensure_experiment(cfg: TrackingConfig) -> str:
 
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(cfg.experiment)
     return exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment)

@@ -1,7 +1,7 @@
 """Temporal action localization heads (G-TAD, BMN) behind a registry.
 
-    create_head("gtad", in_features=400, temporal_length=100) -> nn.Module
-    forward(x: (B, D_in, L)) -> {"start": (B, L), "end": (B, L), "iou_map": (B, 2, D, L)}
+create_head("gtad", in_features=400, temporal_length=100) -> nn.Module
+forward(x: (B, D_in, L)) -> {"start": (B, L), "end": (B, L), "iou_map": (B, 2, D, L)}
 """
 
 from __future__ import annotations

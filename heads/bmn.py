@@ -171,7 +171,11 @@ def get_bm_sampler(
     sampler = BMSampler(temporal_length, max_duration, num_sample, matrix)
     log.debug(
         "built BM sampler L=%d D=%d N=%d: nnz=%d, %.1f MB (dense would be %.1f MB)",
-        L, max_duration, num_sample, matrix.values().numel(), sampler.nbytes / 2**20,
+        L,
+        max_duration,
+        num_sample,
+        matrix.values().numel(),
+        sampler.nbytes / 2**20,
         4 * L * num_sample * max_duration * L / 2**20,
     )
     with _SAMPLERS_LOCK:

@@ -62,8 +62,9 @@ def decode_proposals(
     p_start, p_end, pmap = _to_numpy(start), _to_numpy(end), _to_numpy(iou_map)
     L = p_start.shape[0]
     if p_end.shape != (L,) or pmap.ndim != 3 or pmap.shape[0] != 2 or pmap.shape[2] != L:
-        raise ValueError(f"expected start/end (L,) and iou_map (2, D, L); got {p_start.shape}, {p_end.shape}, "
-                         f"{pmap.shape}")
+        raise ValueError(
+            f"expected start/end (L,) and iou_map (2, D, L); got {p_start.shape}, {p_end.shape}, {pmap.shape}"
+        )
     D = pmap.shape[1]
     start_cand = boundary_candidates(p_start, always=0)
     end_cand = boundary_candidates(p_end, always=L - 1)

@@ -58,9 +58,7 @@ def _bernoulli_keep(
     return u < prob
 
 
-def pem_sample_mask(
-    gt: torch.Tensor, valid: torch.Tensor, *, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def pem_sample_mask(gt: torch.Tensor, valid: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bool like ``gt`` (B, D, L): all high cells, medium and low cells sampled to about the high count."""
     high = (gt > HIGH_IOU) & valid
     medium = (gt > LOW_IOU) & (gt <= HIGH_IOU) & valid

@@ -34,8 +34,7 @@ def relative_segments(dataset: TALDataset, subset: str = "training") -> list[lis
     structure = []
     for video in dataset.subset(subset):
         pairs = sorted(
-            (round(s.start / video.duration, DECIMALS), round(s.end / video.duration, DECIMALS))
-            for s in video.segments
+            (round(s.start / video.duration, DECIMALS), round(s.end / video.duration, DECIMALS)) for s in video.segments
         )
         kept = [[a, b] for a, b in pairs if b > a]
         if kept:
@@ -73,8 +72,13 @@ def main() -> int:
     structure = relative_segments(dataset)
     document = structure_document(args.source, structure, len(dataset.subset("training")))
     write_text_atomic(args.out, to_text(document))
-    log.info("%s: %d videos, %d segments, %d bytes", args.out, document["num_videos"], document["num_segments"],
-             args.out.stat().st_size)
+    log.info(
+        "%s: %d videos, %d segments, %d bytes",
+        args.out,
+        document["num_videos"],
+        document["num_segments"],
+        args.out.stat().st_size,
+    )
     return 0
 
 

@@ -26,9 +26,15 @@ def render(tables: list[Path], commit: str, date: str) -> str:
 
 
 def update(readme_text: str, block: str, readme: Path) -> str:
-    if readme_text.count(START) != 1 or readme_text.count(END) != 1 or readme_text.index(START) > readme_text.index(END):
-        raise SystemExit(f"update_readme: {readme}: needs exactly one '{START}' followed by one '{END}'; add them "
-                         "where the tables belong")
+    if (
+        readme_text.count(START) != 1
+        or readme_text.count(END) != 1
+        or readme_text.index(START) > readme_text.index(END)
+    ):
+        raise SystemExit(
+            f"update_readme: {readme}: needs exactly one '{START}' followed by one '{END}'; add them "
+            "where the tables belong"
+        )
     head, rest = readme_text.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{block}\n{END}{tail}"

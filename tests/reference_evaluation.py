@@ -31,8 +31,7 @@ def _gt_by_video(database: Mapping[str, Any], subset: str) -> tuple[GroundTruth,
     for vid, info in database.items():
         if info["subset"] != subset:
             continue
-        per_video[vid] = [(a["label"], [float(a["segment"][0]), float(a["segment"][1])])
-                          for a in info["annotations"]]
+        per_video[vid] = [(a["label"], [float(a["segment"][0]), float(a["segment"][1])]) for a in info["annotations"]]
         labels.update(lab for lab, _ in per_video[vid])
     return per_video, sorted(labels)
 
@@ -64,8 +63,11 @@ def reference_detection_ap(
 ) -> tuple[list[str], list[list[float]]]:
     """``(classes, ap)`` with ``ap[t][c]`` the AP of class c at threshold t."""
     gt, classes = _gt_by_video(database, subset)
-    preds = [(vid, e["label"], float(e["score"]), [float(e["segment"][0]), float(e["segment"][1])])
-             for vid, entries in results.items() for e in entries]
+    preds = [
+        (vid, e["label"], float(e["score"]), [float(e["segment"][0]), float(e["segment"][1])])
+        for vid, entries in results.items()
+        for e in entries
+    ]
     ap = [[0.0] * len(classes) for _ in tiou_thresholds]
     for c, label in enumerate(classes):
         mine = [p for p in preds if p[1] == label]
@@ -157,12 +159,19 @@ def pandas_rowwise_detection_ap(
     ``reference_detection_ap``."""
     import pandas as pd
 
-    gt_rows = [(vid, a["label"], float(a["segment"][0]), float(a["segment"][1]))
-               for vid, info in database.items() if info["subset"] == subset for a in info["annotations"]]
+    gt_rows = [
+        (vid, a["label"], float(a["segment"][0]), float(a["segment"][1]))
+        for vid, info in database.items()
+        if info["subset"] == subset
+        for a in info["annotations"]
+    ]
     gt_df = pd.DataFrame(gt_rows, columns=["video", "label", "t_start", "t_end"])
     pred_df = pd.DataFrame(
-        [(vid, e["label"], float(e["score"]), float(e["segment"][0]), float(e["segment"][1]))
-         for vid, entries in results.items() for e in entries],
+        [
+            (vid, e["label"], float(e["score"]), float(e["segment"][0]), float(e["segment"][1]))
+            for vid, entries in results.items()
+            for e in entries
+        ],
         columns=["video", "label", "score", "t_start", "t_end"],
     )
     classes = sorted(gt_df["label"].unique())

@@ -51,11 +51,11 @@ def _anet(videos: dict[str, Any]) -> dict[str, Any]:
     return {"version": "VERSION 1.3", "taxonomy": [], "database": videos}
 
 
-def _video(subset: str = "training", duration: Any = 10.0, segments: list[Any] | None = None,
-           label: str = "Jump") -> dict[str, Any]:
+def _video(
+    subset: str = "training", duration: Any = 10.0, segments: list[Any] | None = None, label: str = "Jump"
+) -> dict[str, Any]:
     segments = [[1.0, 4.0]] if segments is None else segments
-    return {"subset": subset, "duration": duration,
-            "annotations": [{"segment": s, "label": label} for s in segments]}
+    return {"subset": subset, "duration": duration, "annotations": [{"segment": s, "label": label} for s in segments]}
 
 
 def _assert_one_line(message: str, *parts: str) -> None:
@@ -173,13 +173,23 @@ def test_thumos14_json_counts() -> None:
 
 
 def test_reads_optional_fps_video_and_ambiguous(tmp_path: Path) -> None:
-    entry = _video("validation", 20.0, [[2, 5], [6.5, 9]]) | {"fps": 25, "video": "videos/a.mp4",
-                                                              "ambiguous": [[10, 11]]}
+    entry = _video("validation", 20.0, [[2, 5], [6.5, 9]]) | {
+        "fps": 25,
+        "video": "videos/a.mp4",
+        "ambiguous": [[10, 11]],
+    }
     path = _write(tmp_path / "gt.json", _anet({"a": entry, "b": _video("testing", 5.0, [])}))
     ds = read_annotations(path)
     a = ds.videos["a"]
-    assert a == Video("a", "validation", 20.0, (Segment(2.0, 5.0, "Jump"), Segment(6.5, 9.0, "Jump")), 25.0,
-                      (Segment(10.0, 11.0, "Ambiguous"),), tmp_path / "videos" / "a.mp4")
+    assert a == Video(
+        "a",
+        "validation",
+        20.0,
+        (Segment(2.0, 5.0, "Jump"), Segment(6.5, 9.0, "Jump")),
+        25.0,
+        (Segment(10.0, 11.0, "Ambiguous"),),
+        tmp_path / "videos" / "a.mp4",
+    )
     assert ds.videos["b"].segments == () and ds.classes == ("Jump",)
 
 
@@ -211,9 +221,11 @@ def test_activitynet_errors_name_file_and_video(tmp_path: Path, entry: dict[str,
 
 
 def test_duplicate_video_id_is_an_error(tmp_path: Path) -> None:
-    text = ('{"database": {\n"dup": {"subset": "training", "duration": 5, "annotations": []},\n'
-            '"other": {"subset": "training", "duration": 5, "annotations": []},\n'
-            '"dup": {"subset": "validation", "duration": 5, "annotations": []}\n}}\n')
+    text = (
+        '{"database": {\n"dup": {"subset": "training", "duration": 5, "annotations": []},\n'
+        '"other": {"subset": "training", "duration": 5, "annotations": []},\n'
+        '"dup": {"subset": "validation", "duration": 5, "annotations": []}\n}}\n'
+    )
     path = tmp_path / "dup.json"
     path.write_text(text)
     with pytest.raises(AnnotationError) as err:
@@ -271,24 +283,31 @@ def test_reversed_segment_is_an_error_even_when_clipping(tmp_path: Path) -> None
     _assert_one_line(str(err.value), str(path), "video rev:", "swap")
 
 
-def _bsn_files(tmp_path: Path, info_rows: list[str], videos: dict[str, Any], names: list[str] | None = None
-               ) -> Path:
-    (tmp_path / "video_info_new.csv").write_text("video,numFrame,seconds,fps,rfps,subset,featureFrame\n"
-                                                 + "".join(r + "\n" for r in info_rows))
+def _bsn_files(tmp_path: Path, info_rows: list[str], videos: dict[str, Any], names: list[str] | None = None) -> Path:
+    (tmp_path / "video_info_new.csv").write_text(
+        "video,numFrame,seconds,fps,rfps,subset,featureFrame\n" + "".join(r + "\n" for r in info_rows)
+    )
     if names is not None:
         (tmp_path / "action_name.csv").write_text("action\n" + "".join(n + "\n" for n in names))
     return _write(tmp_path / "anet_anno_action.json", videos)
 
 
 def _bsn_video(segments: list[list[float]], label: str = "Jump") -> dict[str, Any]:
-    return {"duration_second": 10.0, "duration_frame": 300, "feature_frame": 288,
-            "annotations": [{"segment": s, "label": label} for s in segments]}
+    return {
+        "duration_second": 10.0,
+        "duration_frame": 300,
+        "feature_frame": 288,
+        "annotations": [{"segment": s, "label": label} for s in segments],
+    }
 
 
 def test_bsn_small_file(tmp_path: Path) -> None:
-    path = _bsn_files(tmp_path, ["v_aa,300,10,30,30,training,288", "v_bb,300,10,30,30,validation,288"],
-                      {"v_aa": _bsn_video([[1, 2]]), "v_bb": _bsn_video([[3, 4], [5, 6]], "Run")},
-                      names=["Run", "Jump", "Swim"])
+    path = _bsn_files(
+        tmp_path,
+        ["v_aa,300,10,30,30,training,288", "v_bb,300,10,30,30,validation,288"],
+        {"v_aa": _bsn_video([[1, 2]]), "v_bb": _bsn_video([[3, 4], [5, 6]], "Run")},
+        names=["Run", "Jump", "Swim"],
+    )
     ds = read_annotations(path)
     assert ds.subset_counts() == {"training": 1, "validation": 1}
     assert ds.classes == ("Run", "Jump", "Swim")  # the class list file's order, unused classes included
@@ -296,8 +315,9 @@ def test_bsn_small_file(tmp_path: Path) -> None:
 
 
 def test_bsn_errors(tmp_path: Path) -> None:
-    path = _bsn_files(tmp_path, ["v_aa,300,10,30,30,training,288"], {"v_aa": _bsn_video([[1, 2]]),
-                                                                     "v_zz": _bsn_video([[1, 2]])})
+    path = _bsn_files(
+        tmp_path, ["v_aa,300,10,30,30,training,288"], {"v_aa": _bsn_video([[1, 2]]), "v_zz": _bsn_video([[1, 2]])}
+    )
     with pytest.raises(AnnotationError) as err:
         read_annotations(path)
     _assert_one_line(str(err.value), str(path), "video zz:", "video_info_new.csv")
@@ -307,8 +327,9 @@ def test_bsn_errors(tmp_path: Path) -> None:
         read_annotations(path)
     _assert_one_line(str(err.value), str(tmp_path / "video_info_new.csv"), "video aa:", "unknown subset")
 
-    path = _bsn_files(tmp_path, ["v_aa,300,10,30,30,training,288"], {"v_aa": _bsn_video([[1, 2]], "Fly")},
-                      names=["Run"])
+    path = _bsn_files(
+        tmp_path, ["v_aa,300,10,30,30,training,288"], {"v_aa": _bsn_video([[1, 2]], "Fly")}, names=["Run"]
+    )
     with pytest.raises(AnnotationError) as err:
         read_annotations(path)
     _assert_one_line(str(err.value), str(path), "video aa:", "'Fly'", "action_name.csv")
@@ -337,9 +358,16 @@ def test_thumos_csv_errors(tmp_path: Path) -> None:
 
 
 def test_thumos_json_small_file_maps_subsets_and_ambiguous(tmp_path: Path) -> None:
-    db = {"video_validation_1": {"subset": "train", "annotations": [{"segment": ["1.5", "2.5"], "label": "Dive"},
-                                                                    {"segment": ["3", "4"], "label": "Ambiguous"}]},
-          "video_test_1": {"subset": "test", "annotations": [{"segment": ["0.5", "x"], "label": "Dive"}]}}
+    db = {
+        "video_validation_1": {
+            "subset": "train",
+            "annotations": [
+                {"segment": ["1.5", "2.5"], "label": "Dive"},
+                {"segment": ["3", "4"], "label": "Ambiguous"},
+            ],
+        },
+        "video_test_1": {"subset": "test", "annotations": [{"segment": ["0.5", "x"], "label": "Dive"}]},
+    }
     path = _write(tmp_path / "thumos_gt.json", {"database": db})
     assert detect_layout(path) == "thumos14-json"
     with pytest.raises(AnnotationError) as err:
@@ -358,8 +386,14 @@ def test_thumos_json_small_file_maps_subsets_and_ambiguous(tmp_path: Path) -> No
 
 def test_write_then_read_round_trip(tmp_path: Path) -> None:
     videos = {
-        "a": Video("a", "training", 12.5, (Segment(0.0, 3.25, "Run"), Segment(4.0, 12.5, "Jump")), 29.97,
-                   path=tmp_path / "videos" / "a.mp4"),
+        "a": Video(
+            "a",
+            "training",
+            12.5,
+            (Segment(0.0, 3.25, "Run"), Segment(4.0, 12.5, "Jump")),
+            29.97,
+            path=tmp_path / "videos" / "a.mp4",
+        ),
         "b": Video("b", "validation", 7.0, (Segment(1.0, 2.0, "Run"),), ambiguous=(Segment(3.0, 4.0, "Ambiguous"),)),
         "c": Video("c", "testing", math.nan),
     }
@@ -400,8 +434,10 @@ def test_anet_structure_matches_the_real_training_subset(anet_raw: dict[str, Any
         if v["subset"] != "training":
             continue
         d = v["duration"]
-        pairs = sorted((round(min(max(s, 0), d) / d, 4), round(min(e, d) / d, 4))
-                       for s, e in (a["segment"] for a in v["annotations"]))
+        pairs = sorted(
+            (round(min(max(s, 0), d) / d, 4), round(min(e, d) / d, 4))
+            for s, e in (a["segment"] for a in v["annotations"])
+        )
         pairs = [p for p in pairs if p[1] > p[0]]
         if pairs:
             expected.append(pairs)
@@ -416,12 +452,19 @@ def test_anet_structure_matches_the_real_training_subset(anet_raw: dict[str, Any
 
 
 def test_cli_stats_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    videos = {"a": _video("training", 10, [[1, 2], [3, 4]], "Run"), "b": _video("training", 10, [[1, 2]], "Jump"),
-              "c": _video("validation", 10, [[5, 6]], "Run"), "d": _video("testing", 10, [])}
+    videos = {
+        "a": _video("training", 10, [[1, 2], [3, 4]], "Run"),
+        "b": _video("training", 10, [[1, 2]], "Jump"),
+        "c": _video("validation", 10, [[5, 6]], "Run"),
+        "d": _video("testing", 10, []),
+    }
     path = _write(tmp_path / "gt.json", _anet(videos))
     assert main(["data", "stats", "--annotations", str(path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"videos": {"training": 2, "validation": 1, "testing": 1},
-                                                   "instances": 4, "classes": 2}
+    assert json.loads(capsys.readouterr().out) == {
+        "videos": {"training": 2, "validation": 1, "testing": 1},
+        "instances": 4,
+        "classes": 2,
+    }
 
 
 def test_cli_stats_table_and_clip_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -45,7 +45,11 @@ BAD = [
     ("lofi: {c_s: true}\n", "lofi.c_s", "= True: expected an integer"),
     ("lofi: {optim: {lr: fast}}\n", "lofi.optim.lr", "= 'fast': expected a number"),
     ("runtime: {amp: 3}\n", "runtime.amp", "runtime.amp = 3: expected true or false"),
-    ("post: {nms: hard}\n", "post.nms", "post.nms = 'hard': not one of the allowed values; use one of 'gaussian' or 'bmn'"),
+    (
+        "post: {nms: hard}\n",
+        "post.nms",
+        "post.nms = 'hard': not one of the allowed values; use one of 'gaussian' or 'bmn'",
+    ),
     ("post: {sigma: 0}\n", "post.sigma", "must be > 0"),
     ("post: {top_k: 0}\n", "post.top_k", "must be >= 1"),
     ("post: {low: 0.95}\n", "post.low", "above post.high = 0.9"),
@@ -54,7 +58,11 @@ BAD = [
     ("sweep: {optuna: {trials: 0}}\n", "sweep.optuna.trials", "must be >= 1"),
     ("sweep: {optuna: {r_t: [5, 2]}}\n", "sweep.optuna.r_t", "sweep.optuna.r_t = [5.0, 2.0]: not a (low, high) range"),
     ("sweep: {optuna: {r_t: [0.5, 2]}}\n", "sweep.optuna.r_t[0]", "sweep.optuna.r_t[0] = 0.5: must be >= 1"),
-    ("sweep: {optuna: {r_t: [1, 32]}}\n", "sweep.optuna.r_t", "the upper bound leaves fewer than one of fidelity.snippets = 16"),
+    (
+        "sweep: {optuna: {r_t: [1, 32]}}\n",
+        "sweep.optuna.r_t",
+        "the upper bound leaves fewer than one of fidelity.snippets = 16",
+    ),
     ("sweep: {optuna: {r_s: [1, 8]}}\n", "sweep.optuna.r_s", "the upper bound gives 4 px frames"),
     ("sweep: {optuna: {r_t: [1.0]}}\n", "sweep.optuna.r_t", "sweep.optuna.r_t = [1.0]: has no item 1"),
     ("lofi:\n  optim:\n    epoch: 3\n", "lofi.optim.epoch", "unknown key 'epoch'; did you mean 'epochs'?"),
@@ -78,7 +86,7 @@ def test_bad_value_rejected_by_run_and_check_in_one_line(tmp_path, capsys, text,
     # the Snakefile: from_dict on what Snakemake's YAML loader gives
     with pytest.raises(ConfigError) as err:
         from_dict(ExperimentConfig, yaml.safe_load(text), source="snakemake")
-    assert str(err.value) == "snakemake" + msg[len(str(p)):]
+    assert str(err.value) == "snakemake" + msg[len(str(p)) :]
 
 
 def test_every_error_is_counted(tmp_path):
@@ -88,10 +96,13 @@ def test_every_error_is_counted(tmp_path):
         load_experiment(p)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("- a\n- b\n", "the top level must be a mapping"),
-    ("data: [unclosed\n", "not valid YAML (line 2)"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("- a\n- b\n", "the top level must be a mapping"),
+        ("data: [unclosed\n", "not valid YAML (line 2)"),
+    ],
+)
 def test_unreadable_files(tmp_path, text, expected):
     p = tmp_path / "bad.yaml"
     p.write_text(text)
@@ -120,8 +131,12 @@ def test_weight_decay_1e_minus_4_is_the_same_float_through_every_path(tmp_path):
     snake = from_dict(ExperimentConfig, yaml.safe_load(p.read_text()), "snakemake")  # the Snakefile's loader
     assert snake == cfg
     # `lofi config check` and `lofi config show` in a fresh process, exactly as a user runs them
-    check = subprocess.run([sys.executable, "-m", "harness.cli", "config", "show", "--config", str(p)],
-                           capture_output=True, text=True, cwd=ROOT)
+    check = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "config", "show", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert check.returncode == 0, check.stderr
     assert yaml.safe_load(check.stdout)["lofi"]["optim"]["weight_decay"] == 1e-4
 
@@ -166,8 +181,7 @@ def test_overrides_go_through_the_same_checks(tmp_path):
 
 
 def test_configs_in_repo_load_and_round_trip():
-    assert [c.name for c in CONFIGS] == ["activitynet.yaml", "default.yaml", "hacs.yaml", "smoke.yaml",
-                                         "thumos14.yaml"]
+    assert [c.name for c in CONFIGS] == ["activitynet.yaml", "default.yaml", "hacs.yaml", "smoke.yaml", "thumos14.yaml"]
     for path in CONFIGS:
         cfg = load_config(ExperimentConfig, path)
         plain = to_dict(cfg)
@@ -199,9 +213,25 @@ def test_evolve_validates_and_merges_nested_mappings():
 
 # ------------------------------------------------------------------------------------------------ the CLI
 def test_impossible_fidelity_ratio_is_a_one_line_cli_error_before_any_work(tmp_path, capsys):
-    rc = main(["run", "--config", str(ROOT / "config/smoke.yaml"), "--mode", "lofi-custom", "--set", "lofi.r_t=0.5",
-               "--set", "tracking.enabled=false", "--set", f"data.root={tmp_path}/nodata",
-               "--set", "data.synthetic_profile=null", "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "run",
+            "--config",
+            str(ROOT / "config/smoke.yaml"),
+            "--mode",
+            "lofi-custom",
+            "--set",
+            "lofi.r_t=0.5",
+            "--set",
+            "tracking.enabled=false",
+            "--set",
+            f"data.root={tmp_path}/nodata",
+            "--set",
+            "data.synthetic_profile=null",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert "config/smoke.yaml: lofi.r_t = 0.5: must be >= 1; use a ratio >= 1" in err

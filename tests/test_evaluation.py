@@ -102,29 +102,35 @@ def test_score_ties_keep_input_order(tmp_path: Path) -> None:
 
 def test_other_subsets_and_empty_videos(tmp_path: Path) -> None:
     # v3 is in training: predictions there are FPs of an unknown video; v2 is a validation video without GT.
-    gt_path = gt_file(tmp_path, {"v1": [ann(0, 10)], "v2": []},
-                      {"v3": {"subset": "training", "duration": 50.0, "annotations": [ann(0, 10, "C")]}})
+    gt_path = gt_file(
+        tmp_path,
+        {"v1": [ann(0, 10)], "v2": []},
+        {"v3": {"subset": "training", "duration": 50.0, "annotations": [ann(0, 10, "C")]}},
+    )
     gt = load_ground_truth(gt_path)
     assert gt.video_ids == ("v1", "v2") and gt.classes == ("A",)
     # ranked: v3 0.9 FP, v2 0.8 FP, v1 0.7 TP -> AP 1/3
-    res = evaluate_detection(gt, preds_dict({"v3": [det(0, 10, 0.9)], "v2": [det(0, 10, 0.8)],
-                                             "v1": [det(0, 10, 0.7)]}))
+    res = evaluate_detection(
+        gt, preds_dict({"v3": [det(0, 10, 0.9)], "v2": [det(0, 10, 0.8)], "v1": [det(0, 10, 0.7)]})
+    )
     assert res.average_mAP == pytest.approx(1 / 3, abs=1e-12)
     assert load_ground_truth(gt_path, subset="training").classes == ("C",)
 
 
 def test_dataset_input_ignores_ambiguous() -> None:
     videos = {
-        "a": Video("a", "testing", 60.0, (Segment(0, 10, "X"), Segment(20, 30, "Y")),
-                   ambiguous=(Segment(40, 50, "Ambiguous"),)),
+        "a": Video(
+            "a", "testing", 60.0, (Segment(0, 10, "X"), Segment(20, 30, "Y")), ambiguous=(Segment(40, 50, "Ambiguous"),)
+        ),
         "b": Video("b", "validation", 60.0, (Segment(0, 10, "X"),)),
     }
     ds = TALDataset("t", videos, ("X", "Y"))
     gt = load_ground_truth(ds, subset="testing")
     assert gt.classes == ("X", "Y") and gt.num_instances == 2
     # A prediction on the ambiguous span is an FP: X ranked TP (0.9), Y ranked FP (0.8), TP (0.7) -> AP 1 and 1/2.
-    res = evaluate_detection(gt, preds_dict({"a": [det(0, 10, 0.9, "X"), det(40, 50, 0.8, "Y"),
-                                                   det(20, 30, 0.7, "Y")]}))
+    res = evaluate_detection(
+        gt, preds_dict({"a": [det(0, 10, 0.9, "X"), det(40, 50, 0.8, "Y"), det(20, 30, 0.7, "Y")]})
+    )
     np.testing.assert_allclose(res.ap[0], [1.0, 0.5], atol=1e-12)
 
 
@@ -148,8 +154,11 @@ def random_case(seed: int, n_videos: int = 30, n_classes: int = 4, n_preds: int 
         for _ in range(int(rng.integers(0, 4))):
             s = float(rng.uniform(0, 80))
             anns.append(ann(s, s + float(rng.uniform(1, 20)), f"c{rng.integers(n_classes)}"))
-        db[f"v{i}"] = {"subset": "validation" if i < n_videos - 3 else "training", "duration": 100.0,
-                       "annotations": anns}
+        db[f"v{i}"] = {
+            "subset": "validation" if i < n_videos - 3 else "training",
+            "duration": 100.0,
+            "annotations": anns,
+        }
     labels = sorted({a["label"] for v in db.values() if v["subset"] == "validation" for a in v["annotations"]})
     results: dict[str, list] = {}
     scores = rng.permutation(n_preds) / n_preds + 0.001  # distinct
@@ -327,8 +336,9 @@ def test_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="no video in subset 'testing'"):
         load_ground_truth(gt_file(tmp_path, {"v1": [ann(0, 10)]}), subset="testing")
     # labels are not needed (nor checked) for proposals
-    props = load_predictions(preds_dict({"v1": [{"score": 0.5, "segment": [0, 10], "label": "Nope"}]}), gt,
-                             require_label=False)
+    props = load_predictions(
+        preds_dict({"v1": [{"score": 0.5, "segment": [0, 10], "label": "Nope"}]}), gt, require_label=False
+    )
     assert props.label.tolist() == [-1]
 
 

@@ -39,8 +39,9 @@ def _linear_fit(model, opt, optim, *, calls=None, **kw):
             calls.append((epoch, step, micro, idx.tolist(), opt.param_groups[0]["lr"]))
         return ((model(x[idx]).squeeze(1) - y[idx]) ** 2).mean(), {}
 
-    return fit(opt, step, n_items=N, optim=optim, seed=5, order_stream=("toy-order",), stage="toy",
-               modules=(model,), **kw)
+    return fit(
+        opt, step, n_items=N, optim=optim, seed=5, order_stream=("toy-order",), stage="toy", modules=(model,), **kw
+    )
 
 
 def _no_time(history):
@@ -85,9 +86,15 @@ def test_resume_from_start_epoch_gives_the_uninterrupted_history():
     first = _model(torch.float32)
     opt = make_optimizer(first.parameters(), optim)
     saved = {}
-    h_first = _linear_fit(first, opt, optim, stop_epoch=2,
-                          on_epoch_end=lambda e, h: saved.update(epoch=e, model=first.state_dict(),
-                                                                 opt=opt.state_dict(), history=list(h)))
+    h_first = _linear_fit(
+        first,
+        opt,
+        optim,
+        stop_epoch=2,
+        on_epoch_end=lambda e, h: saved.update(
+            epoch=e, model=first.state_dict(), opt=opt.state_dict(), history=list(h)
+        ),
+    )
     assert len(h_first) == 2 and saved["epoch"] == 1
     # a new process: fresh objects, the checkpoint of the last finished epoch loaded into them
     resumed = _model(torch.float32)
@@ -110,8 +117,16 @@ def test_nan_loss_stops_with_stage_epoch_and_step():
         return (loss * float("nan") if (epoch, step) == (1, 2) else loss), {}
 
     with pytest.raises(LofiError, match=r"^toy\[x\]: loss is nan at epoch 1 step 2; lower the learning rate"):
-        fit(make_optimizer(model.parameters(), optim), step, n_items=N, optim=optim, seed=0, order_stream=("o",),
-            stage="toy[x]", on_epoch_end=lambda e, h: ended.append(e))
+        fit(
+            make_optimizer(model.parameters(), optim),
+            step,
+            n_items=N,
+            optim=optim,
+            seed=0,
+            order_stream=("o",),
+            stage="toy[x]",
+            on_epoch_end=lambda e, h: ended.append(e),
+        )
     assert ended == [0]
 
 
@@ -128,9 +143,19 @@ def test_epoch_row_sums_validate_and_tracker():
         loss = model(torch.zeros(len(idx), DIM, dtype=torch.float64)).sum() * 0
         return loss, {"odd": float(sum(i % 2 for i in idx.tolist()))}
 
-    history = fit(make_optimizer(model.parameters(), optim), step, n_items=N, optim=optim, seed=0, order_stream=("o",),
-                  stage="toy", validate=lambda e: {"val": 10.0 + e},
-                  on_epoch_end=lambda e, h: seen_rows.append(dict(h[-1])), tracker=Tracker(), metric_prefix="t")
+    history = fit(
+        make_optimizer(model.parameters(), optim),
+        step,
+        n_items=N,
+        optim=optim,
+        seed=0,
+        order_stream=("o",),
+        stage="toy",
+        validate=lambda e: {"val": 10.0 + e},
+        on_epoch_end=lambda e, h: seen_rows.append(dict(h[-1])),
+        tracker=Tracker(),
+        metric_prefix="t",
+    )
     assert [h["odd"] for h in history] == [9 / N, 9 / N]  # a per-item sum, reported as its epoch mean
     assert [h["val"] for h in history] == [10.0, 11.0] and seen_rows == history
     assert [s for s, _ in logged] == [0, 1]
@@ -157,19 +182,22 @@ def test_predict_applies_soft_nms_in_seconds(nms):
     from harness.data.model import Video
     from harness.pipeline.headtrain import predict
 
-    cfg = SimpleNamespace(runtime=SimpleNamespace(amp=False),
-                          post=PostConfig(nms=nms, sigma=0.8, alpha=0.4, low=0.5, high=0.9, top_k=100, top_k_classes=1))
+    cfg = SimpleNamespace(
+        runtime=SimpleNamespace(amp=False),
+        post=PostConfig(nms=nms, sigma=0.8, alpha=0.4, low=0.5, high=0.9, top_k=100, top_k_classes=1),
+    )
     video = Video("v1", "testing", 100.0)
-    det, prop = predict(cfg, _FixedHead(), np.array([[1.0]]), torch.zeros(1, 4, 8), [video], ("a",),
-                        torch.device("cpu"))
+    det, prop = predict(
+        cfg, _FixedHead(), np.array([[1.0]]), torch.zeros(1, 4, 8), [video], ("a",), torch.device("cpu")
+    )
     (a, b) = prop["v1"]
     assert a["segment"] == [0.0, 87.5] and a["score"] == pytest.approx(1.0)
     assert b["segment"] == [0.0, 100.0]
     iou = 87.5 / 100.0  # B lies over A
     if nms == "bmn":
         # BMN decays B only when IoU > low + (high - low) · width(A) / duration = 0.5 + 0.4 · 0.875 = 0.85: it does
-        expected = float(np.float32(0.8)) * math.exp(-iou**2 / 0.4)  # 0.8 · exp(-0.765625 / 0.4) = 0.11799…
+        expected = float(np.float32(0.8)) * math.exp(-(iou**2) / 0.4)  # 0.8 · exp(-0.765625 / 0.4) = 0.11799…
     else:
-        expected = float(np.float32(0.8)) * math.exp(-iou**2 / 0.8)
+        expected = float(np.float32(0.8)) * math.exp(-(iou**2) / 0.8)
     assert b["score"] == pytest.approx(expected, rel=1e-9)
     assert [d["score"] for d in det["v1"]] == [p["score"] for p in prop["v1"]]  # class score 1

@@ -28,7 +28,7 @@ def _bmn_reference_mask(L: int, D: int, num_sample: int, per_bin: int, ratio: fl
             step = (hi - lo) / (num_sample * per_bin - 1.0)
             points = [lo + step * i for i in range(num_sample * per_bin)]
             for n in range(num_sample):
-                for x in points[n * per_bin:(n + 1) * per_bin]:
+                for x in points[n * per_bin : (n + 1) * per_bin]:
                     frac, down = math.modf(x)
                     up = math.ceil(x)
                     if 0 <= int(down) <= L - 1:

@@ -161,8 +161,11 @@ def test_perfect_predictions_beat_random_and_reproducible() -> None:
 def test_tal_loss_ignores_invalid_cells() -> None:
     t = make_targets_batch([[[0.25, 0.75]]], 6, 6)
     gen = torch.Generator().manual_seed(2)
-    out = {"start": torch.rand(1, 6, generator=gen), "end": torch.rand(1, 6, generator=gen),
-           "iou_map": torch.rand(1, 2, 6, 6, generator=gen)}
+    out = {
+        "start": torch.rand(1, 6, generator=gen),
+        "end": torch.rand(1, 6, generator=gen),
+        "iou_map": torch.rand(1, 2, 6, 6, generator=gen),
+    }
     changed = {k: v.clone() for k, v in out.items()}
     changed["iou_map"][:, :, ~valid_map_mask(6, 6)] = 0.99  # cells ending past the video
     a, parts_a = tal_loss(out, t, generator=torch.Generator().manual_seed(0))
@@ -250,4 +253,4 @@ def test_round_trip_labels_to_proposals(segments: list[list[float]], L: int, dur
     expected = sorted((a * duration, b * duration) for a, b in segments)
     assert sorted((round(a, 6), round(b, 6)) for a, b, _ in top) == pytest.approx(expected)
     assert top[:, 2] == pytest.approx(1.0)
-    assert np.all(props[len(segments):, 2] < 1.0 - 1e-6)
+    assert np.all(props[len(segments) :, 2] < 1.0 - 1e-6)

@@ -123,7 +123,9 @@ def test_mlflow_records_parent_and_children(tmp_path, tiny_overrides):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = _cfg([o for o in tiny_overrides if not o.startswith("tracking.")], f"tracking.uri={uri}", "tracking.experiment=t")
+    cfg = _cfg(
+        [o for o in tiny_overrides if not o.startswith("tracking.")], f"tracking.uri={uri}", "tracking.experiment=t"
+    )
     row = run_all(cfg, mode="lofi-T", seed=0, out=tmp_path / "run")
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("t")
@@ -163,7 +165,9 @@ def test_class_scores_are_shared_and_alternatives_work(tmp_path, tiny_overrides)
 
     cfg = _cfg(tiny_overrides)
     stages = tmp_path / "stages"
-    rows = {mode: run_all(cfg, mode=mode, seed=0, out=tmp_path / mode, stages_root=stages) for mode in ("acp", "lofi-T")}
+    rows = {
+        mode: run_all(cfg, mode=mode, seed=0, out=tmp_path / mode, stages_root=stages) for mode in ("acp", "lofi-T")
+    }
     # one classifier for both modes: their detections use the same class scores, so each video's labels agree
     scores = json.loads((stages / "classifier" / "seed0" / "class_scores.json").read_text())
     ds_classes = tuple(scores["classes"])
@@ -174,8 +178,13 @@ def test_class_scores_are_shared_and_alternatives_work(tmp_path, tiny_overrides)
         top = np.argsort(scores["scores"][vid])[::-1][:2]
         assert {e["label"] for e in a[vid]} == {e["label"] for e in b[vid]} == {ds_classes[i] for i in top}
     # the per-run linear probe instead of the shared classifier
-    probe = run_all(_cfg(tiny_overrides, "head.class_scores=features"), mode="acp", seed=0, out=tmp_path / "probe",
-                    stages_root=stages)
+    probe = run_all(
+        _cfg(tiny_overrides, "head.class_scores=features"),
+        mode="acp",
+        seed=0,
+        out=tmp_path / "probe",
+        stages_root=stages,
+    )
     assert probe["run_key"] != rows["acp"]["run_key"]
     assert set(probe["stage_keys"]) == {"pretrain-acp-seed0", "features-acp-seed0", "head-seed0"}  # no classifier
     # an external scores file with a class missing is a one-line error naming the file
@@ -202,7 +211,9 @@ def test_corrupt_video_stops_with_its_name_or_is_skipped_and_counted(smoke_root,
         VideoFrames(cfg.data).usable(videos)
     msg = str(err.value)
     assert str(bad) in msg and "skip_corrupt" in msg and "\n" not in msg
-    skipping = _cfg(tiny_overrides, f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.skip_corrupt=true")
+    skipping = _cfg(
+        tiny_overrides, f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.skip_corrupt=true"
+    )
     frames = VideoFrames(skipping.data)
     kept = frames.usable(videos)
     assert [v.id for v in kept] == [v.id for v in videos if v.id != videos[1].id]

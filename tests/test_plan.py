@@ -51,8 +51,14 @@ def test_each_section_reruns_only_what_reads_it() -> None:
 def test_modes_plan_the_stages_they_need() -> None:
     cfg = load_experiment(SMOKE)
     names = {m: [s.name for s in plan_run(cfg, mode=m, seed=1, run_dir=Path("/r")).stages] for m in MODES}
-    assert names["icp"] == ["pretrain-icp-seed1", "features-icp-seed1", "pretrain-acp-seed1", "pretrain-acpplus-seed1",
-                            "classifier-seed1", "head-seed1"]
+    assert names["icp"] == [
+        "pretrain-icp-seed1",
+        "features-icp-seed1",
+        "pretrain-acp-seed1",
+        "pretrain-acpplus-seed1",
+        "classifier-seed1",
+        "head-seed1",
+    ]
     assert names["e2e-full"][:3] == ["pretrain-acp-seed1", "lofi-full-seed1", "features-lofi-full-seed1"]
     assert "lofi" not in " ".join(names["acp+"])
     for mode, (_, cycle) in MODE_PLAN.items():

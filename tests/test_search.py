@@ -45,8 +45,11 @@ def fake_chain(cfg: ExperimentConfig, spec: S.RunSpec, on_epoch: S.OnEpoch | Non
     if on_epoch is not None:
         for epoch in range(3):
             on_epoch(epoch, val * (epoch + 1) / 3)
-    return {"val_average_mAP": val, "average_mAP": val - 0.1 + spec.seed / 1e4,
-            "activation_rel": 1.0 / (cfg.lofi.r_t * cfg.lofi.r_s ** 2)}
+    return {
+        "val_average_mAP": val,
+        "average_mAP": val - 0.1 + spec.seed / 1e4,
+        "activation_rel": 1.0 / (cfg.lofi.r_t * cfg.lofi.r_s**2),
+    }
 
 
 def _params(study: optuna.Study) -> list[tuple[int, float, float]]:
@@ -74,7 +77,9 @@ def test_resume_runs_only_the_remainder_and_keeps_the_first_trials(tmp_path: Pat
     assert len(trials) == 5 and all(S.is_counted(t) for t in trials)
     assert [(t.number, t.params, t.value, t.state) for t in trials[:3]] == before
     # a resumed sampler must not replay the start-up points of the first run
-    assert {(t.params["r_t"], t.params["r_s"]) for t in trials[3:]}.isdisjoint({(p["r_t"], p["r_s"]) for _, p, _, _ in before})
+    assert {(t.params["r_t"], t.params["r_s"]) for t in trials[3:]}.isdisjoint(
+        {(p["r_t"], p["r_s"]) for _, p, _, _ in before}
+    )
     assert S.run_study(_cfg(), tmp_path, 5, objective_fn=fake_chain).ran == 0  # already complete: nothing to do
 
 
@@ -100,7 +105,9 @@ def test_lofi_error_fails_the_trial_with_its_message_and_the_study_goes_on(tmp_p
 
     result = S.run_study(_cfg(), tmp_path, 3, objective_fn=flaky)
     t1 = result.study.trials[1]
-    assert t1.state == TrialState.FAIL and t1.user_attrs["error"] == "videos/x.mp4: cannot decode; re-run lofi data synth"
+    assert (
+        t1.state == TrialState.FAIL and t1.user_attrs["error"] == "videos/x.mp4: cannot decode; re-run lofi data synth"
+    )
     assert [t.state for t in result.study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert result.counted == 3  # a genuine failure uses up its place in the budget
     report = SR.write_report(result, _cfg(), tmp_path, objective_fn=fake_chain).read_text()
@@ -133,7 +140,9 @@ def test_trials_share_one_pretraining_and_get_their_own_folders(tmp_path: Path) 
     assert [s.out for s in seen] == [tmp_path / "trials" / "0", tmp_path / "trials" / "1"]
     assert {s.stages_root for s in seen} == {tmp_path / "stages"} and {s.seed for s in seen} == {7}
     # the plan puts both trials' ACP pre-training in one folder and each (r_t, r_s) in a LoFi folder of its own
-    plans = [plan_run(c, mode=S.SEARCH_MODE, seed=7, run_dir=s.out, stages_root=s.stages_root) for c, s in zip(configs, seen)]
+    plans = [
+        plan_run(c, mode=S.SEARCH_MODE, seed=7, run_dir=s.out, stages_root=s.stages_root) for c, s in zip(configs, seen)
+    ]
     assert {p.get("pretrain", "acp").folder for p in plans} == {tmp_path / "stages" / "pretrain" / "acp" / "seed7"}
     lofi = [p.get("lofi").folder for p in plans]
     assert lofi[0] != lofi[1] and all(f.parent.parent == tmp_path / "stages" / "lofi" for f in lofi)
@@ -147,8 +156,9 @@ def test_pruning_stops_trials_that_report_bad_intermediate_values(tmp_path: Path
             on_epoch(epoch, 0.5 if n < 3 else 0.01)  # from trial 3 on: far below the median
         return {"val_average_mAP": 0.5 if n < 3 else 0.01, "activation_rel": 0.5}
 
-    result = S.run_study(_cfg(), tmp_path, 5, objective_fn=bad_after_startup,
-                         pruner=S.PrunerOptions(startup_trials=3, warmup_steps=1))
+    result = S.run_study(
+        _cfg(), tmp_path, 5, objective_fn=bad_after_startup, pruner=S.PrunerOptions(startup_trials=3, warmup_steps=1)
+    )
     trials = result.study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED] * 2
     assert all(max(t.intermediate_values) == 1 for t in trials[3:])  # pruned right after the warm-up epoch
@@ -161,8 +171,9 @@ def test_pruning_off_in_config_lets_bad_trials_finish(tmp_path: Path) -> None:
             on_epoch(epoch, 0.5 if int(spec.out.name) < 2 else 0.0)
         return {"val_average_mAP": 0.1, "activation_rel": 0.5}
 
-    result = S.run_study(_cfg(pruning=False), tmp_path, 4, objective_fn=bad,
-                         pruner=S.PrunerOptions(startup_trials=1, warmup_steps=0))
+    result = S.run_study(
+        _cfg(pruning=False), tmp_path, 4, objective_fn=bad, pruner=S.PrunerOptions(startup_trials=1, warmup_steps=0)
+    )
     assert all(t.state == TrialState.COMPLETE for t in result.study.trials)
 
 
@@ -181,7 +192,9 @@ def test_multi_objective_returns_a_pareto_front_without_pruning(tmp_path: Path) 
     assert front
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     for t in done:  # every front member is dominated by no trial; everything else is dominated by a front member
-        dominated = any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in done)
+        dominated = any(
+            o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values for o in done
+        )
         assert dominated == (t.number not in {f.number for f in front})
     for t in done:
         assert t.values[1] == pytest.approx(1.0 / (t.params["r_t"] * t.params["r_s"] ** 2))
@@ -193,15 +206,26 @@ def test_multi_objective_returns_a_pareto_front_without_pruning(tmp_path: Path) 
 def test_report_shows_best_trial_fresh_seed_test_result_and_plots(tmp_path: Path) -> None:
     cfg = _cfg()
     result = S.run_study(cfg, tmp_path / "search", 4, objective_fn=fake_chain)
-    report_path = SR.write_report(result, cfg, tmp_path / "search", tmp_path / "optuna_rt_rs.md", objective_fn=fake_chain)
+    report_path = SR.write_report(
+        result, cfg, tmp_path / "search", tmp_path / "optuna_rt_rs.md", objective_fn=fake_chain
+    )
     text = report_path.read_text()
     best = max((t for t in result.study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     L, size = fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, best.params["r_t"], best.params["r_s"])
-    best_line = next(line for line in text.splitlines() if line.startswith(f"|       {best.number} |") or
-                     line.replace(" ", "").startswith(f"|{best.number}|"))
+    best_line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith(f"|       {best.number} |") or line.replace(" ", "").startswith(f"|{best.number}|")
+    )
     cells = [c.strip() for c in best_line.strip("|").split("|")]
-    assert cells[:6] == [str(best.number), f"{best.params['r_t']:.3f}", f"{best.params['r_s']:.3f}", str(L), str(size),
-                         f"{best.value:.4f}"]
+    assert cells[:6] == [
+        str(best.number),
+        f"{best.params['r_t']:.3f}",
+        f"{best.params['r_s']:.3f}",
+        str(L),
+        str(size),
+        f"{best.value:.4f}",
+    ]
     # test split of the best ratios re-run with fresh seeds 100 and 101: mean ± sample sd of the fake rows
     tests = [best.value - 0.1 + s / 1e4 for s in (100, 101)]
     mean, sd = sum(tests) / 2, abs(tests[1] - tests[0]) / math.sqrt(2)
@@ -210,7 +234,11 @@ def test_report_shows_best_trial_fresh_seed_test_result_and_plots(tmp_path: Path
         png = tmp_path / f"optuna_rt_rs_{kind}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png.name})" in text
-    assert f"study `{result.study_name}`" in text and f"storage `{result.storage}`" in text and "sampler TPE seed 0" in text
+    assert (
+        f"study `{result.study_name}`" in text
+        and f"storage `{result.storage}`" in text
+        and "sampler TPE seed 0" in text
+    )
     # fresh-seed runs have their own folders under the search folder and use the seed's shared pre-training
     assert not (tmp_path / "search" / "trials" / "4").exists()
 
@@ -233,41 +261,79 @@ def test_objective_never_sees_the_test_split(tmp_path: Path) -> None:
     assert all(t.value == pytest.approx(surface(t.params["r_t"], t.params["r_s"])) for t in result.study.trials)
 
 
-@pytest.mark.parametrize("kw, message", [  # the config rejects them when built, before any trial could start
-    ({"r_t": (1.0, 32.0)}, "fidelity.snippets = 16"),
-    ({"r_s": (0.5, 2.0)}, "r_s[0] = 0.5"),
-    ({"r_t": (4.0, 2.0)}, "r_t = [4.0, 2.0]"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [  # the config rejects them when built, before any trial could start
+        ({"r_t": (1.0, 32.0)}, "fidelity.snippets = 16"),
+        ({"r_s": (0.5, 2.0)}, "r_s[0] = 0.5"),
+        ({"r_t": (4.0, 2.0)}, "r_t = [4.0, 2.0]"),
+    ],
+)
 def test_impossible_ranges_are_one_line_errors(tmp_path: Path, kw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         S.run_study(_cfg(**kw), tmp_path, 2, objective_fn=fake_chain)
     assert "\n" not in str(info.value)
 
 
-def test_cli_runs_a_study_and_prints_the_best_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_runs_a_study_and_prints_the_best_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     from harness.cli import main
 
     monkeypatch.setattr(S, "chain_run", fake_chain)  # the CLI's default objective, looked up at call time
-    rc = main(["search", "--config", str(REPO / "config" / "smoke.yaml"), "--set", "tracking.enabled=false",
-               "--out", str(tmp_path / "s"), "--trials", "2", "--report", str(tmp_path / "r.md")])
+    rc = main(
+        [
+            "search",
+            "--config",
+            str(REPO / "config" / "smoke.yaml"),
+            "--set",
+            "tracking.enabled=false",
+            "--out",
+            str(tmp_path / "s"),
+            "--trials",
+            "2",
+            "--report",
+            str(tmp_path / "r.md"),
+        ]
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and out["finished_trials"] == 2 and out["report"] == str(tmp_path / "r.md")
     assert out["val_average_mAP"] == pytest.approx(surface(out["r_t"], out["r_s"]))
-    assert main(["search", "--config", str(REPO / "config" / "smoke.yaml"), "--out", str(tmp_path / "s"),
-                 "--storage", "not-a-url", "--trials", "1"]) == 2
+    assert (
+        main(
+            [
+                "search",
+                "--config",
+                str(REPO / "config" / "smoke.yaml"),
+                "--out",
+                str(tmp_path / "s"),
+                "--storage",
+                "not-a-url",
+                "--trials",
+                "1",
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow
 def test_one_real_trial_of_the_smoke_chain(tmp_path: Path) -> None:
     from harness.experiment import load_experiment
 
-    cfg = load_experiment(REPO / "config" / "smoke.yaml", [
-        f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}", "lofi.optim.epochs=1",
-        "head.optim.epochs=1", "tracking.enabled=false", "sweep.optuna.fresh_seeds=[]",
-    ])
+    cfg = load_experiment(
+        REPO / "config" / "smoke.yaml",
+        [
+            f"data.root={tmp_path / 'data'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "lofi.optim.epochs=1",
+            "head.optim.epochs=1",
+            "tracking.enabled=false",
+            "sweep.optuna.fresh_seeds=[]",
+        ],
+    )
     result = S.run_study(cfg, tmp_path / "search", 1)
     (trial,) = result.study.trials
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
@@ -277,6 +343,10 @@ def test_one_real_trial_of_the_smoke_chain(tmp_path: Path) -> None:
     assert set(row["stage_keys"]) >= {"pretrain-acp-seed0", "lofi-custom-seed0"}
     assert (tmp_path / "search" / "stages" / "pretrain" / "acp" / "seed0" / "done.json").is_file()
     assert sorted(p.name for p in (tmp_path / "search" / "trials" / "0").iterdir()) == [
-        "config.yaml", "head", "metrics.json", "row.json"]  # the trial's own folder holds its head only
+        "config.yaml",
+        "head",
+        "metrics.json",
+        "row.json",
+    ]  # the trial's own folder holds its head only
     text = SR.write_report(result, cfg, tmp_path / "search").read_text()
     assert f"{trial.value:.4f}" in text

@@ -60,12 +60,22 @@ def _fixture_predictions(ds: TALDataset, rng: np.random.Generator, noise: float,
             for _ in range(2):
                 a = s.start + local.normal(0, noise)
                 b = s.end + local.normal(0, noise)
-                entries.append({"label": s.label, "score": float(local.uniform(0.3, 1.0)),
-                                "segment": [float(min(a, b)), float(max(a, b) + 0.1)]})
+                entries.append(
+                    {
+                        "label": s.label,
+                        "score": float(local.uniform(0.3, 1.0)),
+                        "segment": [float(min(a, b)), float(max(a, b) + 0.1)],
+                    }
+                )
         for _ in range(n_false):
             a = float(local.uniform(0, 90))
-            entries.append({"label": CLASSES[int(local.integers(3))], "score": float(local.uniform(0, 0.6)),
-                            "segment": [a, a + float(local.uniform(1, 10))]})
+            entries.append(
+                {
+                    "label": CLASSES[int(local.integers(3))],
+                    "score": float(local.uniform(0, 0.6)),
+                    "segment": [a, a + float(local.uniform(1, 10))],
+                }
+            )
         results[vid] = entries
     return {"version": "fixture", "results": results, "external_data": {}}
 
@@ -87,10 +97,15 @@ def runs() -> tuple[TALDataset, list[DetectionMatches], list[DetectionMatches]]:
 def _hand_matches() -> DetectionMatches:
     """2 videos, 1 class, one threshold; ranked: p0 (video 0, TP), p1 (video 1, FP), p2 (video 1, TP)."""
     return DetectionMatches(
-        classes=np.array(["a"], dtype=object), video_ids=np.array(["v0", "v1"], dtype=object),
-        tiou_thresholds=np.array([0.5]), pred_class=np.array([0, 0, 0]), pred_video=np.array([0, 1, 1]),
-        pred_score=np.array([0.9, 0.8, 0.7]), tp=np.array([[True, False, True]]),
-        gt_class=np.array([0, 0]), gt_video=np.array([0, 1]),
+        classes=np.array(["a"], dtype=object),
+        video_ids=np.array(["v0", "v1"], dtype=object),
+        tiou_thresholds=np.array([0.5]),
+        pred_class=np.array([0, 0, 0]),
+        pred_video=np.array([0, 1, 1]),
+        pred_score=np.array([0.9, 0.8, 0.7]),
+        tp=np.array([[True, False, True]]),
+        gt_class=np.array([0, 0]),
+        gt_video=np.array([0, 1]),
     )
 
 
@@ -134,8 +149,9 @@ def test_weighting_equals_duplicating_videos() -> None:
     dup = _fixture_dataset(10, np.random.default_rng(3), copies=weights)
     m = _matches(ds, _fixture_predictions(ds, np.random.default_rng(0), noise=3.0))
     w = np.array([weights.get(i, 1) for i in range(10)], dtype=float)
-    expected = evaluate_detection(load_ground_truth(dup, subset="validation"),
-                                  _fixture_predictions(dup, np.random.default_rng(0), noise=3.0))
+    expected = evaluate_detection(
+        load_ground_truth(dup, subset="validation"), _fixture_predictions(dup, np.random.default_rng(0), noise=3.0)
+    )
     # Classes absent from the duplicated set are not evaluated there; the weighted mAP skips them likewise.
     assert weighted_metric(m, w[None, :])[0] == pytest.approx(expected.average_mAP, abs=1e-12)
 
@@ -157,8 +173,10 @@ def test_bootstrap_diff_is_difference_of_seed_means(runs) -> None:
     gt = load_ground_truth(ds, subset="validation")
     means = []
     for noise in (4.0, 2.0):
-        scores = [evaluate_detection(gt, _fixture_predictions(ds, np.random.default_rng(s), noise=noise)).average_mAP
-                  for s in range(3)]
+        scores = [
+            evaluate_detection(gt, _fixture_predictions(ds, np.random.default_rng(s), noise=noise)).average_mAP
+            for s in range(3)
+        ]
         means.append(np.mean(scores))
     res = paired_bootstrap(a, b, n_boot=50, rng=np.random.default_rng(0))
     assert res.diff == pytest.approx(means[1] - means[0], abs=1e-12)
@@ -176,17 +194,27 @@ def test_bootstrap_fast_equals_reference(runs) -> None:
 def test_bootstrap_pairs_seeds_by_value(runs) -> None:
     _, a, b = runs
     ordered = paired_bootstrap(a, b, n_boot=40, rng=np.random.default_rng(2), seeds_a=[0, 1, 2], seeds_b=[0, 1, 2])
-    shuffled = paired_bootstrap(a, b[::-1], n_boot=40, rng=np.random.default_rng(2), seeds_a=[0, 1, 2], seeds_b=[2, 1, 0])
+    shuffled = paired_bootstrap(
+        a, b[::-1], n_boot=40, rng=np.random.default_rng(2), seeds_a=[0, 1, 2], seeds_b=[2, 1, 0]
+    )
     np.testing.assert_allclose(ordered.samples, shuffled.samples, atol=1e-12)
 
 
 def test_dominating_config_is_significant() -> None:
     # B finds every instance exactly; A's detections are all shifted off the instances: B wins on every video.
     ds = _fixture_dataset(30, np.random.default_rng(5))
-    exact = {"results": {v: [{"label": s.label, "score": 0.9, "segment": [s.start, s.end]} for s in video.segments]
-                         for v, video in ds.videos.items()}}
-    shifted = {"results": {v: [{"label": s.label, "score": 0.9, "segment": [s.end + 1, s.end + 20]}
-                               for s in video.segments] for v, video in ds.videos.items()}}
+    exact = {
+        "results": {
+            v: [{"label": s.label, "score": 0.9, "segment": [s.start, s.end]} for s in video.segments]
+            for v, video in ds.videos.items()
+        }
+    }
+    shifted = {
+        "results": {
+            v: [{"label": s.label, "score": 0.9, "segment": [s.end + 1, s.end + 20]} for s in video.segments]
+            for v, video in ds.videos.items()
+        }
+    }
     a = [_matches(ds, shifted)] * 2
     b = [_matches(ds, exact)] * 2
     boot = paired_bootstrap(a, b, n_boot=300, rng=np.random.default_rng(0))
@@ -217,8 +245,9 @@ def test_permutation_identical_configs_gives_one(runs) -> None:
 def test_permutation_fast_equals_reference(runs) -> None:
     _, a, b = runs
     fast = paired_permutation_test(a[:2], b[:2], n_perm=30, rng=np.random.default_rng(9), metric="mAP_0.50")
-    ref = paired_permutation_test(a[:2], b[:2], n_perm=30, rng=np.random.default_rng(9), metric="mAP_0.50",
-                                  method="reference")
+    ref = paired_permutation_test(
+        a[:2], b[:2], n_perm=30, rng=np.random.default_rng(9), metric="mAP_0.50", method="reference"
+    )
     assert fast == ref
 
 
@@ -236,8 +265,10 @@ def test_merge_swapped_takes_each_video_from_one_config(runs) -> None:
 
 def test_mismatched_ground_truth_is_an_error(runs) -> None:
     _, a, _ = runs
-    other = _matches(_fixture_dataset(5, np.random.default_rng(1)),
-                     _fixture_predictions(_fixture_dataset(5, np.random.default_rng(1)), np.random.default_rng(0), 2.0))
+    other = _matches(
+        _fixture_dataset(5, np.random.default_rng(1)),
+        _fixture_predictions(_fixture_dataset(5, np.random.default_rng(1)), np.random.default_rng(0), 2.0),
+    )
     with pytest.raises(StatsError, match="same ground truth"):
         paired_bootstrap(a, [other], n_boot=5, rng=np.random.default_rng(0))
 

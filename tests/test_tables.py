@@ -35,13 +35,32 @@ CLASSES = ("jump", "run")
 N_VIDEOS = 10
 # Fixture average mAP per mode and seed (fractions, as rows store them).
 FIXTURE_AVG = {
-    "acp": (0.30, 0.32), "lofi-S": (0.33, 0.35), "lofi-T": (0.31, 0.33), "lofi-ST": (0.34, 0.34),
-    "lofi-short": (0.35, 0.37), "lofi-long": (0.36, 0.38), "icp": (0.25, 0.27), "acp+": (0.31, 0.31),
+    "acp": (0.30, 0.32),
+    "lofi-S": (0.33, 0.35),
+    "lofi-T": (0.31, 0.33),
+    "lofi-ST": (0.34, 0.34),
+    "lofi-short": (0.35, 0.37),
+    "lofi-long": (0.36, 0.38),
+    "icp": (0.25, 0.27),
+    "acp+": (0.31, 0.31),
 }
-FIXTURE_SHAPE = {"lofi-S": (100, 112, 0.25), "lofi-T": (25, 224, 0.25), "lofi-ST": (50, 158, 0.25),
-                 "e2e-full": (100, 224, 1.0)}
-NOISE = {"icp": 8.0, "acp": 6.0, "acp+": 5.0, "lofi-S": 4.0, "lofi-T": 4.0, "lofi-ST": 4.0, "lofi-short": 2.0,
-         "lofi-long": 1.0, "e2e-full": 1.0}
+FIXTURE_SHAPE = {
+    "lofi-S": (100, 112, 0.25),
+    "lofi-T": (25, 224, 0.25),
+    "lofi-ST": (50, 158, 0.25),
+    "e2e-full": (100, 224, 1.0),
+}
+NOISE = {
+    "icp": 8.0,
+    "acp": 6.0,
+    "acp+": 5.0,
+    "lofi-S": 4.0,
+    "lofi-T": 4.0,
+    "lofi-ST": 4.0,
+    "lofi-short": 2.0,
+    "lofi-long": 1.0,
+    "e2e-full": 1.0,
+}
 EXTRA_AVG = {"e2e-full": (0.40, 0.42)}  # modes written only by the tests that need them (not by the fixture)
 
 
@@ -50,13 +69,18 @@ def _write_annotations(path: Path) -> dict:
     db = {}
     for i in range(N_VIDEOS):
         start = float(rng.uniform(0, 50))
-        db[f"vid{i:02d}"] = {"subset": "validation", "duration": 100.0,
-                             "annotations": [{"segment": [start, start + 20.0], "label": CLASSES[i % 2]}]}
+        db[f"vid{i:02d}"] = {
+            "subset": "validation",
+            "duration": 100.0,
+            "annotations": [{"segment": [start, start + 20.0], "label": CLASSES[i % 2]}],
+        }
     path.write_text(json.dumps({"version": "fixture", "database": db}))
     return db
 
 
-def _write_run(root: Path, dataset: str, mode: str, seed: int, db: dict, gt: Path, encoder: str = "tsm_resnet18") -> Path:
+def _write_run(
+    root: Path, dataset: str, mode: str, seed: int, db: dict, gt: Path, encoder: str = "tsm_resnet18"
+) -> Path:
     run = root / dataset / encoder / mode / f"seed{seed}"
     run.mkdir(parents=True)
     rng = np.random.default_rng([seed, len(mode)])
@@ -64,20 +88,45 @@ def _write_run(root: Path, dataset: str, mode: str, seed: int, db: dict, gt: Pat
     for vid, info in db.items():
         (s, e), label = info["annotations"][0]["segment"], info["annotations"][0]["label"]
         jitter = rng.normal(0, NOISE[mode], 2)
-        results[vid] = [{"label": label, "score": float(rng.uniform(0.5, 1)), "segment": [s + jitter[0], e + abs(jitter[1]) + 1]},
-                        {"label": CLASSES[int(rng.integers(2))], "score": float(rng.uniform(0, 0.5)), "segment": [1.0, 9.0]}]
+        results[vid] = [
+            {"label": label, "score": float(rng.uniform(0.5, 1)), "segment": [s + jitter[0], e + abs(jitter[1]) + 1]},
+            {"label": CLASSES[int(rng.integers(2))], "score": float(rng.uniform(0, 0.5)), "segment": [1.0, 9.0]},
+        ]
     (run / "predictions.json").write_text(json.dumps({"version": "fixture", "results": results}))
     avg = {**FIXTURE_AVG, **EXTRA_AVG}[mode][seed]
     L, size, rel = FIXTURE_SHAPE.get(mode, (None, None, 0.3 if mode in ("lofi-long", "lofi-short") else 0.0))
-    cycle = {"lofi-S": "S", "lofi-T": "T", "lofi-ST": "ST", "lofi-long": "long", "lofi-short": "short",
-             "e2e-full": "full"}.get(mode, "")
+    cycle = {
+        "lofi-S": "S",
+        "lofi-T": "T",
+        "lofi-ST": "ST",
+        "lofi-long": "long",
+        "lofi-short": "short",
+        "e2e-full": "full",
+    }.get(mode, "")
     row = {
-        "dataset": dataset, "encoder": encoder, "head": "gtad", "mode": mode, "cycle": cycle, "r_t": None, "r_s": None,
-        "L": L, "size": size, "full_L": 100, "full_size": 224, "seed": seed, "split": "validation",
-        "config_hash": f"hash-{mode}-{seed}", "commit": "fixturecommit", "mlflow_run_id": f"mlflow-{mode}-{seed}",
-        "average_mAP": avg, **{f"mAP_{t:.2f}": avg + 0.2 - 0.4 * (t - 0.5) / 0.45 for t in np.linspace(0.5, 0.95, 10)},
-        "activation_bytes": int(rel * 2**30), "activation_bytes_full": 2**30, "time_lofi_s": 10.0 + seed,
-        "predictions": "predictions.json", "ground_truth": str(gt),
+        "dataset": dataset,
+        "encoder": encoder,
+        "head": "gtad",
+        "mode": mode,
+        "cycle": cycle,
+        "r_t": None,
+        "r_s": None,
+        "L": L,
+        "size": size,
+        "full_L": 100,
+        "full_size": 224,
+        "seed": seed,
+        "split": "validation",
+        "config_hash": f"hash-{mode}-{seed}",
+        "commit": "fixturecommit",
+        "mlflow_run_id": f"mlflow-{mode}-{seed}",
+        "average_mAP": avg,
+        **{f"mAP_{t:.2f}": avg + 0.2 - 0.4 * (t - 0.5) / 0.45 for t in np.linspace(0.5, 0.95, 10)},
+        "activation_bytes": int(rel * 2**30),
+        "activation_bytes_full": 2**30,
+        "time_lofi_s": 10.0 + seed,
+        "predictions": "predictions.json",
+        "ground_truth": str(gt),
     }
     (run / "row.json").write_text(json.dumps(row))
     return run
@@ -170,7 +219,11 @@ def test_models_and_memory_tables(fixture_runs: Path) -> None:
     rows = load_rows(sorted(fixture_runs.glob("activitynet/**/row.json")))
     models = models_table(rows, modes=("acp", "lofi-long")).display
     assert list(zip(models["Encoder"], models["Config"])) == [
-        ("tsm_resnet18", "ACP"), ("tsm_resnet18", "LoFi"), ("tsm_resnet34", "ACP"), ("tsm_resnet34", "LoFi")]
+        ("tsm_resnet18", "ACP"),
+        ("tsm_resnet18", "LoFi"),
+        ("tsm_resnet34", "ACP"),
+        ("tsm_resnet34", "LoFi"),
+    ]
     shown = models.set_index(["Encoder", "Config"])
     assert shown.loc[("tsm_resnet34", "LoFi"), "Paper Avg"] == "34.74"
     assert shown.loc[("tsm_resnet18", "LoFi"), "Avg"] == "37.00 ± 1.41"  # (36 + 38) / 2
@@ -193,9 +246,16 @@ def test_memory_table_shows_a_peak_only_where_rows_carry_one(fixture_runs: Path)
 def test_tables_take_their_rows_and_order_from_modes(fixture_runs: Path) -> None:
     rows = _rows(fixture_runs, "synthetic")
     assert list(ablation_table(rows, modes=("lofi-long", "acp", "lofi-T")).display["Config"]) == [
-        "Long C-LoFi", "ACP", "T-LoFi"]
+        "Long C-LoFi",
+        "ACP",
+        "T-LoFi",
+    ]
     assert list(pretrain_table(rows, modes=table_modes(SweepConfig())["pretrain"]).display["Config"]) == [
-        "ICP", "ACP", "ACP+", "LoFi"]
+        "ICP",
+        "ACP",
+        "ACP+",
+        "LoFi",
+    ]
     with pytest.raises(TableError, match="none of the ablation table's modes"):
         ablation_table(rows, modes=("e2e-full",))
     assert set(MODE_LABELS) == set(MODES)  # every mode has a label (and its place in the canonical order)
@@ -212,24 +272,64 @@ def test_an_e2e_full_mode_in_the_config_gets_its_row(fixture_runs: Path, tmp_pat
     table = ablation_table(rows, modes=table_modes(sweep)["ablation"]).display.set_index("Config")
     assert list(table.index)[-1] == "End-to-end (full fidelity)"
     assert table.loc["End-to-end (full fidelity)", ["Avg", "L", "H×W", "Act. mem. (rel.)"]].tolist() == [
-        "41.00 ± 1.41", "100", "224²", "1.00"]
+        "41.00 ± 1.41",
+        "100",
+        "224²",
+        "1.00",
+    ]
     # the command: --config/--set choose the same rows, with a comparison against ACP
     out = tmp_path / "out"
-    rc = main(["-q", "report", "tables", "--runs", *map(str, [*others, *e2e]), "--out", str(out), "--which", "ablation",
-               "--no-plots", "--n-boot", "20", "--config", str(ROOT / "config" / "smoke.yaml"),
-               "--set", "sweep.ablation_modes=[acp,e2e-full]"])
+    rc = main(
+        [
+            "-q",
+            "report",
+            "tables",
+            "--runs",
+            *map(str, [*others, *e2e]),
+            "--out",
+            str(out),
+            "--which",
+            "ablation",
+            "--no-plots",
+            "--n-boot",
+            "20",
+            "--config",
+            str(ROOT / "config" / "smoke.yaml"),
+            "--set",
+            "sweep.ablation_modes=[acp,e2e-full]",
+        ]
+    )
     assert rc == 0
     cells = _markdown_table((out / "table_ablation.md").read_text())
     assert [r[0] for r in cells[1:]] == ["ACP", "End-to-end (full fidelity)"]
     numeric = pd.read_csv(out / "table_ablation.csv").set_index("mode")
-    assert numeric.loc["e2e-full", "delta_ci_low"] <= numeric.loc["e2e-full", "delta_avg"] <= numeric.loc["e2e-full", "delta_ci_high"]
+    assert (
+        numeric.loc["e2e-full", "delta_ci_low"]
+        <= numeric.loc["e2e-full", "delta_avg"]
+        <= numeric.loc["e2e-full", "delta_ci_high"]
+    )
     assert "Holm-corrected over 1 comparison(s)" in (out / "table_ablation.md").read_text()
 
 
 def test_report_command_end_to_end(fixture_runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    rc = main(["-q", "report", "tables", "--runs-glob", str(fixture_runs / "synthetic" / "**" / "row.json"),
-               "--out", str(out), "--n-boot", "40", "--seed", "0", "--config", str(ROOT / "config" / "default.yaml")])
+    rc = main(
+        [
+            "-q",
+            "report",
+            "tables",
+            "--runs-glob",
+            str(fixture_runs / "synthetic" / "**" / "row.json"),
+            "--out",
+            str(out),
+            "--n-boot",
+            "40",
+            "--seed",
+            "0",
+            "--config",
+            str(ROOT / "config" / "default.yaml"),
+        ]
+    )
     assert rc == 0
     for kind in ("ablation", "pretrain", "models", "memory"):
         for ext in ("md", "csv", "tex"):
@@ -244,9 +344,18 @@ def test_report_command_end_to_end(fixture_runs: Path, tmp_path: Path) -> None:
     text = (out / "table_ablation.md").read_text()
     assert f"n = {N_VIDEOS} test videos" in text and "Holm-corrected over 5 comparison(s)" in text
     # same seed -> same numbers, through the library call the command makes
-    build_report(load_rows(sorted(fixture_runs.glob("synthetic/**/row.json"))), out=tmp_path / "again",
-                 kinds=["ablation"], modes=table_modes(SweepConfig()), n_boot=40, seed=0, plots=False)
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "table_ablation.csv"), pd.read_csv(out / "table_ablation.csv"))
+    build_report(
+        load_rows(sorted(fixture_runs.glob("synthetic/**/row.json"))),
+        out=tmp_path / "again",
+        kinds=["ablation"],
+        modes=table_modes(SweepConfig()),
+        n_boot=40,
+        seed=0,
+        plots=False,
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "again" / "table_ablation.csv"), pd.read_csv(out / "table_ablation.csv")
+    )
 
 
 def test_missing_row_is_a_one_line_error(tmp_path: Path) -> None:

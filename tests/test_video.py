@@ -284,15 +284,25 @@ def test_cache_concurrent_readers_agree(video: Path, tmp_path: Path) -> None:
         (7, 3, 1, 1, [[1], [3], [5]]),
     ],
 )
-def test_snippet_frame_indices_hand_cases(num_frames: int, num_snippets: int, frames_per_snippet: int, stride: int,
-                                          expected: list[list[int]]) -> None:
+def test_snippet_frame_indices_hand_cases(
+    num_frames: int, num_snippets: int, frames_per_snippet: int, stride: int, expected: list[list[int]]
+) -> None:
     indices = snippet_frame_indices(num_frames, num_snippets, frames_per_snippet, stride)
     assert indices.dtype == np.int64
     assert indices.tolist() == expected
 
 
-@pytest.mark.parametrize("bad", [dict(num_frames=0), dict(num_snippets=0), dict(frames_per_snippet=0),
-                                 dict(stride=0), dict(stride=1.5), dict(num_snippets=True)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(num_frames=0),
+        dict(num_snippets=0),
+        dict(frames_per_snippet=0),
+        dict(stride=0),
+        dict(stride=1.5),
+        dict(num_snippets=True),
+    ],
+)
 def test_snippet_frame_indices_rejects_bad_arguments(bad: dict) -> None:
     args = dict(num_frames=10, num_snippets=2, frames_per_snippet=2, stride=1) | bad
     name = next(iter(bad))

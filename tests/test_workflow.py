@@ -77,8 +77,17 @@ def expected_ablation_jobs(config: Path) -> Counter:
         pretrain |= {"acp", "acp+"}
     cycles = {c for _, c in plans if c}
     sources = {p for p, c in plans if c is None} | {f"lofi-{c}" for c in cycles}
-    counts = Counter({"data": 1, "track_init": 1, "pretrain": n * len(pretrain), "lofi": n * len(cycles),
-                      "features": n * len(sources), "run": n * len(plans), "table_ablation": 1})
+    counts = Counter(
+        {
+            "data": 1,
+            "track_init": 1,
+            "pretrain": n * len(pretrain),
+            "lofi": n * len(cycles),
+            "features": n * len(sources),
+            "run": n * len(plans),
+            "table_ablation": 1,
+        }
+    )
     if shared_classifier:
         counts["classifier"] = n
     return counts
@@ -108,8 +117,12 @@ def test_default_config_dry_run_builds_every_table(tmp_path: Path) -> None:
     for rule in ("table_ablation", "table_pretrain", "table_models", "table_memory", "optuna"):
         assert counts[rule] == 1, rule
     cfg = load_experiment(ROOT / "config/default.yaml")
-    runs = {(e, h, m) for e in cfg.sweep.encoders[:1] for h in cfg.sweep.heads[:1]
-            for m in (*cfg.sweep.ablation_modes, *cfg.sweep.pretrain_modes)}
+    runs = {
+        (e, h, m)
+        for e in cfg.sweep.encoders[:1]
+        for h in cfg.sweep.heads[:1]
+        for m in (*cfg.sweep.ablation_modes, *cfg.sweep.pretrain_modes)
+    }
     runs |= {(e, h, m) for e in cfg.sweep.encoders for h in cfg.sweep.heads for m in cfg.sweep.model_modes}
     assert counts["run"] == len(runs) * len(cfg.sweep.seeds)
 
@@ -147,7 +160,9 @@ def test_config_override_reaches_resolved_config_and_keeps_mtime(tmp_path: Path)
 def test_committed_schema_is_current() -> None:
     out = lofi("config", "schema")
     assert out.returncode == 0, out.stderr
-    assert out.stdout == (ROOT / "config/schema.json").read_text(), "regenerate: lofi config schema --out config/schema.json"
+    assert out.stdout == (ROOT / "config/schema.json").read_text(), (
+        "regenerate: lofi config schema --out config/schema.json"
+    )
 
 
 def test_schema_is_closed_and_uses_field_defaults() -> None:
@@ -203,8 +218,12 @@ def test_update_readme_replaces_only_between_markers(tmp_path: Path) -> None:
     readme.write_text("intro\n<!-- tables:start -->\nold\n<!-- tables:end -->\noutro\n")
     table.write_text("| a | b |\n|---|---|\n| 1 | 2 |\n")
     for _ in range(2):  # idempotent
-        out = subprocess.run([sys.executable, str(ROOT / "scripts/update_readme.py"), "--readme", str(readme),
-                              str(table)], cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "scripts/update_readme.py"), "--readme", str(readme), str(table)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
     text = readme.read_text()
     assert text.startswith("intro\n<!-- tables:start -->\n") and text.endswith("<!-- tables:end -->\noutro\n")
@@ -251,5 +270,11 @@ def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
     # and neither the pre-training nor the frozen-encoder features.
     n_seeds, cycles = len(cfg.sweep.seeds), {MODE_PLAN[m][1] for m in cfg.sweep.ablation_modes} - {None}
     wider = job_counts(snakemake("-n", *args, "--config", "head={hidden: 12}").stdout)
-    assert wider == Counter({"lofi": n_seeds * len(cycles), "features": n_seeds * len(cycles),
-                             "run": n_seeds * len(cfg.sweep.ablation_modes), "table_ablation": 1})
+    assert wider == Counter(
+        {
+            "lofi": n_seeds * len(cycles),
+            "features": n_seeds * len(cycles),
+            "run": n_seeds * len(cfg.sweep.ablation_modes),
+            "table_ablation": 1,
+        }
+    )

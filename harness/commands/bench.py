@@ -60,8 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     memory.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="run the forward under autocast")
     memory.add_argument("--json", action="store_true", help='print {"full": bytes, "S": .., "T": .., "ST": ..}')
-    memory.add_argument("--config", default=None, help="take the head's widths from this experiment config "
-                        "(as the runs build it); default: the published head's")
+    memory.add_argument(
+        "--config",
+        default=None,
+        help="take the head's widths from this experiment config (as the runs build it); default: the published head's",
+    )
     memory.set_defaults(func=run_memory)
 
 

@@ -16,15 +16,22 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="experiment configs: JSON schema, resolved view, check",
-                       description="Inspect and check experiment configs (config/*.yaml).", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "config",
+        help="experiment configs: JSON schema, resolved view, check",
+        description="Inspect and check experiment configs (config/*.yaml).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     csub.required = True
-    s = csub.add_parser("schema", help="print (or write) the JSON schema generated from harness/experiment.py",
-                        description="The JSON schema (draft 2020-12) of ExperimentConfig: types, enums, closed "
-                        "objects, ranges, defaults. config/schema.json is this output, for editors and tools; "
-                        "`lofi config check` validates with the models themselves.")
+    s = csub.add_parser(
+        "schema",
+        help="print (or write) the JSON schema generated from harness/experiment.py",
+        description="The JSON schema (draft 2020-12) of ExperimentConfig: types, enums, closed "
+        "objects, ranges, defaults. config/schema.json is this output, for editors and tools; "
+        "`lofi config check` validates with the models themselves.",
+    )
     s.add_argument("--out", type=Path, default=None, metavar="FILE", help="write here (atomically) instead of stdout")
     s.set_defaults(func=_schema)
     for name, helptext, func in (
@@ -33,8 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     ):
         c = csub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
         c.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-        c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set lofi.optim.epochs=2 (repeatable)")
+        c.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set lofi.optim.epochs=2 (repeatable)",
+        )
         c.set_defaults(func=func)
 
 

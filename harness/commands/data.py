@@ -44,13 +44,24 @@ def _register_stats(data_sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--annotations", required=True, type=Path, metavar="FILE", help="the annotation file")
-    parser.add_argument("--layout", choices=LAYOUTS, default="auto",
-                        help="file layout (default: auto, detected from the suffix and keys)")
-    parser.add_argument("--video-info", type=Path, metavar="CSV",
-                        help="BSN layout only: video_info_new.csv with the subsets (default: next to FILE)")
-    parser.add_argument("--clip-segments", action="store_true",
-                        help="clip segments to [0, duration] and keep zero-length ones (needed for the real "
-                        "ActivityNet files); default: such segments are errors")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="file layout (default: auto, detected from the suffix and keys)",
+    )
+    parser.add_argument(
+        "--video-info",
+        type=Path,
+        metavar="CSV",
+        help="BSN layout only: video_info_new.csv with the subsets (default: next to FILE)",
+    )
+    parser.add_argument(
+        "--clip-segments",
+        action="store_true",
+        help="clip segments to [0, duration] and keep zero-length ones (needed for the real "
+        "ActivityNet files); default: such segments are errors",
+    )
     parser.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     parser.set_defaults(func=_stats)
 
@@ -76,8 +87,9 @@ def _stats_table(dataset: TALDataset) -> str:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    dataset = read_annotations(args.annotations, layout=args.layout, clip_segments=args.clip_segments,
-                               video_info=args.video_info)
+    dataset = read_annotations(
+        args.annotations, layout=args.layout, clip_segments=args.clip_segments, video_info=args.video_info
+    )
     print(json.dumps(dataset_stats(dataset)) if args.json else _stats_table(dataset))
     return 0
 

@@ -36,8 +36,12 @@ example:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ground-truth", required=True, metavar="GT",
-                   help="official ActivityNet-layout annotations JSON (database -> video -> subset, annotations)")
+    p.add_argument(
+        "--ground-truth",
+        required=True,
+        metavar="GT",
+        help="official ActivityNet-layout annotations JSON (database -> video -> subset, annotations)",
+    )
     p.add_argument("--predictions", required=True, metavar="PRED", help="predictions JSON in the official layout")
     p.add_argument("--subset", default="validation", help="ground-truth subset to evaluate (default: validation)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object instead of a table")
@@ -45,7 +49,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="ActivityNet detection mAP or proposal AR@AN of a predictions file",
+        "evaluate",
+        help="ActivityNet detection mAP or proposal AR@AN of a predictions file",
         description="Evaluate a predictions file against ground truth with the official ActivityNet protocols.",
         epilog="example:\n  lofi evaluate detection --ground-truth GT.json --predictions P.json\n"
         "  lofi evaluate proposals --ground-truth GT.json --predictions P.json --json",
@@ -53,15 +58,28 @@ def register(subparsers: Any) -> None:
     )
     sub = parser.add_subparsers(dest="evaluate_command", metavar="METRIC")
     sub.required = True
-    det = sub.add_parser("detection", help="mAP at tIoU 0.50:0.05:0.95 and average mAP", description=DETECTION_HELP,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    det = sub.add_parser(
+        "detection",
+        help="mAP at tIoU 0.50:0.05:0.95 and average mAP",
+        description=DETECTION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(det)
     det.set_defaults(func=run_detection)
-    prop = sub.add_parser("proposals", help="AR@1/5/10/100 and AUC of class-agnostic proposals",
-                          description=PROPOSALS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prop = sub.add_parser(
+        "proposals",
+        help="AR@1/5/10/100 and AUC of class-agnostic proposals",
+        description=PROPOSALS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(prop)
-    prop.add_argument("--max-avg-proposals", type=float, default=100, metavar="N",
-                      help="maximum average number of proposals per video on the AR-AN curve (default: 100)")
+    prop.add_argument(
+        "--max-avg-proposals",
+        type=float,
+        default=100,
+        metavar="N",
+        help="maximum average number of proposals per video on the AR-AN curve (default: 100)",
+    )
     prop.set_defaults(func=run_proposals)
 
 
@@ -74,8 +92,10 @@ def run_detection(args: argparse.Namespace) -> int:
         return 0
     rows = [[f"{t:.2f}", f"{100 * m:.2f}"] for t, m in zip(result.tiou_thresholds, result.mAP)]
     rows.append(["average", f"{100 * result.average_mAP:.2f}"])
-    print(f"{len(gt.classes)} classes, {gt.num_instances} instances in {len(gt.video_ids)} {args.subset} videos; "
-          f"{len(preds)} predictions")
+    print(
+        f"{len(gt.classes)} classes, {gt.num_instances} instances in {len(gt.video_ids)} {args.subset} videos; "
+        f"{len(preds)} predictions"
+    )
     print(tabulate(rows, headers=["tIoU", "mAP (%)"], tablefmt="github"))
     return 0
 

@@ -22,8 +22,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parent-run-id", default="", help="MLflow parent run (the sweep's)")
 
 
-STAGES_HELP = ("root of the shared stage folders (pretrain/, lofi/, features/, classifier/: see "
-               "docs/architecture.md); runs with the same root share finished stages (default: --out)")
+STAGES_HELP = (
+    "root of the shared stage folders (pretrain/, lofi/, features/, classifier/: see "
+    "docs/architecture.md); runs with the same root share finished stages (default: --out)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,10 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", type=Path, default=None, help=STAGES_HELP)
     p.set_defaults(func=_run)
 
-    st = sub.add_parser("stage", help="run one shared stage alone (pretrain, lofi, features, classifier)",
-                        description="One stage of the plan (harness/pipeline/plan.py): its folder under --stages and "
-                        "its key come from the config, its upstream stages must be finished. The workflow's rules "
-                        "call these so that shared stages are computed once; the final head runs in `lofi run`.")
+    st = sub.add_parser(
+        "stage",
+        help="run one shared stage alone (pretrain, lofi, features, classifier)",
+        description="One stage of the plan (harness/pipeline/plan.py): its folder under --stages and "
+        "its key come from the config, its upstream stages must be finished. The workflow's rules "
+        "call these so that shared stages are computed once; the final head runs in `lofi run`.",
+    )
     ss = st.add_subparsers(dest="stage", metavar="STAGE", required=True)
     a = ss.add_parser("pretrain", help="ICP / ACP / ACP+ classification pre-training -> encoder.pt")
     a.add_argument("--mode", required=True, choices=PRETRAIN_MODES)
@@ -78,8 +83,15 @@ def _cfg(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from harness.pipeline.run import run_all
 
-    row = run_all(_cfg(args), mode=args.mode, seed=args.seed, out=args.out, stages_root=args.stages,
-                  parent_run_id=args.parent_run_id, config_path=str(args.config))
+    row = run_all(
+        _cfg(args),
+        mode=args.mode,
+        seed=args.seed,
+        out=args.out,
+        stages_root=args.stages,
+        parent_run_id=args.parent_run_id,
+        config_path=str(args.config),
+    )
     print(json.dumps({"average_mAP": row["average_mAP"], "out": str(args.out)}))
     return 0
 
@@ -101,8 +113,10 @@ def _stage(args: argparse.Namespace) -> int:
     else:
         stage = planner.classifier(args.seed)
         if stage is None:
-            raise LofiError(f"head.class_scores={cfg.head.class_scores!r}: no shared classifier stage to run "
-                            "(only head.class_scores: finetuned has one)")
+            raise LofiError(
+                f"head.class_scores={cfg.head.class_scores!r}: no shared classifier stage to run "
+                "(only head.class_scores: finetuned has one)"
+            )
     if stage_done(stage.folder, stage.key) is None:
         run_stage(cfg, stage, parent_run_id=args.parent_run_id)
     print(json.dumps({"stage": stage.name, "folder": str(stage.folder), "key": stage.key}))

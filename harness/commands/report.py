@@ -34,8 +34,11 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="tables and plots from finished runs (with significance tests)",
-                       description="Build reports from the tidy result rows (row.json) of finished runs.")
+    p = sub.add_parser(
+        "report",
+        help="tables and plots from finished runs (with significance tests)",
+        description="Build reports from the tidy result rows (row.json) of finished runs.",
+    )
     rsub = p.add_subparsers(dest="report_command", metavar="REPORT")
     rsub.required = True
     t = rsub.add_parser(
@@ -49,20 +52,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs", nargs="+", metavar="DIR", help="run folders (each holding row.json) or row.json files")
-    src.add_argument("--runs-glob", metavar="PATTERN",
-                     help="recursive glob of row.json files, e.g. 'results/synthetic/**/row.json' (quote it)")
-    t.add_argument("--config", default=None, metavar="FILE",
-                   help="experiment config whose sweep.*_modes choose and order each table's rows "
-                   "(default: every mode in the runs)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of --config, e.g. --set sweep.ablation_modes=[acp,e2e-full] (repeatable)")
-    t.add_argument("--ground-truth", metavar="GT", default=None,
-                   help="annotations JSON for the tests (default: each row's ground_truth)")
+    src.add_argument(
+        "--runs-glob",
+        metavar="PATTERN",
+        help="recursive glob of row.json files, e.g. 'results/synthetic/**/row.json' (quote it)",
+    )
+    t.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="experiment config whose sweep.*_modes choose and order each table's rows "
+        "(default: every mode in the runs)",
+    )
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of --config, e.g. --set sweep.ablation_modes=[acp,e2e-full] (repeatable)",
+    )
+    t.add_argument(
+        "--ground-truth",
+        metavar="GT",
+        default=None,
+        help="annotations JSON for the tests (default: each row's ground_truth)",
+    )
     t.add_argument("--out", required=True, metavar="DIR", help="folder for tables and plots (e.g. results/)")
     t.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     t.add_argument("--n-perm", type=int, default=None, help="permutations (default: same as --n-boot)")
     t.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
-    t.add_argument("--which", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)} (default all)")
+    t.add_argument(
+        "--which", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)} (default all)"
+    )
     t.add_argument("--no-stats", action="store_true", help="skip the tests (no predictions needed)")
     t.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     t.set_defaults(func=_run_tables)
@@ -83,9 +105,16 @@ def _run_tables(args: argparse.Namespace) -> int:
             raise LofiError(f"--runs-glob {args.runs_glob!r} matches no file; quote the pattern and check the folder")
     modes = table_modes(load_experiment(args.config, args.overrides).sweep) if args.config else None
     written = build_report(
-        load_rows(paths), out=args.out, kinds=[k.strip() for k in args.which.split(",") if k.strip()], modes=modes,
-        n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed, ground_truth=args.ground_truth,
-        stats=not args.no_stats, plots=not args.no_plots,
+        load_rows(paths),
+        out=args.out,
+        kinds=[k.strip() for k in args.which.split(",") if k.strip()],
+        modes=modes,
+        n_boot=args.n_boot,
+        n_perm=args.n_perm,
+        seed=args.seed,
+        ground_truth=args.ground_truth,
+        stats=not args.no_stats,
+        plots=not args.no_plots,
     )
     for path in written:
         print(path)

@@ -46,5 +46,9 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
     else:
         unit = "iteration" if args.cycle == "short" else "epoch"
-        print(tabulate([[i, r["name"], r["r_t"], r["r_s"]] for i, r in enumerate(rows)], headers=[unit, "name", "r_t", "r_s"]))
+        print(
+            tabulate(
+                [[i, r["name"], r["r_t"], r["r_s"]] for i, r in enumerate(rows)], headers=[unit, "name", "r_t", "r_s"]
+            )
+        )
     return 0

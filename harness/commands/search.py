@@ -28,13 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help=CONFIG_HELP)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--out", required=True, type=Path, help="search folder (trials/, shared/, optuna.db)")
-    p.add_argument("--trials", type=int, default=None, help="finished trials wanted in total (default sweep.optuna.trials)")
-    p.add_argument("--multi-objective", action="store_true", default=None,
-                   help="maximise validation mAP and minimise activation memory (no pruning); "
-                   "default sweep.optuna.multi_objective")
+    p.add_argument(
+        "--trials", type=int, default=None, help="finished trials wanted in total (default sweep.optuna.trials)"
+    )
+    p.add_argument(
+        "--multi-objective",
+        action="store_true",
+        default=None,
+        help="maximise validation mAP and minimise activation memory (no pruning); "
+        "default sweep.optuna.multi_objective",
+    )
     p.add_argument("--storage", default=None, help="Optuna database URL (default sqlite:///OUT/optuna.db)")
-    p.add_argument("--report", type=Path, default=None, help="Markdown report (default OUT/optuna_rt_rs.md); "
-                   "the plots are written beside it")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="Markdown report (default OUT/optuna_rt_rs.md); the plots are written beside it",
+    )
     p.add_argument("--no-report", action="store_true", help="run the study only (no fresh-seed re-runs, no report)")
     p.add_argument("--pruner-startup-trials", type=int, default=3, help="finished trials before pruning starts")
     p.add_argument("--pruner-warmup-steps", type=int, default=1, help="head epochs of a trial before it can be pruned")
@@ -47,10 +57,20 @@ def _run(args: argparse.Namespace) -> int:
     from harness.search_report import best_trial, write_report
 
     cfg = load_experiment(args.config, list(args.overrides))
-    result = run_study(cfg, args.out, args.trials, multi_objective=args.multi_objective, storage=args.storage,
-                       pruner=PrunerOptions(args.pruner_startup_trials, args.pruner_warmup_steps))
-    summary: dict[str, object] = {"study": result.study_name, "storage": result.storage,
-                                  "finished_trials": result.counted, "ran": result.ran}
+    result = run_study(
+        cfg,
+        args.out,
+        args.trials,
+        multi_objective=args.multi_objective,
+        storage=args.storage,
+        pruner=PrunerOptions(args.pruner_startup_trials, args.pruner_warmup_steps),
+    )
+    summary: dict[str, object] = {
+        "study": result.study_name,
+        "storage": result.storage,
+        "finished_trials": result.counted,
+        "ran": result.ran,
+    }
     if any(t.state.name == "COMPLETE" for t in result.study.get_trials(deepcopy=False)):
         b = best_trial(result.study)
         summary.update(best_trial=b.number, r_t=b.params["r_t"], r_s=b.params["r_s"], val_average_mAP=b.values[0])

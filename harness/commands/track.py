@@ -31,28 +31,49 @@ def sweep_tracking_uri(cfg: ExperimentConfig) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("track", help="MLflow: create a sweep's store and parent run; print the UI command",
-                       description=__doc__.split("\n\n")[1].replace("\n", " "),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "track",
+        help="MLflow: create a sweep's store and parent run; print the UI command",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tsub = p.add_subparsers(dest="track_command", metavar="SUBCOMMAND")
     tsub.required = True
-    i = tsub.add_parser("init", help="create the store, the experiment and the parent 'sweep' run; write their ids",
-                        description="Create the MLflow store and experiment of the config's sweep and a parent "
-                        "'sweep' run; write {\"experiment_id\", \"sweep_run_id\", \"tracking_uri\"} to --out "
-                        "(empty ids when tracking.enabled is false). Run once before parallel jobs start.",
-                        epilog="example:\n  lofi track init --config config/smoke.yaml --out results/smoke/mlflow_sweep.json",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    i = tsub.add_parser(
+        "init",
+        help="create the store, the experiment and the parent 'sweep' run; write their ids",
+        description="Create the MLflow store and experiment of the config's sweep and a parent "
+        '\'sweep\' run; write {"experiment_id", "sweep_run_id", "tracking_uri"} to --out '
+        "(empty ids when tracking.enabled is false). Run once before parallel jobs start.",
+        epilog="example:\n  lofi track init --config config/smoke.yaml --out results/smoke/mlflow_sweep.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     i.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (repeatable)")
+    i.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
     i.add_argument("--out", required=True, type=Path, metavar="JSON", help="where to write the ids")
     i.set_defaults(func=_init)
-    u = tsub.add_parser("ui", help="print the `mlflow ui` command that shows the config's sweep",
-                        description="Print the exact `mlflow ui --backend-store-uri ...` command for the "
-                        "config's store (run it from the project root).")
+    u = tsub.add_parser(
+        "ui",
+        help="print the `mlflow ui` command that shows the config's sweep",
+        description="Print the exact `mlflow ui --backend-store-uri ...` command for the "
+        "config's store (run it from the project root).",
+    )
     u.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-    u.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (repeatable)")
+    u.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
     u.set_defaults(func=_ui)
 
 
@@ -68,8 +89,11 @@ def _init(args: argparse.Namespace) -> int:
     if cfg.tracking.enabled:
         tracking = evolve(cfg.tracking, uri=uri)
         # The parent holds no work of its own (it ends FINISHED at once); its children (the jobs) attach by id.
-        with start_run(tracking, run_name=f"sweep {cfg.data.name} {cfg.sweep.results}",
-                       tags={"kind": "sweep", "config": str(args.config), "commit": git_commit()}) as run:
+        with start_run(
+            tracking,
+            run_name=f"sweep {cfg.data.name} {cfg.sweep.results}",
+            tags={"kind": "sweep", "config": str(args.config), "commit": git_commit()},
+        ) as run:
             run.log_params(flatten(to_dict(cfg)))
         info = {"experiment_id": ensure_experiment(tracking), "sweep_run_id": run.run_id, "tracking_uri": uri}
     args.out.parent.mkdir(parents=True, exist_ok=True)

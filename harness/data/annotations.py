@@ -65,8 +65,14 @@ ACTIVITYNET_VERSION = "VERSION 1.3"
 STRUCTURE_FILE = "anet_structure.json"
 
 _ACTIVITYNET_SUBSETS = {s: s for s in SUBSETS}
-_THUMOS_JSON_SUBSETS = {"train": "training", "training": "training", "validation": "validation",
-                        "val": "validation", "test": "testing", "testing": "testing"}
+_THUMOS_JSON_SUBSETS = {
+    "train": "training",
+    "training": "training",
+    "validation": "validation",
+    "val": "validation",
+    "test": "testing",
+    "testing": "testing",
+}
 _THUMOS_ID_PREFIXES = {"video_validation_": "validation", "video_test_": "testing"}
 _THUMOS_CSV_COLUMNS = ("video", "type", "start", "end")
 _LENIENT_FIX = "pass clip_segments=True (lofi data stats --clip-segments) to repair it"
@@ -83,8 +89,10 @@ def _fail(file: Path, vid: str | None, problem: str, fix: str) -> AnnotationErro
 
 def _number(value: Any, file: Path, vid: str, what: str, *, allow_str: bool = False) -> float:
     """A finite float from a JSON/CSV value; strings only where the layout writes numbers as strings."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (
-        isinstance(value, str) and not allow_str
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, str))
+        or (isinstance(value, str) and not allow_str)
     ):
         raise _fail(file, vid, f"{what} is {value!r}, not a number", f"write {what} as a number in seconds")
     try:
@@ -142,16 +150,21 @@ def _warn_repaired(file: Path | str, repaired: Counter[str]) -> None:
     if repaired["clipped"] or repaired["zero"]:
         log.warning(
             "%s: clip_segments=True: clipped %d segment(s) to their video's [0, duration] and kept %d zero-length "
-            "segment(s)", file, repaired["clipped"], repaired["zero"],
+            "segment(s)",
+            file,
+            repaired["clipped"],
+            repaired["zero"],
         )
 
 
-def _make_dataset(file: Path, videos: dict[str, Video], layout: str, classes: Sequence[str] | None,
-                  **meta: Any) -> TALDataset:
+def _make_dataset(
+    file: Path, videos: dict[str, Video], layout: str, classes: Sequence[str] | None, **meta: Any
+) -> TALDataset:
     if classes is None:
         classes = sorted({s.label for v in videos.values() for s in v.segments})
-    return TALDataset(name=file.stem, videos=videos, classes=tuple(classes), source=str(file),
-                      meta={"layout": layout, **meta})
+    return TALDataset(
+        name=file.stem, videos=videos, classes=tuple(classes), source=str(file), meta={"layout": layout, **meta}
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -179,8 +192,12 @@ def _load_json(file: Path) -> Any:
     try:
         data = json.loads(text, object_pairs_hook=keep_duplicates)
     except json.JSONDecodeError as exc:
-        raise _fail(file, None, f"line {exc.lineno} column {exc.colno}: malformed JSON ({exc.msg})",
-                    "fix the syntax there (the file may be truncated)") from None
+        raise _fail(
+            file,
+            None,
+            f"line {exc.lineno} column {exc.colno}: malformed JSON ({exc.msg})",
+            "fix the syntax there (the file may be truncated)",
+        ) from None
     if duplicates:
         _raise_duplicate(file, text, data, duplicates[0])
     return data
@@ -203,8 +220,12 @@ def _database_of(data: Any) -> Any:
 
 def _require_database(file: Path, data: Any, layout: str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
-        raise _fail(file, None, f"no top-level 'database' object, so not the {layout} layout",
-                    "pass the right --layout (see lofi data stats --help)")
+        raise _fail(
+            file,
+            None,
+            f"no top-level 'database' object, so not the {layout} layout",
+            "pass the right --layout (see lofi data stats --help)",
+        )
     return data["database"]
 
 
@@ -221,13 +242,23 @@ def _entry(file: Path, vid: Any, entry: Any) -> dict[str, Any]:
 def _pair(file: Path, vid: str, raw: Any, what: str, allow_str: bool) -> tuple[float, float]:
     if not isinstance(raw, (list, tuple)) or len(raw) != 2:
         raise _fail(file, vid, f"{what} is {raw!r}, not [start, end]", f"write {what} as [start, end] in seconds")
-    return (_number(raw[0], file, vid, f"{what} start", allow_str=allow_str),
-            _number(raw[1], file, vid, f"{what} end", allow_str=allow_str))
+    return (
+        _number(raw[0], file, vid, f"{what} start", allow_str=allow_str),
+        _number(raw[1], file, vid, f"{what} end", allow_str=allow_str),
+    )
 
 
 def _database_video(
-    file: Path, vid: str, entry: dict[str, Any], *, subsets: Mapping[str, str], strings: bool,
-    need_duration: bool, ambiguous_label: str | None, clip: bool, repaired: Counter[str],
+    file: Path,
+    vid: str,
+    entry: dict[str, Any],
+    *,
+    subsets: Mapping[str, str],
+    strings: bool,
+    need_duration: bool,
+    ambiguous_label: str | None,
+    clip: bool,
+    repaired: Counter[str],
 ) -> Video:
     subset = _subset(_field(entry, "subset", file, vid), subsets, file, vid)
     if need_duration:
@@ -241,7 +272,7 @@ def _database_video(
     segments, ambiguous = [], []
     for i, ann in enumerate(annotations):
         if not isinstance(ann, dict):
-            raise _fail(file, vid, f"annotation {i} is not an object", "write {\"segment\": [s, e], \"label\": ...}")
+            raise _fail(file, vid, f"annotation {i} is not an object", 'write {"segment": [s, e], "label": ...}')
         label = _field(ann, "label", file, vid)
         if not isinstance(label, str) or not label:
             raise _fail(file, vid, f"annotation {i} has label {label!r}", "give every annotation a non-empty label")
@@ -259,20 +290,41 @@ def _database_video(
     if video is not None and not isinstance(video, str):
         raise _fail(file, vid, f"'video' is {video!r}, not a path", "write the video path relative to the JSON file")
     return Video(
-        id=vid, subset=subset, duration=duration, segments=tuple(segments),
+        id=vid,
+        subset=subset,
+        duration=duration,
+        segments=tuple(segments),
         fps=None if fps is None else _duration(fps, file, vid, "fps"),
-        ambiguous=tuple(ambiguous), path=None if video is None else file.parent / video,
+        ambiguous=tuple(ambiguous),
+        path=None if video is None else file.parent / video,
     )
 
 
-def _read_database(file: Path, data: Any, *, layout: str, subsets: Mapping[str, str], strings: bool,
-                   need_duration: bool, ambiguous_label: str | None, clip: bool) -> TALDataset:
+def _read_database(
+    file: Path,
+    data: Any,
+    *,
+    layout: str,
+    subsets: Mapping[str, str],
+    strings: bool,
+    need_duration: bool,
+    ambiguous_label: str | None,
+    clip: bool,
+) -> TALDataset:
     database = _require_database(file, data, layout)
     repaired: Counter[str] = Counter()
     videos = {
-        vid: _database_video(file, vid, _entry(file, vid, entry), subsets=subsets, strings=strings,
-                             need_duration=need_duration, ambiguous_label=ambiguous_label, clip=clip,
-                             repaired=repaired)
+        vid: _database_video(
+            file,
+            vid,
+            _entry(file, vid, entry),
+            subsets=subsets,
+            strings=strings,
+            need_duration=need_duration,
+            ambiguous_label=ambiguous_label,
+            clip=clip,
+            repaired=repaired,
+        )
         for vid, entry in database.items()
     }
     _warn_repaired(file, repaired)
@@ -283,16 +335,31 @@ def _read_database(file: Path, data: Any, *, layout: str, subsets: Mapping[str, 
 def read_activitynet_json(path: PathLike, *, clip_segments: bool = False) -> TALDataset:
     """Read the official ActivityNet-1.3 (or HACS-v1.1) JSON layout."""
     file = Path(path)
-    return _read_database(file, _load_json(file), layout="activitynet", subsets=_ACTIVITYNET_SUBSETS,
-                          strings=False, need_duration=True, ambiguous_label=None, clip=clip_segments)
+    return _read_database(
+        file,
+        _load_json(file),
+        layout="activitynet",
+        subsets=_ACTIVITYNET_SUBSETS,
+        strings=False,
+        need_duration=True,
+        ambiguous_label=None,
+        clip=clip_segments,
+    )
 
 
 def read_thumos14_json(path: PathLike, *, clip_segments: bool = False) -> TALDataset:
     """Read ``thumos_gt.json``: official layout, no durations (NaN), segments as strings, subsets train/test."""
     file = Path(path)
-    return _read_database(file, _load_json(file), layout="thumos14-json", subsets=_THUMOS_JSON_SUBSETS,
-                          strings=True, need_duration=False, ambiguous_label=AMBIGUOUS_LABEL,
-                          clip=clip_segments)
+    return _read_database(
+        file,
+        _load_json(file),
+        layout="thumos14-json",
+        subsets=_THUMOS_JSON_SUBSETS,
+        strings=True,
+        need_duration=False,
+        ambiguous_label=AMBIGUOUS_LABEL,
+        clip=clip_segments,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -305,8 +372,12 @@ def _read_csv_rows(file: Path, required: Sequence[str]) -> list[dict[str, str]]:
             reader = csv.DictReader(handle)
             missing = [c for c in required if c not in (reader.fieldnames or [])]
             if missing:
-                raise _fail(file, None, f"missing column(s) {', '.join(missing)} (has {reader.fieldnames})",
-                            f"the file needs the columns {', '.join(required)}")
+                raise _fail(
+                    file,
+                    None,
+                    f"missing column(s) {', '.join(missing)} (has {reader.fieldnames})",
+                    f"the file needs the columns {', '.join(required)}",
+                )
             return list(reader)
     except FileNotFoundError:
         raise _fail(file, None, "file not found", "check the path") from None
@@ -330,7 +401,10 @@ def _strip_v(key: str) -> str:
 
 
 def read_bsn_annotations(
-    path: PathLike, video_info: PathLike | None = None, *, action_names: PathLike | None = None,
+    path: PathLike,
+    video_info: PathLike | None = None,
+    *,
+    action_names: PathLike | None = None,
     clip_segments: bool = False,
 ) -> TALDataset:
     """Read ``anet_anno_action.json`` with the subsets from ``video_info`` (default: ``video_info_new.csv`` next to
@@ -338,8 +412,12 @@ def read_bsn_annotations(
     file = Path(path)
     info = Path(video_info) if video_info is not None else file.parent / "video_info_new.csv"
     if not info.exists():
-        raise _fail(info, None, "file not found (the BSN layout keeps the subsets there)",
-                    "pass --video-info / video_info= with the path of video_info_new.csv")
+        raise _fail(
+            info,
+            None,
+            "file not found (the BSN layout keeps the subsets there)",
+            "pass --video-info / video_info= with the path of video_info_new.csv",
+        )
     subsets = _bsn_subsets(info)
     names_file = Path(action_names) if action_names is not None else file.parent / "action_name.csv"
     classes = None
@@ -361,8 +439,15 @@ def read_bsn_annotations(
     return _make_dataset(file, videos, "bsn", classes, video_info=str(info))
 
 
-def _bsn_video(file: Path, vid: str, entry: dict[str, Any], subsets: Mapping[str, str], info: Path, clip: bool,
-               repaired: Counter[str]) -> Video:
+def _bsn_video(
+    file: Path,
+    vid: str,
+    entry: dict[str, Any],
+    subsets: Mapping[str, str],
+    info: Path,
+    clip: bool,
+    repaired: Counter[str],
+) -> Video:
     if vid not in subsets:
         raise _fail(file, vid, f"not in {info.name}, so its subset is unknown", f"add a row for v_{vid} to {info}")
     duration = _duration(_field(entry, "duration_second", file, vid), file, vid, "duration_second")
@@ -387,8 +472,12 @@ def _check_labels(file: Path, videos: Mapping[str, Video], classes: Sequence[str
     for video in videos.values():
         for segment in video.segments:
             if segment.label not in known:
-                raise _fail(file, video.id, f"label {segment.label!r} is not in {names_file.name}",
-                            f"add it to {names_file} or fix the label")
+                raise _fail(
+                    file,
+                    video.id,
+                    f"label {segment.label!r} is not in {names_file.name}",
+                    f"add it to {names_file} or fix the label",
+                )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -399,8 +488,12 @@ def _thumos_subset(file: Path, vid: str) -> str:
     for prefix, subset in _THUMOS_ID_PREFIXES.items():
         if vid.startswith(prefix):
             return subset
-    raise _fail(file, vid, "unknown subset (THUMOS14 ids start with video_validation_ or video_test_)",
-                "use the official THUMOS14 video ids")
+    raise _fail(
+        file,
+        vid,
+        "unknown subset (THUMOS14 ids start with video_validation_ or video_test_)",
+        "use the official THUMOS14 video ids",
+    )
 
 
 def read_thumos14_csv(paths: PathLike | Sequence[PathLike], *, clip_segments: bool = False) -> TALDataset:
@@ -431,8 +524,9 @@ def read_thumos14_csv(paths: PathLike | Sequence[PathLike], *, clip_segments: bo
             (ambiguous if label == AMBIGUOUS_LABEL else segments).append(segment)
     _warn_repaired(", ".join(str(f) for f in files), repaired)
     videos = {
-        vid: Video(id=vid, subset=_thumos_subset(owner[vid], vid), duration=math.nan, segments=tuple(seg),
-                   ambiguous=tuple(amb))
+        vid: Video(
+            id=vid, subset=_thumos_subset(owner[vid], vid), duration=math.nan, segments=tuple(seg), ambiguous=tuple(amb)
+        )
         for vid, (seg, amb) in spans.items()
     }
     name_file = files[0] if len(files) == 1 else files[0].parent / "thumos14"
@@ -455,8 +549,12 @@ def _detect_csv_layout(file: Path) -> str:
     columns = _read_csv_header(file)
     if all(c in columns for c in _THUMOS_CSV_COLUMNS):
         return "thumos14-csv"
-    raise _fail(file, None, f"unrecognised CSV columns {columns}",
-                "annotation CSVs are THUMOS14's (video,type,start,end); for BSN pass the JSON and --video-info")
+    raise _fail(
+        file,
+        None,
+        f"unrecognised CSV columns {columns}",
+        "annotation CSVs are THUMOS14's (video,type,start,end); for BSN pass the JSON and --video-info",
+    )
 
 
 def _read_csv_header(file: Path) -> list[str]:
@@ -479,8 +577,12 @@ def _detect_json_layout(file: Path, data: Any) -> str:
         first = next(iter(data.values()))
         if isinstance(first, dict) and "duration_second" in first:
             return "bsn"
-    raise _fail(file, None, "unrecognised annotation layout (no 'database' object, no BSN 'duration_second')",
-                f"pass --layout, one of {', '.join(LAYOUTS[1:])}")
+    raise _fail(
+        file,
+        None,
+        "unrecognised annotation layout (no 'database' object, no BSN 'duration_second')",
+        f"pass --layout, one of {', '.join(LAYOUTS[1:])}",
+    )
 
 
 def read_annotations(

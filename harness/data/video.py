@@ -117,9 +117,7 @@ def _check_complete(path: Path, decoded: int, expected: int | None) -> None:
         return
     missing = expected - decoded
     if missing > max(_MAX_MISSING_FRAMES, _MAX_MISSING_FRACTION * expected):
-        raise VideoError(
-            f"{path}: truncated, decoded {decoded} of {expected} declared frames; {_REENCODE_HINT}"
-        )
+        raise VideoError(f"{path}: truncated, decoded {decoded} of {expected} declared frames; {_REENCODE_HINT}")
 
 
 def _describe(exc: BaseException) -> str:
@@ -135,8 +133,9 @@ def _scaled_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _decode_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                   max_side: int) -> Iterator[np.ndarray]:
+def _decode_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, max_side: int
+) -> Iterator[np.ndarray]:
     for frame in container.decode(stream):
         height, width = _scaled_size(frame.height, frame.width, max_side)
         if (height, width) != (frame.height, frame.width):
@@ -349,16 +348,18 @@ def snippet_frame_indices(num_frames: int, num_snippets: int, frames_per_snippet
     bins of the video, c_i = floor((i + 1/2) * T / L); its F frames are ``stride`` apart, starting at
     c_i - floor((F - 1) * stride / 2) (so an even span leans one frame late), clamped to [0, T - 1].
     """
-    _check_positive(num_frames=num_frames, num_snippets=num_snippets,
-                    frames_per_snippet=frames_per_snippet, stride=stride)
+    _check_positive(
+        num_frames=num_frames, num_snippets=num_snippets, frames_per_snippet=frames_per_snippet, stride=stride
+    )
     bins = np.arange(num_snippets, dtype=np.int64)
     centres = ((2 * bins + 1) * num_frames) // (2 * num_snippets)  # integer arithmetic: exact for any T, L
     offsets = np.arange(frames_per_snippet, dtype=np.int64) * stride - ((frames_per_snippet - 1) * stride) // 2
     return np.clip(centres[:, None] + offsets[None, :], 0, num_frames - 1)
 
 
-def sample_snippets(frames: np.ndarray, num_snippets: int, frames_per_snippet: int, stride: int,
-                    size: int) -> torch.Tensor:
+def sample_snippets(
+    frames: np.ndarray, num_snippets: int, frames_per_snippet: int, stride: int, size: int
+) -> torch.Tensor:
     """float32 (L, F, 3, size, size) in [0, 1] from uint8 (T, H, W, 3) frames (indices: ``snippet_frame_indices``).
 
     Only the selected frames are converted, each distinct frame once, and resized in one batched bilinear

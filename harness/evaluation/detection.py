@@ -178,8 +178,12 @@ def _dataset_from_official(path: Path, data: Any) -> TALDataset:
                 start, end = (float(x) for x in ann["segment"])
                 segments.append(Segment(start, end, str(ann["label"])))
             duration = info.get("duration")
-            videos[vid] = Video(id=vid, subset=str(info["subset"]),
-                                duration=math.nan if duration is None else float(duration), segments=tuple(segments))
+            videos[vid] = Video(
+                id=vid,
+                subset=str(info["subset"]),
+                duration=math.nan if duration is None else float(duration),
+                segments=tuple(segments),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise AnnotationError(
                 f"{path}: video {vid}: malformed entry ({type(exc).__name__}: {exc}); each video needs "
@@ -232,8 +236,13 @@ def load_ground_truth(
             "finite [start, end] with start <= end; fix the annotation"
         )
     return DetectionGroundTruth(
-        source=source, subset=subset, video_ids=video_ids, classes=classes,
-        gt_video=gt_video, gt_class=gt_class, gt_segments=gt_segments,
+        source=source,
+        subset=subset,
+        video_ids=video_ids,
+        classes=classes,
+        gt_video=gt_video,
+        gt_class=gt_class,
+        gt_segments=gt_segments,
     )
 
 
@@ -244,7 +253,7 @@ def load_ground_truth(
 def _diagnose_entry(entry: Any, class_index: Mapping[str, int] | None, subset: str) -> str:
     """Say what is wrong with one prediction entry (called only once something failed)."""
     if not isinstance(entry, dict):
-        return f"entry {entry!r} is not an object; expected {{\"label\", \"score\", \"segment\": [start, end]}}"
+        return f'entry {entry!r} is not an object; expected {{"label", "score", "segment": [start, end]}}'
     keys = ("segment", "score") + (("label",) if class_index is not None else ())
     for key in keys:
         if key not in entry:
@@ -348,11 +357,16 @@ def load_predictions(
             raise PredictionError(f"{source}: video {names[owner[i]]}: {msg}")
     unknown = tuple(v for v, k in zip(names, per_video) if k < 0)
     if unknown:
-        log.info("%s: %d video(s) not in the %r ground truth; their predictions count as false positives",
-                 source, len(unknown), gt.subset)
+        log.info(
+            "%s: %d video(s) not in the %r ground truth; their predictions count as false positives",
+            source,
+            len(unknown),
+            gt.subset,
+        )
     label = np.asarray(labels, dtype=np.int64) if class_index is not None else np.full(score.shape, -1, np.int64)
-    return DetectionPredictions(source=source, video=video, label=label, score=score, segments=segments,
-                                unknown_videos=unknown)
+    return DetectionPredictions(
+        source=source, video=video, label=label, score=score, segments=segments, unknown_videos=unknown
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -451,12 +465,19 @@ def match_detections(
     return _matches(gt, preds, thresholds, tp)
 
 
-def _matches(gt: DetectionGroundTruth, preds: DetectionPredictions, thresholds: np.ndarray,
-             tp: np.ndarray) -> DetectionMatches:
+def _matches(
+    gt: DetectionGroundTruth, preds: DetectionPredictions, thresholds: np.ndarray, tp: np.ndarray
+) -> DetectionMatches:
     return DetectionMatches(
-        classes=np.asarray(gt.classes, dtype=object), video_ids=np.asarray(gt.video_ids, dtype=object),
-        tiou_thresholds=thresholds, pred_class=preds.label.copy(), pred_video=preds.video.copy(),
-        pred_score=preds.score.copy(), tp=tp, gt_class=gt.gt_class.copy(), gt_video=gt.gt_video.copy(),
+        classes=np.asarray(gt.classes, dtype=object),
+        video_ids=np.asarray(gt.video_ids, dtype=object),
+        tiou_thresholds=thresholds,
+        pred_class=preds.label.copy(),
+        pred_video=preds.video.copy(),
+        pred_score=preds.score.copy(),
+        tp=tp,
+        gt_class=gt.gt_class.copy(),
+        gt_video=gt.gt_video.copy(),
     )
 
 
@@ -543,7 +564,7 @@ def evaluate_detection(
     ap = ap_from_matches(matches)
     mAP = ap.mean(axis=1)
     average = float(mAP.mean()) if mAP.size else math.nan
-    log.info("%s: average mAP %.4f over %d classes, %d predictions", preds.source, average, len(gt.classes),
-             len(preds))
-    return DetectionResult(tiou_thresholds=matches.tiou_thresholds, ap=ap, mAP=mAP, average_mAP=average,
-                           classes=gt.classes)
+    log.info("%s: average mAP %.4f over %d classes, %d predictions", preds.source, average, len(gt.classes), len(preds))
+    return DetectionResult(
+        tiou_thresholds=matches.tiou_thresholds, ap=ap, mAP=mAP, average_mAP=average, classes=gt.classes
+    )

@@ -67,9 +67,7 @@ def recall_curve(
     keep_v = np.minimum((n_v * ratio).astype(np.int64), n_v)
     total_kept = int(keep_v.sum())
     if total_kept == 0:
-        raise PredictionError(
-            f"{preds.source}: no proposal is kept at max_avg_proposals={max_avg_proposals}; raise it"
-        )
+        raise PredictionError(f"{preds.source}: no proposal is kept at max_avg_proposals={max_avg_proposals}; raise it")
     # Rank within video, by score descending, ties in input order.
     order = known[np.lexsort((known, -preds.score[known], pv[known]))]
     vv = pv[order]

@@ -32,8 +32,16 @@ SCORES = "class_scores.json"
 
 
 @torch.no_grad()
-def run_class_scores(cfg: ExperimentConfig, *, checkpoint: Path, out: Path, key: str, seed: int = 0,
-                     data: StageData | None = None, batch_size: int = 8) -> Path:
+def run_class_scores(
+    cfg: ExperimentConfig,
+    *,
+    checkpoint: Path,
+    out: Path,
+    key: str,
+    seed: int = 0,
+    data: StageData | None = None,
+    batch_size: int = 8,
+) -> Path:
     """Score every video of the three subsets with the classifier saved in ``checkpoint`` (an ACP+ encoder.pt);
     reuses a stage finished with ``key`` (the stage plan's). ``data``: dataset and frame source (built when None)."""
     if stage_done(out, key) is not None:
@@ -51,12 +59,19 @@ def run_class_scores(cfg: ExperimentConfig, *, checkpoint: Path, out: Path, key:
     classifier.load_state_dict(state["classifier"])
     classifier.to(device).eval()
     frames = data.frames
-    videos = frames.usable([v for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
-                            for v in ds.subset(s)])
+    videos = frames.usable(
+        [
+            v
+            for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
+            for v in ds.subset(s)
+        ]
+    )
     fid = cfg.fidelity
     scores: dict[str, list[float]] = {}
     t0 = time.perf_counter()
-    for i in tqdm(range(0, len(videos), batch_size), desc="class scores", disable=not cfg.runtime.progress, leave=False):
+    for i in tqdm(
+        range(0, len(videos), batch_size), desc="class scores", disable=not cfg.runtime.progress, leave=False
+    ):
         part = videos[i : i + batch_size]
         x = frames.batch(part, snippets=fid.snippets, fid=fid, size=fid.size).to(device)
         with autocast(device, cfg.runtime.amp):
@@ -64,8 +79,17 @@ def run_class_scores(cfg: ExperimentConfig, *, checkpoint: Path, out: Path, key:
         for v, p in zip(part, probs.cpu().numpy()):
             scores[v.id] = [float(x) for x in p]
     write_json_atomic(out / SCORES, {"classes": list(ds.classes), "scores": scores}, indent=None)
-    mark_done(out, {"stage": "class_scores", "checkpoint": str(checkpoint), "videos": len(scores),
-                    "time_s": time.perf_counter() - t0}, key=key, outputs=[out / SCORES])
+    mark_done(
+        out,
+        {
+            "stage": "class_scores",
+            "checkpoint": str(checkpoint),
+            "videos": len(scores),
+            "time_s": time.perf_counter() - t0,
+        },
+        key=key,
+        outputs=[out / SCORES],
+    )
     return out / SCORES
 
 
@@ -76,7 +100,11 @@ def load_class_scores(path: Path, classes: tuple[str, ...], video_ids: list[str]
         order = [data["classes"].index(c) for c in classes]
         return np.array([[data["scores"][v][j] for j in order] for v in video_ids], dtype=np.float64)
     except FileNotFoundError:
-        raise LofiError(f"{path}: class scores file not found; run the classifier stage or fix head.class_scores") from None
+        raise LofiError(
+            f"{path}: class scores file not found; run the classifier stage or fix head.class_scores"
+        ) from None
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise LofiError(f"{path}: malformed class scores ({type(exc).__name__}: {exc}); expected "
-                        "{'classes': [...], 'scores': {video_id: [one score per class]}} covering every video") from None
+        raise LofiError(
+            f"{path}: malformed class scores ({type(exc).__name__}: {exc}); expected "
+            "{'classes': [...], 'scores': {video_id: [one score per class]}} covering every video"
+        ) from None

@@ -26,8 +26,12 @@ def prepare_dataset(cfg: DataConfig) -> TALDataset:
         from harness.data.synthetic import generate
 
         if not (cfg.root / "manifest.json").is_file():
-            log.info("generating the synthetic benchmark (profile %s, seed %d) into %s",
-                     cfg.synthetic_profile, cfg.synthetic_seed, cfg.root)
+            log.info(
+                "generating the synthetic benchmark (profile %s, seed %d) into %s",
+                cfg.synthetic_profile,
+                cfg.synthetic_seed,
+                cfg.root,
+            )
         generate(cfg.synthetic_profile, cfg.synthetic_seed, cfg.root)  # no-op when complete
     path = cfg.annotations_path()
     if not path.is_file():
@@ -38,7 +42,9 @@ def prepare_dataset(cfg: DataConfig) -> TALDataset:
     ds = _fill_durations(ds, cfg)
     for subset in {cfg.train_subset, cfg.val_subset, cfg.test_subset}:
         if not ds.subset(subset):
-            raise LofiError(f"{path}: no videos in subset '{subset}'; set data.*_subset to one of {sorted(ds.subset_counts())}")
+            raise LofiError(
+                f"{path}: no videos in subset '{subset}'; set data.*_subset to one of {sorted(ds.subset_counts())}"
+            )
     return ds
 
 
@@ -67,12 +73,16 @@ def hold_out_validation(ds: TALDataset, cfg: DataConfig, *, source: str) -> TALD
     if not 0 < cfg.val_holdout < 1:
         raise LofiError(f"data.val_holdout={cfg.val_holdout}: must lie in (0, 1), e.g. 0.1")
     if ds.subset(cfg.val_subset):
-        raise LofiError(f"{source}: data.val_holdout needs a new subset name, but '{cfg.val_subset}' already has videos; "
-                        "set data.val_subset to e.g. holdout")
+        raise LofiError(
+            f"{source}: data.val_holdout needs a new subset name, but '{cfg.val_subset}' already has videos; "
+            "set data.val_subset to e.g. holdout"
+        )
     train = sorted(ds.subset(cfg.train_subset), key=lambda v: hashlib.sha1(v.id.encode()).hexdigest())
     moved = {v.id for v in train[: max(1, round(cfg.val_holdout * len(train)))]}
     videos = {k: dataclasses.replace(v, subset=cfg.val_subset) if k in moved else v for k, v in ds.videos.items()}
-    log.info("%s: %d of %d %s videos held out as '%s'", source, len(moved), len(train), cfg.train_subset, cfg.val_subset)
+    log.info(
+        "%s: %d of %d %s videos held out as '%s'", source, len(moved), len(train), cfg.train_subset, cfg.val_subset
+    )
     return dataclasses.replace(ds, videos=videos)
 
 
@@ -128,7 +138,9 @@ class VideoFrames:
 
     def batch(self, videos: list[Video], *, snippets: int, fid: FidelityConfig, size: int) -> torch.Tensor:
         """(B, L, F, 3, size, size) float in [0, 1]."""
-        return torch.stack([self.clip(v, snippets=snippets, frames=fid.frames, stride=fid.stride, size=size) for v in videos])
+        return torch.stack(
+            [self.clip(v, snippets=snippets, frames=fid.frames, stride=fid.stride, size=size) for v in videos]
+        )
 
 
 @dataclass(frozen=True)
@@ -151,8 +163,10 @@ def stage_data(cfg: DataConfig, data: StageData | None) -> StageData:
     if data is None:
         return load_stage_data(cfg)
     if data.cfg != cfg:
-        raise LofiError(f"stage data built for data.root={data.cfg.root} differs from this stage's data config "
-                        f"(data.root={cfg.root}); build it with load_stage_data(cfg.data)")
+        raise LofiError(
+            f"stage data built for data.root={data.cfg.root} differs from this stage's data config "
+            f"(data.root={cfg.root}); build it with load_stage_data(cfg.data)"
+        )
     return data
 
 
@@ -181,8 +195,10 @@ def read_source_index(cfg: DataConfig, rel: str, key: str) -> tuple[list[str], l
     """A pre-training source index (``clips/index.json`` or ``images/index.json``)."""
     path = Path(rel) if Path(rel).is_absolute() else cfg.root / rel
     if not path.is_file():
-        raise LofiError(f"{path}: pre-training source index not found; generate the synthetic benchmark or set "
-                        f"data.{'acp' if key == 'clips' else 'icp'}_source")
+        raise LofiError(
+            f"{path}: pre-training source index not found; generate the synthetic benchmark or set "
+            f"data.{'acp' if key == 'clips' else 'icp'}_source"
+        )
     try:
         index = json.loads(path.read_text())
         classes = [str(c) for c in index["classes"]]
@@ -190,5 +206,7 @@ def read_source_index(cfg: DataConfig, rel: str, key: str) -> tuple[list[str], l
         # entry paths are relative to the dataset root, as the synthetic generator writes them
         items = [LabelledItem(cfg.root / e["path"], cidx[e["label"]]) for e in index[key]]
     except (KeyError, TypeError, ValueError) as exc:
-        raise LofiError(f"{path}: malformed source index ({exc}); expected {{'classes': [...], '{key}': [{{'path', 'label'}}]}}") from None
+        raise LofiError(
+            f"{path}: malformed source index ({exc}); expected {{'classes': [...], '{key}': [{{'path', 'label'}}]}}"
+        ) from None
     return classes, items

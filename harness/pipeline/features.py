@@ -28,8 +28,16 @@ IN_PROGRESS = "in_progress.json"  # the key of an unfinished extraction: its fil
 
 
 @torch.no_grad()
-def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, key: str, seed: int = 0,
-                 data: StageData | None = None, batch_size: int = 8) -> Path:
+def run_features(
+    cfg: ExperimentConfig,
+    *,
+    encoder_checkpoint: Path,
+    out: Path,
+    key: str,
+    seed: int = 0,
+    data: StageData | None = None,
+    batch_size: int = 8,
+) -> Path:
     """Extract (L, D) float32 features for every video of the three subsets into ``out/videos/<id>.npy``.
 
     Reuses a stage finished with ``key`` (the stage plan's); an interrupted extraction resumes per video, only with
@@ -39,15 +47,20 @@ def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, 
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
     data = stage_data(cfg.data, data)
-    wanted = [v for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
-              for v in data.ds.subset(s)]
+    wanted = [
+        v
+        for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
+        for v in data.ds.subset(s)
+    ]
     videos = data.frames.usable(wanted)
     frames = data.frames
     marker = out / IN_PROGRESS
     resumable = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
     stale = [] if resumable else sorted((out / "videos").glob("*.npy"))
     if stale:  # the head takes every file in the folder: none may survive from another configuration
-        log.warning("features: %s holds %d files of another configuration; extracting every video again", out, len(stale))
+        log.warning(
+            "features: %s holds %d files of another configuration; extracting every video again", out, len(stale)
+        )
         for f in stale:
             f.unlink()
     write_json_atomic(marker, {"key": key})
@@ -55,7 +68,9 @@ def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, 
     encoder = load_encoder(cfg, encoder_checkpoint).to(device).eval()
     fid = cfg.fidelity
     t0 = time.perf_counter()
-    for i in tqdm(range(0, len(todo), batch_size), desc="features", unit="batch", disable=not cfg.runtime.progress, leave=False):
+    for i in tqdm(
+        range(0, len(todo), batch_size), desc="features", unit="batch", disable=not cfg.runtime.progress, leave=False
+    ):
         part = todo[i : i + batch_size]
         x = frames.batch(part, snippets=fid.snippets, fid=fid, size=fid.size).to(device)
         with autocast(device, cfg.runtime.amp):
@@ -64,11 +79,19 @@ def run_features(cfg: ExperimentConfig, *, encoder_checkpoint: Path, out: Path, 
             with atomic_path(feature_path(out, v.id)) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, f.astype(np.float32))
     marker.unlink()
-    mark_done(out, {"stage": "features", "videos": len(videos),
-                    "skipped_videos": sorted({v.id for v in wanted} - {v.id for v in videos}),
-                    "encoder_checkpoint": str(encoder_checkpoint), "num_features": int(encoder.num_features),
-                    "time_s": time.perf_counter() - t0},
-              key=key, outputs=[feature_path(out, v.id) for v in videos])
+    mark_done(
+        out,
+        {
+            "stage": "features",
+            "videos": len(videos),
+            "skipped_videos": sorted({v.id for v in wanted} - {v.id for v in videos}),
+            "encoder_checkpoint": str(encoder_checkpoint),
+            "num_features": int(encoder.num_features),
+            "time_s": time.perf_counter() - t0,
+        },
+        key=key,
+        outputs=[feature_path(out, v.id) for v in videos],
+    )
     return out
 
 

@@ -103,15 +103,20 @@ def fit(
                     sums[k] = sums.get(k, 0.0) + v
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        row = {"loss": total / max(seen, 1), **{k: v / max(seen, 1) for k, v in sums.items()}, "lr": lr,
-               "items_per_s": seen / (time.perf_counter() - t0)}
+        row = {
+            "loss": total / max(seen, 1),
+            **{k: v / max(seen, 1) for k, v in sums.items()},
+            "lr": lr,
+            "items_per_s": seen / (time.perf_counter() - t0),
+        }
         if validate is not None:
             row.update(validate(epoch))
         history.append(row)
         if tracker is not None:
             tracker.log_metrics({f"{metric_prefix}_{k}": v for k, v in row.items()}, step=epoch)
-        log.info("%s epoch %d/%d: %s", stage, epoch + 1, optim.epochs,
-                 ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+        log.info(
+            "%s epoch %d/%d: %s", stage, epoch + 1, optim.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items())
+        )
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
     return history

@@ -38,22 +38,38 @@ class VideoClassifier(nn.Module):
         return self.fc(torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1))
 
 
-def _train_classifier(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, optim_cfg: OptimConfig,
-                      seed: int, device: torch.device) -> VideoClassifier:
+def _train_classifier(
+    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, optim_cfg: OptimConfig, seed: int, device: torch.device
+) -> VideoClassifier:
     model = VideoClassifier(feats.shape[1], num_classes).to(device)
     opt = make_optimizer(model.parameters(), optim_cfg)
 
     def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         return F.cross_entropy(model(feats[idx].to(device)), labels[idx].to(device)), {}
 
-    fit(opt, train_step, n_items=len(labels), optim=optim_cfg, seed=seed, order_stream=("classifier-order",),
-        stage="classifier", modules=(model,))
+    fit(
+        opt,
+        train_step,
+        n_items=len(labels),
+        optim=optim_cfg,
+        seed=seed,
+        order_stream=("classifier-order",),
+        stage="classifier",
+        modules=(model,),
+    )
     return model.eval()
 
 
 @torch.no_grad()
-def predict(cfg: ExperimentConfig, head: nn.Module, class_scores: np.ndarray, feats: torch.Tensor,
-            videos: list[Video], classes: tuple[str, ...], device: torch.device) -> tuple[dict, dict]:
+def predict(
+    cfg: ExperimentConfig,
+    head: nn.Module,
+    class_scores: np.ndarray,
+    feats: torch.Tensor,
+    videos: list[Video],
+    classes: tuple[str, ...],
+    device: torch.device,
+) -> tuple[dict, dict]:
     """(detections, proposals) in the official results layout, keyed by video id."""
     from harness.postprocess import fuse_with_classes, soft_nms_bmn, soft_nms_gaussian
     from heads.decode import decode_proposals
@@ -67,14 +83,17 @@ def predict(cfg: ExperimentConfig, head: nn.Module, class_scores: np.ndarray, fe
             out = head(x)
         scores = class_scores[i : i + 32]
         for j, v in enumerate(videos[i : i + 32]):
-            props = decode_proposals(out["start"][j].float().cpu(), out["end"][j].float().cpu(),
-                                     out["iou_map"][j].float().cpu(), v.duration)
+            props = decode_proposals(
+                out["start"][j].float().cpu(), out["end"][j].float().cpu(), out["iou_map"][j].float().cpu(), v.duration
+            )
             p = cfg.post
             if p.nms == "gaussian":
                 props = soft_nms_gaussian(props, sigma=p.sigma, top_k=p.top_k)
             else:  # proposals are in seconds: BMN's gate takes the picked width as a fraction of the video
                 props = soft_nms_bmn(props, alpha=p.alpha, low=p.low, high=p.high, top_k=p.top_k, duration=v.duration)
-            proposals[v.id] = [{"label": "proposal", "score": float(s), "segment": [float(a), float(b)]} for a, b, s in props]
+            proposals[v.id] = [
+                {"label": "proposal", "score": float(s), "segment": [float(a), float(b)]} for a, b, s in props
+            ]
             detections[v.id] = fuse_with_classes(props, scores[j], list(classes), top_k_classes=p.top_k_classes)
     return detections, proposals
 
@@ -90,12 +109,23 @@ def evaluate_split(ds: TALDataset, subset: str, detections: dict, proposals: dic
     gt = load_ground_truth(ds, subset=subset)
     det = evaluate_detection(gt, load_predictions(_results_file(detections), gt))
     ar = evaluate_proposals(gt, _results_file(proposals), max_avg_proposals=100)
-    return {"tiou_thresholds": [float(t) for t in det.tiou_thresholds], "mAP": [float(m) for m in det.mAP],
-            "average_mAP": float(det.average_mAP), **{k: float(v) for k, v in ar.items()}}
+    return {
+        "tiou_thresholds": [float(t) for t in det.tiou_thresholds],
+        "mAP": [float(m) for m in det.mAP],
+        "average_mAP": float(det.average_mAP),
+        **{k: float(v) for k, v in ar.items()},
+    }
 
 
-def video_class_scores(cfg: ExperimentConfig, classifier: VideoClassifier | None, class_scores: Path | None,
-                       feats: torch.Tensor, videos: list[Video], classes: tuple[str, ...], device: torch.device) -> np.ndarray:
+def video_class_scores(
+    cfg: ExperimentConfig,
+    classifier: VideoClassifier | None,
+    class_scores: Path | None,
+    feats: torch.Tensor,
+    videos: list[Video],
+    classes: tuple[str, ...],
+    device: torch.device,
+) -> np.ndarray:
     """(N, C) video-level class scores: from the shared scores file, or the run's own linear probe."""
     if classifier is None:
         from harness.pipeline.classify import load_class_scores
@@ -106,9 +136,18 @@ def video_class_scores(cfg: ExperimentConfig, classifier: VideoClassifier | None
         return classifier(feats.to(device)).softmax(dim=1).float().cpu().numpy()
 
 
-def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, key: str, data: StageData | None = None,
-             parent_run_id: str = "", on_epoch: Callable[[int, float], None] | None = None,
-             class_scores: Path | None = None) -> dict:
+def run_head(
+    cfg: ExperimentConfig,
+    *,
+    features: Path,
+    seed: int,
+    out: Path,
+    key: str,
+    data: StageData | None = None,
+    parent_run_id: str = "",
+    on_epoch: Callable[[int, float], None] | None = None,
+    class_scores: Path | None = None,
+) -> dict:
     """Train ``cfg.head.name`` from scratch on ``features``; write predictions and ``metrics.json``; reuses a stage
     finished with ``key`` (the stage plan's) and returns its metrics.
 
@@ -125,7 +164,10 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, key
     device = prepare(cfg.runtime, seed)
     ds = stage_data(cfg.data, data).ds
     have = {p.stem for p in (features / "videos").glob("*.npy")}
-    split = {s: [v for v in ds.subset(s) if v.id in have] for s in (cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)}
+    split = {
+        s: [v for v in ds.subset(s) if v.id in have]
+        for s in (cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)
+    }
     train, val, test = split[cfg.data.train_subset], split[cfg.data.val_subset], split[cfg.data.test_subset]
     x_train = load_features(features, [v.id for v in train])
     L = x_train.shape[2]
@@ -136,12 +178,22 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, key
     opt = make_optimizer(head.parameters(), oc)
     cidx = ds.class_index()
     t0 = time.perf_counter()
-    with start_run(cfg.tracking, run_name=f"head-{hc.name}-seed{seed}", parent_run_id=parent_run_id,
-                   tags={"stage": "head", "head": hc.name, "seed": str(seed)}) as tracker:
+    with start_run(
+        cfg.tracking,
+        run_name=f"head-{hc.name}-seed{seed}",
+        parent_run_id=parent_run_id,
+        tags={"stage": "head", "head": hc.name, "seed": str(seed)},
+    ) as tracker:
         classifier = None
         if class_scores is None:
-            classifier = _train_classifier(x_train, torch.tensor([cidx[dominant_label(v)] for v in train]),
-                                           len(ds.classes), hc.classifier_optim, seed, device)
+            classifier = _train_classifier(
+                x_train,
+                torch.tensor([cidx[dominant_label(v)] for v in train]),
+                len(ds.classes),
+                hc.classifier_optim,
+                seed,
+                device,
+            )
         x_val = load_features(features, [v.id for v in val])
         s_val = video_class_scores(cfg, classifier, class_scores, x_val, val, ds.classes, device)
 
@@ -150,8 +202,11 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, key
                 outputs = head(x_train[idx].to(device))
             # the stream of the unaccumulated loop (no micro-batch offset) when a step is one micro-batch
             gen = torch_generator(seed, "head-loss", epoch, step, *((micro,) if micro else ()))
-            loss, _ = tal_loss({k: v.float() for k, v in outputs.items()}, {k: v[idx].to(device) for k, v in targets.items()},
-                               generator=gen)
+            loss, _ = tal_loss(
+                {k: v.float() for k, v in outputs.items()},
+                {k: v[idx].to(device) for k, v in targets.items()},
+                generator=gen,
+            )
             return loss, {}
 
         def validate(epoch: int) -> dict[str, float]:
@@ -162,25 +217,51 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, key
             if on_epoch is not None:
                 on_epoch(epoch, history[-1]["val_average_mAP"])
 
-        history = fit(opt, train_step, n_items=len(train), optim=oc, seed=seed, order_stream=("head-order",),
-                      stage=f"head[{hc.name}]", modules=(head,), validate=validate, on_epoch_end=report,
-                      tracker=tracker, metric_prefix="head", progress=cfg.runtime.progress)
+        history = fit(
+            opt,
+            train_step,
+            n_items=len(train),
+            optim=oc,
+            seed=seed,
+            order_stream=("head-order",),
+            stage=f"head[{hc.name}]",
+            modules=(head,),
+            validate=validate,
+            on_epoch_end=report,
+            tracker=tracker,
+            metric_prefix="head",
+            progress=cfg.runtime.progress,
+        )
         train_time = time.perf_counter() - t0
         metrics: dict = {}
         written = []
         for name, subset, vids in (("validation", cfg.data.val_subset, val), ("testing", cfg.data.test_subset, test)):
             x = load_features(features, [v.id for v in vids])
-            det, prop = predict(cfg, head, video_class_scores(cfg, classifier, class_scores, x, vids, ds.classes, device),
-                                x, vids, ds.classes, device)
+            det, prop = predict(
+                cfg,
+                head,
+                video_class_scores(cfg, classifier, class_scores, x, vids, ds.classes, device),
+                x,
+                vids,
+                ds.classes,
+                device,
+            )
             for kind, results in (("predictions", det), ("proposals", prop)):
                 write_json_atomic(out / f"{kind}_{name}.json", _results_file(results), indent=None)
                 written.append(out / f"{kind}_{name}.json")
             metrics[name] = evaluate_split(ds, subset, det, prop)
         test_m = metrics["testing"]
-        result = {"mAP": test_m["mAP"], "average_mAP": test_m["average_mAP"], "tiou_thresholds": test_m["tiou_thresholds"],
-                  **{k: v for k, v in test_m.items() if k.startswith("AR@") or k == "AUC"},
-                  "validation": metrics["validation"], "testing": test_m, "history": history,
-                  "time_train_s": train_time, "mlflow_run_id": tracker.run_id}
+        result = {
+            "mAP": test_m["mAP"],
+            "average_mAP": test_m["average_mAP"],
+            "tiou_thresholds": test_m["tiou_thresholds"],
+            **{k: v for k, v in test_m.items() if k.startswith("AR@") or k == "AUC"},
+            "validation": metrics["validation"],
+            "testing": test_m,
+            "history": history,
+            "time_train_s": train_time,
+            "mlflow_run_id": tracker.run_id,
+        }
         write_json_atomic(out / "metrics.json", result)
         final = {f"mAP_{t:.2f}": m for t, m in zip(test_m["tiou_thresholds"], test_m["mAP"])}
         final.update({"average_mAP": test_m["average_mAP"], "val_average_mAP": metrics["validation"]["average_mAP"]})
@@ -188,6 +269,10 @@ def run_head(cfg: ExperimentConfig, *, features: Path, seed: int, out: Path, key
         tracker.log_metrics(final)
         for f in ("metrics.json", "predictions_testing.json"):
             tracker.log_artifact(out / f)
-        mark_done(out, {"stage": "head", "head": hc.name, "seed": seed, "mlflow_run_id": tracker.run_id},
-                  key=key, outputs=[*written, out / "metrics.json"])
+        mark_done(
+            out,
+            {"stage": "head", "head": hc.name, "seed": seed, "mlflow_run_id": tracker.run_id},
+            key=key,
+            outputs=[*written, out / "metrics.json"],
+        )
     return result

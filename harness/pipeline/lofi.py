@@ -26,8 +26,18 @@ from harness.tracking import start_run
 log = logging.getLogger(__name__)
 
 
-def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: Path, key: str,
-             data: StageData | None = None, parent_run_id: str = "", stop_after_epoch: int | None = None) -> Path:
+def run_lofi(
+    cfg: ExperimentConfig,
+    *,
+    cycle: str,
+    seed: int,
+    init: Path,
+    out: Path,
+    key: str,
+    data: StageData | None = None,
+    parent_run_id: str = "",
+    stop_after_epoch: int | None = None,
+) -> Path:
     """Train encoder + head at low fidelity from the pre-trained encoder ``init``; write ``out/encoder.pt``.
 
     ``key``: the stage plan's key; a finished stage is reused only with it, and the epoch checkpoint
@@ -68,35 +78,80 @@ def run_lofi(cfg: ExperimentConfig, *, cycle: str, seed: int, init: Path, out: P
     iters_per_epoch = (len(videos) + opt_cfg.batch_size - 1) // opt_cfg.batch_size
 
     def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        f = fidelity_at(cycle, epoch=epoch, iteration=epoch * iters_per_epoch + step, c_l=lc.c_l, c_s=lc.c_s,
-                        custom=(lc.r_t, lc.r_s))
+        f = fidelity_at(
+            cycle,
+            epoch=epoch,
+            iteration=epoch * iters_per_epoch + step,
+            c_l=lc.c_l,
+            c_s=lc.c_s,
+            custom=(lc.r_t, lc.r_s),
+        )
         L, size = fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
         part = [videos[j] for j in idx.tolist()]
         x = data.frames.batch(part, snippets=L, fid=fid, size=size).to(device)
         targets = {k: v.to(device) for k, v in tal_targets(part, L, min(L, cfg.head.max_duration or L)).items()}
         with autocast(device, cfg.runtime.amp):
             outputs = head(encoder(x).transpose(1, 2))  # encoder: (B, L, D)
-        loss, _ = tal_loss({k: v.float() for k, v in outputs.items()}, targets,
-                           generator=torch_generator(seed, "lofi-loss", epoch, step, micro))
+        loss, _ = tal_loss(
+            {k: v.float() for k, v in outputs.items()},
+            targets,
+            generator=torch_generator(seed, "lofi-loss", epoch, step, micro),
+        )
         return loss, {}
 
     def save_checkpoint(epoch: int, history: list[dict[str, float]]) -> None:
-        save_torch(ckpt, {"encoder": encoder.state_dict(), "head": head.state_dict(),
-                          "optimizer": opt.state_dict(), "epoch": epoch, "history": history, "key": key})
+        save_torch(
+            ckpt,
+            {
+                "encoder": encoder.state_dict(),
+                "head": head.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "key": key,
+            },
+        )
 
     t_start = time.perf_counter()
-    with start_run(cfg.tracking, run_name=f"lofi-{cycle}-seed{seed}", parent_run_id=parent_run_id,
-                   tags={"stage": "lofi", "cycle": cycle, "seed": str(seed)}) as tracker:
-        history = fit(opt, train_step, n_items=len(videos), optim=opt_cfg, seed=seed, order_stream=("lofi-order",),
-                      stage=f"LoFi[{cycle}]", modules=(encoder, head), start_epoch=start_epoch,
-                      stop_epoch=stop_after_epoch, history=history, on_epoch_end=save_checkpoint, tracker=tracker,
-                      metric_prefix="lofi", progress=cfg.runtime.progress)
+    with start_run(
+        cfg.tracking,
+        run_name=f"lofi-{cycle}-seed{seed}",
+        parent_run_id=parent_run_id,
+        tags={"stage": "lofi", "cycle": cycle, "seed": str(seed)},
+    ) as tracker:
+        history = fit(
+            opt,
+            train_step,
+            n_items=len(videos),
+            optim=opt_cfg,
+            seed=seed,
+            order_stream=("lofi-order",),
+            stage=f"LoFi[{cycle}]",
+            modules=(encoder, head),
+            start_epoch=start_epoch,
+            stop_epoch=stop_after_epoch,
+            history=history,
+            on_epoch_end=save_checkpoint,
+            tracker=tracker,
+            metric_prefix="lofi",
+            progress=cfg.runtime.progress,
+        )
         if len(history) < opt_cfg.epochs:
             return ckpt  # stopped early by stop_after_epoch (tests)
         save_torch(out / "encoder.pt", {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name})
-        mark_done(out, {"stage": "lofi", "cycle": cycle, "seed": seed, "history": history,
-                        "skipped_videos": skipped, "mlflow_run_id": tracker.run_id,
-                        "time_s": time.perf_counter() - t_start},
-                  key=key, outputs=[out / "encoder.pt"])
+        mark_done(
+            out,
+            {
+                "stage": "lofi",
+                "cycle": cycle,
+                "seed": seed,
+                "history": history,
+                "skipped_videos": skipped,
+                "mlflow_run_id": tracker.run_id,
+                "time_s": time.perf_counter() - t_start,
+            },
+            key=key,
+            outputs=[out / "encoder.pt"],
+        )
     ckpt.unlink(missing_ok=True)
     return out / "encoder.pt"

@@ -41,8 +41,9 @@ def load_encoder(cfg: ExperimentConfig, checkpoint: Path) -> nn.Module:
 def head_kwargs(cfg: ExperimentConfig, name: str) -> dict[str, object]:
     """The head hyperparameters the config sets, as ``create_head`` keywords for head ``name``."""
     h = cfg.head
-    kwargs: dict[str, object] = dict(max_duration=h.max_duration or None, hidden=h.hidden, hidden_2d=h.hidden_2d,
-                                     hidden_3d=h.hidden_3d)
+    kwargs: dict[str, object] = dict(
+        max_duration=h.max_duration or None, hidden=h.hidden, hidden_2d=h.hidden_2d, hidden_3d=h.hidden_3d
+    )
     samples = {"gtad": "inner_samples", "bmn": "num_sample"}.get(name)
     if samples is not None:
         kwargs[samples] = h.samples

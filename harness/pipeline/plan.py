@@ -158,8 +158,11 @@ def _head_view(cfg: ExperimentConfig, *, final: bool) -> dict[str, Any]:
 
 
 def _key(kind: str, variant: str, seed: int, reads: dict[str, Any], needs: tuple[Stage, ...]) -> str:
-    blob = json.dumps({"kind": kind, "variant": variant, "seed": seed, "reads": reads,
-                       "needs": [n.key for n in needs]}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"kind": kind, "variant": variant, "seed": seed, "reads": reads, "needs": [n.key for n in needs]},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -171,8 +174,15 @@ class Planner:
         self.root = Path(root)
         self._memo: dict[tuple[str, str, int], Stage] = {}
 
-    def _stage(self, kind: StageKind, variant: str, seed: int, folder: Path, reads: dict[str, Any],
-               needs: tuple[Stage, ...] = ()) -> Stage:
+    def _stage(
+        self,
+        kind: StageKind,
+        variant: str,
+        seed: int,
+        folder: Path,
+        reads: dict[str, Any],
+        needs: tuple[Stage, ...] = (),
+    ) -> Stage:
         return Stage(kind, variant, seed, folder, _key(kind, variant, seed, reads, needs), needs)
 
     def pretrain(self, mode: str, seed: int) -> Stage:
@@ -182,15 +192,19 @@ class Planner:
                 raise LofiError(f"pre-training mode '{mode}' is unknown; use one of {', '.join(PRETRAIN_MODES)}")
             needs = (self.pretrain("acp", seed),) if mode == "acp+" else ()
             reads = _sections(self.cfg, ("data", "fidelity", "encoder", "pretrain"))
-            self._memo[memo] = self._stage("pretrain", mode, seed, self.root / "pretrain" / slug(mode) / f"seed{seed}",
-                                           reads, needs)
+            self._memo[memo] = self._stage(
+                "pretrain", mode, seed, self.root / "pretrain" / slug(mode) / f"seed{seed}", reads, needs
+            )
         return self._memo[memo]
 
     def lofi(self, cycle: str, seed: int) -> Stage:
         memo = ("lofi", cycle, seed)
         if memo not in self._memo:
-            reads = {**_sections(self.cfg, ("data", "fidelity", "encoder")), "lofi": _lofi_view(self.cfg, cycle),
-                     "head": _head_view(self.cfg, final=False)}
+            reads = {
+                **_sections(self.cfg, ("data", "fidelity", "encoder")),
+                "lofi": _lofi_view(self.cfg, cycle),
+                "head": _head_view(self.cfg, final=False),
+            }
             needs = (self.pretrain("acp", seed),)
             key = _key("lofi", cycle, seed, reads, needs)
             # Optuna trials share one root: each custom (r_t, r_s) gets its own folder
@@ -211,8 +225,9 @@ class Planner:
         if memo not in self._memo:
             reads = _sections(self.cfg, ("data", "fidelity", "encoder"))
             folder = self.root / "features" / (source if enc.kind == "pretrain" else f"lofi-{enc.folder.parent.name}")
-            self._memo[memo] = Stage("features", source, seed, folder / f"seed{seed}",
-                                     _key("features", source, seed, reads, (enc,)), (enc,))
+            self._memo[memo] = Stage(
+                "features", source, seed, folder / f"seed{seed}", _key("features", source, seed, reads, (enc,)), (enc,)
+            )
         return self._memo[memo]
 
     def classifier(self, seed: int) -> Stage | None:
@@ -222,8 +237,9 @@ class Planner:
         memo = ("classifier", "", seed)
         if memo not in self._memo:
             reads = _sections(self.cfg, ("data", "fidelity", "encoder"))
-            self._memo[memo] = self._stage("classifier", "", seed, self.root / "classifier" / f"seed{seed}", reads,
-                                           (self.pretrain("acp+", seed),))
+            self._memo[memo] = self._stage(
+                "classifier", "", seed, self.root / "classifier" / f"seed{seed}", reads, (self.pretrain("acp+", seed),)
+            )
         return self._memo[memo]
 
     def run(self, mode: str, seed: int, run_dir: Path) -> RunPlan:
@@ -278,8 +294,13 @@ def sweep_config(cfg: ExperimentConfig, encoder: str, head: str) -> ExperimentCo
     return evolve(cfg, encoder=evolve(cfg.encoder, name=encoder), head=evolve(cfg.head, name=head))
 
 
-def sweep_runs(cfg: ExperimentConfig, modes: tuple[str, ...], *, encoders: tuple[str, ...] | None = None,
-               heads: tuple[str, ...] | None = None) -> list[SweepRun]:
+def sweep_runs(
+    cfg: ExperimentConfig,
+    modes: tuple[str, ...],
+    *,
+    encoders: tuple[str, ...] | None = None,
+    heads: tuple[str, ...] | None = None,
+) -> list[SweepRun]:
     """Every (encoder, head, mode, seed) run of a sweep table, planned under the sweep's results folder."""
     out = []
     for enc in encoders if encoders is not None else cfg.sweep.encoders:

@@ -36,14 +36,24 @@ def _image_clip(path: Path, frames: int, size: int) -> torch.Tensor:
     try:
         img = np.array(Image.open(path).convert("RGB"))
     except OSError as exc:
-        raise LofiError(f"{path}: cannot read image ({exc}); regenerate the source or remove it from the index") from None
+        raise LofiError(
+            f"{path}: cannot read image ({exc}); regenerate the source or remove it from the index"
+        ) from None
     t = torch.from_numpy(img).permute(2, 0, 1).float().div(255.0)[None]
     t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return t.expand(frames, -1, -1, -1)[None]  # (L=1, F, 3, S, S): a still image as a static clip
 
 
-def _video_clip(frames_src: VideoFrames, path: Path, frames: int, size: int, start: float = 0.0, end: float = -1.0,
-                fps: float | None = None, n: int = 1) -> torch.Tensor:
+def _video_clip(
+    frames_src: VideoFrames,
+    path: Path,
+    frames: int,
+    size: int,
+    start: float = 0.0,
+    end: float = -1.0,
+    fps: float | None = None,
+    n: int = 1,
+) -> torch.Tensor:
     """(n, F, 3, S, S): n clips of F frames spread uniformly over the video or over [start, end] seconds."""
     from harness.data.video import sample_snippets
 
@@ -75,8 +85,9 @@ def _load_items(cfg: ExperimentConfig, mode: str, data: StageData) -> tuple[list
             fps = v.fps or (len(frames_src.cache.get(video_file(cfg.data, v))) / max(v.duration, 1e-9))
             for s in v.segments:
                 # several clips per segment: the target's training set is small and one clip each overfits
-                for clip in _video_clip(frames_src, video_file(cfg.data, v), nf, size, s.start, s.end, fps,
-                                        n=cfg.pretrain.clips_per_segment):
+                for clip in _video_clip(
+                    frames_src, video_file(cfg.data, v), nf, size, s.start, s.end, fps, n=cfg.pretrain.clips_per_segment
+                ):
                     items.append(LabelledItem(video_file(cfg.data, v), cidx[s.label], s.start, s.end))
                     clips.append(clip[None])
     labels = torch.tensor([it.label for it in items], dtype=torch.long)
@@ -106,13 +117,33 @@ def train_classification(
         logits = classifier(encoder(x).mean(dim=1))
         return F.cross_entropy(logits, y), {"accuracy": int((logits.argmax(1) == y).sum())}
 
-    history = fit(opt, train_step, n_items=len(labels), optim=optim_cfg, seed=seed, order_stream=(stage, "order"),
-                  stage=stage, modules=(encoder, classifier), tracker=tracker, metric_prefix=stage, progress=progress)
+    history = fit(
+        opt,
+        train_step,
+        n_items=len(labels),
+        optim=optim_cfg,
+        seed=seed,
+        order_stream=(stage, "order"),
+        stage=stage,
+        modules=(encoder, classifier),
+        tracker=tracker,
+        metric_prefix=stage,
+        progress=progress,
+    )
     return history, classifier
 
 
-def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, key: str, init: Path | None = None,
-                 data: StageData | None = None, parent_run_id: str = "") -> Path:
+def run_pretrain(
+    cfg: ExperimentConfig,
+    *,
+    mode: str,
+    seed: int,
+    out: Path,
+    key: str,
+    init: Path | None = None,
+    data: StageData | None = None,
+    parent_run_id: str = "",
+) -> Path:
     """Pre-train the encoder (mode icp | acp | acp+) and write ``out/encoder.pt``; reuses a stage finished with
     ``key`` (the stage plan's).
 
@@ -128,29 +159,61 @@ def run_pretrain(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, key:
     device = prepare(cfg.runtime, seed)
     data = stage_data(cfg.data, data)
     source = cfg.data.icp_source if mode == "icp" else cfg.data.acp_source
-    with start_run(cfg.tracking, run_name=f"pretrain-{mode}-seed{seed}", parent_run_id=parent_run_id,
-                   tags={"stage": "pretrain", "mode": mode, "seed": str(seed)}) as tracker:
+    with start_run(
+        cfg.tracking,
+        run_name=f"pretrain-{mode}-seed{seed}",
+        parent_run_id=parent_run_id,
+        tags={"stage": "pretrain", "mode": mode, "seed": str(seed)},
+    ) as tracker:
         t0 = time.perf_counter()
         if mode == "acp+":
             encoder = load_encoder(cfg, init)
             classes, clips, labels = _load_items(cfg, mode, data)
-            history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.finetune,
-                                                       seed=seed, stage="acp+", device=device,
-                                                       progress=cfg.runtime.progress, tracker=tracker)
+            history, classifier = train_classification(
+                encoder,
+                clips,
+                labels,
+                len(classes),
+                cfg.pretrain.finetune,
+                seed=seed,
+                stage="acp+",
+                device=device,
+                progress=cfg.runtime.progress,
+                tracker=tracker,
+            )
         elif not source:  # real data: start from published weights instead of training
             encoder = build_encoder(cfg, from_weights=True, mode=mode)
             history, classifier, classes = [], None, []
         else:
             encoder = build_encoder(cfg, from_weights=False)
             classes, clips, labels = _load_items(cfg, mode, data)
-            history, classifier = train_classification(encoder, clips, labels, len(classes), cfg.pretrain.optim,
-                                                       seed=seed, stage=mode, device=device,
-                                                       progress=cfg.runtime.progress, tracker=tracker)
+            history, classifier = train_classification(
+                encoder,
+                clips,
+                labels,
+                len(classes),
+                cfg.pretrain.optim,
+                seed=seed,
+                stage=mode,
+                device=device,
+                progress=cfg.runtime.progress,
+                tracker=tracker,
+            )
         state = {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name}
         if classifier is not None:  # kept so the ACP+ model can serve as the video-level classifier
             state.update(classifier=classifier.cpu().state_dict(), classes=list(classes))
         save_torch(out / "encoder.pt", state)
-        mark_done(out, {"stage": "pretrain", "mode": mode, "seed": seed, "history": history,
-                        "time_s": time.perf_counter() - t0, "mlflow_run_id": tracker.run_id},
-                  key=key, outputs=[out / "encoder.pt"])
+        mark_done(
+            out,
+            {
+                "stage": "pretrain",
+                "mode": mode,
+                "seed": seed,
+                "history": history,
+                "time_s": time.perf_counter() - t0,
+                "mlflow_run_id": tracker.run_id,
+            },
+            key=key,
+            outputs=[out / "encoder.pt"],
+        )
     return out / "encoder.pt"

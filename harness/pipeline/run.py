@@ -55,8 +55,11 @@ def _memory(cfg: ExperimentConfig, mode: str) -> dict[str, float]:
     def at(r_t: float, r_s: float) -> int:
         L, size = fidelity_shape(fid.snippets, fid.size, r_t, r_s)
         head = build_head(cfg, cfg.lofi.head, in_features=enc.num_features, temporal_length=L)
-        return int(measure_step_memory(enc, head, batch=1, snippets=L, frames=fid.frames, size=size,
-                                       device="meta").activation_bytes)
+        return int(
+            measure_step_memory(
+                enc, head, batch=1, snippets=L, frames=fid.frames, size=size, device="meta"
+            ).activation_bytes
+        )
 
     full = at(1.0, 1.0)
     fids = mode_fidelities(cfg, mode)
@@ -64,8 +67,14 @@ def _memory(cfg: ExperimentConfig, mode: str) -> dict[str, float]:
     return {"activation_bytes": used, "activation_bytes_full": full, "activation_rel": used / full if full else 0.0}
 
 
-def run_stage(cfg: ExperimentConfig, stage: Stage, *, data=None, parent_run_id: str = "",
-              on_epoch: Callable[[int, float], None] | None = None) -> Path:
+def run_stage(
+    cfg: ExperimentConfig,
+    stage: Stage,
+    *,
+    data=None,
+    parent_run_id: str = "",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> Path:
     """Run one planned stage (its upstream stages must be finished); returns the file or folder it produced."""
     from harness.pipeline.classify import SCORES, run_class_scores
     from harness.pipeline.features import run_features
@@ -80,8 +89,14 @@ def run_stage(cfg: ExperimentConfig, stage: Stage, *, data=None, parent_run_id: 
         init = stage.needs[0].folder / "encoder.pt" if stage.needs else None
         return run_pretrain(cfg, mode=stage.variant, out=stage.folder, init=init, parent_run_id=parent_run_id, **common)
     if stage.kind == "lofi":
-        return run_lofi(cfg, cycle=stage.variant, init=stage.needs[0].folder / "encoder.pt", out=stage.folder,
-                        parent_run_id=parent_run_id, **common)
+        return run_lofi(
+            cfg,
+            cycle=stage.variant,
+            init=stage.needs[0].folder / "encoder.pt",
+            out=stage.folder,
+            parent_run_id=parent_run_id,
+            **common,
+        )
     if stage.kind == "features":
         return run_features(cfg, encoder_checkpoint=stage.needs[0].folder / "encoder.pt", out=stage.folder, **common)
     if stage.kind == "classifier":
@@ -100,9 +115,17 @@ def _class_scores_path(cfg: ExperimentConfig, plan: RunPlan) -> Path | None:
     return None if cfg.head.class_scores == "features" else Path(cfg.head.class_scores)
 
 
-def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, stages_root: Path | None = None,
-            parent_run_id: str = "", config_path: str = "",
-            on_epoch: Callable[[int, float], None] | None = None) -> dict:
+def run_all(
+    cfg: ExperimentConfig,
+    *,
+    mode: str,
+    seed: int,
+    out: Path,
+    stages_root: Path | None = None,
+    parent_run_id: str = "",
+    config_path: str = "",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> dict:
     """Run every stage of ``mode`` (reusing those finished with the same key) and write metrics.json and row.json
     into ``out``; shared stages live under ``stages_root`` (default ``out``, see harness/pipeline/plan.py)."""
     from harness.pipeline.data import load_stage_data
@@ -123,37 +146,75 @@ def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, stages_ro
     times: dict[str, float] = {}
     chash = config_hash(cfg, mode, seed)
     data = load_stage_data(cfg.data) if todo else None  # the dataset and frame source, built once for every stage
-    with start_run(cfg.tracking, run_name=f"{cfg.data.name}/{cfg.encoder.name}/{cfg.head.name}/{mode}/seed{seed}",
-                   parent_run_id=parent_run_id, tags={"mode": mode, "seed": str(seed), "config_hash": chash}) as parent:
-        parent.log_params({**flatten(to_dict(cfg)), "mode": mode, "seed": seed, "commit": git_commit(),
-                           **{f"env.{k}": v for k, v in Env.capture().__dict__.items()}})
+    with start_run(
+        cfg.tracking,
+        run_name=f"{cfg.data.name}/{cfg.encoder.name}/{cfg.head.name}/{mode}/seed{seed}",
+        parent_run_id=parent_run_id,
+        tags={"mode": mode, "seed": str(seed), "config_hash": chash},
+    ) as parent:
+        parent.log_params(
+            {
+                **flatten(to_dict(cfg)),
+                "mode": mode,
+                "seed": seed,
+                "commit": git_commit(),
+                **{f"env.{k}": v for k, v in Env.capture().__dict__.items()},
+            }
+        )
         pid = parent.run_id
         for stage in todo:
             if stage.kind == "head":
                 continue
             t0 = time.perf_counter()
             run_stage(cfg, stage, data=data, parent_run_id=pid)
-            times[f"pretrain_{slug(stage.variant)}" if stage.kind == "pretrain" else stage.kind] = time.perf_counter() - t0
+            times[f"pretrain_{slug(stage.variant)}" if stage.kind == "pretrain" else stage.kind] = (
+                time.perf_counter() - t0
+            )
         t0 = time.perf_counter()
-        metrics = run_head(cfg, features=plan.head.need("features").folder, seed=seed, out=plan.head.folder,
-                           key=plan.head.key, data=data, parent_run_id=pid, on_epoch=on_epoch,
-                           class_scores=_class_scores_path(cfg, plan))
+        metrics = run_head(
+            cfg,
+            features=plan.head.need("features").folder,
+            seed=seed,
+            out=plan.head.folder,
+            key=plan.head.key,
+            data=data,
+            parent_run_id=pid,
+            on_epoch=on_epoch,
+            class_scores=_class_scores_path(cfg, plan),
+        )
         if plan.head in todo:
             times["head"] = time.perf_counter() - t0
         write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
         write_json_atomic(out / "metrics.json", {k: metrics[k] for k in metrics if k != "history"})
         fids = mode_fidelities(cfg, mode)
         cycle = MODE_PLAN[mode][1]
-        L, size = (fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, fids[0][1], fids[0][2])
-                   if len(fids) == 1 else (None, None))
+        L, size = (
+            fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, fids[0][1], fids[0][2])
+            if len(fids) == 1
+            else (None, None)
+        )
         row = {
-            "dataset": cfg.data.name, "encoder": cfg.encoder.name, "head": cfg.head.name, "lofi_head": cfg.lofi.head,
-            "mode": mode, "cycle": cycle or "", "fidelities": ",".join(f[0] for f in fids),
-            "r_t": fids[0][1] if len(fids) == 1 else None, "r_s": fids[0][2] if len(fids) == 1 else None,
-            "L": L, "size": size, "full_L": cfg.fidelity.snippets, "full_size": cfg.fidelity.size,
-            "seed": seed, "split": cfg.data.test_subset, "config": config_path, "config_hash": chash,
-            "run_key": plan.key, "stage_keys": {s.name: s.key for s in plan.stages},
-            "commit": git_commit(), "mlflow_run_id": parent.run_id,
+            "dataset": cfg.data.name,
+            "encoder": cfg.encoder.name,
+            "head": cfg.head.name,
+            "lofi_head": cfg.lofi.head,
+            "mode": mode,
+            "cycle": cycle or "",
+            "fidelities": ",".join(f[0] for f in fids),
+            "r_t": fids[0][1] if len(fids) == 1 else None,
+            "r_s": fids[0][2] if len(fids) == 1 else None,
+            "L": L,
+            "size": size,
+            "full_L": cfg.fidelity.snippets,
+            "full_size": cfg.fidelity.size,
+            "seed": seed,
+            "split": cfg.data.test_subset,
+            "config": config_path,
+            "config_hash": chash,
+            "run_key": plan.key,
+            "stage_keys": {s.name: s.key for s in plan.stages},
+            "commit": git_commit(),
+            "mlflow_run_id": parent.run_id,
             "average_mAP": metrics["average_mAP"],
             **{f"mAP_{t:.2f}": m for t, m in zip(metrics["tiou_thresholds"], metrics["mAP"])},
             **{k.replace("@", "_"): v for k, v in metrics.items() if k.startswith("AR@") or k == "AUC"},
@@ -163,8 +224,14 @@ def run_all(cfg: ExperimentConfig, *, mode: str, seed: int, out: Path, stages_ro
             "predictions": str((plan.head.folder / "predictions_testing.json").resolve()),
             "ground_truth": str(cfg.data.annotations_path().resolve()),
         }
-        parent.log_metrics({k: v for k, v in row.items() if k.startswith(("mAP_", "average_mAP", "AR_", "AUC", "activation", "time_"))
-                            and isinstance(v, (int, float))})
+        parent.log_metrics(
+            {
+                k: v
+                for k, v in row.items()
+                if k.startswith(("mAP_", "average_mAP", "AR_", "AUC", "activation", "time_"))
+                and isinstance(v, (int, float))
+            }
+        )
         write_json_atomic(out / "row.json", row)
     log.info("%s seed %d: test average mAP %.4f (%s)", mode, seed, row["average_mAP"], out)
     return row

@@ -78,8 +78,9 @@ def stage_done(out: Path, key: str) -> dict[str, Any] | None:
 def mark_done(out: Path, info: dict[str, Any], *, key: str, outputs: Iterable[Path] = ()) -> None:
     """Write ``done.json`` last: the stage's key, the files it produced (relative, with size and mtime) and ``info``."""
     files = {str(Path(f).relative_to(out)): _fingerprint(Path(f)) for f in outputs}
-    write_json_atomic(out / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "key": key, **info,
-                                   "outputs": files})
+    write_json_atomic(
+        out / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "key": key, **info, "outputs": files}
+    )
 
 
 def save_torch(path: Path, obj: Any) -> None:
@@ -93,10 +94,14 @@ def load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise LofiError(f"{path}: not a readable checkpoint ({type(exc).__name__}); delete it and re-run the stage") from None
+        raise LofiError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}); delete it and re-run the stage"
+        ) from None
 
 
-def make_optimizer(params: Iterable[dict[str, Any]] | Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Iterable[dict[str, Any]] | Iterable[torch.nn.Parameter], cfg: OptimConfig
+) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
