@@ -310,14 +310,30 @@ class SweepConfig(ConfigModel):
     results: Name = "results"
     encoders: tuple[Name, ...] = Field(("tsm_resnet_tiny",), min_length=1)
     heads: tuple[Name, ...] = Field(("gtad", "bmn"), min_length=1)
-    ablation_modes: tuple[Mode, ...] = ("acp", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long")
+    # e2e-full is the upper reference each LoFi row's share of the end-to-end gain is measured against
+    ablation_modes: tuple[Mode, ...] = ("acp", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long", "e2e-full")
     pretrain_modes: tuple[Mode, ...] = ("icp", "acp", "acp+", "lofi-long")
     model_modes: tuple[Mode, ...] = ("acp", "lofi-long")
+    # The controls table: blind (head on zeroed features: the temporal prior + classifier alone), the positive
+    # control e2e-full, and the negative control: acp on `control_seeds` against acp on `seeds`.
+    control_modes: tuple[Mode, ...] = ("blind", "acp", "e2e-full")
     seeds: tuple[Seed, ...] = Field((0, 1, 2), min_length=1)
+    control_seeds: tuple[Seed, ...] = Field((10, 11, 12), min_length=1)
     n_boot: Int = Field(1000, ge=1)
     threads_per_job: Int = Field(1, ge=1)
     gpu_per_job: Int = Field(0, ge=0)  # GPU jobs declare resources: gpu=this (limit with --resources gpu=N)
     optuna: OptunaConfig = Field(default_factory=OptunaConfig)
+
+    @model_validator(mode="after")
+    def _control_seeds_are_other_seeds(self) -> SweepConfig:
+        if set(self.control_seeds) & set(self.seeds):
+            raise invalid(
+                "control_seeds",
+                list(self.control_seeds),
+                "shares seeds with sweep.seeds",
+                "use seeds the sweep does not run (the negative control compares two sets of seeds)",
+            )
+        return self
 
     fix_hints: ClassVar[dict[str, str]] = {
         "n_boot": "use at least one bootstrap resample (1000 is usual)",

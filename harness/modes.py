@@ -18,6 +18,10 @@ MODE_PLAN: dict[str, tuple[str, str | None]] = {
     "lofi-short": ("acp", "short"),
     "lofi-custom": ("acp", "custom"),
     "e2e-full": ("acp", "full"),
+    "blind": ("acp", None),  # a control: the ACP pipeline with every feature zeroed (see ZEROED_MODES)
 }
 MODES: tuple[str, ...] = tuple(MODE_PLAN)
 PRETRAIN_MODES: tuple[str, ...] = ("icp", "acp", "acp+")
+# Modes whose head sees all-zero features of their encoder's shape: what the temporal prior of the segment layouts
+# and the video-level classifier give alone (the benchmark's floor).
+ZEROED_MODES: frozenset[str] = frozenset({"blind"})

@@ -66,30 +66,28 @@ def job_counts(output: str) -> Counter:
 
 
 def expected_ablation_jobs(config: Path) -> Counter:
-    """Jobs for table_ablation.md worked out from the config and MODE_PLAN (not from the Snakefile)."""
+    """Jobs for table_ablation.md (which also builds the controls table) worked out from the config and MODE_PLAN
+    (not from the plan module or the workflow)."""
     cfg = load_experiment(config)
     sweep = cfg.sweep
-    n = len(sweep.seeds)
-    plans = [MODE_PLAN[m] for m in sweep.ablation_modes]
-    pretrain = {p for p, _ in plans} | ({"acp"} if any(c for _, c in plans) else set())
+    runs = {(m, s) for m in (*sweep.ablation_modes, *sweep.control_modes) for s in sweep.seeds}
+    runs |= {("acp", s) for s in sweep.control_seeds}  # the negative control: ACP on other seeds
+    seeds = {s for _, s in runs}
+    pretrain, lofi, features = set(), set(), set()
+    for mode, seed in runs:
+        pre, cycle = MODE_PLAN[mode]
+        pretrain.add((pre, seed))
+        if cycle:
+            pretrain.add(("acp", seed))
+            lofi.add((cycle, seed))
+        features.add((mode if mode == "blind" else f"lofi-{cycle}" if cycle else pre, seed))
     shared_classifier = cfg.head.class_scores == "finetuned"
     if shared_classifier:  # the ACP+ model (from ACP) scores every video once per seed
-        pretrain |= {"acp", "acp+"}
-    cycles = {c for _, c in plans if c}
-    sources = {p for p, c in plans if c is None} | {f"lofi-{c}" for c in cycles}
-    counts = Counter(
-        {
-            "data": 1,
-            "track_init": 1,
-            "pretrain": n * len(pretrain),
-            "lofi": n * len(cycles),
-            "features": n * len(sources),
-            "run": n * len(plans),
-            "table_ablation": 1,
-        }
-    )
+        pretrain |= {(p, s) for s in seeds for p in ("acp", "acp+")}
+    counts = Counter({"data": 1, "track_init": 1, "pretrain": len(pretrain), "lofi": len(lofi),
+                      "features": len(features), "run": len(runs), "table_ablation": 1})
     if shared_classifier:
-        counts["classifier"] = n
+        counts["classifier"] = len(seeds)
     return counts
 
 
@@ -121,10 +119,11 @@ def test_default_config_dry_run_builds_every_table(tmp_path: Path) -> None:
         (e, h, m)
         for e in cfg.sweep.encoders[:1]
         for h in cfg.sweep.heads[:1]
-        for m in (*cfg.sweep.ablation_modes, *cfg.sweep.pretrain_modes)
+        for m in (*cfg.sweep.ablation_modes, *cfg.sweep.pretrain_modes, *cfg.sweep.control_modes)
     }
     runs |= {(e, h, m) for e in cfg.sweep.encoders for h in cfg.sweep.heads for m in cfg.sweep.model_modes}
-    assert counts["run"] == len(runs) * len(cfg.sweep.seeds)
+    # + the negative control: ACP on the control seeds
+    assert counts["run"] == len(runs) * len(cfg.sweep.seeds) + len(cfg.sweep.control_seeds)
 
 
 def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:

@@ -72,18 +72,42 @@ class SynthProfile:
     texture_periods: tuple[float, float, float] = (0.045, 0.07, 0.11)  # fine, medium, coarse stripes
 
 
-PROFILES: Mapping[str, SynthProfile] = MappingProxyType({
-    "smoke": SynthProfile(
-        name="smoke", num_classes=4, num_training=12, num_validation=6, num_testing=6,
-        frame_size=32, fps=8.0, min_frames=48, max_frames=48,
-        num_clip_classes=4, clips_per_class=6, clip_frames=16, num_image_classes=4, images_per_class=8,
-    ),
-    "default": SynthProfile(
-        name="default", num_classes=8, num_training=160, num_validation=60, num_testing=60,
-        frame_size=64, fps=8.0, min_frames=96, max_frames=128,
-        num_clip_classes=8, clips_per_class=40, clip_frames=16, num_image_classes=8, images_per_class=100,
-    ),
-})
+PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
+    {
+        "smoke": SynthProfile(
+            name="smoke",
+            num_classes=4,
+            num_training=12,
+            num_validation=6,
+            num_testing=6,
+            frame_size=32,
+            fps=8.0,
+            min_frames=48,
+            max_frames=48,
+            num_clip_classes=4,
+            clips_per_class=6,
+            clip_frames=16,
+            num_image_classes=4,
+            images_per_class=8,
+        ),
+        "default": SynthProfile(
+            name="default",
+            num_classes=8,
+            num_training=160,
+            num_validation=60,
+            num_testing=60,
+            frame_size=64,
+            fps=8.0,
+            min_frames=96,
+            max_frames=128,
+            num_clip_classes=8,
+            clips_per_class=40,
+            clip_frames=16,
+            num_image_classes=8,
+            images_per_class=100,
+        ),
+    }
+)
 
 
 def get_profile(name: str) -> SynthProfile:
@@ -98,21 +122,34 @@ def get_profile(name: str) -> SynthProfile:
 # --------------------------------------------------------------------------------------------------------------
 
 SHAPES = ("disc", "triangle", "square", "hexagon", "ring", "cross", "bar")
-COLOURS: Mapping[str, tuple[float, float, float]] = MappingProxyType({
-    "red": (0.92, 0.16, 0.14), "orange": (0.96, 0.56, 0.10), "yellow": (0.95, 0.90, 0.22),
-    "green": (0.20, 0.78, 0.26), "cyan": (0.16, 0.84, 0.90), "blue": (0.20, 0.34, 0.96),
-    "purple": (0.62, 0.26, 0.90), "white": (0.95, 0.95, 0.95),
-})
+COLOURS: Mapping[str, tuple[float, float, float]] = MappingProxyType(
+    {
+        "red": (0.92, 0.16, 0.14),
+        "orange": (0.96, 0.56, 0.10),
+        "yellow": (0.95, 0.90, 0.22),
+        "green": (0.20, 0.78, 0.26),
+        "cyan": (0.16, 0.84, 0.90),
+        "blue": (0.20, 0.34, 0.96),
+        "purple": (0.62, 0.26, 0.90),
+        "white": (0.95, 0.95, 0.95),
+    }
+)
 TEXTURES = ("stripes0", "stripes45", "stripes90", "stripes135", "checker", "rings")
 PERIOD_NAMES = ("fine", "medium", "coarse")
 MOTIONS = ("sway", "bob", "orbit", "spin", "pulse", "wobble")
 MOTION_FREQUENCIES = (0.6, 0.9, 1.3, 1.8)  # Hz; at 8 fps the fastest has a period of 4.4 frames
 # amplitude range per motion: radii for translations, relative scale for pulse, radians for wobble, radians per
 # cycle for spin
-MOTION_AMPLITUDES: Mapping[str, tuple[float, float]] = MappingProxyType({
-    "sway": (0.35, 0.6), "bob": (0.35, 0.6), "orbit": (0.3, 0.5), "pulse": (0.18, 0.3),
-    "wobble": (0.45, 0.7), "spin": (1.6, 2.4),
-})
+MOTION_AMPLITUDES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "sway": (0.35, 0.6),
+        "bob": (0.35, 0.6),
+        "orbit": (0.3, 0.5),
+        "pulse": (0.18, 0.3),
+        "wobble": (0.45, 0.7),
+        "spin": (1.6, 2.4),
+    }
+)
 TEXTURE_CONTRAST = 0.6  # shade in [1 - contrast, 1]
 
 
@@ -197,8 +234,9 @@ def _pick_motion(rng: np.random.Generator, appearance: Appearance, preferred: Se
     return visible[int(rng.integers(len(visible)))]
 
 
-def make_classes(profile: SynthProfile, seed: int) -> tuple[tuple[ActionClass, ...], tuple[ActionClass, ...],
-                                                             tuple[ImageClass, ...]]:
+def make_classes(
+    profile: SynthProfile, seed: int
+) -> tuple[tuple[ActionClass, ...], tuple[ActionClass, ...], tuple[ImageClass, ...]]:
     """Target classes, ACP (clip) classes and ICP (image) classes.
 
     Target classes come in pairs sharing shape and colour and differing in texture, so part of the class
@@ -255,8 +293,14 @@ def make_classes(profile: SynthProfile, seed: int) -> tuple[tuple[ActionClass, .
 # --------------------------------------------------------------------------------------------------------------
 
 
-def sample_segments(structure: Sequence[np.ndarray], rng: np.random.Generator, num_frames: int, fps: float,
-                    jitter: float, min_frames: int) -> tuple[tuple[float, float], ...]:
+def sample_segments(
+    structure: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    num_frames: int,
+    fps: float,
+    jitter: float,
+    min_frames: int,
+) -> tuple[tuple[float, float], ...]:
     """Relative segments of one random real video, jittered, scaled to this video, in seconds (0.01 s grid)."""
     rel = np.array(structure[int(rng.integers(len(structure)))], dtype=np.float64).reshape(-1, 2)
     rel = np.clip(rel + rng.normal(0.0, jitter, rel.shape), 0.0, 1.0)
@@ -279,8 +323,7 @@ def _video_ids(subset: str, count: int) -> list[str]:
     return [f"syn_{short}_{i:04d}" for i in range(count)]
 
 
-def make_plan(profile: SynthProfile | str, seed: int,
-              structure: Sequence[np.ndarray] | None = None) -> SynthPlan:
+def make_plan(profile: SynthProfile | str, seed: int, structure: Sequence[np.ndarray] | None = None) -> SynthPlan:
     """Everything but the pixels: classes, videos (subset, label, length, segments), clips, images."""
     if isinstance(profile, str):
         profile = get_profile(profile)
@@ -291,24 +334,30 @@ def make_plan(profile: SynthProfile | str, seed: int,
         raise LofiError("the ActivityNet structure file holds no segments; reinstall lofi-bench")
     classes, clip_classes, image_classes = make_classes(profile, seed)
     videos: list[PlannedVideo] = []
-    for subset, count in (("training", profile.num_training), ("validation", profile.num_validation),
-                          ("testing", profile.num_testing)):
+    for subset, count in (
+        ("training", profile.num_training),
+        ("validation", profile.num_validation),
+        ("testing", profile.num_testing),
+    ):
         rng = numpy_rng(seed, "synthetic", "videos", subset)
         # balanced labels: every class occurs as evenly as the count allows, in random order
         labels = np.resize(np.arange(len(classes)), count)
         labels = labels[rng.permutation(count)]
         for vid, label in zip(_video_ids(subset, count), labels):
             num_frames = int(rng.integers(profile.min_frames, profile.max_frames + 1))
-            segments = sample_segments(structure, rng, num_frames, profile.fps, profile.boundary_jitter,
-                                       profile.min_segment_frames)
+            segments = sample_segments(
+                structure, rng, num_frames, profile.fps, profile.boundary_jitter, profile.min_segment_frames
+            )
             videos.append(PlannedVideo(vid, subset, classes[int(label)].name, num_frames, segments))
     clips = tuple(
         PlannedItem(f"c{ci:02d}_{j:04d}", f"clips/c{ci:02d}_{j:04d}.mp4", cls.name)
-        for ci, cls in enumerate(clip_classes) for j in range(profile.clips_per_class)
+        for ci, cls in enumerate(clip_classes)
+        for j in range(profile.clips_per_class)
     )
     images = tuple(
         PlannedItem(f"i{ci:02d}_{j:04d}", f"images/i{ci:02d}_{j:04d}.png", cls.name)
-        for ci, cls in enumerate(image_classes) for j in range(profile.images_per_class)
+        for ci, cls in enumerate(image_classes)
+        for j in range(profile.images_per_class)
     )
     by_name = MappingProxyType({c.name: c for c in (*classes, *clip_classes)})
     return SynthPlan(profile, seed, classes, clip_classes, image_classes, tuple(videos), clips, images, by_name)
@@ -337,8 +386,9 @@ class _Object:
     angle: np.ndarray  # radians
 
 
-def motion_envelope(segments: Sequence[tuple[float, float]], num_frames: int, fps: float,
-                    ramp_frames: float) -> np.ndarray:
+def motion_envelope(
+    segments: Sequence[tuple[float, float]], num_frames: int, fps: float, ramp_frames: float
+) -> np.ndarray:
     """(T,) amplitude of the class motion in [0, 1]: 1 inside segments, 0 outside, a smoothstep ramp of
     ``ramp_frames`` centred on each boundary (the annotated boundary is the half-amplitude point)."""
     t = (np.arange(num_frames) + 0.5) / fps
@@ -382,7 +432,7 @@ def _shade(texture: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndar
     if texture == "flat":
         return 1.0
     if texture.startswith("stripes"):
-        theta = math.radians(int(texture[len("stripes"):]))
+        theta = math.radians(int(texture[len("stripes") :]))
         t = 0.5 + 0.5 * np.sin(w * (u * math.cos(theta) + v * math.sin(theta)))
     elif texture == "checker":
         t = 0.5 + 0.5 * np.sin(w * u) * np.sin(w * v) * 1.8  # sharper than a product of sines
@@ -425,11 +475,12 @@ def _background(rng: np.random.Generator, t: np.ndarray, coords: np.ndarray) -> 
     y, x = coords[:, None], coords[None, :]
     noise = np.zeros((len(t), len(coords), len(coords)), dtype=np.float32)
     for k in range(num):
-        spatial = (2 * math.pi * freq[k] * (x * math.cos(angle[k]) + y * math.sin(angle[k])) + phase[k])
+        spatial = 2 * math.pi * freq[k] * (x * math.cos(angle[k]) + y * math.sin(angle[k])) + phase[k]
         temporal = 2 * math.pi * drift[k] * t
         # sin(a + b) = sin a cos b + cos a sin b: two outer products instead of a (T, S, S) sine
-        noise += (np.sin(spatial)[None].astype(np.float32) * np.cos(temporal)[:, None, None].astype(np.float32)
-                  + np.cos(spatial)[None].astype(np.float32) * np.sin(temporal)[:, None, None].astype(np.float32))
+        noise += np.sin(spatial)[None].astype(np.float32) * np.cos(temporal)[:, None, None].astype(np.float32) + np.cos(
+            spatial
+        )[None].astype(np.float32) * np.sin(temporal)[:, None, None].astype(np.float32)
     mix = 0.5 + 0.5 * np.tanh(noise * np.float32(0.8))
     pal = palette.astype(np.float32)
     return pal[0] + mix[..., None] * (pal[1] - pal[0])
@@ -448,21 +499,24 @@ def _distractors(rng: np.random.Generator, t: np.ndarray, profile: SynthProfile)
         speed = rng.uniform(0.05, 0.15)
         direction = rng.uniform(0, 2 * math.pi)
         texture = "flat" if rng.random() < 0.6 else TEXTURES[rng.integers(len(TEXTURES))]
-        objects.append(_Object(
-            shape=SHAPES[rng.integers(len(SHAPES))],
-            colour=np.array(list(COLOURS.values())[rng.integers(len(COLOURS))]) * rng.uniform(0.6, 0.95),
-            texture=texture,
-            period=profile.texture_periods[int(rng.integers(3))],
-            cx=_reflect(rng.uniform(0.1, 0.9) + speed * math.cos(direction) * t, 0.08, 0.92),
-            cy=_reflect(rng.uniform(0.1, 0.9) + speed * math.sin(direction) * t, 0.08, 0.92),
-            radius=np.full(len(t), rng.uniform(0.05, 0.09)),
-            angle=rng.uniform(0, 2 * math.pi) + rng.uniform(-0.6, 0.6) * t,
-        ))
+        objects.append(
+            _Object(
+                shape=SHAPES[rng.integers(len(SHAPES))],
+                colour=np.array(list(COLOURS.values())[rng.integers(len(COLOURS))]) * rng.uniform(0.6, 0.95),
+                texture=texture,
+                period=profile.texture_periods[int(rng.integers(3))],
+                cx=_reflect(rng.uniform(0.1, 0.9) + speed * math.cos(direction) * t, 0.08, 0.92),
+                cy=_reflect(rng.uniform(0.1, 0.9) + speed * math.sin(direction) * t, 0.08, 0.92),
+                radius=np.full(len(t), rng.uniform(0.05, 0.09)),
+                angle=rng.uniform(0, 2 * math.pi) + rng.uniform(-0.6, 0.6) * t,
+            )
+        )
     return objects
 
 
-def _actor(rng: np.random.Generator, t: np.ndarray, env: np.ndarray, cls: ActionClass,
-           profile: SynthProfile) -> _Object:
+def _actor(
+    rng: np.random.Generator, t: np.ndarray, env: np.ndarray, cls: ActionClass, profile: SynthProfile
+) -> _Object:
     """The class's object: always present, slowly wandering; its class motion is scaled by ``env``."""
     n = len(t)
     r0 = rng.uniform(*profile.actor_radius)
@@ -497,8 +551,9 @@ def _actor(rng: np.random.Generator, t: np.ndarray, env: np.ndarray, cls: Action
         raise ValueError(f"unknown motion {m.kind!r}")
     a = cls.appearance
     colour = np.clip(np.array(COLOURS[a.colour]) * rng.uniform(0.85, 1.05) + rng.normal(0, 0.03, 3), 0.0, 1.0)
-    return _Object(a.shape, colour, a.texture, profile.texture_periods[PERIOD_NAMES.index(a.period)],
-                   cx, cy, radius, angle)
+    return _Object(
+        a.shape, colour, a.texture, profile.texture_periods[PERIOD_NAMES.index(a.period)], cx, cy, radius, angle
+    )
 
 
 def _to_uint8(img: np.ndarray, supersample: int) -> np.ndarray:
@@ -573,8 +628,7 @@ def render_image(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
     rng = numpy_rng(plan.seed, "synthetic", "image", item.id)
     cls = next(c for c in plan.image_classes if c.name == item.label)
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    as_action = ActionClass(cls.name, Appearance(cls.shape, colour, cls.texture, cls.period),
-                            Motion("sway", 1.0, 0.0))
+    as_action = ActionClass(cls.name, Appearance(cls.shape, colour, cls.texture, cls.period), Motion("sway", 1.0, 0.0))
     return render_clip(rng, as_action, np.zeros(1), p)[0]
 
 
@@ -586,8 +640,12 @@ STAMP = ".synth.json"  # written first: identifies a partial folder's profile an
 
 
 def _identity(plan: SynthPlan) -> dict[str, object]:
-    return {"profile": plan.profile.name, "seed": plan.seed, "generator_version": GENERATOR_VERSION,
-            "parameters": json.loads(json.dumps(asdict(plan.profile)))}
+    return {
+        "profile": plan.profile.name,
+        "seed": plan.seed,
+        "generator_version": GENERATOR_VERSION,
+        "parameters": json.loads(json.dumps(asdict(plan.profile))),
+    }
 
 
 def _describe(ident: Mapping[str, object]) -> str:
@@ -636,14 +694,23 @@ def to_dataset(plan: SynthPlan, out: Path) -> TALDataset:
     from harness.data.model import Segment, TALDataset, Video
 
     videos = {
-        v.id: Video(id=v.id, subset=v.subset, duration=round(v.num_frames / plan.profile.fps, 6),
-                    segments=tuple(Segment(s, e, v.label) for s, e in v.segments), fps=plan.profile.fps,
-                    path=out / "videos" / f"{v.id}.mp4")
+        v.id: Video(
+            id=v.id,
+            subset=v.subset,
+            duration=round(v.num_frames / plan.profile.fps, 6),
+            segments=tuple(Segment(s, e, v.label) for s, e in v.segments),
+            fps=plan.profile.fps,
+            path=out / "videos" / f"{v.id}.mp4",
+        )
         for v in plan.videos
     }
-    return TALDataset(name=f"synthetic-{plan.profile.name}", videos=videos,
-                      classes=tuple(c.name for c in plan.classes), source="harness.data.synthetic",
-                      meta=MappingProxyType({"profile": plan.profile.name, "seed": plan.seed}))
+    return TALDataset(
+        name=f"synthetic-{plan.profile.name}",
+        videos=videos,
+        classes=tuple(c.name for c in plan.classes),
+        source="harness.data.synthetic",
+        meta=MappingProxyType({"profile": plan.profile.name, "seed": plan.seed}),
+    )
 
 
 def _jobs(plan: SynthPlan, out: Path) -> list[tuple[Path, Callable[[], None]]]:
@@ -685,10 +752,14 @@ def generate(profile: str, seed: int, out: Path, *, progress: bool = True) -> Pa
     _remove_stale_temporaries(out)
     if not (out / "annotations.json").exists():
         write_activitynet_json(to_dataset(plan, out), out / "annotations.json")
-    clip_index = {"classes": [c.name for c in plan.clip_classes],
-                  "clips": [{"path": c.path, "label": c.label} for c in plan.clips]}
-    image_index = {"classes": [c.name for c in plan.image_classes],
-                   "images": [{"path": i.path, "label": i.label} for i in plan.images]}
+    clip_index = {
+        "classes": [c.name for c in plan.clip_classes],
+        "clips": [{"path": c.path, "label": c.label} for c in plan.clips],
+    }
+    image_index = {
+        "classes": [c.name for c in plan.image_classes],
+        "images": [{"path": i.path, "label": i.label} for i in plan.images],
+    }
     for path, index in ((out / "clips" / "index.json", clip_index), (out / "images" / "index.json", image_index)):
         if not path.exists():
             write_json_atomic(path, index)
@@ -699,11 +770,17 @@ def generate(profile: str, seed: int, out: Path, *, progress: bool = True) -> Pa
     manifest = {
         **ident,
         "package_version": __version__,
-        "counts": {"training": plan.profile.num_training, "validation": plan.profile.num_validation,
-                   "testing": plan.profile.num_testing, "clips": len(plan.clips), "images": len(plan.images)},
+        "counts": {
+            "training": plan.profile.num_training,
+            "validation": plan.profile.num_validation,
+            "testing": plan.profile.num_testing,
+            "clips": len(plan.clips),
+            "images": len(plan.images),
+        },
         "classes": {c.name: {"appearance": asdict(c.appearance), "motion": asdict(c.motion)} for c in plan.classes},
-        "clip_classes": {c.name: {"appearance": asdict(c.appearance), "motion": asdict(c.motion)}
-                         for c in plan.clip_classes},
+        "clip_classes": {
+            c.name: {"appearance": asdict(c.appearance), "motion": asdict(c.motion)} for c in plan.clip_classes
+        },
         "image_classes": {c.name: asdict(c) for c in plan.image_classes},
     }
     write_json_atomic(out / "manifest.json", manifest)

@@ -37,11 +37,13 @@ def run_features(
     seed: int = 0,
     data: StageData | None = None,
     batch_size: int = 8,
+    zeroed: bool = False,
 ) -> Path:
     """Extract (L, D) float32 features for every video of the three subsets into ``out/videos/<id>.npy``.
 
     Reuses a stage finished with ``key`` (the stage plan's); an interrupted extraction resumes per video, only with
-    the same ``key`` (else every video is extracted again). ``data``: the dataset and frame source (built when None)."""
+    the same ``key`` (else every video is extracted again). ``data``: the dataset and frame source (built when None).
+    ``zeroed``: write all-zero features of the encoder's shape instead (the blind control; nothing is decoded)."""
     if stage_done(out, key) is not None:
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -72,9 +74,12 @@ def run_features(
         range(0, len(todo), batch_size), desc="features", unit="batch", disable=not cfg.runtime.progress, leave=False
     ):
         part = todo[i : i + batch_size]
-        x = frames.batch(part, snippets=fid.snippets, fid=fid, size=fid.size).to(device)
-        with autocast(device, cfg.runtime.amp):
-            feats = encoder(x).float().cpu().numpy()
+        if zeroed:
+            feats = np.zeros((len(part), fid.snippets, encoder.num_features), dtype=np.float32)
+        else:
+            x = frames.batch(part, snippets=fid.snippets, fid=fid, size=fid.size).to(device)
+            with autocast(device, cfg.runtime.amp):
+                feats = encoder(x).float().cpu().numpy()
         for v, f in zip(part, feats):
             with atomic_path(feature_path(out, v.id)) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, f.astype(np.float32))

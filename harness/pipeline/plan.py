@@ -36,7 +36,7 @@ from typing import Any, Literal
 from harness.config import evolve, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
-from harness.modes import MODE_PLAN, MODES, PRETRAIN_MODES
+from harness.modes import MODE_PLAN, MODES, PRETRAIN_MODES, ZEROED_MODES
 
 StageKind = Literal["pretrain", "lofi", "features", "classifier", "head"]
 
@@ -220,11 +220,16 @@ class Planner:
 
     def features(self, mode: str, seed: int) -> Stage:
         enc = self.encoder(mode, seed)
-        source = slug(enc.variant) if enc.kind == "pretrain" else f"lofi-{enc.variant}"
-        memo = ("features", enc.folder.parent.name, seed)  # custom: one per LoFi folder
+        if mode in ZEROED_MODES:  # zeros of the encoder's shape: a folder of their own, named by the mode
+            source = mode
+        elif enc.kind == "pretrain":
+            source = slug(enc.variant)
+        else:
+            source = f"lofi-{enc.variant}"
+        memo = ("features", source if enc.kind == "pretrain" else enc.folder.parent.name, seed)  # custom: per folder
         if memo not in self._memo:
             reads = _sections(self.cfg, ("data", "fidelity", "encoder"))
-            folder = self.root / "features" / (source if enc.kind == "pretrain" else f"lofi-{enc.folder.parent.name}")
+            folder = self.root / "features" / (f"lofi-{enc.folder.parent.name}" if enc.kind == "lofi" else source)
             self._memo[memo] = Stage(
                 "features", source, seed, folder / f"seed{seed}", _key("features", source, seed, reads, (enc,)), (enc,)
             )
@@ -255,11 +260,14 @@ class Planner:
         return RunPlan(mode, seed, self.cfg.head.name, Path(run_dir), head, run_key)
 
 
-def encoder_mode(stage: Stage) -> str:
-    """A mode whose encoder is ``stage`` (a pre-training or LoFi stage): what `lofi stage features --mode` takes."""
-    if stage.kind == "pretrain":
+def features_mode(stage: Stage) -> str:
+    """A mode whose features are ``stage`` (a features stage): what `lofi stage features --mode` takes."""
+    if stage.variant in ZEROED_MODES:
         return stage.variant
-    return next(m for m, (_, cycle) in MODE_PLAN.items() if cycle == stage.variant)
+    enc = stage.needs[0]
+    if enc.kind == "pretrain":
+        return enc.variant
+    return next(m for m, (_, cycle) in MODE_PLAN.items() if cycle == enc.variant)
 
 
 def _file_identity(path: Path) -> dict[str, Any]:
@@ -300,6 +308,7 @@ def sweep_runs(
     *,
     encoders: tuple[str, ...] | None = None,
     heads: tuple[str, ...] | None = None,
+    seeds: tuple[int, ...] | None = None,
 ) -> list[SweepRun]:
     """Every (encoder, head, mode, seed) run of a sweep table, planned under the sweep's results folder."""
     out = []
@@ -307,7 +316,7 @@ def sweep_runs(
         for head in heads if heads is not None else cfg.sweep.heads:
             planner = Planner(sweep_config(cfg, enc, head), sweep_root(cfg, enc))
             for mode in modes:
-                for seed in cfg.sweep.seeds:
+                for seed in seeds if seeds is not None else cfg.sweep.seeds:
                     out.append(SweepRun(enc, head, planner.run(mode, seed, run_dir(cfg, enc, head, mode, seed))))
     return out
 

@@ -13,6 +13,7 @@ from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, config_hash
 from harness.fidelity import fidelity_shape
 from harness.io import write_json_atomic, write_text_atomic
+from harness.modes import ZEROED_MODES
 from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run, slug
 from harness.pipeline.runtime import Env, stage_done
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
@@ -98,7 +99,13 @@ def run_stage(
             **common,
         )
     if stage.kind == "features":
-        return run_features(cfg, encoder_checkpoint=stage.needs[0].folder / "encoder.pt", out=stage.folder, **common)
+        return run_features(
+            cfg,
+            encoder_checkpoint=stage.needs[0].folder / "encoder.pt",
+            out=stage.folder,
+            zeroed=stage.variant in ZEROED_MODES,
+            **common,
+        )
     if stage.kind == "classifier":
         run_class_scores(cfg, checkpoint=stage.needs[0].folder / "encoder.pt", out=stage.folder, **common)
         return stage.folder / SCORES
@@ -221,6 +228,8 @@ def run_all(
             "val_average_mAP": metrics["validation"]["average_mAP"],
             **_memory(cfg, mode),
             **{f"time_{k}_s": v for k, v in times.items()},
+            "proposals": str((plan.head.folder / "proposals_testing.json").resolve()),
+            "class_scores": str(_class_scores_path(cfg, plan).resolve()) if _class_scores_path(cfg, plan) else None,
             "predictions": str((plan.head.folder / "predictions_testing.json").resolve()),
             "ground_truth": str(cfg.data.annotations_path().resolve()),
         }

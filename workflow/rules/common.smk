@@ -26,7 +26,7 @@ from harness.commands.track import sweep_tracking_uri
 from harness.config import evolve, from_dict, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
-from harness.pipeline.plan import Planner, encoder_mode, slug, sweep_root, sweep_runs, unique_stages
+from harness.pipeline.plan import Planner, features_mode, slug, sweep_root, sweep_runs, unique_stages
 
 _cli_files = [str(f) for f in workflow.config_settings.configfiles]
 if _cli_files:
@@ -99,6 +99,9 @@ try:
         "ablation": sweep_runs(CFG, CFG.sweep.ablation_modes, encoders=ENCODERS[:1], heads=HEADS[:1]),
         "pretrain": sweep_runs(CFG, CFG.sweep.pretrain_modes, encoders=ENCODERS[:1], heads=HEADS[:1]),
         "models": sweep_runs(CFG, CFG.sweep.model_modes),
+        # the controls: their modes on the sweep's seeds, and the negative control (acp) on other seeds
+        "controls": sweep_runs(CFG, CFG.sweep.control_modes, encoders=ENCODERS[:1], heads=HEADS[:1])
+        + sweep_runs(CFG, ("acp",), encoders=ENCODERS[:1], heads=HEADS[:1], seeds=CFG.sweep.control_seeds),
     }
     TABLE_RUNS["memory"] = TABLE_RUNS["ablation"]
     ALL_RUNS = list({str(r.plan.row): r for runs in TABLE_RUNS.values() for r in runs}.values())

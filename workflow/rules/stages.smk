@@ -45,7 +45,7 @@ def _stage_flag(stage):
     if stage.kind == "lofi":
         return ["--cycle", stage.variant]
     if stage.kind == "features":
-        return ["--mode", encoder_mode(stage.needs[0])]
+        return ["--mode", features_mode(stage)]
     return []
 
 
