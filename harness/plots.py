@@ -20,6 +20,13 @@ from harness.tables import THRESHOLD_COLUMNS, TableError, _relative_memory, mode
 log = logging.getLogger(__name__)
 
 
+# Modes drawn as horizontal lines whatever their memory: the floor (ACP) and the ceiling (e2e-full) of LoFi.
+REFERENCE_LINES: dict[str, dict[str, str]] = {
+    "acp": {"color": "tab:gray", "ls": "--"},
+    "e2e-full": {"color": "black", "ls": "-."},
+}
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
@@ -55,7 +62,11 @@ def plot_map_vs_tiou(
 def plot_map_vs_memory(
     rows: pd.DataFrame, path: str | os.PathLike[str], *, title: str = "", modes: Sequence[str] | None = None
 ) -> Path:
-    """Average mAP (%) against LoFi-stage activation memory relative to full fidelity; frozen modes as lines."""
+    """Average mAP (%) against LoFi-stage activation memory relative to full fidelity, one point per LoFi mode.
+
+    ACP (the frozen encoder, the floor LoFi must beat) and e2e-full (full-fidelity end-to-end training, the
+    ceiling) are horizontal reference lines with their ± sd band, as is any other mode that trains no encoder end
+    to end (no relative memory)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     plotted = 0
     for mode in order_modes(rows["mode"], modes):
@@ -64,19 +75,19 @@ def plot_map_vs_memory(
         mean, sd = values.mean(), (values.std() if len(values) > 1 else 0.0)
         rel = _relative_memory(runs)
         label = mode_label(mode)
-        if np.isnan(rel):  # no end-to-end stage: a reference level, not a point
-            ax.axhline(mean, ls="--", lw=1, color="gray")
+        if mode in REFERENCE_LINES or np.isnan(rel):  # a reference level, not a point
+            style = REFERENCE_LINES.get(mode, {"color": "gray", "ls": "--"})
+            note = f"{label} (rel. memory {rel:.2f})" if not np.isnan(rel) else f"{label} (frozen)"
+            ax.axhline(mean, lw=1, **style)
+            if sd > 0:
+                ax.axhspan(mean - sd, mean + sd, alpha=0.12, color=style["color"], lw=0)
             ax.annotate(
-                f"{label} (frozen)",
-                (0.0, mean),
-                xycoords=("axes fraction", "data"),
-                fontsize=7,
-                va="bottom",
-                color="gray",
+                note, (0.01, mean), xycoords=("axes fraction", "data"), fontsize=7, va="bottom", color=style["color"]
             )
             continue
         ax.errorbar([rel], [mean], yerr=[sd], marker="o", capsize=2, label=label)
         plotted += 1
+    ax.set_xlim(0.0, 1.05)  # 1 = full fidelity (e2e-full), where the ceiling line stands
     ax.set_xlabel("activation memory relative to full fidelity")
     ax.set_ylabel("average mAP (%)")
     ax.set_title(title or "average mAP vs activation memory (mean ± sd over seeds)")

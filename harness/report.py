@@ -5,6 +5,12 @@ dataset, encoder and head, compares every mode with ACP on the runs' saved predi
 bootstrap interval and permutation test over videos, Holm within each table) and writes
 ``table_<kind>.md/.csv/.tex`` plus the plots. Which modes each table shows comes from ``modes`` — in a sweep the
 config's ``sweep.*_modes`` (``table_modes``) — or, without it, every mode the rows hold.
+
+The controls table (``kind="controls"``) adds, per run, the class oracle (``oracle_average_map``: the run's own
+proposals labelled with the ground-truth video class) and the classifier's top-1 accuracy (``classifier_top1``),
+and compares blind, e2e-full and ACP on ``control_seeds`` (the negative control) with ACP. ACP runs on the control
+seeds appear in no other table. The ablation table gets each configuration's share of the end-to-end gain
+(``harness.stats.share_of_gain``) when e2e-full is among its rows.
 """
 
 from __future__ import annotations
@@ -22,20 +28,34 @@ import pandas as pd
 from harness.errors import LofiError
 from harness.experiment import SweepConfig
 from harness.seeding import numpy_rng
-from harness.stats import Comparison, compare_to_baseline, holm, weighted_metric
+from harness.stats import (
+    Comparison,
+    RatioResult,
+    compare_to_baseline,
+    holm,
+    joint_bootstrap,
+    share_of_gain,
+    weighted_metric,
+)
 from harness.tables import (
     BASELINE,
+    NEGATIVE,
+    ORACLE_COLUMN,
+    REFERENCE,
+    TOP1_COLUMN,
     Table,
     ablation_table,
+    controls_table,
     memory_table,
     models_table,
     order_modes,
     pretrain_table,
+    split_control_seeds,
     write_tables,
 )
 
 log = logging.getLogger(__name__)
-KINDS: tuple[str, ...] = ("ablation", "pretrain", "models", "memory")
+KINDS: tuple[str, ...] = ("ablation", "pretrain", "models", "memory", "controls")
 _CONFIG_TABLES: dict[str, Callable[..., Table]] = {"ablation": ablation_table, "pretrain": pretrain_table}
 
 
@@ -46,7 +66,16 @@ def table_modes(sweep: SweepConfig) -> dict[str, tuple[str, ...]]:
         "pretrain": sweep.pretrain_modes,
         "models": sweep.model_modes,
         "memory": sweep.ablation_modes,
+        "controls": sweep.control_modes,
     }
+
+
+def infer_control_seeds(rows: pd.DataFrame) -> tuple[int, ...]:
+    """Without a config: the seeds only ACP ran (no other mode ran them), i.e. the negative control's runs."""
+    others = {int(s) for s in rows.loc[rows["mode"] != BASELINE, "seed"]}
+    if not others:
+        return ()
+    return tuple(sorted({int(s) for s in rows.loc[rows["mode"] == BASELINE, "seed"]} - others))
 
 
 def _slug(*parts: Any) -> str:
@@ -90,6 +119,117 @@ class _Matcher:
         return self._matches[key]
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value == ""
+
+
+def ground_truth_classes(ground_truth: str | Path, subset: str) -> dict[str, str]:
+    """Each ``subset`` video's class as the pipeline's classifier learns it: the label covering most of the video
+    (``harness.pipeline.data.dominant_label``; videos without instances have none)."""
+    from harness.data.annotations import read_annotations
+    from harness.pipeline.data import dominant_label
+
+    dataset = read_annotations(ground_truth, clip_segments=True)
+    return {v.id: dominant_label(v) for v in dataset.subset(subset) if v.segments}
+
+
+def oracle_average_map(proposals: str | Path | Mapping[str, Any], gt: Any, labels: Mapping[str, str]) -> float:
+    """Average mAP of class-agnostic ``proposals`` (official layout) labelled with each video's ground-truth class:
+    one-hot class scores fused as the pipeline fuses the classifier's (``fuse_with_classes``, top-1 class), so
+    every proposal keeps its score and gets the right label. ``gt``: the ``DetectionGroundTruth`` of the split;
+    videos without a ground-truth class get no detection."""
+    from harness.evaluation.detection import evaluate_detection, load_predictions
+    from harness.postprocess import fuse_with_classes
+
+    props = load_predictions(proposals, gt, require_label=False)
+    classes = list(gt.classes)
+    order = np.argsort(props.video, kind="stable")
+    video, bounds = np.unique(props.video[order], return_index=True)
+    chunks = np.split(order, bounds[1:]) if order.size else []
+    by_video = {int(v): idx for v, idx in zip(video, chunks) if v >= 0}
+    results: dict[str, list[dict[str, Any]]] = {}
+    for i, vid in enumerate(gt.video_ids):
+        label = labels.get(vid)
+        idx = by_video.get(i)
+        if label is None or idx is None:
+            continue
+        one_hot = np.zeros(len(classes))
+        one_hot[gt.class_index[label]] = 1.0
+        segs = np.column_stack([props.segments[idx], props.score[idx]])
+        results[vid] = fuse_with_classes(segs, one_hot, classes, top_k_classes=1)
+    return float(evaluate_detection(gt, {"version": "oracle", "results": results}).average_mAP)
+
+
+def classifier_top1(
+    labels: Mapping[str, str], class_scores: str | Path | None = None, predictions: str | Path | None = None
+) -> float:
+    """Top-1 accuracy of the video-level classifier over the videos in ``labels``: the argmax of the shared
+    ``class_scores`` JSON (``{"classes": [...], "scores": {video_id: [p_c, ...]}}``), or, for runs that fused
+    their own linear probe (no shared file), the label of each video's best-scored prediction (the fused score
+    is proposal x class score, so the top entry carries the top class)."""
+    import json
+
+    if not labels:
+        return float("nan")
+    if class_scores is not None:
+        data = json.loads(Path(class_scores).read_text(encoding="utf-8"))
+        classes, scores = list(data["classes"]), data["scores"]
+        missing = [v for v in labels if v not in scores]
+        if missing:
+            raise LofiError(f"{class_scores}: no class scores for test video {missing[0]} ({len(missing)} missing)")
+        top = {v: classes[int(np.argmax(scores[v]))] for v in labels}
+    elif predictions is not None:
+        results = json.loads(Path(predictions).read_text(encoding="utf-8"))["results"]
+        top = {v: max(results[v], key=lambda e: e["score"])["label"] for v in labels if results.get(v)}
+    else:
+        return float("nan")
+    return float(np.mean([top.get(v) == c for v, c in labels.items()]))
+
+
+class _Oracle:
+    """Per run: the class-oracle average mAP and the classifier's top-1 accuracy (ground truth read once)."""
+
+    def __init__(self, ground_truth: str | None) -> None:
+        self.ground_truth = ground_truth
+        self._gt: dict[tuple[str, str], tuple[Any, dict[str, str]]] = {}
+        self._top1: dict[tuple[str, str, str], float] = {}
+
+    def _truth(self, row: pd.Series) -> tuple[Any, dict[str, str]]:
+        from harness.evaluation.detection import load_ground_truth
+
+        gt_path = self.ground_truth or row.get("ground_truth")
+        if _missing(gt_path):
+            raise LofiError(f"{row['row_path']}: no ground_truth in the row; pass --ground-truth GT (or --no-stats)")
+        key = (str(gt_path), str(row.get("split") or "validation"))
+        if key not in self._gt:
+            self._gt[key] = (load_ground_truth(key[0], subset=key[1]), ground_truth_classes(*key))
+        return self._gt[key]
+
+    def __call__(self, row: pd.Series) -> tuple[float, float]:
+        """(oracle average mAP, top-1 accuracy), NaN where the row records no proposals / class scores."""
+        proposals, scores = row.get("proposals"), row.get("class_scores")
+        if _missing(proposals) and _missing(scores) and _missing(row.get("predictions")):
+            return float("nan"), float("nan")
+        gt, labels = self._truth(row)
+        oracle = float("nan")
+        if not _missing(proposals):
+            if not Path(proposals).exists():
+                raise LofiError(f"{row['row_path']}: proposals file {proposals!r} is missing; re-run or --no-stats")
+            oracle = oracle_average_map(proposals, gt, labels)
+        key = (str(scores), str(row.get("predictions")), gt.source + gt.subset)
+        if key not in self._top1:
+            self._top1[key] = classifier_top1(
+                labels,
+                None if _missing(scores) else scores,
+                None if _missing(row.get("predictions")) else row.get("predictions"),
+            )
+        return oracle, self._top1[key]
+
+    def annotate(self, rows: pd.DataFrame) -> pd.DataFrame:
+        values = [self(r) for _, r in rows.iterrows()]
+        return rows.assign(**{ORACLE_COLUMN: [v[0] for v in values], TOP1_COLUMN: [v[1] for v in values]})
+
+
 @dataclasses.dataclass(frozen=True)
 class _Tests:
     """How the comparisons are computed (None of them when ``enabled`` is false)."""
@@ -100,19 +240,52 @@ class _Tests:
     seed: int
     enabled: bool
 
+    def _runs(self, rows: pd.DataFrame) -> tuple[list[Any], list[int]]:
+        sub = rows.sort_values("seed")
+        return [self.match(r) for _, r in sub.iterrows()], [int(s) for s in sub["seed"]]
+
+    def _compare(self, groups: Mapping[str, pd.DataFrame], *purpose: str) -> dict[str, Comparison]:
+        runs, seeds = {}, {}
+        for key, sub in groups.items():
+            runs[key], seeds[key] = self._runs(sub)
+        return compare_to_baseline(
+            runs, seeds, BASELINE, n_boot=self.n_boot, n_perm=self.n_perm, rng=numpy_rng(self.seed, "report", *purpose)
+        )
+
     def compare(self, rows: pd.DataFrame, modes: Sequence[str], *purpose: str) -> dict[str, Comparison]:
         """Every mode of ``modes`` in ``rows`` against ACP, Holm across them; {} without a baseline or tests."""
         present = order_modes(rows["mode"], modes)
         if not self.enabled or BASELINE not in present or len(present) < 2:
             return {}
-        runs, seeds = {}, {}
-        for mode in present:
-            sub = rows[rows["mode"] == mode].sort_values("seed")
-            runs[mode] = [self.match(r) for _, r in sub.iterrows()]
-            seeds[mode] = [int(s) for s in sub["seed"]]
-        return compare_to_baseline(
-            runs, seeds, BASELINE, n_boot=self.n_boot, n_perm=self.n_perm, rng=numpy_rng(self.seed, "report", *purpose)
+        return self._compare({m: rows[rows["mode"] == m] for m in present}, *purpose)
+
+    def compare_controls(
+        self, main: pd.DataFrame, negative: pd.DataFrame, modes: Sequence[str], *purpose: str
+    ) -> dict[str, Comparison]:
+        """The control modes and the negative control (ACP on other seeds) against ACP, Holm across them."""
+        present = order_modes(main["mode"], modes)
+        if not self.enabled or BASELINE not in present:
+            return {}
+        groups = {m: main[main["mode"] == m] for m in present}
+        if not negative.empty:
+            groups[NEGATIVE] = negative
+        return self._compare(groups, "controls", *purpose) if len(groups) > 1 else {}
+
+    def shares(self, rows: pd.DataFrame, modes: Sequence[str], *purpose: str) -> dict[str, RatioResult] | None:
+        """Each mode's share of the end-to-end gain, (mode - ACP) / (e2e-full - ACP), from ONE joint bootstrap of
+        every mode (the same videos and seeds for all); None without ACP, e2e-full or tests."""
+        present = order_modes(rows["mode"], modes)
+        if not self.enabled or BASELINE not in present or REFERENCE not in present:
+            return None
+        order = [BASELINE, REFERENCE, *(m for m in present if m not in (BASELINE, REFERENCE))]
+        runs = [self._runs(rows[rows["mode"] == m]) for m in order]
+        joint = joint_bootstrap(
+            [r for r, _ in runs],
+            seeds=[s for _, s in runs],
+            n_boot=self.n_boot,
+            rng=numpy_rng(self.seed, "report", "share", *purpose),
         )
+        return {m: share_of_gain(joint, base=0, config=j, reference=1) for j, m in enumerate(order) if j >= 2}
 
     def compare_models(
         self, rows: pd.DataFrame, modes: Sequence[str], dataset: str
@@ -129,6 +302,28 @@ class _Tests:
         return out
 
 
+def _controls(
+    main: pd.DataFrame,
+    negative: pd.DataFrame,
+    tests: _Tests,
+    oracle: _Oracle,
+    modes: Sequence[str] | None,
+    control_seeds: Sequence[int],
+) -> Table | None:
+    """The controls table of one dataset/encoder/head (None when it has no ACP or nothing to compare it with)."""
+    present = order_modes(main["mode"], modes)
+    if BASELINE not in present or (len(present) < 2 and negative.empty):
+        return None
+    used = pd.concat([main[main["mode"].isin(present)], negative])
+    if tests.enabled:
+        used = oracle.annotate(used)
+    first = used.iloc[0]
+    comps = tests.compare_controls(
+        main, negative, present, str(first["dataset"]), str(first["encoder"]), str(first["head"])
+    )
+    return controls_table(used, comps, modes=modes, control_seeds=control_seeds)
+
+
 def build_report(
     rows: pd.DataFrame,
     *,
@@ -141,12 +336,15 @@ def build_report(
     ground_truth: str | None = None,
     stats: bool = True,
     plots: bool = True,
+    control_seeds: Sequence[int] | None = None,
 ) -> list[Path]:
     """Build and write the ``kinds`` tables (and the plots) for every dataset/encoder/head group in ``rows``.
 
     ``modes`` maps a kind to the modes its table shows, in order (``table_modes(cfg.sweep)``); a kind it does
-    not name shows every mode present. ``stats=False`` skips the tests (no predictions needed); ``n_perm``
-    defaults to ``n_boot``; ``ground_truth`` overrides each row's. Returns the written paths."""
+    not name shows every mode present. ``stats=False`` skips the tests, the gain shares and the class oracle (no
+    predictions needed); ``n_perm`` defaults to ``n_boot``; ``ground_truth`` overrides each row's.
+    ``control_seeds`` (``cfg.sweep.control_seeds``): the seeds of the negative control, whose ACP runs only the
+    controls table shows (None: the seeds only ACP ran, ``infer_control_seeds``). Returns the written paths."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise LofiError(f"unknown table(s) {unknown or '(none)'}; use a subset of {', '.join(KINDS)}")
@@ -155,6 +353,8 @@ def build_report(
     modes = dict(modes or {})
     out = Path(out)
     tests = _Tests(_Matcher(ground_truth), n_boot, n_perm or n_boot, seed, stats)
+    control_seeds = tuple(control_seeds) if control_seeds is not None else infer_control_seeds(rows)
+    oracle = _Oracle(ground_truth)
     per_kind: dict[str, list[Table]] = {k: [] for k in kinds}
     written: list[Path] = []
 
@@ -166,11 +366,22 @@ def build_report(
     # the plots show every mode the requested tables show, in their order (None: every mode in the rows)
     plot_modes = list(dict.fromkeys(m for k in kinds for m in modes[k])) if all(k in modes for k in kinds) else None
 
-    for (dataset, encoder, head), sub in rows.groupby(["dataset", "encoder", "head"], sort=True):
+    for (dataset, encoder, head), group in rows.groupby(["dataset", "encoder", "head"], sort=True):
+        # the negative control's ACP runs (ACP on the control seeds) belong to the controls table only
+        sub, negative = split_control_seeds(group, control_seeds)
         for kind in (k for k in kinds if k in _CONFIG_TABLES):
             if shown(kind, sub):
                 comps = tests.compare(sub, shown(kind, sub), kind, dataset, encoder, head)
-                per_kind[kind].append(_CONFIG_TABLES[kind](sub, comps, modes=modes.get(kind)))
+                extra = (
+                    {"shares": tests.shares(sub, shown(kind, sub), dataset, encoder, head)}
+                    if kind == "ablation"
+                    else {}
+                )
+                per_kind[kind].append(_CONFIG_TABLES[kind](sub, comps, modes=modes.get(kind), **extra))
+        if "controls" in kinds:
+            table = _controls(sub, negative, tests, oracle, modes.get("controls"), control_seeds)
+            if table is not None:
+                per_kind["controls"].append(table)
         if plots:
             slug = _slug(dataset, encoder, head)
             written.append(
@@ -189,7 +400,7 @@ def build_report(
                     title=f"avg mAP vs activation memory — {dataset}, {encoder}, {head}",
                 )
             )
-    for dataset, sub in rows.groupby("dataset", sort=True):
+    for dataset, sub in split_control_seeds(rows, control_seeds)[0].groupby("dataset", sort=True):
         if "models" in kinds and shown("models", sub):
             comps = tests.compare_models(sub, shown("models", sub), str(dataset))
             per_kind["models"].append(models_table(sub, comps, modes=modes.get("models")))

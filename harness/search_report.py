@@ -1,6 +1,11 @@
 """The report of an Optuna search over (r_t, r_s) (``harness.search``): ranked trials, the best ratios re-run with
 fresh seeds on the test split, contour and importance plots, provenance. Every number comes from the study or the
-runs' rows."""
+runs' rows.
+
+Trials are single runs on one seed, ranked on validation mAP, whose seed-to-seed noise can be larger than any
+difference between ratios. The report therefore states that noise (``seed_noise``: the sd of validation mAP of the
+best ratios re-run on the fresh seeds), the minimum detectable difference between two trials beside the ranking,
+and draws no contour or importance plot of a landscape flatter than the noise (or than 1e-6 absolute)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from harness.search import (
     MEMORY_KEY,
     TEST_KEY,
     TOP_K,
+    VAL_KEY,
     ChainFn,
     SearchResult,
     _completed,
@@ -33,6 +40,7 @@ from harness.search import (
 from harness.tracking import git_commit, start_run
 
 log = logging.getLogger(__name__)
+FLAT = 1e-6  # a spread of trial values below this (absolute mAP) is no landscape at all
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,6 +69,73 @@ def ranked_trials(study: optuna.Study, k: int = TOP_K) -> list[FrozenTrial]:
     """Top ``k`` finished trials by validation mAP (pruned ones by their last reported value)."""
     scored = [t for t in counted_trials(study) if val_map(t) is not None]
     return sorted(scored, key=lambda t: (-(val_map(t) or 0.0), t.number))[:k]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Seed noise
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedNoise:
+    """Validation mAP of one configuration (the best ratios) over several seeds: how much a trial moves by chance."""
+
+    values: tuple[float, ...]
+    seeds: tuple[int, ...]
+    with_search_seed: bool  # the best trial's own value is among them (fewer than 2 fresh seeds)
+
+    @property
+    def sd(self) -> float:
+        """Sample sd (ddof=1) over the seeds; NaN for fewer than two."""
+        from harness.stats import mean_sd
+
+        return mean_sd(self.values)[1]
+
+    @property
+    def mde(self) -> float:
+        """Minimum detectable difference between two trials, each one run on one seed, 80% power at two-sided
+        alpha = 0.05: (z_0.975 + z_0.80) x sqrt(2) x sd (the difference of two independent single runs has sd
+        sqrt(2) x sd)."""
+        from harness.stats import minimum_detectable_effect
+
+        return minimum_detectable_effect(math.sqrt(2.0) * self.sd)
+
+
+def seed_noise(study: optuna.Study, cfg: ExperimentConfig, fresh_rows: Sequence[Mapping[str, Any]]) -> SeedNoise:
+    """The best ratios' validation mAP on the fresh seeds (their rows carry it too). With fewer than two fresh
+    seeds, the best trial's own value (the search seed) is added: it was selected as the maximum, so the sd it
+    gives leans high."""
+    seeds = tuple(cfg.sweep.optuna.fresh_seeds)
+    pairs = [(int(s), float(r[VAL_KEY])) for s, r in zip(seeds, fresh_rows) if r.get(VAL_KEY) is not None]
+    with_search = len(pairs) < 2 and bool(_completed(study))
+    if with_search:
+        pairs.insert(0, (cfg.sweep.optuna.search_seed, float(best_trial(study).values[0])))
+    return SeedNoise(values=tuple(v for _, v in pairs), seeds=tuple(s for s, _ in pairs), with_search_seed=with_search)
+
+
+def trial_spread(study: optuna.Study) -> float:
+    """max - min validation mAP over the complete trials (NaN for none)."""
+    values = [float(t.values[0]) for t in _completed(study)]
+    return max(values) - min(values) if values else float("nan")
+
+
+def landscape_reason(study: optuna.Study, noise: SeedNoise | None) -> str | None:
+    """Why no landscape (contour, importances) may be drawn from these trials, or None when one may."""
+    spread = trial_spread(study)
+    n = len(_completed(study))
+    if math.isnan(spread):
+        return None
+    if spread < FLAT:
+        return (
+            f"not drawn: the {n} complete trials' validation mAP spans only {spread:.2g} (below {FLAT:g} absolute), "
+            "so there is no landscape to draw, only rounding"
+        )
+    if noise is not None and not math.isnan(noise.sd) and spread < noise.sd:
+        return (
+            f"not drawn: the {n} complete trials' validation mAP spans {spread:.4f}, less than the seed-to-seed sd "
+            f"{noise.sd:.4f} of a single configuration, so any contour or importance would be drawn from seed noise"
+        )
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -99,14 +174,22 @@ def _plot(kind: str, study: optuna.Study, path: Path, multi: bool) -> Path:
     return path
 
 
-def write_plots(study: optuna.Study, report: Path, multi: bool) -> dict[str, Path | str]:
-    """Contour and importance PNGs beside the report; a reason string instead of a path when not drawn."""
+def write_plots(
+    study: optuna.Study, report: Path, multi: bool, noise: SeedNoise | None = None
+) -> dict[str, Path | str]:
+    """Contour and importance PNGs beside the report; a reason string instead of a path when not drawn: fewer
+    than 2 complete trials, or trial values spread less than ``noise.sd`` or 1e-6 (``landscape_reason``)."""
     n = len(_completed(study))
     stem = report.with_suffix("")
     result: dict[str, Path | str] = {}
+    flat = landscape_reason(study, noise)
     for kind in ("contour", "importance"):
         if n < 2:
             result[kind] = f"needs at least 2 complete trials (have {n})"
+            continue
+        if flat is not None:
+            Path(f"{stem}_{kind}.png").unlink(missing_ok=True)  # never leave an older landscape beside the report
+            result[kind] = flat
             continue
         try:
             result[kind] = _plot(kind, study, Path(f"{stem}_{kind}.png"), multi)
@@ -114,6 +197,44 @@ def write_plots(study: optuna.Study, report: Path, multi: bool) -> dict[str, Pat
             log.warning("%s plot not drawn: %s", kind, exc)
             result[kind] = f"not drawn ({type(exc).__name__}: {exc})"
     return result
+
+
+def _small(x: float) -> str:
+    """4 decimals, or 3 significant digits for values that 4 decimals would show as 0."""
+    return f"{x:.3g}" if x != 0 and abs(x) < 5e-5 else f"{x:.4f}"
+
+
+def _noise_text(study: optuna.Study, noise: SeedNoise, search_seed: int) -> str:
+    """Seed noise, the MDE of a difference between two trials, and what it means for the ranking."""
+    if not _completed(study):
+        return "Seed noise: not measured (no trial completed)."
+    if math.isnan(noise.sd):
+        return (
+            f"Seed noise: not measured ({len(noise.values)} value(s); re-run the best ratios on at least 2 fresh seeds "
+            "with sweep.optuna.fresh_seeds), so no difference between trials can be called real: every trial is one "
+            f"run on seed {search_seed}."
+        )
+    values = ", ".join(f"{_small(v)} (seed {s})" for s, v in zip(noise.seeds, noise.values))
+    source = (
+        "the best trial's own value on the search seed and the fresh seed(s); the search picked that value as the "
+        "maximum, so this sd leans high"
+        if noise.with_search_seed
+        else "the fresh seeds"
+    )
+    best = float(best_trial(study).values[0])
+    ranked = [val_map(t) for t in ranked_trials(study)]
+    within = sum(1 for v in ranked if v is not None and best - v <= noise.mde)
+    from harness.stats import mde_multiplier
+
+    return (
+        f"Seed noise: the best ratios' validation average mAP over {len(noise.values)} seeds ({source}): {values}; "
+        f"sd = {_small(noise.sd)}. Every trial is ONE run on seed {search_seed}, so two trials differ by chance with "
+        f"sd √2 × {_small(noise.sd)}; MDE (the smallest difference between two trials detected with 80% power at "
+        f"two-sided α = 0.05) = (z_0.975 + z_0.80) × √2 × sd = {mde_multiplier() * math.sqrt(2):.2f} × sd = "
+        f"{_small(noise.mde)}. {within} of the top {len(ranked)} trials lie within the MDE of the best (validation "
+        f"mAP spread over all complete trials: {_small(trial_spread(study))})"
+        + (": their order is not evidence that one ratio beats another." if within > 1 else ".")
+    )
 
 
 def render_report(
@@ -161,6 +282,7 @@ def render_report(
                 t.state.name,
             ]
         )
+    noise = seed_noise(study, cfg, fresh_rows)
     lines += [f"## Best trials (top {TOP_K} by validation average mAP)", ""]
     lines += [
         tabulate(
@@ -173,6 +295,7 @@ def render_report(
         else "No trial finished with a validation score.",
         "",
     ]
+    lines += [_noise_text(study, noise, o.search_seed), ""]
     if result.multi_objective:
         front = sorted(study.best_trials, key=lambda t: t.values[1])
         lines += [
@@ -281,7 +404,7 @@ def write_report(
             tracker.log_metrics(
                 {f"test_average_mAP_seed{s}": float(r[TEST_KEY]) for s, r in zip(cfg.sweep.optuna.fresh_seeds, fresh)}
             )
-    plots = write_plots(result.study, report, result.multi_objective)
+    plots = write_plots(result.study, report, result.multi_objective, seed_noise(result.study, cfg, fresh))
     write_text_atomic(report, render_report(result, cfg, fresh, plots, report))
     log.info("wrote %s", report)
     return report

@@ -17,6 +17,11 @@ recomputed from the weighted cumulative counts exactly as ``harness.evaluation.d
   (groups x true positives) count matrix: one BLAS product per batch instead of cumulative sums over all
   predictions.
 
+Beyond two configurations, ``joint_bootstrap`` resamples any number of run sets with the SAME indices (video
+multiplicities, and seed draws paired by seed value with the first set), so statistics of three or more
+configurations (``share_of_gain``: (LoFi - ACP) / (e2e-full - ACP)) keep every pairing. ``minimum_detectable_effect``
+turns a bootstrap standard error into the smallest difference the tests detect with 80% power at alpha = 0.05.
+
 ``method="reference"`` recomputes every resample with ``ap_from_matches`` itself (slow; used by the tests to
 check that both give the same numbers). mAP of a resample is the mean AP over the classes that have at least
 one ground-truth instance in that resample, as the evaluator does for the classes of the evaluated subset;
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from scipy.stats import norm
 
 from harness.errors import LofiError
 
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 
 Method = Literal["fast", "reference"]
 _BATCH_ELEMENTS = 4_000_000  # resamples x true positives per batch: bounds memory to a few tens of MB per array
+ALPHA = 0.05  # two-sided level of every test
+POWER = 0.80  # the power a minimum detectable effect is stated at
 
 
 class StatsError(LofiError):
@@ -56,6 +64,29 @@ class BootstrapResult:
     ci_low: float
     ci_high: float
     samples: np.ndarray  # (n_boot,) the statistic in every resample
+
+    @property
+    def se(self) -> float:
+        """Bootstrap standard error of the difference: sample sd (ddof=1) of the resampled statistic."""
+        return bootstrap_se(self.samples)
+
+
+@dataclass(frozen=True)
+class JointBootstrap:
+    """The seed-mean metric of k run sets on the original data and in every resample (same resample indices)."""
+
+    original: np.ndarray  # (k,)
+    samples: np.ndarray  # (n_boot, k)
+
+
+@dataclass(frozen=True)
+class RatioResult:
+    """A ratio of two differences on the original data with its 95% percentile interval (NaN where undefined)."""
+
+    estimate: float
+    ci_low: float
+    ci_high: float
+    samples: np.ndarray  # (n_boot,) NaN where the denominator is 0 in a resample
 
 
 @dataclass(frozen=True)
@@ -75,6 +106,9 @@ class Comparison:
     n_boot: int
     n_perm: int
     metric: str
+    se: float = float("nan")  # bootstrap standard error of diff
+    mde: float = float("nan")  # minimum detectable effect: (z_{1-alpha/2} + z_{power}) x se
+    paired_seeds: bool = True  # False: the seeds differ (resampled independently; paired by video only)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -89,6 +123,27 @@ def mean_sd(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
         return float("nan"), float("nan")
     sd = float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
     return float(np.mean(x)), sd
+
+
+def bootstrap_se(samples: Sequence[float] | np.ndarray) -> float:
+    """Sample sd (ddof=1) of the finite resampled values (NaN for fewer than two)."""
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    return float(np.std(x, ddof=1)) if x.size > 1 else float("nan")
+
+
+def mde_multiplier(alpha: float = ALPHA, power: float = POWER) -> float:
+    """``z_{1-alpha/2} + z_{power}`` (2.80 for alpha = 0.05, power = 0.80), from the normal quantiles."""
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise StatsError(f"alpha and power must lie in (0, 1), got {alpha}, {power}")
+    return float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
+
+
+def minimum_detectable_effect(se: float, *, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true difference a two-sided level-``alpha`` test detects with probability ``power``, for an
+    estimate with standard error ``se`` (normal approximation of the resampling distribution):
+    ``(z_{1-alpha/2} + z_{power}) * se``."""
+    return mde_multiplier(alpha, power) * float(se)
 
 
 def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -307,6 +362,67 @@ def _seed_pairing(
     return np.array([where_b[s] for s in seeds_a])
 
 
+def joint_bootstrap(
+    run_sets: Sequence[Sequence[DetectionMatches]],
+    *,
+    n_boot: int = 1000,
+    rng: np.random.Generator,
+    metric: str = "average_mAP",
+    seeds: Sequence[Sequence[int] | None] | None = None,
+    method: Method = "fast",
+) -> JointBootstrap:
+    """Bootstrap over videos and seeds of the seed-mean metric of every run set, with the same resample indices.
+
+    Every resample draws the V videos with replacement (multiplicity weights, the same for every set and seed)
+    and the seeds of the first set with replacement; every other set reuses that draw where it ran the same
+    seeds (paired by seed value; by index when no seeds are given and the counts match), and draws its own seeds
+    otherwise. A run that appears in several sets is evaluated once. Values are fractions.
+    """
+    sets = [list(r) for r in run_sets]
+    if not sets or any(not r for r in sets):
+        raise StatsError("a bootstrap needs at least one run in every configuration")
+    _check_same_ground_truth([m for r in sets for m in r])
+    if n_boot < 1:
+        raise StatsError(f"n_boot must be at least 1, got {n_boot}")
+    set_seeds = list(seeds) if seeds is not None else [None] * len(sets)
+    if len(set_seeds) != len(sets):
+        raise StatsError(f"got {len(sets)} run sets but {len(set_seeds)} seed lists")
+    n_videos = len(sets[0][0].video_ids)
+    n0 = len(sets[0])
+    pairings = [_seed_pairing(n0, len(r), set_seeds[0], s) for r, s in zip(sets, set_seeds)]
+
+    # Draw everything up front so the numbers do not depend on batching.
+    video_weights = rng.multinomial(n_videos, np.full(n_videos, 1.0 / n_videos), size=n_boot).astype(np.float64)
+    draws = [rng.integers(0, n0, size=(n_boot, n0))]
+    for r, pairing in zip(sets[1:], pairings[1:]):
+        draws.append(pairing[draws[0]] if pairing is not None else rng.integers(0, len(r), size=(n_boot, len(r))))
+
+    all_weights = np.concatenate([np.ones((1, n_videos)), video_weights])  # row 0: the original data
+    cache: dict[int, np.ndarray] = {}
+
+    def metric_of(m: DetectionMatches) -> np.ndarray:
+        if id(m) not in cache:
+            cache[id(m)] = weighted_metric(m, all_weights, metric=metric, method=method)
+        return cache[id(m)]
+
+    rows = np.arange(n_boot)[:, None]
+    original = np.empty(len(sets))
+    samples = np.empty((n_boot, len(sets)))
+    for j, (r, draw) in enumerate(zip(sets, draws)):
+        values = np.stack([metric_of(m) for m in r], axis=1)  # (n_boot + 1, runs)
+        original[j] = values[0].mean()
+        samples[:, j] = values[1:][rows, draw].mean(axis=1)
+    return JointBootstrap(original=original, samples=samples)
+
+
+def _percentile_interval(samples: np.ndarray) -> tuple[float, float]:
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(finite, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def paired_bootstrap(
     matches_a: Sequence[DetectionMatches],
     matches_b: Sequence[DetectionMatches],
@@ -320,33 +436,35 @@ def paired_bootstrap(
 ) -> BootstrapResult:
     """Bootstrap over videos and seeds of ``mean_seeds(metric_B) - mean_seeds(metric_A)``, 95% percentile interval.
 
-    Every resample draws the V videos with replacement (multiplicity weights, the same for A and B and for all
-    seeds) and the seeds with replacement: paired by seed when A and B ran the same seeds (by index when no seeds
-    are given and both have as many runs), otherwise independently per configuration. ``diff`` is the statistic on
-    the original data. Values are fractions, as the evaluator returns them.
+    ``joint_bootstrap`` of the two sets: every resample draws the V videos with replacement (the same weights
+    for A and B and for all seeds) and the seeds with replacement: paired by seed when A and B ran the same seeds
+    (by index when no seeds are given and both have as many runs), otherwise independently per configuration
+    (then the pair is matched by video only). ``diff`` is the statistic on the original data. Values are
+    fractions, as the evaluator returns them.
     """
-    runs_a, runs_b = list(matches_a), list(matches_b)
-    _check_same_ground_truth(runs_a + runs_b)
-    if n_boot < 1:
-        raise StatsError(f"n_boot must be at least 1, got {n_boot}")
-    n_a, n_b = len(runs_a), len(runs_b)
-    n_videos = len(runs_a[0].video_ids)
-    pairing = _seed_pairing(n_a, n_b, seeds_a, seeds_b)
+    joint = joint_bootstrap(
+        [matches_a, matches_b], n_boot=n_boot, rng=rng, metric=metric, seeds=[seeds_a, seeds_b], method=method
+    )
+    samples = joint.samples[:, 1] - joint.samples[:, 0]
+    lo, hi = _percentile_interval(samples)
+    return BootstrapResult(diff=float(joint.original[1] - joint.original[0]), ci_low=lo, ci_high=hi, samples=samples)
 
-    # Draw everything up front so the numbers do not depend on batching.
-    video_weights = rng.multinomial(n_videos, np.full(n_videos, 1.0 / n_videos), size=n_boot).astype(np.float64)
-    draw_a = rng.integers(0, n_a, size=(n_boot, n_a))
-    draw_b = pairing[draw_a] if pairing is not None else rng.integers(0, n_b, size=(n_boot, n_b))
 
-    all_weights = np.concatenate([np.ones((1, n_videos)), video_weights])  # row 0: the original data
-    metric_a = np.stack([weighted_metric(m, all_weights, metric=metric, method=method) for m in runs_a], axis=1)
-    metric_b = np.stack([weighted_metric(m, all_weights, metric=metric, method=method) for m in runs_b], axis=1)
+def share_of_gain(joint: JointBootstrap, *, base: int = 0, config: int = 1, reference: int = 2) -> RatioResult:
+    """``(config - base) / (reference - base)`` of a joint bootstrap's sets (e.g. (LoFi - ACP) / (e2e-full - ACP):
+    the share of the end-to-end gain a configuration recovers), on the original data and per resample, with its
+    95% percentile interval over the resamples where the denominator is not 0. Every resample uses the same
+    videos and seeds for the three sets, so the ratio keeps their pairing."""
 
-    diff = float(metric_b[0].mean() - metric_a[0].mean())
-    rows = np.arange(n_boot)[:, None]
-    samples = metric_b[1:][rows, draw_b].mean(axis=1) - metric_a[1:][rows, draw_a].mean(axis=1)
-    lo, hi = np.nanpercentile(samples, [2.5, 97.5])
-    return BootstrapResult(diff=diff, ci_low=float(lo), ci_high=float(hi), samples=samples)
+    def ratio(values: np.ndarray) -> np.ndarray:
+        num = values[..., config] - values[..., base]
+        den = values[..., reference] - values[..., base]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
+
+    samples = ratio(joint.samples)
+    lo, hi = _percentile_interval(samples)
+    return RatioResult(estimate=float(ratio(joint.original)), ci_low=lo, ci_high=hi, samples=samples)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,15 +494,14 @@ def merge_swapped(a: DetectionMatches, b: DetectionMatches, swap: np.ndarray) ->
 def _permutation_pairs(
     n_a: int, n_b: int, seeds_a: Sequence[int] | None, seeds_b: Sequence[int] | None
 ) -> list[tuple[int, int]]:
+    """The (A run, B run) pairs whose per-video swaps make the statistic: by seed when A and B ran the same seeds,
+    otherwise every cross pair (the average over all n_a x n_b pairs is exactly the difference of seed means, and
+    no arbitrary pairing of unrelated seeds enters the test)."""
     pairing = _seed_pairing(n_a, n_b, seeds_a, seeds_b)
     if pairing is not None:
         return [(i, int(j)) for i, j in enumerate(pairing)]
-    # Different seeds or counts: pair runs cyclically so every run takes part at least once.
-    log.warning(
-        "permutation test: configurations ran different seeds (%d vs %d runs); pairing runs by position", n_a, n_b
-    )
-    n = max(n_a, n_b)
-    return [(i % n_a, i % n_b) for i in range(n)]
+    log.info("permutation test: configurations ran different seeds (%d vs %d runs); averaging all pairs", n_a, n_b)
+    return [(i, j) for i in range(n_a) for j in range(n_b)]
 
 
 def _pair_metrics(a: Any, b: Any, swaps: np.ndarray, metric: str, method: Method) -> tuple[np.ndarray, np.ndarray]:
@@ -437,7 +554,7 @@ def paired_permutation_test(
     """Two-sided p-value of mean_seeds(metric_B) - mean_seeds(metric_A) under exchanging A and B per video.
 
     Every permutation swaps each video's predictions between A and B with probability 1/2, the same pattern for
-    every seed pair (runs paired by seed; by position when the seeds differ). p = (1 + #{|stat_perm| >=
+    every seed pair (runs paired by seed; every cross pair of runs when the seeds differ). p = (1 + #{|stat_perm| >=
     |stat_obs|}) / (1 + n_perm), so p lies in [1/(n_perm + 1), 1].
     """
     runs_a, runs_b = list(matches_a), list(matches_b)
@@ -500,6 +617,11 @@ def compare_to_baseline(
         partial.append((config, boot, p))
     adjusted = holm([p for _, _, p in partial])
     n_videos = len(runs[baseline][0].video_ids)
+
+    def paired(config: str) -> bool:
+        sa, sb = seeds.get(baseline), seeds.get(config)
+        return _seed_pairing(len(runs[baseline]), len(runs[config]), sa, sb) is not None
+
     return {
         config: Comparison(
             config=config,
@@ -515,6 +637,9 @@ def compare_to_baseline(
             n_boot=n_boot,
             n_perm=n_perm,
             metric=metric,
+            se=boot.se,
+            mde=minimum_detectable_effect(boot.se),
+            paired_seeds=paired(config),
         )
         for (config, boot, p), adj in zip(partial, adjusted)
     }

@@ -4,8 +4,13 @@ Every number in a table comes from the rows (and from ``harness.stats`` comparis
 predictions); provenance (commits, config hashes, MLflow run ids, dates) is taken from the rows as well. A table is
 written three ways, each atomically: Markdown (tabulate ``github``), CSV (the numbers, machine-readable) and LaTeX
 (tabulate ``latex_booktabs``). Which modes a table shows, in which order, is the caller's ``modes`` argument (the
-config's ``sweep.*_modes``); without it, every mode the rows hold. Published numbers (``harness.paper_results``) are put beside measured ones only for the datasets the
-paper used; for synthetic data they never share a column with measurements.
+config's ``sweep.*_modes``); without it, every mode the rows hold. Published numbers (``harness.paper_results``)
+are put beside measured ones only for the datasets the paper used; for synthetic data they never share a column
+with measurements.
+
+Every table with tests states its minimum detectable effect (MDE) under it, and says in words when no difference
+is significant. The controls table (``controls_table``) shows what the benchmark can and cannot see: the blind
+floor, the positive control (e2e-full), the negative control (ACP on other seeds) and the class oracle.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from tabulate import tabulate
 from harness.errors import LofiError
 from harness.io import atomic_path, write_text_atomic
 from harness.paper_results import PAPER, canonical_dataset, published
-from harness.stats import Comparison
+from harness.stats import ALPHA, POWER, Comparison, RatioResult, mde_multiplier
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ SHOWN_METRICS: tuple[tuple[str, str], ...] = (
 # are harness.modes.MODES; tests/test_tables.py checks both name the same set). WHICH modes a table shows is
 # the caller's choice (the config's sweep.*_modes in `lofi report tables`), never a list here.
 MODE_LABELS: dict[str, str] = {
+    "blind": "Blind (zeroed features)",
     "icp": "ICP",
     "acp": "ACP",
     "acp+": "ACP+",
@@ -55,8 +61,11 @@ MODE_LABELS: dict[str, str] = {
 PAPER_LOFI_LABEL: dict[str, str] = {"lofi-long": "LoFi"}  # the paper's Tables 1 and 6 call Long C-LoFi "LoFi"
 CYCLIC = ("long", "short")
 BASELINE = "acp"
-ALPHA = 0.05
+REFERENCE = "e2e-full"  # the upper reference of the share of the end-to-end gain
+NEGATIVE = "acp@control-seeds"  # the controls table's key of ACP on the sweep's control seeds
 DAGGER = "†"
+SHARE_COLUMN = "Share of e2e gain [95% CI]"
+NO_GAIN = "n/a (no end-to-end gain)"
 REQUIRED_COLUMNS = ("dataset", "encoder", "head", "mode", "seed", "average_mAP")
 
 
@@ -68,7 +77,7 @@ class TableError(LofiError):
 class Table:
     """A built table: display strings for Markdown/LaTeX, numbers for CSV, notes and provenance lines."""
 
-    name: str  # "ablation", "pretrain", "models", "memory"
+    name: str  # "ablation", "pretrain", "models", "memory", "controls"
     title: str
     display: pd.DataFrame
     numeric: pd.DataFrame
@@ -84,7 +93,8 @@ class Table:
 def load_rows(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     """One row per run from ``row.json`` files (or run folders holding one), plus ``row_path`` and ``row_time``.
 
-    ``predictions`` / ``ground_truth`` paths that are relative are made absolute against the run folder.
+    ``predictions`` / ``ground_truth`` / ``proposals`` / ``class_scores`` paths that are relative are made absolute
+    against the run folder.
     """
     records = []
     for p in paths:
@@ -104,7 +114,7 @@ def load_rows(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
         missing = [c for c in REQUIRED_COLUMNS if c not in row]
         if missing:
             raise TableError(f"{path}: row lacks {', '.join(missing)}; it was not written by `lofi run`")
-        for key in ("predictions", "ground_truth"):
+        for key in ("predictions", "ground_truth", "proposals", "class_scores"):
             value = row.get(key)
             if value and not Path(value).is_absolute():
                 row[key] = str((path.parent / value).resolve())
@@ -169,12 +179,16 @@ def _metric_stats(runs: pd.DataFrame, column: str) -> tuple[float, float]:
 
 
 def _relative_memory(runs: pd.DataFrame) -> float:
-    """Activation bytes of the LoFi stage relative to full fidelity (NaN for frozen-encoder modes)."""
-    if "activation_bytes" not in runs or "activation_bytes_full" not in runs:
-        return float("nan")
-    used = runs["activation_bytes"].astype("float64")
-    full = runs["activation_bytes_full"].astype("float64")
-    rel = (used / full).where((used > 0) & (full > 0))
+    """Activation memory of the end-to-end stage relative to full fidelity: the rows' ``activation_rel``, else
+    ``activation_bytes / activation_bytes_full`` (NaN for frozen-encoder modes, whose rows hold 0)."""
+    rel = pd.Series(np.nan, index=runs.index)
+    if "activation_rel" in runs:
+        rel = pd.to_numeric(runs["activation_rel"], errors="coerce")
+    if "activation_bytes" in runs and "activation_bytes_full" in runs:
+        used = pd.to_numeric(runs["activation_bytes"], errors="coerce")
+        full = pd.to_numeric(runs["activation_bytes_full"], errors="coerce")
+        rel = rel.fillna(used / full.where(full > 0))
+    rel = rel.where(rel > 0)
     return float(rel.mean()) if rel.notna().any() else float("nan")
 
 
@@ -205,17 +219,61 @@ def _comparison_cells(c: Comparison | None) -> dict[str, object]:
 def _comparison_numbers(c: Comparison | None) -> dict[str, float]:
     nan = float("nan")
     if c is None:
-        return {"delta_avg": nan, "delta_ci_low": nan, "delta_ci_high": nan, "p_value": nan, "p_holm": nan}
+        return {
+            "delta_avg": nan,
+            "delta_ci_low": nan,
+            "delta_ci_high": nan,
+            "p_value": nan,
+            "p_holm": nan,
+            "delta_se": nan,
+            "mde": nan,
+        }
     return {
         "delta_avg": 100 * c.diff,
         "delta_ci_low": 100 * c.ci_low,
         "delta_ci_high": 100 * c.ci_high,
         "p_value": c.p_value,
         "p_holm": c.p_adjusted,
+        "delta_se": 100 * c.se,
+        "mde": 100 * c.mde,
     }
 
 
-def _stats_note(comparisons: Sequence[Comparison], rows: pd.DataFrame) -> str:
+def _range(values: Sequence[float]) -> str:
+    """'a' or 'a–b' (2 decimals) over the finite values; '–' if none."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return "–"
+    lo, hi = min(finite), max(finite)
+    return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f}"
+
+
+def mde_note(comparisons: Sequence[Comparison], label: Callable[[str], str] = lambda m: mode_label(m)) -> str:
+    """The minimum detectable effect of a table's comparisons (range over them, in points) and, in words, which
+    differences are significant; '' without comparisons."""
+    if not comparisons:
+        return ""
+    z = mde_multiplier()
+    mdes = _range([100 * c.mde for c in comparisons])
+    text = (
+        f"MDE (minimum detectable effect: the smallest true Δ the test detects with {POWER:.0%} power at two-sided "
+        f"α = {ALPHA}) = (z_0.975 + z_0.80) × SE = {z:.2f} × SE, SE being the bootstrap standard error of Δ (sd "
+        f"of its {comparisons[0].n_boot} resamples): {mdes} points, baseline vs each configuration."
+    )
+    significant = [c for c in comparisons if c.p_adjusted < ALPHA]
+    if not significant:
+        return text + (
+            f" No Δ is significant (p (Holm) ≥ {ALPHA} for all {len(comparisons)} comparison(s)): this table does not "
+            f"tell these configurations apart; true differences smaller than about {mdes} points would go unnoticed "
+            "more often than 1 time in 5."
+        )
+    names = ", ".join(f"{label(c.config)} ({100 * c.diff:+.2f})" for c in significant)
+    return text + f" Significant (p (Holm) < {ALPHA}): {names}; every other Δ is not distinguishable from 0."
+
+
+def _stats_note(
+    comparisons: Sequence[Comparison], rows: pd.DataFrame, label: Callable[[str], str] | None = None
+) -> str:
     seeds = sorted({int(s) for s in rows["seed"]})
     per_config = rows.groupby(["encoder", "head", "mode"])["seed"].nunique()
     seed_txt = (
@@ -228,8 +286,20 @@ def _stats_note(comparisons: Sequence[Comparison], rows: pd.DataFrame) -> str:
     return (
         f"{text} Δ: configuration minus the baseline's seed-mean average mAP, 95% paired bootstrap percentile interval "
         f"({c.n_boot} resamples of the n = {c.n_videos} test videos and of the seeds). p: two-sided paired "
-        f"permutation test over videos ({c.n_perm} permutations, the same swaps for every seed pair), "
-        f"Holm-corrected over {len(comparisons)} comparison(s); {DAGGER}: p (Holm) < {ALPHA}."
+        f"permutation test over videos ({c.n_perm} permutations, the same swaps for every seed pair); p (Holm): "
+        f"p Holm-corrected over {len(comparisons)} comparison(s); {DAGGER}: p (Holm) < {ALPHA}."
+        + _unpaired_note(comparisons, label)
+    )
+
+
+def _unpaired_note(comparisons: Sequence[Comparison], label: Callable[[str], str] | None = None) -> str:
+    unpaired = [c for c in comparisons if not c.paired_seeds]
+    if not unpaired:
+        return ""
+    names = ", ".join((label or mode_label)(c.config) for c in unpaired)
+    return (
+        f" {names}: other seeds than the baseline's, so paired by video only: the bootstrap resamples the two seed "
+        "sets independently and the permutation test averages its per-video swaps over every cross pair of runs."
     )
 
 
@@ -291,6 +361,7 @@ def _mode_row(
     paper_table: str,
     metrics: Sequence[tuple[str, str]],
     with_shape: bool,
+    share: tuple[RatioResult | None, bool] | None = None,
 ) -> tuple[dict[str, object], dict[str, object], str | None]:
     """Display cells, CSV numbers and the published source (if any) of one mode's runs (one dataset/encoder/head)."""
     dataset, encoder, head = (_single(runs, c) for c in ("dataset", "encoder", "head"))
@@ -318,6 +389,15 @@ def _mode_row(
         {"Δ Avg [95% CI]": "(baseline)", "p (Holm)": "", "": ""} if mode == BASELINE else _comparison_cells(comp)
     )
     numbers.update(_comparison_numbers(comp))
+    if share is not None:
+        cells[SHARE_COLUMN], shown = _share_cell(mode, *share)
+        numbers.update(
+            {
+                "gain_share": shown.estimate if shown else float("nan"),
+                "gain_share_ci_low": shown.ci_low if shown else float("nan"),
+                "gain_share_ci_high": shown.ci_high if shown else float("nan"),
+            }
+        )
     if canonical_dataset(dataset) is None:
         return cells, numbers, None
     pub = published(paper_table, dataset, mode, encoder=encoder, head=head)
@@ -327,6 +407,43 @@ def _mode_row(
     for column, _ in metrics:
         numbers[f"paper_{column}"] = pub.values.get(column, float("nan")) if pub else float("nan")
     return cells, numbers, pub.source if pub else None
+
+
+def _share_cell(mode: str, result: RatioResult | None, gain: bool) -> tuple[str, RatioResult | None]:
+    """The share-of-gain cell of one mode and the result it shows (None: nothing numeric shown)."""
+    if mode == BASELINE:
+        return "0 (ACP)", None
+    if mode == REFERENCE:
+        return "1 (reference)", None
+    if not gain:
+        return NO_GAIN, None
+    if result is None or math.isnan(result.estimate):
+        return "–", None
+    return f"{result.estimate:.2f} [{_num(result.ci_low)}, {_num(result.ci_high)}]", result
+
+
+def _end_to_end_gain(stats: Mapping[str, Comparison] | None) -> bool:
+    """Whether e2e-full beats ACP: its Δ interval lies above 0 (a share of a gain that may be 0 means nothing)."""
+    c = (stats or {}).get(REFERENCE)
+    return c is not None and c.ci_low > 0
+
+
+def _share_note(stats: Mapping[str, Comparison] | None, shares: Mapping[str, RatioResult]) -> str:
+    c = (stats or {}).get(REFERENCE)
+    n_boot = next((r.samples.size for r in shares.values()), 0)
+    text = (
+        f"{SHARE_COLUMN.split(' [')[0]}: (configuration − ACP) / (e2e-full − ACP) of the seed-mean average mAP, "
+        f"95% percentile interval over {n_boot} joint resamples (the same videos and seeds for ACP, the "
+        "configuration and e2e-full); 1 = the whole end-to-end gain at the configuration's memory."
+    )
+    if c is None:
+        return text + " Not computed: e2e-full has no comparison with ACP."
+    if not _end_to_end_gain(stats):
+        return text + (
+            f" n/a: the end-to-end gain e2e-full − ACP = {100 * c.diff:+.2f} [{100 * c.ci_low:+.2f}, "
+            f"{100 * c.ci_high:+.2f}] points is not above 0, so there is no gain to take a share of."
+        )
+    return text
 
 
 def _config_table(
@@ -339,6 +456,7 @@ def _config_table(
     paper_table: str,
     with_shape: bool,
     labels: Mapping[str, str] | None = None,
+    shares: Mapping[str, RatioResult] | None = None,
 ) -> Table:
     if rows.empty:
         raise TableError(f"no rows for the {name} table")
@@ -347,6 +465,8 @@ def _config_table(
     shown = order_modes(rows["mode"], modes)
     if not shown:
         raise TableError(f"rows hold none of the {name} table's modes ({', '.join(modes or ())})")
+    with_share = shares is not None and REFERENCE in shown and BASELINE in shown
+    gain = _end_to_end_gain(stats)
     display_rows, numeric_rows, sources = [], [], set()
     for mode in shown:
         cells, numbers, source = _mode_row(
@@ -357,12 +477,19 @@ def _config_table(
             paper_table=paper_table,
             metrics=SHOWN_METRICS,
             with_shape=with_shape,
+            share=((shares or {}).get(mode), gain) if with_share else None,
         )
         display_rows.append(cells)
         numeric_rows.append(numbers)
         sources.add(source)
     used = rows[rows["mode"].isin(shown)]
-    notes = (_stats_note(list((stats or {}).values()), used), _published_note(rows, sources - {None}))
+    comparisons = list((stats or {}).values())
+    notes = (
+        _stats_note(comparisons, used),
+        *([mde_note(comparisons, lambda m: mode_label(m, labels))] if comparisons else []),
+        *([_share_note(stats, shares or {})] if with_share else []),
+        _published_note(rows, sources - {None}),
+    )
     return Table(
         name,
         f"{title} — {dataset}, {encoder}, {head}",
@@ -374,14 +501,27 @@ def _config_table(
 
 
 def ablation_table(
-    rows: pd.DataFrame, stats: Mapping[str, Comparison] | None = None, *, modes: Sequence[str] | None = None
+    rows: pd.DataFrame,
+    stats: Mapping[str, Comparison] | None = None,
+    *,
+    modes: Sequence[str] | None = None,
+    shares: Mapping[str, RatioResult] | None = None,
 ) -> Table:
     """The paper's Table 2: LoFi configurations against ACP (one dataset, encoder and head).
 
     One row per mode in ``modes`` that the rows hold, in that order (``None``: every mode present, canonical
-    order); ``stats`` maps a mode to its comparison with ACP."""
+    order); ``stats`` maps a mode to its comparison with ACP. ``shares`` maps a mode to its share of the
+    end-to-end gain (``harness.stats.share_of_gain``); the column is shown when e2e-full is among the rows, as
+    "n/a (no end-to-end gain)" when e2e-full's Δ interval does not lie above 0."""
     return _config_table(
-        "ablation", "LoFi configurations (paper Table 2)", rows, stats, modes, paper_table="ablation", with_shape=True
+        "ablation",
+        "LoFi configurations (paper Table 2)",
+        rows,
+        stats,
+        modes,
+        paper_table="ablation",
+        with_shape=True,
+        shares=shares,
     )
 
 
@@ -434,7 +574,11 @@ def models_table(
     if not display_rows:
         raise TableError(f"rows hold none of the models table's modes ({', '.join(modes or ())})")
     used = rows[rows["mode"].isin(order_modes(rows["mode"], modes))]
-    notes = (_stats_note(comparisons, used), _published_note(rows, sources - {None}))
+    notes = (
+        _stats_note(comparisons, used),
+        *([mde_note(comparisons, lambda m: mode_label(m, PAPER_LOFI_LABEL))] if comparisons else []),
+        _published_note(rows, sources - {None}),
+    )
     return Table(
         "models",
         f"Encoders × heads (paper Table 6) — {dataset}",
@@ -514,6 +658,177 @@ def memory_table(rows: pd.DataFrame, *, modes: Sequence[str] | None = None) -> T
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Controls
+# ----------------------------------------------------------------------------------------------------------------
+
+CONTROL_ROLES: dict[str, str] = {
+    "blind": "floor",
+    BASELINE: "reference",
+    REFERENCE: "positive control",
+    NEGATIVE: "negative control",
+}
+ORACLE_COLUMN = "oracle_average_mAP"  # per row: average mAP with the ground-truth class (``harness.report``)
+TOP1_COLUMN = "class_top1"  # per row: the video-level classifier's top-1 accuracy on the test split
+
+
+def split_control_seeds(rows: pd.DataFrame, control_seeds: Iterable[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every other row, the negative control: ACP runs on ``control_seeds``)."""
+    negative = (rows["mode"] == BASELINE) & rows["seed"].astype(int).isin({int(s) for s in control_seeds})
+    return rows[~negative], rows[negative]
+
+
+def _seeds(runs: pd.DataFrame) -> str:
+    return ", ".join(str(s) for s in sorted({int(s) for s in runs["seed"]}))
+
+
+def _control_label(key: str, runs: pd.DataFrame) -> str:
+    return f"ACP, seeds {_seeds(runs)}" if key == NEGATIVE else mode_label(key)
+
+
+def _verdicts(stats: Mapping[str, Comparison], labels: Mapping[str, str], main_seeds: str) -> str:
+    """In words: did the positive control register, did the negative control stay quiet, where is the floor."""
+    out = []
+    pos, neg, floor = stats.get(REFERENCE), stats.get(NEGATIVE), stats.get("blind")
+
+    def delta(c: Comparison) -> str:
+        return f"Δ = {100 * c.diff:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}] points"
+
+    if pos is not None:
+        seen = pos.p_adjusted < ALPHA and pos.ci_low > 0
+        out.append(
+            f"Positive control (e2e-full minus ACP): {delta(pos)}, p (Holm) {_p(pos.p_adjusted)}: "
+            + (
+                "detected: the benchmark can see end-to-end training of the encoder."
+                if seen
+                else "NOT detected: at this size the benchmark cannot tell full end-to-end training from the frozen "
+                "ACP encoder, so no LoFi row can be told from ACP either."
+            )
+        )
+    if neg is not None:
+        flagged = neg.p_value < ALPHA or neg.ci_low > 0 or neg.ci_high < 0
+        out.append(
+            f"Negative control ({labels.get(NEGATIVE, NEGATIVE)} minus ACP on seeds {main_seeds}: the same "
+            f"configuration): {delta(neg)}, p {_p(neg.p_value)} unadjusted, {_p(neg.p_adjusted)} Holm: "
+            + (
+                "not flagged, as it must not be."
+                if not flagged
+                else "FLAGGED (unadjusted p < 0.05 or an interval without 0): the tests see seed-to-seed noise as an "
+                "effect; treat every significant Δ with suspicion."
+            )
+        )
+    if floor is not None:
+        out.append(
+            f"Floor (blind minus ACP): {delta(floor)}: what the temporal prior of the segments and the video-level "
+            "classifier give without any visual feature."
+        )
+    return " ".join(out)
+
+
+def controls_table(
+    rows: pd.DataFrame,
+    stats: Mapping[str, Comparison] | None = None,
+    *,
+    modes: Sequence[str] | None = None,
+    control_seeds: Iterable[int] = (),
+) -> Table:
+    """What the benchmark can see (one dataset, encoder and head): a row per mode in ``modes`` (the config's
+    ``sweep.control_modes``: blind, acp, e2e-full) on the sweep's seeds, plus the negative control, ACP on
+    ``control_seeds``. ``stats`` maps "blind", "e2e-full" and ``NEGATIVE`` to their comparison with ACP (Holm
+    across them). Rows carrying ``oracle_average_mAP`` / ``class_top1`` (``harness.report`` adds them from each
+    run's proposals and class scores) fill the class-oracle columns."""
+    if rows.empty:
+        raise TableError("no rows for the controls table")
+    _check_scale(rows)
+    dataset, encoder, head = (_single(rows, c) for c in ("dataset", "encoder", "head"))
+    main, negative = split_control_seeds(rows, control_seeds)
+    shown = order_modes(main["mode"], modes)
+    if BASELINE not in shown:
+        raise TableError("the controls table needs ACP runs on the sweep's seeds (its reference)")
+    entries = [(m, main[main["mode"] == m]) for m in shown]
+    if not negative.empty:
+        entries.append((NEGATIVE, negative))
+    stats = dict(stats or {})
+    labels = {key: _control_label(key, runs) for key, runs in entries}
+    display_rows, numeric_rows = [], []
+    for key, runs in entries:
+        c = stats.get(key)
+        mean, sd = _metric_stats(runs, "average_mAP")
+        o_mean, o_sd = _metric_stats(runs, ORACLE_COLUMN)
+        t_mean, t_sd = _metric_stats(runs, TOP1_COLUMN)
+        cells: dict[str, object] = {
+            "Control": CONTROL_ROLES.get(key, "other"),
+            "Config": labels[key],
+            "Seeds": _seeds(runs),
+            "Avg": _pm(mean, sd),
+        }
+        if key == BASELINE:
+            cells.update({"Δ Avg vs ACP [95% CI]": "(baseline)", "p": "", "p (Holm)": "", "": ""})
+        else:
+            cmp = _comparison_cells(c)
+            cells.update(
+                {
+                    "Δ Avg vs ACP [95% CI]": cmp["Δ Avg [95% CI]"],
+                    "p": _p(c.p_value) if c else "–",
+                    "p (Holm)": cmp["p (Holm)"],
+                    "": cmp[""],
+                }
+            )
+        cells["Oracle Avg (GT class)"] = _pm(o_mean, o_sd)
+        cells["Cls. top-1 (%)"] = _pm(t_mean, t_sd)
+        display_rows.append(cells)
+        numeric_rows.append(
+            {
+                "dataset": dataset,
+                "encoder": encoder,
+                "head": head,
+                "control": CONTROL_ROLES.get(key, "other"),
+                "mode": BASELINE if key == NEGATIVE else key,
+                "config": labels[key],
+                "seeds": _seeds(runs),
+                "n_seeds": int(runs["seed"].nunique()),
+                "average_mAP_mean": mean,
+                "average_mAP_sd": sd,
+                **_comparison_numbers(c),
+                "oracle_average_mAP_mean": o_mean,
+                "oracle_average_mAP_sd": o_sd,
+                "oracle_gap": o_mean - mean,
+                "class_top1_mean": t_mean,
+                "class_top1_sd": t_sd,
+            }
+        )
+    comparisons = [stats[k] for k, _ in entries if k in stats]
+    used = pd.concat([runs for _, runs in entries])
+    notes = [
+        "Controls: floor = the ACP pipeline with the head trained and tested on all-zero features (what the temporal "
+        "prior of the segments and the video-level classifier give alone); positive control = full-fidelity "
+        "end-to-end training (e2e-full), which must beat ACP if the benchmark can see encoder training; negative "
+        "control = ACP again on other seeds, the same configuration, which the tests must not flag.",
+        _stats_note(comparisons, main[main["mode"].isin(shown)], lambda k: labels.get(k, k)),
+    ]
+    if comparisons:
+        notes += [
+            mde_note(comparisons, lambda k: labels.get(k, k)),
+            _verdicts(stats, labels, _seeds(main[main["mode"] == BASELINE])),
+        ]
+    notes.append(
+        "Oracle Avg (GT class): average mAP (%) of the run's own class-agnostic test proposals labelled with each "
+        "test video's ground-truth class (the label covering most of the video; one-hot class scores, top-1 class, "
+        "fused as the pipeline fuses the classifier's): the table's ceiling if the classifier were perfect; Oracle − "
+        "Avg is what the classifier costs. Cls. top-1: the video-level classifier's top-1 accuracy (%) on the test "
+        "videos against the same ground-truth class. –: not computed (no proposals / class scores recorded, or "
+        "--no-stats)."
+    )
+    return Table(
+        "controls",
+        f"Controls: what the benchmark can see — {dataset}, {encoder}, {head}",
+        pd.DataFrame(display_rows),
+        pd.DataFrame(numeric_rows),
+        tuple(n for n in notes if n),
+        provenance(used),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Writers
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -530,7 +845,7 @@ def to_markdown(table: Table) -> str:
 _LATEX_SYMBOLS = str.maketrans(
     {"±": r"$\pm$", "×": r"$\times$", "²": r"$^2$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "–": "--"}
 )
-_TEXT_COLUMNS = {"Config", "Encoder", "Head"}
+_TEXT_COLUMNS = {"Config", "Encoder", "Head", "Control", "Seeds"}
 
 
 def to_latex(table: Table) -> str:

@@ -251,6 +251,39 @@ def test_report_with_one_complete_trial_explains_missing_plots(tmp_path: Path) -
     assert "(seeds none; n=0)" in text
 
 
+def test_identical_trials_draw_no_landscape_and_say_why(tmp_path: Path) -> None:
+    def flat(cfg: ExperimentConfig, spec: S.RunSpec, on_epoch: S.OnEpoch | None) -> Mapping[str, Any]:
+        row = dict(fake_chain(cfg, spec, on_epoch))
+        row["val_average_mAP"] = 0.3 + 1e-14 * cfg.lofi.r_t  # three "different" trials: rounding apart
+        return row
+
+    cfg = _cfg(pruning=False)
+    result = S.run_study(cfg, tmp_path / "search", 3, objective_fn=flat)
+    (tmp_path / "optuna_rt_rs_contour.png").write_bytes(b"stale")  # an older landscape must not survive
+    text = SR.write_report(result, cfg, tmp_path / "search", tmp_path / "optuna_rt_rs.md", objective_fn=flat)
+    text = text.read_text()
+    assert not list(tmp_path.glob("*.png"))
+    assert "Contour of validation mAP over (r_t, r_s): not drawn" in text
+    assert "below 1e-06 absolute" in text and "no landscape to draw" in text
+    assert "Seed noise:" in text and "MDE" in text
+
+
+def test_trials_closer_than_the_seed_noise_draw_no_landscape(tmp_path: Path) -> None:
+    def noisy(cfg: ExperimentConfig, spec: S.RunSpec, on_epoch: S.OnEpoch | None) -> Mapping[str, Any]:
+        row = dict(fake_chain(cfg, spec, on_epoch))
+        row["val_average_mAP"] = 0.3 + 1e-3 * cfg.lofi.r_t + (0.2 if spec.seed == 101 else 0.0)
+        return row
+
+    cfg = _cfg(pruning=False)  # fresh seeds 100 and 101: validation mAP 0.2 apart, sd 0.2 / sqrt(2)
+    result = S.run_study(cfg, tmp_path / "search", 3, objective_fn=noisy)
+    text = SR.write_report(result, cfg, tmp_path / "search", tmp_path / "r.md", objective_fn=noisy).read_text()
+    sd = 0.2 / math.sqrt(2)
+    assert f"sd = {sd:.4f}" in text
+    assert f"= 3.96 × sd = {3.96204 * sd:.4f}" in text  # (z_0.975 + z_0.80) x sqrt(2) = 2.80159 x 1.41421
+    assert "less than the seed-to-seed sd" in text and not list(tmp_path.glob("*.png"))
+    assert "their order is not evidence" in text
+
+
 def test_objective_never_sees_the_test_split(tmp_path: Path) -> None:
     def test_is_great(cfg: ExperimentConfig, spec: S.RunSpec, on_epoch: S.OnEpoch | None) -> Mapping[str, Any]:
         row = dict(fake_chain(cfg, spec, None))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 
 from harness.data.model import Segment, TALDataset, Video
 from harness.evaluation.detection import (
@@ -18,12 +19,17 @@ from harness.evaluation.detection import (
     match_detections,
 )
 from harness.stats import (
+    BootstrapResult,
     StatsError,
+    _permutation_pairs,
     holm,
+    joint_bootstrap,
     mean_sd,
     merge_swapped,
+    minimum_detectable_effect,
     paired_bootstrap,
     paired_permutation_test,
+    share_of_gain,
     weighted_metric,
 )
 
@@ -292,3 +298,72 @@ def test_mean_sd_uses_ddof_1() -> None:
     assert mean == 3.0
     assert sd == pytest.approx(np.sqrt(14 / 3))  # squared deviations 4+1+0+9 = 14, over n-1 = 3
     assert np.isnan(mean_sd([5.0])[1])
+
+
+def test_mde_is_2_80_times_the_bootstrap_sd() -> None:
+    x = np.random.default_rng(0).normal(size=4000)
+    samples = 0.02 * (x - x.mean()) / x.std(ddof=1)  # a bootstrap distribution with sd exactly 0.02
+    result = BootstrapResult(diff=0.0, ci_low=-0.04, ci_high=0.04, samples=samples)
+    assert result.se == pytest.approx(0.02, rel=1e-12)
+    z = norm.ppf(0.975) + norm.ppf(0.80)  # 1.95996 + 0.84162
+    assert round(z, 2) == 2.80
+    assert minimum_detectable_effect(result.se) == pytest.approx(z * 0.02, rel=1e-12)
+    assert minimum_detectable_effect(0.01, alpha=0.05, power=0.5) == pytest.approx(norm.ppf(0.975) * 0.01)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several configurations resampled together
+
+
+def _graded(k_per_video: list[int]) -> dict:
+    """Video v (class c<v>, one instance [0, 10]) gets one prediction true at exactly k_v of the 10 tIoU
+    thresholds (tIoU 0.5 + 0.05 (k - 1) + 0.025; 0.3 for k = 0): its AP averaged over thresholds is k_v / 10."""
+    results = {}
+    for v, k in enumerate(k_per_video):
+        iou = 0.3 if k == 0 else 0.5 + 0.05 * (k - 1) + 0.025
+        results[f"vid{v:03d}"] = [{"label": f"c{v}", "score": 0.5, "segment": [0.0, 10.0 * iou]}]
+    return {"results": results}
+
+
+def test_share_of_gain_is_one_half_when_lofi_is_halfway_on_every_video() -> None:
+    # One class per video: a resample's average mAP is the mean of k_v / 10 over the videos it draws, linear in
+    # k. LoFi's k is halfway between ACP's and e2e-full's on every video and seed, so with the SAME resample of
+    # videos and seeds for the three configurations every resample's share is exactly 0.5.
+    n = 12
+    videos = {
+        f"vid{v:03d}": Video(
+            id=f"vid{v:03d}", subset="validation", duration=100.0, segments=(Segment(0.0, 10.0, f"c{v}"),)
+        )
+        for v in range(n)
+    }
+    ds = TALDataset(name="graded", videos=videos, classes=tuple(f"c{v}" for v in range(n)))
+    acp, lofi, e2e = [], [], []
+    for seed in (0, 1, 2):
+        k_acp = [(v + seed) % 3 for v in range(n)]
+        gap = [2 * (1 + (v * seed + v) % 4) for v in range(n)]  # even: LoFi's k stays an integer
+        acp.append(_matches(ds, _graded(k_acp)))
+        lofi.append(_matches(ds, _graded([a + g // 2 for a, g in zip(k_acp, gap)])))
+        e2e.append(_matches(ds, _graded([a + g for a, g in zip(k_acp, gap)])))
+    joint = joint_bootstrap([acp, lofi, e2e], n_boot=300, rng=np.random.default_rng(0), seeds=[[0, 1, 2]] * 3)
+    share = share_of_gain(joint, base=0, config=1, reference=2)
+    assert share.estimate == pytest.approx(0.5, abs=1e-12)
+    np.testing.assert_allclose(share.samples, 0.5, rtol=0, atol=1e-9)
+    assert share.ci_low == pytest.approx(0.5, abs=1e-9) and share.ci_high == pytest.approx(0.5, abs=1e-9)
+    # the two-configuration bootstrap is the same machinery: its differences are those of the joint resamples
+    two = paired_bootstrap(acp, e2e, n_boot=300, rng=np.random.default_rng(0), seeds_a=[0, 1, 2], seeds_b=[0, 1, 2])
+    pair = joint_bootstrap([acp, e2e], n_boot=300, rng=np.random.default_rng(0), seeds=[[0, 1, 2]] * 2)
+    np.testing.assert_allclose(two.samples, pair.samples[:, 1] - pair.samples[:, 0], atol=0)
+
+
+def test_unpaired_seeds_average_every_cross_pair(runs) -> None:
+    _, a, b = runs
+    assert _permutation_pairs(3, 3, [0, 1, 2], [0, 1, 2]) == [(0, 0), (1, 1), (2, 2)]
+    assert _permutation_pairs(2, 3, [0, 1], [10, 11, 12]) == [(i, j) for i in range(2) for j in range(3)]
+    # a negative control: the same runs under other seed numbers. The bootstrap resamples the two seed sets
+    # independently (so resamples differ from 0) and the permutation statistic over all cross pairs is exactly
+    # the difference of seed means (here 0: the observed value every permutation reaches, p = 1).
+    boot = paired_bootstrap(a, a, n_boot=200, rng=np.random.default_rng(0), seeds_a=[0, 1, 2], seeds_b=[10, 11, 12])
+    assert boot.diff == pytest.approx(0.0, abs=1e-15) and np.any(boot.samples != 0)
+    assert boot.ci_low < 0 < boot.ci_high
+    p = paired_permutation_test(a, a, n_perm=50, rng=np.random.default_rng(0), seeds_a=[0, 1, 2], seeds_b=[10, 11, 12])
+    assert p == 1.0

@@ -33,8 +33,11 @@ def test_layout_and_annotations(smoke: Path) -> None:
     for name in ("annotations.json", "manifest.json", "clips/index.json", "images/index.json"):
         assert (smoke / name).is_file(), name
     dataset = read_annotations(smoke / "annotations.json")
-    assert dataset.subset_counts() == {"training": SMOKE.num_training, "validation": SMOKE.num_validation,
-                                       "testing": SMOKE.num_testing}
+    assert dataset.subset_counts() == {
+        "training": SMOKE.num_training,
+        "validation": SMOKE.num_validation,
+        "testing": SMOKE.num_testing,
+    }
     assert len(dataset.classes) == SMOKE.num_classes
     raw = json.loads((smoke / "annotations.json").read_text())["database"]
     for vid, video in dataset.videos.items():
@@ -78,8 +81,9 @@ def test_same_seed_same_benchmark(smoke: Path, tmp_path: Path) -> None:
     assert (other / "annotations.json").read_bytes() == (smoke / "annotations.json").read_bytes()
     assert (other / "manifest.json").read_bytes() == (smoke / "manifest.json").read_bytes()
     for vid in ("syn_tr_0000", "syn_te_0005"):
-        assert np.array_equal(decode_video(other / "videos" / f"{vid}.mp4"),
-                              decode_video(smoke / "videos" / f"{vid}.mp4"))
+        assert np.array_equal(
+            decode_video(other / "videos" / f"{vid}.mp4"), decode_video(smoke / "videos" / f"{vid}.mp4")
+        )
     assert np.array_equal(decode_video(other / "clips/c01_0002.mp4"), decode_video(smoke / "clips/c01_0002.mp4"))
 
 
@@ -91,8 +95,13 @@ def test_other_seed_other_benchmark() -> None:
 def test_resume_after_deleting_files(smoke: Path, tmp_path: Path) -> None:
     copy = tmp_path / "c"
     shutil.copytree(smoke, copy)
-    removed = ["videos/syn_tr_0003.mp4", "videos/syn_va_0001.mp4", "clips/c02_0000.mp4", "images/i01_0004.png",
-               "manifest.json"]
+    removed = [
+        "videos/syn_tr_0003.mp4",
+        "videos/syn_va_0001.mp4",
+        "clips/c02_0000.mp4",
+        "images/i01_0004.png",
+        "manifest.json",
+    ]
     for name in removed:
         (copy / name).unlink()
     S.generate("smoke", 0, copy, progress=False)
@@ -103,8 +112,9 @@ def test_resume_after_deleting_files(smoke: Path, tmp_path: Path) -> None:
     assert sorted(_files(copy)) == sorted(_files(smoke))
 
 
-def test_interrupt_leaves_no_partial_files_and_resumes(smoke: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_leaves_no_partial_files_and_resumes(
+    smoke: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import harness.data.video as video
 
     real_write = video.write_video
@@ -133,8 +143,7 @@ def test_interrupt_leaves_no_partial_files_and_resumes(smoke: Path, tmp_path: Pa
 
 def test_complete_dir_is_left_alone(smoke: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in smoke.rglob("*") if p.is_file()}
-    assert main(["-q", "data", "synth", "--profile", "smoke", "--seed", "0", "--out", str(smoke),
-                 "--no-progress"]) == 0
+    assert main(["-q", "data", "synth", "--profile", "smoke", "--seed", "0", "--out", str(smoke), "--no-progress"]) == 0
     assert {p: p.stat().st_mtime_ns for p in smoke.rglob("*") if p.is_file()} == before
 
 
@@ -203,8 +212,10 @@ def test_class_is_visible_in_appearance_alone() -> None:
     names = [c.appearance for c in plan.classes]
     assert len(set(names)) == len(names)
     pair = plan.classes[0], plan.classes[1]
-    assert (pair[0].appearance.shape, pair[0].appearance.colour) == (pair[1].appearance.shape,
-                                                                      pair[1].appearance.colour)
+    assert (pair[0].appearance.shape, pair[0].appearance.colour) == (
+        pair[1].appearance.shape,
+        pair[1].appearance.colour,
+    )
     still = np.zeros(4)
     for a, b in [pair, (plan.classes[0], plan.classes[2])]:
         scene_a = S.make_scene(numpy_rng(7, "t"), a, still, SMOKE)

@@ -15,11 +15,15 @@ from harness.experiment import SweepConfig
 from harness.modes import MODES
 from harness.paper_results import PUBLISHED, canonical_dataset, published
 from harness.report import build_report, table_modes
+from harness.stats import Comparison, RatioResult, minimum_detectable_effect
 from harness.tables import (
     MODE_LABELS,
+    NO_GAIN,
+    SHARE_COLUMN,
     TableError,
     ablation_table,
     load_rows,
+    mde_note,
     memory_table,
     models_table,
     pretrain_table,
@@ -369,3 +373,70 @@ def test_paper_results_lookup() -> None:
     assert canonical_dataset("synthetic-default") is None
     assert published("ablation", "hacs", "lofi-long").values == {"average_mAP": 24.64}
     assert published("ablation", "synthetic", "acp") is None
+
+
+def _comparison(config: str, diff: float, lo: float, hi: float, p: float, se: float) -> Comparison:
+    return Comparison(
+        config=config,
+        baseline="acp",
+        diff=diff,
+        ci_low=lo,
+        ci_high=hi,
+        p_value=p,
+        p_adjusted=p,
+        n_videos=N_VIDEOS,
+        n_seeds=2,
+        n_seeds_baseline=2,
+        n_boot=100,
+        n_perm=100,
+        metric="average_mAP",
+        se=se,
+        mde=minimum_detectable_effect(se),
+    )
+
+
+def test_mde_note_prints_2_80_times_the_bootstrap_se_and_says_when_nothing_is_significant() -> None:
+    quiet = [_comparison("lofi-S", 0.01, -0.01, 0.03, 0.4, 0.01), _comparison("lofi-T", 0.0, -0.04, 0.04, 0.9, 0.02)]
+    text = mde_note(quiet)
+    assert "(z_0.975 + z_0.80) × SE = 2.80 × SE" in text
+    assert ": 2.80–5.60 points" in text  # 2.80 x 1 and 2.80 x 2 points (SE 0.01 and 0.02 in fractions)
+    assert "No Δ is significant" in text and "does not tell these configurations apart" in text
+    loud = mde_note([_comparison("lofi-S", 0.05, 0.02, 0.08, 0.01, 0.01)])
+    assert ": 2.80 points" in loud and "Significant (p (Holm) < 0.05): S-LoFi (+5.00)" in loud
+
+
+def test_every_table_with_tests_states_its_mde(fixture_runs: Path, tmp_path: Path) -> None:
+    build_report(
+        load_rows(sorted(fixture_runs.glob("activitynet/**/row.json"))),
+        out=tmp_path,
+        kinds=["ablation", "pretrain", "models"],
+        modes=table_modes(SweepConfig()),
+        n_boot=30,
+        plots=False,
+    )
+    for kind in ("ablation", "pretrain", "models"):
+        text = (tmp_path / f"table_{kind}.md").read_text()
+        assert "MDE (minimum detectable effect" in text and "2.80 × SE" in text
+        numeric = pd.read_csv(tmp_path / f"table_{kind}.csv")
+        tested = numeric.dropna(subset=["delta_se"])
+        np.testing.assert_allclose(tested["mde"], 2.8016 * tested["delta_se"], rtol=1e-4)
+
+
+def test_share_of_gain_column_only_with_an_end_to_end_gain(fixture_runs: Path, tmp_path: Path) -> None:
+    gt = fixture_runs / "annotations.json"
+    db = json.loads(gt.read_text())["database"]
+    e2e = [_write_run(tmp_path / "runs", "synthetic", "e2e-full", seed, db, gt) for seed in (0, 1)]
+    rows = load_rows([*sorted((fixture_runs / "synthetic" / "tsm_resnet18").glob("*/seed*")), *e2e])
+    modes = ("acp", "lofi-S", "e2e-full")
+    share = {"lofi-S": RatioResult(estimate=0.2, ci_low=-0.1, ci_high=0.45, samples=np.zeros(100))}
+    lofi = _comparison("lofi-S", 0.02, -0.01, 0.05, 0.3, 0.01)
+    gain = {"lofi-S": lofi, "e2e-full": _comparison("e2e-full", 0.10, 0.04, 0.16, 0.01, 0.03)}
+    shown = ablation_table(rows, gain, modes=modes, shares=share).display.set_index("Config")
+    assert shown[SHARE_COLUMN].tolist() == ["0 (ACP)", "0.20 [-0.10, 0.45]", "1 (reference)"]
+    no_gain = {"lofi-S": lofi, "e2e-full": _comparison("e2e-full", 0.01, -0.02, 0.04, 0.5, 0.015)}
+    table = ablation_table(rows, no_gain, modes=modes, shares=share)
+    assert table.display.set_index("Config").loc["S-LoFi", SHARE_COLUMN] == NO_GAIN
+    assert np.isnan(table.numeric.set_index("mode").loc["lofi-S", "gain_share"])  # no meaningless ratio in the CSV
+    assert "no gain to take a share of" in " ".join(table.notes)
+    # without e2e-full among the rows, no share column at all
+    assert SHARE_COLUMN not in ablation_table(rows, gain, modes=("acp", "lofi-S"), shares=share).display.columns

@@ -65,13 +65,18 @@ def job_counts(output: str) -> Counter:
     return counts
 
 
+def ablation_runs(cfg) -> set[tuple[str, int]]:
+    """(mode, seed) of every run behind the ablation and controls tables."""
+    sweep = cfg.sweep
+    runs = {(m, s) for m in (*sweep.ablation_modes, *sweep.control_modes) for s in sweep.seeds}
+    return runs | {("acp", s) for s in sweep.control_seeds}  # the negative control: ACP on other seeds
+
+
 def expected_ablation_jobs(config: Path) -> Counter:
     """Jobs for table_ablation.md (which also builds the controls table) worked out from the config and MODE_PLAN
     (not from the plan module or the workflow)."""
     cfg = load_experiment(config)
-    sweep = cfg.sweep
-    runs = {(m, s) for m in (*sweep.ablation_modes, *sweep.control_modes) for s in sweep.seeds}
-    runs |= {("acp", s) for s in sweep.control_seeds}  # the negative control: ACP on other seeds
+    runs = ablation_runs(cfg)
     seeds = {s for _, s in runs}
     pretrain, lofi, features = set(), set(), set()
     for mode, seed in runs:
@@ -84,8 +89,17 @@ def expected_ablation_jobs(config: Path) -> Counter:
     shared_classifier = cfg.head.class_scores == "finetuned"
     if shared_classifier:  # the ACP+ model (from ACP) scores every video once per seed
         pretrain |= {(p, s) for s in seeds for p in ("acp", "acp+")}
-    counts = Counter({"data": 1, "track_init": 1, "pretrain": len(pretrain), "lofi": len(lofi),
-                      "features": len(features), "run": len(runs), "table_ablation": 1})
+    counts = Counter(
+        {
+            "data": 1,
+            "track_init": 1,
+            "pretrain": len(pretrain),
+            "lofi": len(lofi),
+            "features": len(features),
+            "run": len(runs),
+            "table_ablation": 1,
+        }
+    )
     if shared_classifier:
         counts["classifier"] = len(seeds)
     return counts
@@ -255,9 +269,15 @@ def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
 
     csv = pd.read_csv(tmp_path / "results/table_ablation.csv")
     assert len(csv) == len(cfg.sweep.ablation_modes)
-    rows = list((tmp_path / "results").rglob("row.json"))
-    assert len(rows) == len(cfg.sweep.ablation_modes) * len(cfg.sweep.seeds)
-    assert {json.loads(r.read_text())["mode"] for r in rows} == set(cfg.sweep.ablation_modes)
+    rows = [json.loads(r.read_text()) for r in (tmp_path / "results").rglob("row.json")]
+    assert sorted((r["mode"], r["seed"]) for r in rows) == sorted(ablation_runs(cfg))
+    # the controls come with the ablation table: floor, positive and negative control, each a parsed row
+    controls = pd.read_csv(tmp_path / "results/table_controls.csv")
+    shown = " ".join(map(str, controls.to_numpy().ravel()))
+    assert list(controls["mode"]) == ["blind", "acp", "e2e-full", "acp"] and "Blind" in shown
+    neg = controls[controls["control"] == "negative control"]
+    assert len(neg) == 1 and str(neg["seeds"].iloc[0]) == ", ".join(map(str, cfg.sweep.control_seeds))
+    assert neg["p_value"].notna().all() and neg["delta_ci_low"].iloc[0] < neg["delta_ci_high"].iloc[0]
     assert json.loads((tmp_path / "results/mlflow_sweep.json").read_text())["sweep_run_id"]
     # Nothing left to do; then one head value changed reruns the runs and the table only, not the stages.
     again = snakemake("-n", *args)
@@ -273,7 +293,7 @@ def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
         {
             "lofi": n_seeds * len(cycles),
             "features": n_seeds * len(cycles),
-            "run": n_seeds * len(cfg.sweep.ablation_modes),
+            "run": len(ablation_runs(cfg)),
             "table_ablation": 1,
         }
     )

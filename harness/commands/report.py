@@ -11,25 +11,39 @@ from harness.report import KINDS
 EPILOG = """\
 which rows each table shows:
   with --config, the config's sweep lists, in their order: ablation and memory tables sweep.ablation_modes,
-  pre-training table sweep.pretrain_modes, encoders x heads table sweep.model_modes (other runs are ignored);
-  without it, every mode in the runs given, in the canonical order. ACP is the baseline of every comparison.
+  pre-training table sweep.pretrain_modes, encoders x heads table sweep.model_modes, controls table
+  sweep.control_modes plus ACP on sweep.control_seeds (other runs are ignored); without it, every mode in the
+  runs given, in the canonical order, and the control seeds are the seeds only ACP ran. ACP runs on the control
+  seeds appear in the controls table only. ACP is the baseline of every comparison.
 
 what it computes:
   mean ± sd over seeds of mAP@0.5/0.75/0.95 and average mAP (in %), from each run's row.json;
   Δ to ACP with a 95% paired bootstrap interval: videos of the test subset AND seeds resampled (--n-boot);
   p: two-sided paired permutation test over videos (--n-perm), Holm-corrected within each table.
+  MDE under every table with tests: the smallest Δ detected with 80% power at two-sided alpha = 0.05,
+  (z_0.975 + z_0.80) x SE = 2.80 x the bootstrap standard error of Δ; a table where no Δ is significant says so.
+  Ablation table: the activation memory relative to full fidelity and, when e2e-full is among its rows, each
+  configuration's share of the end-to-end gain, (config - ACP) / (e2e-full - ACP), with a 95% interval from one
+  joint bootstrap (the same videos and seeds for ACP, the configuration and e2e-full); "n/a (no end-to-end
+  gain)" when the e2e-full - ACP interval does not lie above 0.
+  Controls table (what the benchmark can see): the floor (blind: the head on all-zero features), the positive
+  control (e2e-full vs ACP), the negative control (ACP on the control seeds vs ACP on the sweep's seeds: the
+  same configuration, paired by video only, which must not be flagged), each with Δ, interval, p and p (Holm);
+  the class oracle (each run's test proposals labelled with the ground-truth video class: how much the
+  classifier caps the table) and the classifier's top-1 accuracy (row.json "proposals" and "class_scores").
   The tests re-evaluate every run's predictions (row.json "predictions") on the ground truth, so the runs'
-  prediction files must still exist (or pass --no-stats for tables without Δ and p).
+  prediction files must still exist (or pass --no-stats for tables without Δ, p, shares and oracle).
 
 outputs (under --out):
   table_<kind>.md / .csv / .tex      one section per dataset/encoder/head; provenance under every table
   plot_map_vs_tiou_<group>.png       mAP vs tIoU, mean ± sd over seeds, per configuration
-  plot_map_vs_memory_<group>.png     average mAP vs activation memory relative to full fidelity
+  plot_map_vs_memory_<group>.png     average mAP vs activation memory relative to full fidelity; ACP and
+                                     e2e-full as horizontal reference lines
 
 examples:
   lofi report tables --runs-glob 'results/synthetic/**/row.json' --config config/default.yaml --out results/
   lofi report tables --runs runs/acp-s0 runs/lofi-long-s0 --ground-truth data/smoke/annotations.json \\
-      --out results/ --n-boot 1000 --seed 0 --which ablation,memory
+      --out results/ --n-boot 1000 --seed 0 --which ablation,controls
 """
 
 
@@ -44,9 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = rsub.add_parser(
         "tables",
         help="paper-style tables (Markdown, CSV, LaTeX) + plots, with seeds and paired tests over videos",
-        description="Build the ablation (paper Table 2), pre-training (Table 1), encoders × heads (Table 6) and "
-        "memory tables from runs' row.json files. Published numbers are shown beside measured ones only for "
-        "ActivityNet/HACS rows.",
+        description="Build the ablation (paper Table 2), pre-training (Table 1), encoders × heads (Table 6), "
+        "memory and controls tables from runs' row.json files. Published numbers are shown beside measured ones "
+        "only for ActivityNet/HACS rows.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,8 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--config",
         default=None,
         metavar="FILE",
-        help="experiment config whose sweep.*_modes choose and order each table's rows "
-        "(default: every mode in the runs)",
+        help="experiment config whose sweep.*_modes choose and order each table's rows and whose "
+        "sweep.control_seeds name the negative control's ACP runs (default: every mode in the runs)",
     )
     t.add_argument(
         "--set",
@@ -103,12 +117,13 @@ def _run_tables(args: argparse.Namespace) -> int:
         paths = sorted(glob.glob(args.runs_glob, recursive=True))
         if not paths:
             raise LofiError(f"--runs-glob {args.runs_glob!r} matches no file; quote the pattern and check the folder")
-    modes = table_modes(load_experiment(args.config, args.overrides).sweep) if args.config else None
+    sweep = load_experiment(args.config, args.overrides).sweep if args.config else None
     written = build_report(
         load_rows(paths),
         out=args.out,
         kinds=[k.strip() for k in args.which.split(",") if k.strip()],
-        modes=modes,
+        modes=table_modes(sweep) if sweep else None,
+        control_seeds=sweep.control_seeds if sweep else None,
         n_boot=args.n_boot,
         n_perm=args.n_perm,
         seed=args.seed,
