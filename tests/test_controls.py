@@ -260,7 +260,11 @@ def test_the_command_builds_the_controls_with_the_configs_seeds(control_runs, tm
             "--n-boot",
             "20",
             "--config",
-            str(ROOT / "config" / "smoke.yaml"),  # seeds [0, 1], control_seeds [10, 11]
+            str(ROOT / "config" / "smoke.yaml"),
+            "--set",
+            "sweep.seeds=[0, 1]",
+            "--set",
+            "sweep.control_seeds=[10, 11]",  # the seeds of the fixture's runs
         ]
     )
     assert rc == 0
