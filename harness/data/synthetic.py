@@ -72,11 +72,11 @@ class SynthProfile:
     # fine, medium, coarse (3.8 / 5.8 / 9 px at 64^2): r_s = 2 takes the fine one below Nyquist, r_s = sqrt 2 and
     # r_s = 2 thin the medium one; the coarse one survives every reduction of the paper
     texture_periods: tuple[float, float, float] = (0.06, 0.09, 0.14)
-    texture_contrast: float = 0.5  # shade = 0.7 + contrast * (t - 1/2): the mean brightness never depends on it
-    # the weak appearance cue: in this fraction of videos the texture contrast rises to ``cue_contrast`` inside
-    # the actions (a single frame shows it; the other videos show nothing in one frame)
+    texture_contrast: float = 0.7  # shade = 0.6 + contrast * (t - 1/2): the mean brightness never depends on it
+    # the weak appearance cue: in this fraction of videos the actor's colour moves this fraction of the way to
+    # white inside the actions (paler, brighter); one frame shows it, the other videos show nothing in one frame
     cue_fraction: float = 0.5
-    cue_contrast: float = 0.8
+    cue_whiten: float = 0.5
     fidget: float = 0.06  # idle positional jitter, always on, in actor radii
 
 
@@ -117,7 +117,7 @@ PERIOD_NAMES = ("fine", "medium", "coarse")
 # diagonal, rings outwards or inwards) at this many texture periods per frame. Two frames 2 apart (one snippet's
 # F = 2 frames at stride 2) differ by 0.3-0.7 periods: far from a whole period, so the change is always visible.
 SCROLL_SPEEDS = (0.15, 0.2, 0.28, 0.35)
-TEXTURE_MEAN = 0.7  # mean shade of every texture (and of "flat")
+TEXTURE_MEAN = 0.6  # mean shade of every texture (and of "flat")
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,8 @@ class _Object:
     radius: np.ndarray
     angle: np.ndarray  # radians
     phase: np.ndarray | float = 0.0  # (T,) texture scroll, in texture periods
-    contrast: np.ndarray | float = 0.5  # (T,) texture contrast
+    contrast: np.ndarray | float = 0.5  # texture contrast
+    whiten: np.ndarray | float = 0.0  # (T,) fraction of the way from ``colour`` to white (the weak cue)
 
 
 def motion_envelope(segments: Sequence[tuple[float, float]], num_frames: int, fps: float,
@@ -365,7 +366,7 @@ def _sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _shade(texture: str, u: np.ndarray, v: np.ndarray, period: float, phase: np.ndarray | float = 0.0,
-           contrast: np.ndarray | float = 0.5) -> np.ndarray | float:
+           contrast: float = 0.5) -> np.ndarray | float:
     """Brightness ``TEXTURE_MEAN + contrast * (t - 1/2)`` of a texture in local coordinates (frame units), t in
     [0, 1] symmetric about 1/2, scrolled by ``phase`` periods ((T, 1, 1) or a scalar). The texture's mean, and so
     the actor's mean colour, depends on neither phase nor contrast."""
@@ -383,7 +384,7 @@ def _shade(texture: str, u: np.ndarray, v: np.ndarray, period: float, phase: np.
         t = 0.5 + 0.5 * np.sin(w * np.sqrt(u * u + v * v) - p)
     else:
         raise ValueError(f"unknown texture {texture!r}")
-    return TEXTURE_MEAN + np.asarray(contrast, dtype=np.float32) * (t - np.float32(0.5))
+    return TEXTURE_MEAN + np.float32(contrast) * (t - np.float32(0.5))
 
 
 def _composite(img: np.ndarray, obj: _Object, coords: np.ndarray, pixels_per_unit: float) -> None:
@@ -399,10 +400,11 @@ def _composite(img: np.ndarray, obj: _Object, coords: np.ndarray, pixels_per_uni
     dist = _sdf(obj.shape, u / r, v / r) * r
     alpha = np.clip(f32(0.5) - dist * f32(pixels_per_unit), 0.0, 1.0)
     phase = np.asarray(obj.phase, dtype=f32)
-    contrast = np.asarray(obj.contrast, dtype=f32)
-    shade = _shade(obj.texture, u, v, obj.period, phase.reshape(-1, 1, 1) if phase.ndim else phase,
-                   contrast.reshape(-1, 1, 1) if contrast.ndim else contrast)
+    shade = _shade(obj.texture, u, v, obj.period, phase.reshape(-1, 1, 1) if phase.ndim else phase, obj.contrast)
     colour = obj.colour.astype(f32)
+    whiten = np.asarray(obj.whiten, dtype=f32)
+    if whiten.ndim:
+        colour = colour + whiten.reshape(-1, 1, 1, 1) * (f32(1.0) - colour)  # (T, 1, 1, 3)
     alpha = alpha[..., None]
     img *= 1.0 - alpha
     img += alpha * (np.asarray(shade, dtype=f32)[..., None] if np.ndim(shade) else f32(shade)) * colour
@@ -460,7 +462,7 @@ def _actor(rng: np.random.Generator, t: np.ndarray, env: np.ndarray, cls: Action
            profile: SynthProfile) -> _Object:
     """The class's object: always present, wandering slowly and fidgeting a little (always); inside the actions
     (``env`` > 0) its texture scrolls inside the unchanged silhouette. Position, outline and mean colour do not
-    depend on ``env``; in a ``cue_fraction`` of scenes the texture contrast also rises with ``env`` (the weak,
+    depend on ``env``, except that in a ``cue_fraction`` of scenes the actor also turns paler with ``env`` (the weak,
     single-frame cue)."""
     r0 = rng.uniform(*profile.actor_radius)
     cx = rng.uniform(0.32, 0.68) + 0.025 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
@@ -476,12 +478,11 @@ def _actor(rng: np.random.Generator, t: np.ndarray, env: np.ndarray, cls: Action
     # the phase is the integral of the speed: it holds still outside the actions and never jumps
     phase = rng.uniform(0, 1) + speed * np.concatenate([[0.0], np.cumsum(env[:-1])])
     cued = rng.random() < profile.cue_fraction
-    c0 = profile.texture_contrast
-    contrast = c0 + (profile.cue_contrast - c0) * env if cued else np.full(len(t), c0)
+    whiten = profile.cue_whiten * env if cued else 0.0
     a = cls.appearance
     colour = np.clip(np.array(COLOURS[a.colour]) * rng.uniform(0.85, 1.05) + rng.normal(0, 0.03, 3), 0.0, 1.0)
     return _Object(a.shape, colour, a.texture, profile.texture_periods[PERIOD_NAMES.index(a.period)],
-                   cx, cy, radius, angle, phase, contrast)
+                   cx, cy, radius, angle, phase, profile.texture_contrast, whiten)
 
 
 def _to_uint8(img: np.ndarray, supersample: int) -> np.ndarray:
