@@ -1,11 +1,15 @@
 """The built-in synthetic TAL benchmark: videos, ActivityNet-layout annotations and the two pre-training sources.
 
 Design (``docs/synthetic.md``): an "actor" whose appearance (shape x colour x texture) names the class is visible
-for the whole video and performs its class's periodic motion only inside the action segments, over a drifting
-background with always-moving distractors. Classes are therefore recognisable from one frame, but boundaries need
-temporal cues. The segment layout of every video is copied (with jitter) from a real ActivityNet-1.3 training
-video (``load_anet_structure``). The ACP source holds trimmed clips (motion always on) of *other* combinations of
-the same vocabulary; the ICP source holds still images of shape x texture objects.
+for the whole video over a drifting background with always-moving distractors. The action is its texture
+*scrolling inside the unchanged silhouette*: position, outline and mean colour are the same inside and outside the
+action, so one frame cannot show it and a frozen encoder trained to classify trimmed clips (where the texture
+always scrolls) has no reason to keep it, while an encoder trained end to end with the TAL loss can learn it from
+frame differences. A weaker, partly reliable single-frame cue (the actor turns paler inside the actions in half
+the videos) gives frozen encoders something to localise with. The segment layout of every video is copied (with
+jitter) from a real ActivityNet-1.3 training video (``load_anet_structure``). The ACP source holds trimmed clips
+(texture always scrolling) of *other* combinations of the same vocabulary; the ICP source holds still images of
+shape x texture objects.
 
 Everything is a pure function of (profile, seed): the plan (classes, videos, segments) is drawn first from named
 streams (``harness.seeding``), and each file's pixels from a stream seeded by (seed, file id), so a resumed run
@@ -71,12 +75,12 @@ class SynthProfile:
     actor_radius: tuple[float, float] = (0.15, 0.22)
     # fine, medium, coarse (3.8 / 5.8 / 9 px at 64^2): r_s = 2 takes the fine one below Nyquist, r_s = sqrt 2 and
     # r_s = 2 thin the medium one; the coarse one survives every reduction of the paper
-    texture_periods: tuple[float, float, float] = (0.06, 0.09, 0.14)
+    texture_periods: tuple[float, float, float] = (0.08, 0.12, 0.18)
     texture_contrast: float = 0.7  # shade = 0.6 + contrast * (t - 1/2): the mean brightness never depends on it
     # the weak appearance cue: in this fraction of videos the actor's colour moves this fraction of the way to
     # white inside the actions (paler, brighter); one frame shows it, the other videos show nothing in one frame
     cue_fraction: float = 0.5
-    cue_whiten: float = 0.5
+    cue_whiten: float = 0.7
     fidget: float = 0.06  # idle positional jitter, always on, in actor radii
 
 
@@ -87,7 +91,7 @@ PROFILES: Mapping[str, SynthProfile] = MappingProxyType({
         num_clip_classes=4, clips_per_class=6, clip_frames=16, num_image_classes=4, images_per_class=8,
     ),
     "default": SynthProfile(
-        name="default", num_classes=8, num_training=160, num_validation=60, num_testing=60,
+        name="default", num_classes=8, num_training=160, num_validation=60, num_testing=240,
         frame_size=64, fps=8.0, min_frames=96, max_frames=128,
         num_clip_classes=8, clips_per_class=40, clip_frames=16, num_image_classes=8, images_per_class=100,
     ),
