@@ -15,6 +15,10 @@ the ``validation`` videos (never ``testing``): ROC AUC for
 each on the raw features and on features minus their video's mean ("demeaned": what is left once the video's
 class and scene are taken out, i.e. what a head can use to place boundaries inside one video). "zeros" (the
 blind control) gives 0.5 by construction; an encoder worth localising with is clearly above it.
+
+On the synthetic benchmark the probes are also fitted and scored separately on the videos *without* the weak
+single-frame cue (``main_*``: only the texture scroll can mark the action there, so this measures the temporal
+cue alone) and on the videos *with* it (``weak_*``).
 """
 
 from __future__ import annotations
@@ -111,6 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     val = list(ds.subset(cfg.data.val_subset))
     fps_of = lambda v: float(v.fps or 8.0)  # noqa: E731
     frames_of = lambda v: int(round(v.duration * fps_of(v)))  # noqa: E731
+    groups = {"": (train, val)}
+    if cfg.data.synthetic_profile:
+        from harness.data import synthetic as S
+
+        plan = S.make_plan(cfg.data.synthetic_profile, cfg.data.synthetic_seed)
+        by_id = {v.id: v for v in plan.videos}
+        cued = {v.id: np.ndim(S.video_scene(plan, by_id[v.id]).actor.whiten) > 0 for v in (*train, *val)}
+        groups["main_"] = ([v for v in train if not cued[v.id]], [v for v in val if not cued[v.id]])
+        groups["weak_"] = ([v for v in train if cued[v.id]], [v for v in val if cued[v.id]])
+
+    def probe_all(feats):
+        out = {}
+        for prefix, (tr, va) in groups.items():
+            out.update({prefix + k: v for k, v in probe(feats, tr, va, fps_of, frames_of).items()})
+        return out
+
     results = {}
     sources = [(str(p), "features", p) for p in args.features] + [(str(p), "encoder", p) for p in args.encoder]
     for name, kind, path in sources:
@@ -119,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             feats = {v.id: np.load(path / "videos" / f"{v.id}.npy") for v in (*train, *val)}
         else:
             feats = extract(cfg, path, [*train, *val])
-        results[name] = probe(feats, train, val, fps_of, frames_of)
+        results[name] = probe_all(feats)
         if name == sources[0][0]:  # the blind control once: the same probe on all-zero features
             zeros = {k: np.zeros_like(f) for k, f in feats.items()}
             results["zeros"] = probe(zeros, train, val, fps_of, frames_of)

@@ -72,7 +72,7 @@ class SynthProfile:
     boundary_jitter: float = 0.01  # sd of the jitter added to the real relative boundaries (fraction of video)
     min_segment_frames: int = 2
     max_distractors: int = 2
-    actor_radius: tuple[float, float] = (0.15, 0.22)
+    actor_radius: tuple[float, float] = (0.2, 0.28)
     # fine, medium, coarse (3.8 / 5.8 / 9 px at 64^2): r_s = 2 takes the fine one below Nyquist, r_s = sqrt 2 and
     # r_s = 2 thin the medium one; the coarse one survives every reduction of the paper
     texture_periods: tuple[float, float, float] = (0.08, 0.12, 0.18)
@@ -81,7 +81,7 @@ class SynthProfile:
     # white inside the actions (paler, brighter); one frame shows it, the other videos show nothing in one frame
     cue_fraction: float = 0.5
     cue_whiten: float = 0.7
-    fidget: float = 0.06  # idle positional jitter, always on, in actor radii
+    fidget: float = 0.0  # idle positional jitter, always on, in actor radii (v2: 0.12)
 
 
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType({
