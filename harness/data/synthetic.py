@@ -1,11 +1,15 @@
 """The built-in synthetic TAL benchmark: videos, ActivityNet-layout annotations and the two pre-training sources.
 
 Design (``docs/synthetic.md``): an "actor" whose appearance (shape x colour x texture) names the class is visible
-for the whole video and performs its class's periodic motion only inside the action segments, over a drifting
-background with always-moving distractors. Classes are therefore recognisable from one frame, but boundaries need
-temporal cues. The segment layout of every video is copied (with jitter) from a real ActivityNet-1.3 training
-video (``load_anet_structure``). The ACP source holds trimmed clips (motion always on) of *other* combinations of
-the same vocabulary; the ICP source holds still images of shape x texture objects.
+for the whole video over a drifting background with always-moving distractors. The action is its texture
+*scrolling inside the unchanged silhouette*: position, outline and mean colour are the same inside and outside the
+action, so one frame cannot show it and a frozen encoder trained to classify trimmed clips (where the texture
+always scrolls) has no reason to keep it, while an encoder trained end to end with the TAL loss can learn it from
+frame differences. A weaker, partly reliable single-frame cue (the actor turns paler inside the actions in half
+the videos) gives frozen encoders something to localise with. The segment layout of every video is copied (with
+jitter) from a real ActivityNet-1.3 training video (``load_anet_structure``). The ACP source holds trimmed clips
+(texture always scrolling) of *other* combinations of the same vocabulary; the ICP source holds still images of
+shape x texture objects.
 
 Everything is a pure function of (profile, seed): the plan (classes, videos, segments) is drawn first from named
 streams (``harness.seeding``), and each file's pixels from a stream seeded by (seed, file id), so a resumed run
@@ -17,10 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the rendered content or the plan changes: directories made by an older generator are then refused
 # instead of being silently mixed with new files on resume.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -64,12 +69,20 @@ class SynthProfile:
     num_image_classes: int  # ICP source
     images_per_class: int
     supersample: int = 2  # render at supersample x the size, then box-average (anti-aliased edges and stripes)
-    ramp_frames: float = 2.0  # motion amplitude ramps in/out over this many frames, centred on each boundary
+    ramp_frames: float = 2.0  # the scroll speed ramps in/out over this many frames, centred on each boundary
     boundary_jitter: float = 0.01  # sd of the jitter added to the real relative boundaries (fraction of video)
     min_segment_frames: int = 2
     max_distractors: int = 2
-    actor_radius: tuple[float, float] = (0.13, 0.21)
-    texture_periods: tuple[float, float, float] = (0.045, 0.07, 0.11)  # fine, medium, coarse stripes
+    actor_radius: tuple[float, float] = (0.2, 0.28)
+    # fine, medium, coarse (3.8 / 5.8 / 9 px at 64^2): r_s = 2 takes the fine one below Nyquist, r_s = sqrt 2 and
+    # r_s = 2 thin the medium one; the coarse one survives every reduction of the paper
+    texture_periods: tuple[float, float, float] = (0.08, 0.12, 0.18)
+    texture_contrast: float = 0.7  # shade = 0.6 + contrast * (t - 1/2): the mean brightness never depends on it
+    # the weak appearance cue: in this fraction of videos the actor's colour moves this fraction of the way to
+    # white inside the actions (paler, brighter); one frame shows it, the other videos show nothing in one frame
+    cue_fraction: float = 0.5
+    cue_whiten: float = 0.7
+    fidget: float = 0.0  # idle positional jitter, always on, in actor radii (v2: 0.12)
 
 
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
@@ -95,7 +108,7 @@ PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
             num_classes=8,
             num_training=160,
             num_validation=60,
-            num_testing=60,
+            num_testing=240,
             frame_size=64,
             fps=8.0,
             min_frames=96,
@@ -136,21 +149,11 @@ COLOURS: Mapping[str, tuple[float, float, float]] = MappingProxyType(
 )
 TEXTURES = ("stripes0", "stripes45", "stripes90", "stripes135", "checker", "rings")
 PERIOD_NAMES = ("fine", "medium", "coarse")
-MOTIONS = ("sway", "bob", "orbit", "spin", "pulse", "wobble")
-MOTION_FREQUENCIES = (0.6, 0.9, 1.3, 1.8)  # Hz; at 8 fps the fastest has a period of 4.4 frames
-# amplitude range per motion: radii for translations, relative scale for pulse, radians for wobble, radians per
-# cycle for spin
-MOTION_AMPLITUDES: Mapping[str, tuple[float, float]] = MappingProxyType(
-    {
-        "sway": (0.35, 0.6),
-        "bob": (0.35, 0.6),
-        "orbit": (0.3, 0.5),
-        "pulse": (0.18, 0.3),
-        "wobble": (0.45, 0.7),
-        "spin": (1.6, 2.4),
-    }
-)
-TEXTURE_CONTRAST = 0.6  # shade in [1 - contrast, 1]
+# The action: the texture scrolls inside the fixed silhouette (stripes across themselves, checkers along one
+# axis, rings outwards or inwards) at this many texture periods per frame. Two frames 2 apart (one snippet's
+# F = 2 frames at stride 2) differ by 0.3-0.7 periods: far from a whole period, so the change is always visible.
+SCROLL_SPEEDS = (0.15, 0.2, 0.28, 0.35)
+TEXTURE_MEAN = 0.6  # mean shade of every texture (and of "flat")
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,9 @@ class Appearance:
 
 @dataclass(frozen=True)
 class Motion:
-    kind: str
-    frequency: float  # Hz
-    amplitude: float
+    """The class's action: its texture scrolls at ``speed`` texture periods per frame (the sign is the direction)."""
+
+    speed: float
 
 
 @dataclass(frozen=True)
@@ -218,20 +221,9 @@ class SynthPlan:
     class_by_name: Mapping[str, ActionClass] = field(repr=False, default_factory=dict)
 
 
-def _draw_motion(rng: np.random.Generator, kind: str, frequency: float) -> Motion:
-    low, high = MOTION_AMPLITUDES[kind]
-    return Motion(kind=kind, frequency=frequency, amplitude=round(float(rng.uniform(low, high)), 3))
-
-
-def _pick_motion(rng: np.random.Generator, appearance: Appearance, preferred: Sequence[str]) -> str:
-    """The first motion in ``preferred`` that is visible on ``appearance`` (rotating a disc or ring that is flat or
-    has concentric rings changes no pixel), else a random visible one."""
-    symmetric = appearance.shape in ("disc", "ring") and appearance.texture in ("flat", "rings")
-    visible = [m for m in MOTIONS if not (symmetric and m in ("spin", "wobble"))]
-    for kind in preferred:
-        if kind in visible:
-            return kind
-    return visible[int(rng.integers(len(visible)))]
+def _draw_motion(rng: np.random.Generator) -> Motion:
+    speed = SCROLL_SPEEDS[int(rng.integers(len(SCROLL_SPEEDS)))]
+    return Motion(speed=speed if rng.random() < 0.5 else -speed)
 
 
 def make_classes(
@@ -241,7 +233,8 @@ def make_classes(
 
     Target classes come in pairs sharing shape and colour and differing in texture, so part of the class
     information sits in fine texture, which lower resolutions blur gradually. Clip classes are other
-    (shape, colour, texture) combinations of the same vocabulary; their motions are drawn from the same list.
+    (shape, colour, texture) combinations of the same vocabulary; their scroll speeds are drawn from the same list.
+    Every class is textured ("flat" has nothing to scroll): the action is visible on every actor.
     """
     rng = numpy_rng(seed, "synthetic", "classes")
     bases = [(s, c) for s in SHAPES for c in COLOURS]
@@ -250,9 +243,6 @@ def make_classes(
     if profile.num_classes < 1 or n_total > len(bases) * len(textures):
         raise LofiError(f"profile '{profile.name}': {n_total} classes do not fit the vocabulary; use fewer")
     base_order = rng.permutation(len(bases))
-    # target motions: kinds as distinct as the vocabulary allows, so a class's temporal signature is its own
-    kind_order = rng.permutation(len(MOTIONS))
-    taken: set[str] = set()
     targets: list[ActionClass] = []
     used: set[Appearance] = set()
     for i in range(profile.num_classes):
@@ -263,10 +253,7 @@ def make_classes(
             if appearance not in used:
                 break
         used.add(appearance)
-        kind = _pick_motion(rng, appearance, [MOTIONS[k] for k in kind_order if MOTIONS[k] not in taken])
-        taken.add(kind)
-        frequency = MOTION_FREQUENCIES[rng.integers(len(MOTION_FREQUENCIES))]
-        targets.append(ActionClass(appearance.name, appearance, _draw_motion(rng, kind, frequency)))
+        targets.append(ActionClass(appearance.name, appearance, _draw_motion(rng)))
     others: list[ActionClass] = []
     while len(others) < profile.num_clip_classes:
         shape, colour = bases[rng.integers(len(bases))]
@@ -275,9 +262,7 @@ def make_classes(
         if appearance in used:
             continue
         used.add(appearance)
-        kind = _pick_motion(rng, appearance, [MOTIONS[k] for k in rng.permutation(len(MOTIONS))])
-        frequency = MOTION_FREQUENCIES[rng.integers(len(MOTION_FREQUENCIES))]
-        others.append(ActionClass(appearance.name, appearance, _draw_motion(rng, kind, frequency)))
+        others.append(ActionClass(appearance.name, appearance, _draw_motion(rng)))
     objects = [(s, t, p) for s in SHAPES for t in (*TEXTURES, "flat") for p in PERIOD_NAMES]
     if profile.num_image_classes > len(objects):
         raise LofiError(f"profile '{profile.name}': num_image_classes > {len(objects)}; use fewer")
@@ -384,6 +369,9 @@ class _Object:
     cy: np.ndarray
     radius: np.ndarray
     angle: np.ndarray  # radians
+    phase: np.ndarray | float = 0.0  # (T,) texture scroll, in texture periods
+    contrast: np.ndarray | float = 0.5  # texture contrast
+    whiten: np.ndarray | float = 0.0  # (T,) fraction of the way from ``colour`` to white (the weak cue)
 
 
 def motion_envelope(
@@ -426,22 +414,26 @@ def _sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return d - apothem
 
 
-def _shade(texture: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray | float:
-    """Brightness in [1 - TEXTURE_CONTRAST, 1] of a texture in local coordinates (frame units)."""
-    w = 2 * math.pi / period
+def _shade(
+    texture: str, u: np.ndarray, v: np.ndarray, period: float, phase: np.ndarray | float = 0.0, contrast: float = 0.5
+) -> np.ndarray | float:
+    """Brightness ``TEXTURE_MEAN + contrast * (t - 1/2)`` of a texture in local coordinates (frame units), t in
+    [0, 1] symmetric about 1/2, scrolled by ``phase`` periods ((T, 1, 1) or a scalar). The texture's mean, and so
+    the actor's mean colour, depends on neither phase nor contrast."""
+    w = np.float32(2 * math.pi / period)
     if texture == "flat":
-        return 1.0
+        return TEXTURE_MEAN
+    p = np.float32(2 * math.pi) * np.asarray(phase, dtype=np.float32)
     if texture.startswith("stripes"):
         theta = math.radians(int(texture[len("stripes") :]))
-        t = 0.5 + 0.5 * np.sin(w * (u * math.cos(theta) + v * math.sin(theta)))
-    elif texture == "checker":
-        t = 0.5 + 0.5 * np.sin(w * u) * np.sin(w * v) * 1.8  # sharper than a product of sines
-        t = np.clip(t, 0.0, 1.0)
-    elif texture == "rings":
-        t = 0.5 + 0.5 * np.sin(w * np.sqrt(u * u + v * v))
+        t = 0.5 + 0.5 * np.sin(w * (u * np.float32(math.cos(theta)) + v * np.float32(math.sin(theta))) - p)
+    elif texture == "checker":  # scrolls along one axis (along the diagonal, half a period would look the same)
+        t = 0.5 + 0.5 * np.clip(np.sin(w * u - p) * np.sin(w * v) * 1.8, -1.0, 1.0)
+    elif texture == "rings":  # rings travel outwards (or inwards)
+        t = 0.5 + 0.5 * np.sin(w * np.sqrt(u * u + v * v) - p)
     else:
         raise ValueError(f"unknown texture {texture!r}")
-    return 1.0 - TEXTURE_CONTRAST * (1.0 - t)
+    return TEXTURE_MEAN + np.float32(contrast) * (t - np.float32(0.5))
 
 
 def _composite(img: np.ndarray, obj: _Object, coords: np.ndarray, pixels_per_unit: float) -> None:
@@ -456,8 +448,12 @@ def _composite(img: np.ndarray, obj: _Object, coords: np.ndarray, pixels_per_uni
     r = obj.radius.astype(f32)[:, None, None]
     dist = _sdf(obj.shape, u / r, v / r) * r
     alpha = np.clip(f32(0.5) - dist * f32(pixels_per_unit), 0.0, 1.0)
-    shade = _shade(obj.texture, u, v, obj.period)
+    phase = np.asarray(obj.phase, dtype=f32)
+    shade = _shade(obj.texture, u, v, obj.period, phase.reshape(-1, 1, 1) if phase.ndim else phase, obj.contrast)
     colour = obj.colour.astype(f32)
+    whiten = np.asarray(obj.whiten, dtype=f32)
+    if whiten.ndim:
+        colour = colour + whiten.reshape(-1, 1, 1, 1) * (f32(1.0) - colour)  # (T, 1, 1, 3)
     alpha = alpha[..., None]
     img *= 1.0 - alpha
     img += alpha * (np.asarray(shade, dtype=f32)[..., None] if np.ndim(shade) else f32(shade)) * colour
@@ -517,42 +513,39 @@ def _distractors(rng: np.random.Generator, t: np.ndarray, profile: SynthProfile)
 def _actor(
     rng: np.random.Generator, t: np.ndarray, env: np.ndarray, cls: ActionClass, profile: SynthProfile
 ) -> _Object:
-    """The class's object: always present, slowly wandering; its class motion is scaled by ``env``."""
-    n = len(t)
+    """The class's object: always present, wandering slowly and fidgeting a little (always); inside the actions
+    (``env`` > 0) its texture scrolls inside the unchanged silhouette. Position, outline and mean colour do not
+    depend on ``env``, except that in a ``cue_fraction`` of scenes the actor also turns paler with ``env`` (the weak,
+    single-frame cue)."""
     r0 = rng.uniform(*profile.actor_radius)
     cx = rng.uniform(0.32, 0.68) + 0.025 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
     cy = rng.uniform(0.32, 0.68) + 0.025 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
     angle = rng.uniform(0, 2 * math.pi) + 0.05 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t)
-    # idle fidget, always on: the actor is never perfectly still, so "something moves near the actor" is not
-    # enough to find the action; the class's faster, larger periodic motion is
+    # idle fidget, always on: the actor is never perfectly still, so "the texture moves in the frame" is not
+    # enough to find the action; the texture moving *relative to the outline* is
     for axis in range(2):
-        fidget = 0.12 * r0 * np.sin(2 * math.pi * rng.uniform(0.2, 0.4) * t + rng.uniform(0, 6.3))
+        fidget = profile.fidget * r0 * np.sin(2 * math.pi * rng.uniform(0.2, 0.4) * t + rng.uniform(0, 6.3))
         cx, cy = (cx + fidget, cy) if axis == 0 else (cx, cy + fidget)
-    radius = np.full(n, r0)
-    m = cls.motion
-    amp = m.amplitude * rng.uniform(0.9, 1.1)
-    phase = 2 * math.pi * m.frequency * t + rng.uniform(0, 2 * math.pi)
-    wave = env * np.sin(phase)
-    if m.kind == "sway":
-        cx = cx + amp * r0 * wave
-    elif m.kind == "bob":
-        cy = cy + amp * r0 * wave
-    elif m.kind == "orbit":
-        cx = cx + amp * r0 * env * np.cos(phase)
-        cy = cy + amp * r0 * wave
-    elif m.kind == "pulse":
-        radius = radius * (1.0 + amp * wave)
-    elif m.kind == "wobble":
-        angle = angle + amp * wave
-    elif m.kind == "spin":
-        direction = 1.0 if rng.random() < 0.5 else -1.0
-        angle = angle + direction * amp * m.frequency * np.cumsum(env) / profile.fps
-    else:
-        raise ValueError(f"unknown motion {m.kind!r}")
+    radius = np.full(len(t), r0)
+    speed = cls.motion.speed * rng.uniform(0.9, 1.1)
+    # the phase is the integral of the speed: it holds still outside the actions and never jumps
+    phase = rng.uniform(0, 1) + speed * np.concatenate([[0.0], np.cumsum(env[:-1])])
+    cued = rng.random() < profile.cue_fraction
+    whiten = profile.cue_whiten * env if cued else 0.0
     a = cls.appearance
     colour = np.clip(np.array(COLOURS[a.colour]) * rng.uniform(0.85, 1.05) + rng.normal(0, 0.03, 3), 0.0, 1.0)
     return _Object(
-        a.shape, colour, a.texture, profile.texture_periods[PERIOD_NAMES.index(a.period)], cx, cy, radius, angle
+        a.shape,
+        colour,
+        a.texture,
+        profile.texture_periods[PERIOD_NAMES.index(a.period)],
+        cx,
+        cy,
+        radius,
+        angle,
+        phase,
+        profile.texture_contrast,
+        whiten,
     )
 
 
@@ -616,7 +609,7 @@ def render_video(plan: SynthPlan, video: PlannedVideo) -> np.ndarray:
 
 
 def render_acp_clip(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
-    """A trimmed clip of an ACP class: the motion is on throughout (nothing to localise)."""
+    """A trimmed clip of an ACP class: the texture scrolls throughout (nothing to localise)."""
     p = plan.profile
     env = np.ones(p.clip_frames)
     return render_clip(numpy_rng(plan.seed, "synthetic", "clip", item.id), plan.class_by_name[item.label], env, p)
@@ -628,7 +621,7 @@ def render_image(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
     rng = numpy_rng(plan.seed, "synthetic", "image", item.id)
     cls = next(c for c in plan.image_classes if c.name == item.label)
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    as_action = ActionClass(cls.name, Appearance(cls.shape, colour, cls.texture, cls.period), Motion("sway", 1.0, 0.0))
+    as_action = ActionClass(cls.name, Appearance(cls.shape, colour, cls.texture, cls.period), Motion(0.0))
     return render_clip(rng, as_action, np.zeros(1), p)[0]
 
 
