@@ -177,6 +177,7 @@ def run_all(
             times[f"pretrain_{slug(stage.variant)}" if stage.kind == "pretrain" else stage.kind] = (
                 time.perf_counter() - t0
             )
+        scores = _class_scores_path(cfg, plan)
         t0 = time.perf_counter()
         metrics = run_head(
             cfg,
@@ -187,7 +188,7 @@ def run_all(
             data=data,
             parent_run_id=pid,
             on_epoch=on_epoch,
-            class_scores=_class_scores_path(cfg, plan),
+            class_scores=scores,
         )
         if plan.head in todo:
             times["head"] = time.perf_counter() - t0
@@ -229,7 +230,7 @@ def run_all(
             **_memory(cfg, mode),
             **{f"time_{k}_s": v for k, v in times.items()},
             "proposals": str((plan.head.folder / "proposals_testing.json").resolve()),
-            "class_scores": str(_class_scores_path(cfg, plan).resolve()) if _class_scores_path(cfg, plan) else None,
+            "class_scores": str(scores.resolve()) if scores else None,
             "predictions": str((plan.head.folder / "predictions_testing.json").resolve()),
             "ground_truth": str(cfg.data.annotations_path().resolve()),
         }
