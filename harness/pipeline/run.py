@@ -36,12 +36,6 @@ def mode_fidelities(cfg: ExperimentConfig, mode: str) -> list[tuple[str, float, 
     return [(cycle, *PAPER_RATIOS[cycle])]
 
 
-def check_fidelity(cfg: ExperimentConfig, mode: str) -> None:
-    """Fail fast (before any work) on a fidelity the mode cannot use."""
-    for _, r_t, r_s in mode_fidelities(cfg, mode):
-        fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, r_t, r_s)
-
-
 def _memory(cfg: ExperimentConfig, mode: str) -> dict[str, float]:
     """Activation bytes of one LoFi training step (batch 1) at the mode's fidelities, and at full fidelity.
 
@@ -138,7 +132,6 @@ def run_all(
     from harness.pipeline.data import load_stage_data
     from harness.pipeline.headtrain import run_head
 
-    check_fidelity(cfg, mode)
     plan = plan_run(cfg, mode=mode, seed=seed, run_dir=out, stages_root=stages_root)
     # Before any work: a finished stage of another configuration in the way stops here, naming its folder.
     todo = [s for s in plan.stages if stage_done(s.folder, s.key) is None]
