@@ -42,7 +42,7 @@ _OS_FIXES = {
     errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
     errno.ENOENT: "not found; check the path",
     errno.ENAMETOOLONG: "file name too long; use a shorter --out or shorter ids",
-    errno.EEXIST: "already exists; remove it or choose another path",
+    errno.EEXIST: "already exists (e.g. a file where a folder is needed); remove it or choose another path",
     errno.ENOTEMPTY: "folder not empty; remove it or choose another path",
 }
 

@@ -171,11 +171,13 @@ def run_all(
         if row is not None:
             log.info("%s seed %d: already finished (%s)", mode, seed, out)
             return row
+    # the dataset and frame source, built once for every stage; read before --out is created, so that a bad
+    # annotation file leaves no trace
+    data = load_stage_data(cfg.data) if todo else None
     out.mkdir(parents=True, exist_ok=True)
     remove_orphans(out)  # row.json / metrics.json temporaries of a killed run (the stages clean their own)
     times: dict[str, float] = {}
     chash = config_hash(cfg, mode, seed)
-    data = load_stage_data(cfg.data) if todo else None  # the dataset and frame source, built once for every stage
     with start_run(
         cfg.tracking,
         run_name=f"{cfg.data.name}/{cfg.encoder.name}/{cfg.head.name}/{mode}/seed{seed}",
