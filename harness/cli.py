@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None:
             raise  # a bug, not the input: keep the traceback
         logging.getLogger("harness.cli").debug("traceback of the error below", exc_info=True)
-        print(f"lofi: error: {message}", file=sys.stderr)
+        clear = "\r\033[K" if sys.stderr.isatty() else ""  # a progress bar the error interrupted
+        print(f"{clear}lofi: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -29,21 +29,20 @@ class PredictionError(LofiError):
 # ---------------------------------------------------------------------------------------------------------------
 # Exceptions a user causes that are not LofiErrors: the CLI turns them into one line too (see ``user_message``).
 
-_OS_FIXES = {
-    errno.ENOSPC: "no space left on the device; free space (or point --out / data.cache_dir elsewhere) and re-run "
-    "the same command: finished stages and epochs are kept",
-    errno.EDQUOT: "disk quota exceeded; free space or point --out / data.cache_dir elsewhere, then re-run",
-    errno.EFBIG: "file too large for this file system or process limit (ulimit -f); write elsewhere",
-    errno.EACCES: "permission denied; choose a folder you can write (--out, data.cache_dir, tracking.uri) "
-    "or fix its permissions",
-    errno.EPERM: "operation not permitted; choose a folder you can write or fix its permissions",
-    errno.EROFS: "read-only file system; choose a writable folder (--out, data.cache_dir, tracking.uri)",
-    errno.EISDIR: "is a folder where a file is expected; pass the file's path",
+_OS_FIXES = {  # the fix; the system's own words (strerror) say what happened
+    errno.ENOSPC: "free space (or point --out / data.cache_dir elsewhere) and re-run the same command: finished "
+    "stages and epochs are kept",
+    errno.EDQUOT: "free space or point --out / data.cache_dir elsewhere, then re-run",
+    errno.EFBIG: "the file system or a process limit (ulimit -f) caps the file size; write elsewhere",
+    errno.EACCES: "choose a folder you can write (--out, data.cache_dir, tracking.uri) or fix its permissions",
+    errno.EPERM: "choose a folder you can write (--out, data.cache_dir, tracking.uri) or fix its permissions",
+    errno.EROFS: "choose a writable folder (--out, data.cache_dir, tracking.uri)",
+    errno.EISDIR: "a folder is where a file is expected; pass the file's path",
     errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
-    errno.ENOENT: "not found; check the path",
-    errno.ENAMETOOLONG: "file name too long; use a shorter --out or shorter ids",
-    errno.EEXIST: "already exists (e.g. a file where a folder is needed); remove it or choose another path",
-    errno.ENOTEMPTY: "folder not empty; remove it or choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "use a shorter --out or shorter ids",
+    errno.EEXIST: "a file may be where a folder is needed; remove it or choose another path",
+    errno.ENOTEMPTY: "remove it or choose another path",
 }
 
 # Exceptions of the tracking/search stores (raised inside MLflow, SQLAlchemy, sqlite3, Optuna's storages) are

@@ -35,7 +35,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as exc:
+            if exc.filename is None:  # a failed write() names no file: name the output (the CLI prints it)
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc
+            raise
         # mkstemp creates 0600 files; give outputs the permissions an ordinary file would get
         umask = os.umask(0)
         os.umask(umask)

@@ -55,7 +55,8 @@ def sets(*overrides: str) -> list[str]:
 def refused(code: int, err: str, *needles: str) -> str:
     """Exit 2, exactly one error line, no traceback; the line holds every needle. Returns the line."""
     assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("lofi: error:")]
+    # a progress bar interrupted by the error may precede it on the same line (stderr is no terminal here)
+    lines = [line[line.index("lofi: error:") :] for line in err.splitlines() if "lofi: error:" in line]
     assert code == 2, (code, err)
     assert len(lines) == 1, err
     for needle in needles:
@@ -235,7 +236,7 @@ def test_config_schema_out_under_a_file(box: Sandbox, capsys: pytest.CaptureFixt
     refused(
         *cli(capsys, "config", "schema", "--out", blocker / "schema.json")[::2],
         str(blocker),
-        "a file where a folder is needed",
+        "a file may be where a folder is needed",
     )
 
 
@@ -547,6 +548,31 @@ def test_bit_rot_in_metrics_json(
     refused(*rerun(capsys, run, data_overrides)[::2], "metrics.json", "corrupt")
 
 
+@pytest.mark.parametrize("where", ["out", "cache", "schema"])
+def test_unwritable_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data_overrides: list[str], where: str
+) -> None:
+    """A real fault: a folder this process may not write (a fresh folder in /sys refuses mkdir, even for root;
+    chmod would not stop root). Every place a command writes: --out, the frame cache, a written file."""
+    denied = Path("/sys/lofi-trust-campaign")
+    try:
+        denied.mkdir()
+    except OSError:
+        pass
+    else:  # pragma: no cover - not Linux's sysfs
+        denied.rmdir()
+        pytest.skip("/sys is writable here")
+    if where == "schema":
+        code, _, err = cli(capsys, "config", "schema", "--out", denied / "schema.json")
+    else:
+        out = denied if where == "out" else tmp_path / "run"
+        extra = [] if where == "out" else [f"data.cache_dir={denied}"]
+        code, _, err = cli(
+            capsys, "-q", "run", "--config", SMOKE, "--mode", "acp", "--out", out, *sets(*data_overrides, *extra)
+        )
+    refused(code, err, str(denied), "choose a folder you can write")
+
+
 def test_out_is_an_existing_file(box: Sandbox, capsys: pytest.CaptureFixture[str], data_overrides: list[str]) -> None:
     box.out.mkdir()
     blocker = box.out / "row"
@@ -600,22 +626,27 @@ def test_real_write_failure_in_a_subprocess(tmp_path: Path, data_overrides: list
         *sets(*data_overrides),
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, preexec_fn=limit, timeout=300, cwd=tmp_path)
-    refused(proc.returncode, proc.stderr, "File too large")
+    refused(proc.returncode, proc.stderr, "encoder.pt", "File too large")
 
 
-def test_unwritable_tracking_store(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], finished: Path, data_overrides: list[str]
+@pytest.mark.parametrize("store", ["under-a-file", "not-a-database"])
+def test_broken_tracking_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], finished: Path, data_overrides: list[str], store: str
 ) -> None:
-    """An MLflow store that cannot be opened (its folder is a file) is one line, not a SQLAlchemy traceback."""
-    blocker = tmp_path / "store"
-    blocker.write_text("a file, not a folder")
+    """An MLflow store that cannot be opened is one line, not an OSError/SQLAlchemy traceback."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder, not a database")
+    uri, needles = {
+        "under-a-file": (f"sqlite:///{blocker}/mlflow.db", (str(blocker), "a file may be where a folder is needed")),
+        "not-a-database": (f"sqlite:///{blocker}", ("store error", "file is not a database", "tracking.uri")),
+    }[store]
     run = copy_run(finished, tmp_path / "run")
     (run / "row.json").unlink()
     shutil.rmtree(run / "head")
     overrides = [o for o in data_overrides if not o.startswith("tracking.")]
-    overrides += ["tracking.enabled=true", f"tracking.uri=sqlite:///{blocker}/mlflow.db"]
+    overrides += ["tracking.enabled=true", f"tracking.uri={uri}"]
     code, _, err = cli(capsys, "-q", "run", "--config", SMOKE, "--mode", "acp", "--out", run, *sets(*overrides))
-    refused(code, err, "tracking")
+    refused(code, err, *needles)
 
 
 # ================================================================================================ 6. loose ends
