@@ -195,19 +195,32 @@ def test_config_value_is_refused(box: Sandbox, capsys: pytest.CaptureFixture[str
     assert not (box.root / "PWNED").exists()
 
 
-@pytest.mark.parametrize(
-    ("override", "needle"),
-    [
-        ("lofi.optim.epochs=0", "lofi.optim.epochs"),
-        ("encoder.name=nope", "unknown encoder 'nope'"),
-        ("head.name=nope", "unknown head 'nope'"),
-    ],
-)
+RUN_CASES = [
+    ("lofi.optim.epochs=0", "lofi.optim.epochs"),
+    ("encoder.name=nope", "unknown encoder 'nope'"),
+    ("head.name=nope", "unknown head 'nope'"),
+    ("head.class_scores=inputs/nope.json", "head.class_scores"),
+    ("data.acp_source=", "encoder.checkpoint"),  # ACP from weights, but no weights file named
+    ("data.acp_source= encoder.checkpoint=inputs/nope.pth", "encoder.checkpoint = 'inputs/nope.pth'"),
+    ("data.train_subset=nosuch", "no videos in subset 'nosuch'"),
+    ("data.annotations=inputs/missing.json", "annotation file not found"),
+]
+
+
+@pytest.mark.parametrize(("override", "needle"), RUN_CASES, ids=[c[0] for c in RUN_CASES])
 def test_run_refuses_before_any_work(
     box: Sandbox, capsys: pytest.CaptureFixture[str], data_overrides: list[str], override: str, needle: str
 ) -> None:
     code, _, err = cli(
-        capsys, "run", "--config", SMOKE, "--mode", "lofi-long", "--out", box.out, *sets(*data_overrides, override)
+        capsys,
+        "run",
+        "--config",
+        SMOKE,
+        "--mode",
+        "lofi-long",
+        "--out",
+        box.out,
+        *sets(*data_overrides, *override.split()),
     )
     refused(code, err, needle)
     assert not box.out.exists()  # refused up front: no stage started

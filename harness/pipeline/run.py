@@ -118,6 +118,21 @@ def _class_scores_path(cfg: ExperimentConfig, plan: RunPlan) -> Path | None:
     return None if cfg.head.class_scores == "features" else Path(cfg.head.class_scores)
 
 
+def check_inputs(cfg: ExperimentConfig, plan: RunPlan, todo: list[Stage]) -> None:
+    """Files the config names that a stage to run will read, checked before any stage runs (not after hours)."""
+    weights = cfg.encoder.checkpoint
+    uses_weights = any(
+        s.kind == "pretrain" and s.variant == "acp" and not cfg.data.acp_source for s in todo
+    )  # ACP from published weights (real data)
+    if uses_weights and not weights:
+        raise LofiError(
+            "data.acp_source is empty, so ACP starts from published weights, but encoder.checkpoint is not set; "
+            "set encoder.checkpoint=PATH (e.g. TSM Kinetics-400 weights) or data.acp_source"
+        )
+    if uses_weights and not Path(weights).is_file():
+        raise LofiError(f"encoder.checkpoint = {weights!r}: no such file; download the weights there or fix the path")
+
+
 def skipped_videos(plan: RunPlan) -> list[str]:
     """The videos a run's stages skipped as undecodable (``data.skip_corrupt``), from their ``done.json``."""
     skipped: set[str] = set()
@@ -166,6 +181,7 @@ def run_all(
     plan = plan_run(cfg, mode=mode, seed=seed, run_dir=out, stages_root=stages_root)
     # Before any work: a finished stage of another configuration in the way stops here, naming its folder.
     todo = [s for s in plan.stages if stage_done(s.folder, s.key) is None]
+    check_inputs(cfg, plan, todo)
     if plan.head not in todo:
         row = _finished_row(out, plan.key)
         if row is not None:
