@@ -1,7 +1,9 @@
 """The `lofi` command line.
 
 Each module in ``harness/commands`` adds one command group through ``register(subparsers)``; this file only
-discovers them, sets up logging and turns user errors (``LofiError``) into one-line messages with exit status 2.
+discovers them, sets up logging and turns every error the user can cause (``LofiError``, and the ``OSError``s, malformed
+files and store errors that ``harness.errors.user_message`` recognises) into one-line messages with exit status 2.
+Any other exception is a bug: it keeps its traceback. ``-vv`` logs the traceback of a mapped error too.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
 from harness import __version__
-from harness.errors import LofiError
+from harness.errors import user_message
 
 EPILOG = """\
 typical use:
@@ -59,12 +62,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
-    except LofiError as exc:
-        print(f"lofi: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("lofi: interrupted; finished outputs are kept, re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lofi ... | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when exit flushes stdout
+        return 141
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise  # a bug, not the input: keep the traceback
+        logging.getLogger("harness.cli").debug("traceback of the error below", exc_info=True)
+        clear = "\r\033[K" if sys.stderr.isatty() else ""  # a progress bar the error interrupted
+        print(f"{clear}lofi: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -100,6 +100,10 @@ _PROBLEMS: dict[str, tuple[str, str]] = {  # pydantic error type -> (problem, fi
     "bool_type": ("expected true or false", "write true or false"),
     "string_type": ("expected a string", "write a string (quote it if YAML reads it as something else)"),
     "string_too_short": ("must not be empty", "give a non-empty value"),
+    "string_pattern_mismatch": (
+        "holds characters outside {pattern} (it becomes a file name and a command argument)",
+        "use letters, digits and _ . + - only (paths: also / : @ = , ~)",
+    ),
     "path_type": ("expected a path", "write a path string"),
     "tuple_type": ("expected a list", "write a list such as [1, 2]"),
     "too_short": ("has too few items", "give at least {min_length} item(s)"),

@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, MinLen
-from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from harness.config import YAML12_FLOAT, load_config, to_dict, yaml_load
@@ -42,6 +51,14 @@ Float = Annotated[float, Strict(), AllowInfNan(False), BeforeValidator(_number)]
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 Name = Annotated[str, Strict(), MinLen(1)]
+# Names that become file/folder names, MLflow names and command-line arguments of the workflow's shell commands
+# (encoder, head, dataset, subset names): plain words only, so no config value can leave a folder or reach a shell
+# as code, whatever quoting a rule uses.
+IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+Ident = Annotated[str, Strict(), MinLen(1), StringConstraints(pattern=IDENT_PATTERN)]
+# A folder of the sweep (sweep.results): a path, but without spaces, quotes or shell metacharacters ($ ` ; | & ...).
+SAFE_PATH_PATTERN = r"^[A-Za-z0-9_./+@=,:~-]+$"
+SafePath = Annotated[str, Strict(), MinLen(1), StringConstraints(pattern=SAFE_PATH_PATTERN)]
 Seed = Annotated[int, Strict(), Ge(0)]
 Ratio = Annotated[float, Strict(), AllowInfNan(False), Ge(1), BeforeValidator(_number)]  # Ge first: schema
 Mode = Literal[MODES]  # type: ignore[valid-type]
@@ -90,7 +107,7 @@ class ConfigModel(BaseModel):
 
 # ---------------------------------------------------------------------------------------------- the sections
 class DataConfig(ConfigModel):
-    name: Name = "synthetic"  # the dataset's name in tables: synthetic | activitynet | hacs | thumos14
+    name: Ident = "synthetic"  # the dataset's name in tables: synthetic | activitynet | hacs | thumos14
     # Synthetic benchmark: generated into `root` on first use when `synthetic_profile` is set.
     synthetic_profile: Str | None = "smoke"
     synthetic_seed: Seed = 0
@@ -99,13 +116,15 @@ class DataConfig(ConfigModel):
     layout: Name = "auto"  # annotation layout, see `lofi data stats --help`
     video_dir: Str = ""  # where video files are, relative to root, when annotations carry no "video" path
     video_ext: Str = ".mp4"
-    clip_segments: Bool = False
-    train_subset: Name = "training"
-    val_subset: Name = "validation"  # model selection / Optuna; never the test split
+    # segments past their video's end are clipped and counted (the official ActivityNet-1.3 file has 215);
+    # false = strict: such a segment stops the run (see harness/data/annotations.py)
+    clip_segments: Bool = True
+    train_subset: Ident = "training"
+    val_subset: Ident = "validation"  # model selection / Optuna; never the test split
     # > 0: move this fraction of train_subset (chosen by a hash of the video id, so fixed) into a new subset named
     # val_subset. For datasets whose reported split is their validation set (ActivityNet, HACS: test labels are private).
     val_holdout: Float = Field(0.0, ge=0, lt=1)
-    test_subset: Name = "testing"  # the split the tables report
+    test_subset: Ident = "testing"  # the split the tables report
     acp_source: Str = "clips/index.json"  # trimmed clips of other classes (relative to root); "" = use weights
     icp_source: Str = "images/index.json"  # still images (relative to root); "" = use timm ImageNet weights
     cache_dir: Path = Path(".cache/frames")
@@ -150,7 +169,7 @@ class FidelityConfig(ConfigModel):
 
 
 class EncoderConfig(ConfigModel):
-    name: Name = "tsm_resnet_tiny"
+    name: Ident = "tsm_resnet_tiny"
     pretrained: Bool = False  # timm ImageNet weights by model name (needs the hub)
     checkpoint: Str = ""  # local weights file (timm / plain state dict / TSM K400 layout)
     shift_over: Literal["snippet", "video"] = "video"
@@ -200,24 +219,26 @@ class PretrainConfig(ConfigModel):
 
 
 class LofiConfig(ConfigModel):
-    head: Name = "gtad"  # the TAL head trained with the encoder (features are shared by every final head)
+    head: Ident = "gtad"  # the TAL head trained with the encoder (features are shared by every final head)
     optim: OptimConfig = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=1e-4, epochs=3, batch_size=16)
     c_l: Int = Field(1, ge=1)
     c_s: Int = Field(16, ge=1)
     r_t: Ratio = 1.0  # `lofi-custom` only
     r_s: Ratio = 1.0  # `lofi-custom` only
-    encoder_lr_scale: Float = Field(1.0, ge=0)  # encoder lr = optim.lr × this (head at optim.lr)
+    # encoder lr = optim.lr × this (head at optim.lr); 0 would leave the ACP encoder untouched and report it as LoFi
+    encoder_lr_scale: Float = Field(1.0, gt=0)
 
     fix_hints: ClassVar[dict[str, str]] = {
         "r_t": "use a ratio >= 1 (below 1 would exceed full fidelity)",
         "r_s": "use a ratio >= 1 (below 1 would exceed full fidelity)",
         "c_l": "switch fidelity every c_l >= 1 epochs",
         "c_s": "switch fidelity every c_s >= 1 mini-batches",
+        "encoder_lr_scale": "use a positive scale (the frozen ACP encoder is the acp mode, not a LoFi run)",
     }
 
 
 class HeadConfig(ConfigModel):
-    name: Name = "gtad"
+    name: Ident = "gtad"
     max_duration: Int = Field(0, ge=0)  # 0 = L (every anchor 0 <= t_s < t_e <= L)
     # Widths and samples per proposal; the published heads' values are the defaults. The CPU synthetic benchmark
     # uses smaller ones: the published G-TAD costs seconds per step on 2 cores.
@@ -268,7 +289,7 @@ class PostConfig(ConfigModel):
 class TrackingConfig(ConfigModel):
     enabled: Bool = True
     uri: Str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db
-    experiment: Name = "lofi-bench"
+    experiment: Ident = "lofi-bench"
 
 
 class RuntimeConfig(ConfigModel):
@@ -307,9 +328,9 @@ class OptunaConfig(ConfigModel):
 class SweepConfig(ConfigModel):
     """What the Snakefile sweeps; single-run commands ignore it."""
 
-    results: Name = "results"
-    encoders: tuple[Name, ...] = Field(("tsm_resnet_tiny",), min_length=1)
-    heads: tuple[Name, ...] = Field(("gtad", "bmn"), min_length=1)
+    results: SafePath = "results"
+    encoders: tuple[Ident, ...] = Field(("tsm_resnet_tiny",), min_length=1)
+    heads: tuple[Ident, ...] = Field(("gtad", "bmn"), min_length=1)
     # e2e-full is the upper reference each LoFi row's share of the end-to-end gain is measured against
     ablation_modes: tuple[Mode, ...] = ("acp", "lofi-S", "lofi-T", "lofi-ST", "lofi-short", "lofi-long", "e2e-full")
     pretrain_modes: tuple[Mode, ...] = ("icp", "acp", "acp+", "lofi-long")

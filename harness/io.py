@@ -1,14 +1,29 @@
-"""Atomic file writes: a reader never sees a half-written output, and an interrupted write leaves the old file."""
+"""Atomic file writes: a reader never sees a half-written output, and an interrupted write leaves the old file.
+
+A temporary file is named ``.<target>.<host>-<pid>.<random>.tmp`` so that a later start can tell an orphan (its
+writer was killed: ``kill -9`` skips the cleanup below) from the live file of a concurrent writer on the same host:
+``remove_orphans`` deletes only the former.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+_TMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+FOREIGN_TMP_AGE_S = 24 * 3600  # a temporary file of another host (shared file system) is an orphan after a day
 
 
 @contextmanager
@@ -16,11 +31,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``path`` in one rename."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as exc:
+            if exc.filename is None:  # a failed write() names no file: name the output (the CLI prints it)
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc
+            raise
         # mkstemp creates 0600 files; give outputs the permissions an ordinary file would get
         umask = os.umask(0)
         os.umask(umask)
@@ -39,3 +59,78 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
+    """Write ``data`` through Python's file API, so a full disk is an ``OSError`` with its errno and file name."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_orphan(tmp: Path, now: float | None = None) -> bool:
+    """Whether a temporary file of ``atomic_path`` was left by a writer that no longer runs."""
+    m = _TMP_NAME.match(tmp.name)
+    if m and m["host"] == _HOST:
+        return not _pid_alive(int(m["pid"]))
+    try:
+        age = (time.time() if now is None else now) - tmp.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > FOREIGN_TMP_AGE_S  # another host's (or an old-style name): only once surely abandoned
+
+
+def remove_orphans(folder: str | os.PathLike[str]) -> int:
+    """Delete the orphaned temporary files under ``folder`` (recursively); returns how many were removed."""
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for tmp in root.rglob(".*.tmp"):
+        if tmp.is_file() and is_orphan(tmp):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by an interrupted run", root, removed)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------- names from data
+_FORBIDDEN = re.compile(r"[/\\\x00-\x1f\x7f]")
+MAX_NAME_BYTES = 200  # file names are at most 255 bytes; room for a suffix such as ".npy" or "-<hash>.npy"
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` (a video id, a class name) cannot become one file name inside a folder, or None if it can.
+
+    No separator (``/``, ``\\``), no control character, no leading dot (``..`` would leave the folder and a
+    hidden file is skipped by the ``*.npy`` globs that collect a stage's outputs), not empty, not too long."""
+    if not isinstance(name, str) or not name:
+        return f"{name!r} is not a non-empty string"
+    if _FORBIDDEN.search(name):
+        return f"{name!r} contains a path separator or a control character"
+    if name.startswith("."):
+        return f"{name!r} starts with a dot (it would name a hidden file or a parent folder)"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"{name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def child_path(folder: str | os.PathLike[str], name: str, suffix: str = "") -> Path:
+    """``folder/<name><suffix>``, refusing a ``name`` that would not stay one file inside ``folder``."""
+    problem = name_problem(name)
+    if problem is not None:
+        from harness.errors import LofiError
+
+        raise LofiError(f"{folder}: cannot use {problem} as a file name; fix the id in the annotation file")
+    return Path(folder) / f"{name}{suffix}"

@@ -327,9 +327,35 @@ def provenance(rows: pd.DataFrame) -> tuple[str, ...]:
     times = sorted(rows["row_time"].dropna()) if "row_time" in rows else []
     span = f"{times[0]} … {times[-1]}" if times else "unknown"
     generated = _dt.datetime.now(tz=_dt.UTC).isoformat(timespec="seconds")
+    skipped = skipped_note(rows)
     return (
         f"Provenance: {len(rows)} run(s); commit(s): {listing('commit')}; config hash(es): {listing('config_hash')}; "
         f"MLflow run id(s): {listing('mlflow_run_id')}; rows written {span}; table generated {generated}.",
+        *([skipped] if skipped else []),
+    )
+
+
+SKIPPED_SHOWN = 5  # video ids named in the note; the rows hold all of them
+
+
+def skipped_note(rows: pd.DataFrame) -> str:
+    """Which runs skipped undecodable videos (``data.skip_corrupt``), from the rows' ``skipped_videos``; "" if none."""
+    if "skipped_videos" not in rows:
+        return ""
+    parts = []
+    for _, row in rows.sort_values(["mode", "seed"]).iterrows():
+        ids = row["skipped_videos"]
+        if isinstance(ids, list) and ids:
+            more = f" (+{len(ids) - SKIPPED_SHOWN} more)" if len(ids) > SKIPPED_SHOWN else ""
+            parts.append(
+                f"{row['mode']} seed {row['seed']}: {len(ids)} ({', '.join(map(str, ids[:SKIPPED_SHOWN]))}{more})"
+            )
+    if not parts:
+        return ""
+    return (
+        "Skipped videos (undecodable, data.skip_corrupt): "
+        + "; ".join(parts)
+        + ". They are missing from training or from the predictions (scored as misses)."
     )
 
 

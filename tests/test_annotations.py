@@ -107,8 +107,8 @@ def test_activitynet_official_strict_mode_names_the_first_bad_video(anet_raw: di
     first_bad = next(vid for vid, v in anet_raw.items() if bad(v))
     path = ANET / "activity_net_v1-3_gt.json"
     with pytest.raises(AnnotationError) as err:
-        read_activitynet_json(path)
-    _assert_one_line(str(err.value), str(path), f"video {first_bad}:", "clip_segments=True")
+        read_activitynet_json(path, clip_segments=False)
+    _assert_one_line(str(err.value), str(path), f"video {first_bad}:", "strict mode")
 
 
 def test_bsn_layout_matches_official(anet_dataset: TALDataset) -> None:
@@ -216,7 +216,7 @@ def test_reads_optional_fps_video_and_ambiguous(tmp_path: Path) -> None:
 def test_activitynet_errors_name_file_and_video(tmp_path: Path, entry: dict[str, Any], words: str) -> None:
     path = _write(tmp_path / "gt.json", _anet({"ok1": _video(), "bad_vid": entry}))
     with pytest.raises(AnnotationError) as err:
-        read_annotations(path, layout="activitynet")
+        read_annotations(path, layout="activitynet", clip_segments=False)  # strict: the repairable ones too
     _assert_one_line(str(err.value), str(path), "video bad_vid:", words, ";")
 
 
@@ -266,14 +266,17 @@ def test_clip_segments_clips_and_warns_once(tmp_path: Path, caplog: pytest.LogCa
     }
     path = _write(tmp_path / "gt.json", _anet(videos))
     with pytest.raises(AnnotationError, match="video a:"):
-        read_annotations(path)
+        read_annotations(path, clip_segments=False)
     with caplog.at_level(logging.WARNING, logger="harness.data.annotations"):
-        ds = read_annotations(path, clip_segments=True)
+        ds = read_annotations(path)  # the default: clip, count, report
     np.testing.assert_array_equal(ds.videos["a"].segment_array(), [[0.0, 3.0], [8.0, 10.0], [2.0, 2.0]])
     np.testing.assert_array_equal(ds.videos["b"].segment_array(), [[1.0, 4.0], [4.0, 4.0]])
     assert len(caplog.records) == 1
     # clipped: [-0.25,3], [8,10.5], [1,4.2], [5,6]; zero-length kept: [2,2]
-    _assert_one_line(caplog.records[0].getMessage(), str(path), "clipped 4", "kept 1 zero-length")
+    _assert_one_line(
+        caplog.records[0].getMessage(), str(path), "clipped 4", "kept 1 zero-length", "a [8, 10.5] by 0.5 s"
+    )
+    assert ds.meta["repaired"] == {"clipped": 4, "zero_length": 1, "max_overshoot_s": 2.0}  # b's [5, 6]: 6 - 4
 
 
 def test_reversed_segment_is_an_error_even_when_clipping(tmp_path: Path) -> None:
@@ -464,6 +467,7 @@ def test_cli_stats_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         "videos": {"training": 2, "validation": 1, "testing": 1},
         "instances": 4,
         "classes": 2,
+        "repaired": {"clipped": 0, "zero_length": 0, "max_overshoot_s": 0.0},
     }
 
 
@@ -472,14 +476,15 @@ def test_cli_stats_table_and_clip_flag(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["-q", "data", "stats", "--annotations", str(path), "--clip-segments"]) == 0
     out = capsys.readouterr().out
     assert "validation" in out and "classes: 1" in out and "| subset" in out
+    assert "clipped to their video: 1 segment(s) (at most 1 s past the end)" in out
 
 
 def test_cli_stats_bad_file_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path / "gt.json", _anet({"vid7": _video(segments=[[1, 11]])}))
-    assert main(["data", "stats", "--annotations", str(path)]) == 2
+    assert main(["data", "stats", "--annotations", str(path), "--strict"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    _assert_one_line(err[0], "lofi: error:", str(path), "video vid7:", "--clip-segments")
+    _assert_one_line(err[0], "lofi: error:", str(path), "video vid7:", "without --strict")
 
 
 def test_cli_stats_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
@@ -487,4 +492,4 @@ def test_cli_stats_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
         main(["data", "stats", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "examples:" in out and "lofi data stats --annotations" in out and "--clip-segments" in out
+    assert "examples:" in out and "lofi data stats --annotations" in out and "--strict" in out

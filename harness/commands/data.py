@@ -16,11 +16,17 @@ from harness.data.model import SUBSETS, TALDataset
 STATS_EXAMPLE = """\
 examples:
   lofi data stats --annotations data/smoke/annotations.json
-  lofi data stats --annotations activity_net_v1-3_gt.json --clip-segments
-  lofi data stats --annotations anet_anno_action.json --video-info video_info_new.csv --clip-segments --json
+  lofi data stats --annotations activity_net_v1-3_gt.json
+  lofi data stats --annotations anet_anno_action.json --video-info video_info_new.csv --json
   lofi data stats --annotations val_Annotation.csv --layout thumos14-csv
+  lofi data stats --annotations my_annotations.json --strict
 
---json prints {"videos": {subset: n}, "instances": n, "classes": n}.
+Segments that end past their video (215 in the official ActivityNet-1.3 file) are clipped to [0, duration] and
+zero-length ones kept, as the official evaluator tolerates them; both are counted and reported. --strict refuses
+them instead.
+
+--json prints {"videos": {subset: n}, "instances": n, "classes": n, "repaired": {"clipped": n, "zero_length": n,
+"max_overshoot_s": s}}.
 """
 
 
@@ -57,11 +63,12 @@ def _register_stats(data_sub: argparse._SubParsersAction) -> None:
         help="BSN layout only: video_info_new.csv with the subsets (default: next to FILE)",
     )
     parser.add_argument(
-        "--clip-segments",
+        "--strict",
         action="store_true",
-        help="clip segments to [0, duration] and keep zero-length ones (needed for the real "
-        "ActivityNet files); default: such segments are errors",
+        help="refuse segments that lie outside their video or have zero length (default: clip them to "
+        "[0, duration], keep zero-length ones, count and report both)",
     )
+    parser.add_argument("--clip-segments", action="store_true", help="the default (kept for old scripts)")
     parser.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     parser.set_defaults(func=_stats)
 
@@ -70,7 +77,10 @@ def dataset_stats(dataset: TALDataset) -> dict[str, Any]:
     """``{"videos": {subset: n}, "instances": n, "classes": n}``, subsets in SUBSETS order."""
     counts = dataset.subset_counts()
     videos = {s: counts[s] for s in SUBSETS if s in counts}
-    return {"videos": videos, "instances": dataset.num_instances(), "classes": len(dataset.classes)}
+    out: dict[str, Any] = {"videos": videos, "instances": dataset.num_instances(), "classes": len(dataset.classes)}
+    if "repaired" in dataset.meta:
+        out["repaired"] = dict(dataset.meta["repaired"])  # type: ignore[call-overload]
+    return out
 
 
 def _stats_table(dataset: TALDataset) -> str:
@@ -83,12 +93,19 @@ def _stats_table(dataset: TALDataset) -> str:
             rows.append([subset, len(videos), sum(len(v.segments) for v in videos), hours])
     rows.append(["total", len(dataset.videos), dataset.num_instances(), ""])
     table = tabulate(rows, headers=["subset", "videos", "instances", "hours"], tablefmt="github")
-    return f"{dataset.source}\n{table}\nclasses: {len(dataset.classes)}"
+    text = f"{dataset.source}\n{table}\nclasses: {len(dataset.classes)}"
+    repaired = dataset.meta.get("repaired")
+    if isinstance(repaired, dict) and (repaired["clipped"] or repaired["zero_length"]):
+        text += (
+            f"\nclipped to their video: {repaired['clipped']} segment(s) (at most {repaired['max_overshoot_s']:.3g} s "
+            f"past the end); zero-length segments kept: {repaired['zero_length']} (--strict refuses both)"
+        )
+    return text
 
 
 def _stats(args: argparse.Namespace) -> int:
     dataset = read_annotations(
-        args.annotations, layout=args.layout, clip_segments=args.clip_segments, video_info=args.video_info
+        args.annotations, layout=args.layout, clip_segments=not args.strict, video_info=args.video_info
     )
     print(json.dumps(dataset_stats(dataset)) if args.json else _stats_table(dataset))
     return 0

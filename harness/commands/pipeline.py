@@ -73,11 +73,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(func=_stage)
 
 
+def check_registered(cfg, source: str) -> None:
+    """Unknown encoder/head names stop the command before any work (not after pre-training has run)."""
+    from encoders import ENCODERS
+    from heads import HEADS
+
+    for key, registry, name in (
+        ("encoder.name", ENCODERS, cfg.encoder.name),
+        ("head.name", HEADS, cfg.head.name),
+        ("lofi.head", HEADS, cfg.lofi.head),
+    ):
+        try:
+            registry.get(name)
+        except LofiError as exc:
+            raise LofiError(f"{source}: {key} = {name!r}: {exc}") from None
+
+
 def _cfg(args: argparse.Namespace):
     overrides = list(args.overrides)
     if getattr(args, "head", None):
         overrides.append(f"head.name={args.head}")
-    return load_experiment(args.config, overrides)
+    cfg = load_experiment(args.config, overrides)
+    check_registered(cfg, str(args.config))
+    return cfg
 
 
 def _run(args: argparse.Namespace) -> int:

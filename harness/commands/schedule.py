@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from tabulate import tabulate
 
+from harness.errors import LofiError
 from harness.schedule import CYCLES, schedule_table
 
 
@@ -33,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    for flag in ("r_t", "r_s"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value >= 1):
+            option = "--" + flag.replace("_", "-")
+            raise LofiError(f"{option} {value:g}: must be a finite ratio >= 1 (below 1 would exceed full fidelity)")
     table = schedule_table(
         args.cycle,
         epochs=args.epochs,

@@ -23,15 +23,22 @@ THUMOS14 specifics
 Segment checks and ``clip_segments``
 ------------------------------------
 A segment must satisfy ``0 <= start < end <= duration``. Overshoots up to ``FLOAT_TOLERANCE * duration`` are
-rounding noise and are clipped silently. Anything else is an ``AnnotationError`` by default (``clip_segments=False``,
-the contract's default), because in files we generate ourselves such a segment is a bug.
+rounding noise and are clipped silently.
 
-Real files are read with ``clip_segments=True`` (``lofi data stats --clip-segments``): the official
-ActivityNet-1.3 file has 215 segments ending up to 0.85 s after their video's duration and 12 zero-length
-segments (start == end). Lenient mode clips segments to ``[0, duration]`` and keeps zero-length segments — the
-official ActivityNet evaluation keeps them as ground truth too, so instance counts and mAP stay comparable — and
-logs ONE warning that says how many segments it repaired. A segment whose start is after its end is an error in
-both modes.
+By default (``clip_segments=True``) files load as published: the official ActivityNet-1.3 file has 215 segments
+ending up to 0.85 s after their video's duration and 12 zero-length segments (start == end). Segments are clipped
+to ``[0, duration]`` and zero-length segments are kept — the official ActivityNet evaluation keeps them as ground
+truth too, so instance counts and mAP stay comparable — and ONE warning says how many were repaired, by how much
+and where; the counts are also in ``dataset.meta["repaired"]`` (``lofi data stats`` prints them). Strict mode
+(``clip_segments=False``: ``lofi data stats --strict``, ``data.clip_segments: false``) refuses such a segment with
+an ``AnnotationError`` instead — the check for files we generate ourselves, where it would be a bug. A segment
+whose start is after its end is an error in both modes.
+
+Video ids
+---------
+An id becomes a file name (``<id>.npy`` features, ``<id><ext>`` videos), so every reader refuses an id that is
+empty, holds a path separator or a control character, starts with a dot, or is over 200 bytes
+(``harness.io.name_problem``): no path built from an annotation file leaves its folder.
 """
 
 from __future__ import annotations
@@ -42,7 +49,6 @@ import logging
 import math
 import os
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -52,7 +58,7 @@ import numpy as np
 
 from harness.data.model import SUBSETS, Segment, TALDataset, Video
 from harness.errors import AnnotationError
-from harness.io import write_json_atomic
+from harness.io import name_problem, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,10 @@ _THUMOS_JSON_SUBSETS = {
 }
 _THUMOS_ID_PREFIXES = {"video_validation_": "validation", "video_test_": "testing"}
 _THUMOS_CSV_COLUMNS = ("video", "type", "start", "end")
-_LENIENT_FIX = "pass clip_segments=True (lofi data stats --clip-segments) to repair it"
+_LENIENT_FIX = (
+    "fix the annotation, or leave strict mode (data.clip_segments: true, lofi data stats without --strict) to clip it"
+)
+REPAIR_EXAMPLES = 3  # segments named in the warning
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -146,15 +155,52 @@ def _check_segment(
     return Segment(lo, hi, label), repaired
 
 
-def _warn_repaired(file: Path | str, repaired: Counter[str]) -> None:
-    if repaired["clipped"] or repaired["zero"]:
-        log.warning(
-            "%s: clip_segments=True: clipped %d segment(s) to their video's [0, duration] and kept %d zero-length "
-            "segment(s)",
-            file,
-            repaired["clipped"],
-            repaired["zero"],
+class Repairs:
+    """What lenient mode repaired: clipped segments (with how far they overshot) and kept zero-length ones."""
+
+    def __init__(self) -> None:
+        self.clipped: list[tuple[str, float, float, float]] = []  # (video, start, end, overshoot in seconds)
+        self.zero = 0
+
+    def add(self, vid: str, how: str, start: float, end: float, duration: float) -> None:
+        if how == "clipped":
+            over = max(-start, end - duration if math.isfinite(duration) else 0.0)
+            self.clipped.append((vid, start, end, over))
+        elif how == "zero":
+            self.zero += 1
+
+    def summary(self) -> dict[str, Any]:
+        worst = max((c[3] for c in self.clipped), default=0.0)
+        return {"clipped": len(self.clipped), "zero_length": self.zero, "max_overshoot_s": worst}
+
+    def warn(self, file: Path | str) -> None:
+        if not self.clipped and not self.zero:
+            return
+        examples = "; ".join(
+            f"{vid} [{s:g}, {e:g}] by {o:.3g} s"
+            for vid, s, e, o in sorted(self.clipped, key=lambda c: -c[3])[:REPAIR_EXAMPLES]
         )
+        log.warning(
+            "%s: clipped %d segment(s) to their video's [0, duration] (largest overshoots: %s) and kept %d "
+            "zero-length segment(s), as the official ActivityNet evaluation does; strict mode "
+            "(data.clip_segments: false, lofi data stats --strict) refuses them instead",
+            file,
+            len(self.clipped),
+            examples or "none",
+            self.zero,
+        )
+
+
+def _check_id(file: Path, vid: Any) -> str:
+    problem = name_problem(vid)
+    if problem is not None:
+        raise _fail(
+            file,
+            None,
+            f"video id {problem}; ids become file names",
+            "use ids without '/', '\\', control characters or a leading dot, at most 200 bytes",
+        )
+    return vid
 
 
 def _make_dataset(
@@ -258,7 +304,7 @@ def _database_video(
     need_duration: bool,
     ambiguous_label: str | None,
     clip: bool,
-    repaired: Counter[str],
+    repaired: Repairs,
 ) -> Video:
     subset = _subset(_field(entry, "subset", file, vid), subsets, file, vid)
     if need_duration:
@@ -278,12 +324,12 @@ def _database_video(
             raise _fail(file, vid, f"annotation {i} has label {label!r}", "give every annotation a non-empty label")
         start, end = _pair(file, vid, _field(ann, "segment", file, vid), f"annotation {i} segment", strings)
         segment, how = _check_segment(file, vid, start, end, label, duration, clip)
-        repaired[how] += 1
+        repaired.add(vid, how, start, end, duration)
         (ambiguous if label == ambiguous_label else segments).append(segment)
     for i, raw in enumerate(entry.get("ambiguous") or []):
         start, end = _pair(file, vid, raw, f"ambiguous span {i}", strings)
         segment, how = _check_segment(file, vid, start, end, AMBIGUOUS_LABEL, duration, clip)
-        repaired[how] += 1
+        repaired.add(vid, how, start, end, duration)
         ambiguous.append(segment)
     fps = entry.get("fps")
     video = entry.get("video")
@@ -312,11 +358,11 @@ def _read_database(
     clip: bool,
 ) -> TALDataset:
     database = _require_database(file, data, layout)
-    repaired: Counter[str] = Counter()
+    repaired = Repairs()
     videos = {
         vid: _database_video(
             file,
-            vid,
+            _check_id(file, vid),
             _entry(file, vid, entry),
             subsets=subsets,
             strings=strings,
@@ -327,12 +373,13 @@ def _read_database(
         )
         for vid, entry in database.items()
     }
-    _warn_repaired(file, repaired)
+    repaired.warn(file)
     version = data.get("version")
-    return _make_dataset(file, videos, layout, None, **({"version": version} if version else {}))
+    meta = {"repaired": repaired.summary(), **({"version": version} if version else {})}
+    return _make_dataset(file, videos, layout, None, **meta)
 
 
-def read_activitynet_json(path: PathLike, *, clip_segments: bool = False) -> TALDataset:
+def read_activitynet_json(path: PathLike, *, clip_segments: bool = True) -> TALDataset:
     """Read the official ActivityNet-1.3 (or HACS-v1.1) JSON layout."""
     file = Path(path)
     return _read_database(
@@ -347,7 +394,7 @@ def read_activitynet_json(path: PathLike, *, clip_segments: bool = False) -> TAL
     )
 
 
-def read_thumos14_json(path: PathLike, *, clip_segments: bool = False) -> TALDataset:
+def read_thumos14_json(path: PathLike, *, clip_segments: bool = True) -> TALDataset:
     """Read ``thumos_gt.json``: official layout, no durations (NaN), segments as strings, subsets train/test."""
     file = Path(path)
     return _read_database(
@@ -405,7 +452,7 @@ def read_bsn_annotations(
     video_info: PathLike | None = None,
     *,
     action_names: PathLike | None = None,
-    clip_segments: bool = False,
+    clip_segments: bool = True,
 ) -> TALDataset:
     """Read ``anet_anno_action.json`` with the subsets from ``video_info`` (default: ``video_info_new.csv`` next to
     it) and the class list from ``action_names`` (default: ``action_name.csv`` next to it, if present)."""
@@ -426,17 +473,17 @@ def read_bsn_annotations(
     data = _load_json(file)
     if not isinstance(data, dict):
         raise _fail(file, None, "top level is not an object of videos", "pass the right --layout")
-    repaired: Counter[str] = Counter()
+    repaired = Repairs()
     videos: dict[str, Video] = {}
     for key, entry in data.items():
-        vid = _strip_v(key)
+        vid = _check_id(file, _strip_v(key))
         if vid in videos:
             raise _fail(file, vid, f"listed twice (as {key!r} and with/without 'v_')", "keep one entry per video")
         videos[vid] = _bsn_video(file, vid, _entry(file, vid, entry), subsets, info, clip_segments, repaired)
-    _warn_repaired(file, repaired)
+    repaired.warn(file)
     if classes is not None:
         _check_labels(file, videos, classes, names_file)
-    return _make_dataset(file, videos, "bsn", classes, video_info=str(info))
+    return _make_dataset(file, videos, "bsn", classes, video_info=str(info), repaired=repaired.summary())
 
 
 def _bsn_video(
@@ -446,7 +493,7 @@ def _bsn_video(
     subsets: Mapping[str, str],
     info: Path,
     clip: bool,
-    repaired: Counter[str],
+    repaired: Repairs,
 ) -> Video:
     if vid not in subsets:
         raise _fail(file, vid, f"not in {info.name}, so its subset is unknown", f"add a row for v_{vid} to {info}")
@@ -462,7 +509,7 @@ def _bsn_video(
         label = _field(ann, "label", file, vid)
         start, end = _pair(file, vid, _field(ann, "segment", file, vid), f"annotation {i} segment", False)
         segment, how = _check_segment(file, vid, start, end, str(label), duration, clip)
-        repaired[how] += 1
+        repaired.add(vid, how, start, end, duration)
         segments.append(segment)
     return Video(id=vid, subset=subsets[vid], duration=duration, segments=tuple(segments), fps=fps)
 
@@ -496,7 +543,7 @@ def _thumos_subset(file: Path, vid: str) -> str:
     )
 
 
-def read_thumos14_csv(paths: PathLike | Sequence[PathLike], *, clip_segments: bool = False) -> TALDataset:
+def read_thumos14_csv(paths: PathLike | Sequence[PathLike], *, clip_segments: bool = True) -> TALDataset:
     """Read one or more THUMOS14 annotation CSVs (``val_Annotation.csv``, ``test_Annotation.csv``).
 
     The subset comes from the video id (``video_validation_*`` -> validation, ``video_test_*`` -> testing);
@@ -505,12 +552,13 @@ def read_thumos14_csv(paths: PathLike | Sequence[PathLike], *, clip_segments: bo
     files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     spans: dict[str, tuple[list[Segment], list[Segment]]] = {}
     owner: dict[str, Path] = {}
-    repaired: Counter[str] = Counter()
+    repaired = Repairs()
     for file in files:
         for line, row in enumerate(_read_csv_rows(file, _THUMOS_CSV_COLUMNS), start=2):
             vid = (row["video"] or "").strip()
             if not vid:
                 raise _fail(file, None, f"line {line}: empty video id", "fill in the 'video' column")
+            _check_id(file, vid)
             if owner.setdefault(vid, file) != file:
                 raise _fail(file, vid, f"also listed in {owner[vid]}", "keep each video in one annotation file")
             label = (row["type"] or "").strip()
@@ -519,10 +567,10 @@ def read_thumos14_csv(paths: PathLike | Sequence[PathLike], *, clip_segments: bo
             start = _number(row["start"], file, vid, f"line {line} start", allow_str=True)
             end = _number(row["end"], file, vid, f"line {line} end", allow_str=True)
             segment, how = _check_segment(file, vid, start, end, label, math.nan, clip_segments)
-            repaired[how] += 1
+            repaired.add(vid, how, start, end, math.nan)
             segments, ambiguous = spans.setdefault(vid, ([], []))
             (ambiguous if label == AMBIGUOUS_LABEL else segments).append(segment)
-    _warn_repaired(", ".join(str(f) for f in files), repaired)
+    repaired.warn(", ".join(str(f) for f in files))
     videos = {
         vid: Video(
             id=vid, subset=_thumos_subset(owner[vid], vid), duration=math.nan, segments=tuple(seg), ambiguous=tuple(amb)
@@ -530,7 +578,9 @@ def read_thumos14_csv(paths: PathLike | Sequence[PathLike], *, clip_segments: bo
         for vid, (seg, amb) in spans.items()
     }
     name_file = files[0] if len(files) == 1 else files[0].parent / "thumos14"
-    return _make_dataset(name_file, videos, "thumos14-csv", None, files=[str(f) for f in files])
+    return _make_dataset(
+        name_file, videos, "thumos14-csv", None, files=[str(f) for f in files], repaired=repaired.summary()
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -586,12 +636,13 @@ def _detect_json_layout(file: Path, data: Any) -> str:
 
 
 def read_annotations(
-    path: PathLike, layout: str = "auto", clip_segments: bool = False, video_info: PathLike | None = None
+    path: PathLike, layout: str = "auto", clip_segments: bool = True, video_info: PathLike | None = None
 ) -> TALDataset:
     """Read any supported annotation file into a ``TALDataset``; ``layout="auto"`` detects it from the file.
 
-    ``clip_segments=True`` is the mode for real annotation files (see the module docstring); ``video_info`` is the
-    BSN layout's ``video_info_new.csv`` (default: next to the JSON).
+    ``clip_segments=True`` (the default) loads real files as published, clipping and counting the segments that
+    overshoot their video; ``False`` is strict mode (see the module docstring). ``video_info`` is the BSN layout's
+    ``video_info_new.csv`` (default: next to the JSON).
     """
     file = Path(path)
     if layout not in LAYOUTS:

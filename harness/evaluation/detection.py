@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,6 +151,8 @@ def _load_json(path: Path) -> Any:
             return json.load(fh)
     except FileNotFoundError:
         raise AnnotationError(f"{path}: file not found; pass an official ActivityNet-layout JSON") from None
+    except IsADirectoryError:
+        raise AnnotationError(f"{path}: is a folder; pass the annotation JSON file inside it") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"{path}: not valid JSON ({exc}); pass an official ActivityNet-layout JSON") from None
 
@@ -199,6 +202,13 @@ def _read_dataset(path: Path) -> TALDataset:
     data = None if path.suffix.lower() == ".csv" else _load_json(path)
     if data is not None and _is_official_layout(data):
         return _dataset_from_official(path, data)
+    bsn = isinstance(data, dict) and data and all(isinstance(e, dict) and "duration_second" in e for e in data.values())
+    if data is not None and not bsn and not (isinstance(data, dict) and isinstance(data.get("database"), dict)):
+        raise AnnotationError(
+            f'{path}: no "database" object, so not an annotation file this command reads; pass the official '
+            'ActivityNet layout {"database": {video_id: {"subset", "duration", "annotations"}}} (or a THUMOS14 '
+            "CSV/JSON or BSN anet_anno_action.json)"
+        )
     try:
         from harness.data.annotations import read_annotations
     except ImportError:  # the reader of the other layouts is not installed
@@ -250,6 +260,15 @@ def load_ground_truth(
 # Predictions
 
 
+def _shown(vid: Any) -> str:
+    """A video id as written, or its repr when it holds characters that would break the one-line message."""
+    return vid if isinstance(vid, str) and vid.isprintable() else repr(vid)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _diagnose_entry(entry: Any, class_index: Mapping[str, int] | None, subset: str) -> str:
     """Say what is wrong with one prediction entry (called only once something failed)."""
     if not isinstance(entry, dict):
@@ -259,22 +278,46 @@ def _diagnose_entry(entry: Any, class_index: Mapping[str, int] | None, subset: s
         if key not in entry:
             return f"entry {entry!r} has no {key!r} key; every entry needs label, score and segment"
     seg = entry["segment"]
-    if not isinstance(seg, (list, tuple)) or len(seg) != 2:
-        return f"segment {seg!r} is not a [start, end] pair"
-    try:
-        float(seg[0]), float(seg[1])
-    except (TypeError, ValueError):
-        return f"segment {seg!r} does not hold two numbers"
-    try:
-        float(entry["score"])
-    except (TypeError, ValueError):
-        return f"score {entry['score']!r} is not a number"
+    if not isinstance(seg, (list, tuple)) or len(seg) != 2 or not all(_is_number(x) for x in seg):
+        return f"segment {seg!r} is not a [start, end] pair of numbers; write it as [start, end] in seconds"
+    if not _is_number(entry["score"]):
+        return f"score {entry['score']!r} is not a number; write the score as a number"
     if class_index is not None and entry["label"] not in class_index:
         return (
             f"label {entry['label']!r} is not a class of the ground truth's {subset!r} subset "
             f"({len(class_index)} classes); use the ground-truth class names"
         )
     return f"entry {entry!r} is malformed"
+
+
+def _read_predictions_json(source: str) -> Any:
+    """Parse a predictions file; a key written twice (a video's list, an entry's score) is an error, as in the
+    annotation reader: JSON would keep the last one silently."""
+    duplicates: list[str] = []
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                duplicates.append(key)
+            obj[key] = value
+        return obj
+
+    try:
+        with open(source, encoding="utf-8") as fh:
+            data = json.load(fh, object_pairs_hook=no_duplicates)
+    except FileNotFoundError:
+        raise PredictionError(f"{source}: file not found; pass the predictions JSON") from None
+    except IsADirectoryError:
+        raise PredictionError(f"{source}: is a folder; pass the predictions JSON file inside it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PredictionError(f"{source}: not valid JSON ({exc}); write the official layout") from None
+    if duplicates:
+        raise PredictionError(
+            f"{source}: key {duplicates[0]!r} appears twice in one JSON object (JSON would keep only the last); "
+            "write each video once under results, with all its entries in one list"
+        )
+    return data
 
 
 def load_predictions(
@@ -286,25 +329,31 @@ def load_predictions(
     """Read an official-layout predictions file (or the already-parsed dict).
 
     With ``require_label=False`` (proposals) labels are neither required nor checked.
-    Raises :class:`PredictionError` naming the file, the video and the problem.
+    Raises :class:`PredictionError` naming the file, the video and the problem: a malformed file, a key written
+    twice, an entry without label/score/segment, a segment that is not a pair of numbers, a non-finite score or
+    segment, start > end, an unknown label; and a *file* that cannot be what the user meant — an empty
+    ``results``, or one whose videos are all outside the ground truth's subset (mAP would be 0, reported as if
+    measured). An in-memory dict (a library caller's) keeps the metric's own answer for those (0) with a WARNING.
+    Some videos outside the subset (false positives) or ground-truth videos without predictions (misses) are
+    legitimate and get one WARNING with their counts.
     """
     if isinstance(path_or_dict, Mapping):
         data: Any = path_or_dict
         source = "<predictions>"
     else:
         source = str(path_or_dict)
-        try:
-            with open(path_or_dict, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise PredictionError(f"{source}: file not found; pass the predictions JSON") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PredictionError(f"{source}: not valid JSON ({exc}); write the official layout") from None
+        data = _read_predictions_json(source)
     if not isinstance(data, Mapping) or not isinstance(data.get("results"), Mapping):
         raise PredictionError(
             f'{source}: no "results" object; expected {{"version", "results": {{video_id: [entries]}}, '
             '"external_data"}'
         )
+    from_file = not isinstance(path_or_dict, Mapping)
+    if not data["results"]:
+        message = f'{source}: "results" is empty, so there is nothing to evaluate (mAP is 0 by definition)'
+        if from_file:
+            raise PredictionError(f"{message}; pass the predictions of a finished run")
+        log.warning(message)
     class_index = gt.class_index if require_label else None
     video_index = gt.video_index
     starts: list[float] = []
@@ -316,28 +365,27 @@ def load_predictions(
     for vid, entries in data["results"].items():
         if not isinstance(entries, list):
             raise PredictionError(
-                f"{source}: video {vid}: results must be a list of entries, got {type(entries).__name__}"
+                f"{source}: video {_shown(vid)}: results must be a list of entries, got {type(entries).__name__}"
             )
         names.append(vid)
         counts.append(len(entries))
         entry: Any = None
         try:
-            if class_index is not None:
-                for entry in entries:
-                    s, e = entry["segment"]
-                    starts.append(float(s))
-                    ends.append(float(e))
-                    scores.append(float(entry["score"]))
+            for entry in entries:
+                seg = entry["segment"]
+                if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+                    raise TypeError  # "06" would unpack into two characters
+                s, e, score = seg[0], seg[1], entry["score"]
+                if not (_is_number(s) and _is_number(e) and _is_number(score)):
+                    raise TypeError  # strings and booleans are not numbers here
+                starts.append(float(s))
+                ends.append(float(e))
+                scores.append(float(score))
+                if class_index is not None:
                     labels.append(class_index[entry["label"]])
-            else:
-                for entry in entries:
-                    s, e = entry["segment"]
-                    starts.append(float(s))
-                    ends.append(float(e))
-                    scores.append(float(entry["score"]))
         except (KeyError, TypeError, ValueError, IndexError):
             problem = _diagnose_entry(entry, class_index, gt.subset)
-            raise PredictionError(f"{source}: video {vid}: {problem}") from None
+            raise PredictionError(f"{source}: video {_shown(vid)}: {problem}") from None
     count_arr = np.asarray(counts, dtype=np.int64)
     per_video = np.array([video_index.get(v, -1) for v in names], dtype=np.int64)
     video = np.repeat(per_video, count_arr)
@@ -354,13 +402,35 @@ def load_predictions(
         if idx.size:
             i = int(idx[0])
             msg = template.format(score[i], segments[i].tolist())
-            raise PredictionError(f"{source}: video {names[owner[i]]}: {msg}")
+            raise PredictionError(f"{source}: video {_shown(names[owner[i]])}: {msg}")
     unknown = tuple(v for v, k in zip(names, per_video) if k < 0)
-    if unknown:
-        log.info(
-            "%s: %d video(s) not in the %r ground truth; their predictions count as false positives",
+    if names and len(unknown) == len(names):
+        message = (
+            f"{source}: none of its {len(names)} video(s) (e.g. {names[0]!r}) is in the ground truth's "
+            f"{gt.subset!r} subset ({len(gt.video_ids)} videos, e.g. {gt.video_ids[0]!r})"
+        )
+        if from_file:
+            raise PredictionError(
+                f"{message}; pass the subset the predictions were made for (--subset) or the matching ground truth"
+            )
+        log.warning("%s; every prediction is a false positive", message)
+    elif unknown:
+        log.warning(
+            "%s: %d of %d video(s) are not in the %r ground truth (e.g. %r); their predictions count as false "
+            "positives",
             source,
             len(unknown),
+            len(names),
+            gt.subset,
+            unknown[0],
+        )
+    missing = len(gt.video_ids) - len(set(per_video[per_video >= 0].tolist()))
+    if missing and names:
+        log.warning(
+            "%s: %d of %d %r ground-truth video(s) have no prediction; their instances count as misses",
+            source,
+            missing,
+            len(gt.video_ids),
             gt.subset,
         )
     label = np.asarray(labels, dtype=np.int64) if class_index is not None else np.full(score.shape, -1, np.int64)

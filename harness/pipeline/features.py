@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
-from harness.io import atomic_path, write_json_atomic
+from harness.io import atomic_path, child_path, write_json_atomic
 from harness.pipeline.data import StageData, stage_data
 from harness.pipeline.models import load_encoder
 from harness.pipeline.runtime import autocast, mark_done, prepare, stage_done
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def feature_path(out: Path, video_id: str) -> Path:
-    return out / "videos" / f"{video_id}.npy"
+    return child_path(out / "videos", video_id, ".npy")  # an id such as "../x" never names a file outside
 
 
 IN_PROGRESS = "in_progress.json"  # the key of an unfinished extraction: its files are resumed only by that key
@@ -100,6 +101,19 @@ def run_features(
     return out
 
 
+def _load_one(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as exc:  # truncated or not an .npy file (OSErrors go to the CLI's mapping)
+        raise LofiError(f"{path}: corrupt feature file ({exc}); delete {path.parent.parent} to extract again") from None
+    if arr.ndim != 2:
+        raise LofiError(f"{path}: features of shape {arr.shape}, expected (L, D); delete {path.parent.parent}")
+    return arr
+
+
 def load_features(out: Path, video_ids: list[str]) -> torch.Tensor:
     """(N, D, L) float32, the layout heads take."""
-    return torch.from_numpy(np.stack([np.load(feature_path(out, v)) for v in video_ids])).transpose(1, 2).contiguous()
+    arrays = [_load_one(feature_path(out, v)) for v in video_ids]
+    if len({a.shape for a in arrays}) > 1:
+        raise LofiError(f"{out}: feature files of different shapes; delete {out} to extract them again")
+    return torch.from_numpy(np.stack(arrays)).transpose(1, 2).contiguous()

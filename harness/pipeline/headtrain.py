@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.data.model import TALDataset, Video
+from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
 from harness.io import write_json_atomic
 from harness.pipeline.data import StageData, dominant_label, stage_data, tal_targets
@@ -159,7 +160,10 @@ def run_head(
     if stage_done(out, key) is not None:
         import json
 
-        return json.loads((out / "metrics.json").read_text())
+        try:
+            return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        except ValueError:
+            raise LofiError(f"{out / 'metrics.json'}: corrupt; delete {out} to train the head again") from None
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
     ds = stage_data(cfg.data, data).ds
@@ -169,6 +173,12 @@ def run_head(
         for s in (cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)
     }
     train, val, test = split[cfg.data.train_subset], split[cfg.data.val_subset], split[cfg.data.test_subset]
+    for subset, videos in split.items():
+        if not videos:  # every video of the split was skipped as undecodable: no metric would mean anything
+            raise LofiError(
+                f"{features}: no features for any video of subset '{subset}' (all skipped as undecodable?); "
+                "fix or replace the videos, then delete the features folder and re-run"
+            )
     x_train = load_features(features, [v.id for v in train])
     L = x_train.shape[2]
     D = min(L, cfg.head.max_duration or L)

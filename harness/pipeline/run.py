@@ -3,6 +3,7 @@ and the tidy results row that every table is built from."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -12,10 +13,10 @@ from harness.config import flatten, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, config_hash
 from harness.fidelity import fidelity_shape
-from harness.io import write_json_atomic, write_text_atomic
+from harness.io import remove_orphans, write_json_atomic, write_text_atomic
 from harness.modes import ZEROED_MODES
 from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run, slug
-from harness.pipeline.runtime import Env, stage_done
+from harness.pipeline.runtime import DONE, Env, stage_done, start_stage
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
 from harness.tracking import git_commit, start_run
 
@@ -79,6 +80,7 @@ def run_stage(
     for up in stage.needs:
         if stage_done(up.folder, up.key) is None:
             raise LofiError(f"{up.folder}: stage {up.name} is not finished; run it first (lofi run runs every stage)")
+    start_stage(stage.folder)
     common = {"seed": stage.seed, "key": stage.key, "data": data}
     if stage.kind == "pretrain":
         init = stage.needs[0].folder / "encoder.pt" if stage.needs else None
@@ -116,6 +118,50 @@ def _class_scores_path(cfg: ExperimentConfig, plan: RunPlan) -> Path | None:
     return None if cfg.head.class_scores == "features" else Path(cfg.head.class_scores)
 
 
+def check_inputs(cfg: ExperimentConfig, plan: RunPlan, todo: list[Stage]) -> None:
+    """Files the config names that a stage to run will read, checked before any stage runs (not after hours)."""
+    weights = cfg.encoder.checkpoint
+    uses_weights = any(
+        s.kind == "pretrain" and s.variant == "acp" and not cfg.data.acp_source for s in todo
+    )  # ACP from published weights (real data)
+    if uses_weights and not weights:
+        raise LofiError(
+            "data.acp_source is empty, so ACP starts from published weights, but encoder.checkpoint is not set; "
+            "set encoder.checkpoint=PATH (e.g. TSM Kinetics-400 weights) or data.acp_source"
+        )
+    if uses_weights and not Path(weights).is_file():
+        raise LofiError(f"encoder.checkpoint = {weights!r}: no such file; download the weights there or fix the path")
+
+
+def skipped_videos(plan: RunPlan) -> list[str]:
+    """The videos a run's stages skipped as undecodable (``data.skip_corrupt``), from their ``done.json``."""
+    skipped: set[str] = set()
+    for stage in plan.stages:
+        if stage.kind == "head":
+            continue
+        try:
+            info = json.loads((stage.folder / DONE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # stage_done has vetted every marker before this point; nothing to add
+        if isinstance(info, dict) and isinstance(info.get("skipped_videos"), list):
+            skipped.update(str(v) for v in info["skipped_videos"])
+    return sorted(skipped)
+
+
+def _finished_row(out: Path, run_key: str) -> dict | None:
+    """The run's row.json when it was written for ``run_key``; a corrupt one is an error naming it."""
+    path = out / "row.json"
+    if not path.is_file():
+        return None
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise LofiError(f"{path}: unreadable results row; delete it and re-run (finished stages are kept)") from None
+    if not isinstance(row, dict):
+        raise LofiError(f"{path}: not a results row written by lofi; delete it and re-run")
+    return row if row.get("run_key") == run_key else None
+
+
 def run_all(
     cfg: ExperimentConfig,
     *,
@@ -135,17 +181,19 @@ def run_all(
     plan = plan_run(cfg, mode=mode, seed=seed, run_dir=out, stages_root=stages_root)
     # Before any work: a finished stage of another configuration in the way stops here, naming its folder.
     todo = [s for s in plan.stages if stage_done(s.folder, s.key) is None]
-    if (out / "row.json").is_file() and plan.head not in todo:
-        import json
-
-        row = json.loads((out / "row.json").read_text(encoding="utf-8"))
-        if row.get("run_key") == plan.key:
+    check_inputs(cfg, plan, todo)
+    if plan.head not in todo:
+        row = _finished_row(out, plan.key)
+        if row is not None:
             log.info("%s seed %d: already finished (%s)", mode, seed, out)
             return row
+    # the dataset and frame source, built once for every stage; read before --out is created, so that a bad
+    # annotation file leaves no trace
+    data = load_stage_data(cfg.data) if todo else None
     out.mkdir(parents=True, exist_ok=True)
+    remove_orphans(out)  # row.json / metrics.json temporaries of a killed run (the stages clean their own)
     times: dict[str, float] = {}
     chash = config_hash(cfg, mode, seed)
-    data = load_stage_data(cfg.data) if todo else None  # the dataset and frame source, built once for every stage
     with start_run(
         cfg.tracking,
         run_name=f"{cfg.data.name}/{cfg.encoder.name}/{cfg.head.name}/{mode}/seed{seed}",
@@ -172,6 +220,8 @@ def run_all(
             )
         scores = _class_scores_path(cfg, plan)
         t0 = time.perf_counter()
+        if plan.head in todo:
+            start_stage(plan.head.folder)
         metrics = run_head(
             cfg,
             features=plan.head.need("features").folder,
@@ -226,6 +276,8 @@ def run_all(
             "class_scores": str(scores.resolve()) if scores else None,
             "predictions": str((plan.head.folder / "predictions_testing.json").resolve()),
             "ground_truth": str(cfg.data.annotations_path().resolve()),
+            # undecodable videos skipped by a stage (data.skip_corrupt): absent from training or from the predictions
+            "skipped_videos": skipped_videos(plan),
         }
         parent.log_metrics(
             {

@@ -16,7 +16,7 @@ import torch
 
 from harness.errors import LofiError
 from harness.experiment import OptimConfig, RuntimeConfig
-from harness.io import atomic_path, write_json_atomic
+from harness.io import remove_orphans, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 DONE = "done.json"
@@ -63,13 +63,17 @@ def stage_done(out: Path, key: str) -> dict[str, Any] | None:
         info = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise LofiError(f"{p}: unreadable stage marker; delete the folder {out} to recompute the stage") from None
-    if not isinstance(info, dict) or info.get("key") != key:
+    if not isinstance(info, dict) or not isinstance(info.get("outputs", {}), dict):
+        raise LofiError(f"{p}: not a stage marker written by lofi; delete the folder {out} to recompute the stage")
+    if info.get("key") != key:
         raise LofiError(
-            f"{out}: finished by another configuration (stage key {info.get('key') if isinstance(info, dict) else None}, "
+            f"{out}: finished by another configuration (stage key {info.get('key')}, "
             f"wanted {key}); use another --out or delete {out} to recompute it"
         )
     for rel, fp in (info.get("outputs") or {}).items():
         f = out / rel
+        if not f.resolve().is_relative_to(out.resolve()):
+            raise LofiError(f"{p}: lists {rel!r}, outside the stage folder; delete {out} to recompute the stage")
         if not f.is_file() or _fingerprint(f) != fp:
             raise LofiError(f"{f}: output of a finished stage is missing or changed; delete {out} to recompute it")
     return info
@@ -83,9 +87,21 @@ def mark_done(out: Path, info: dict[str, Any], *, key: str, outputs: Iterable[Pa
     )
 
 
+def start_stage(out: Path) -> None:
+    """The first step of a stage that will run: its folder exists, and temporary files that a killed run left in it
+    (``kill -9`` skips the atomic writers' cleanup) are removed; a concurrent writer's live ones are kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    remove_orphans(out)
+
+
 def save_torch(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Serialise in memory, then write with Python's file API: a full disk is an ``OSError`` naming the file and
+    ENOSPC (torch's own writer reports it as an opaque "unexpected pos" RuntimeError)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def load_torch(path: Path) -> Any:
