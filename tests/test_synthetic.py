@@ -113,6 +113,13 @@ def test_resume_after_deleting_files(smoke: Path, tmp_path: Path) -> None:
     assert sorted(_files(copy)) == sorted(_files(smoke))
 
 
+def test_two_processes_write_the_same_bytes(smoke: Path, tmp_path: Path) -> None:
+    out = S.generate("smoke", 0, tmp_path / "p", progress=False, workers=2)
+    assert sorted(_files(out)) == sorted(_files(smoke))
+    for name in _files(smoke):
+        assert (out / name).read_bytes() == (smoke / name).read_bytes(), name
+
+
 def test_interrupt_leaves_no_partial_files_and_resumes(
     smoke: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

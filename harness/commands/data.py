@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 from harness.data.annotations import LAYOUTS, read_annotations
 from harness.data.model import SUBSETS, TALDataset
+from harness.errors import LofiError
 
 STATS_EXAMPLE = """\
 examples:
@@ -136,11 +137,20 @@ def _register_synth(data_sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created; resumable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="render the files in N processes (same bytes for any N; default: 1)",
+    )
     parser.set_defaults(func=_synth)
 
 
 def _synth(args: argparse.Namespace) -> int:
     from harness.data.synthetic import generate
 
-    print(generate(args.profile, args.seed, args.out, progress=not args.no_progress))
+    if args.jobs < 1:
+        raise LofiError(f"--jobs {args.jobs}: use at least one process")
+    print(generate(args.profile, args.seed, args.out, progress=not args.no_progress, workers=args.jobs))
     return 0
