@@ -300,6 +300,9 @@ class RuntimeConfig(ConfigModel):
     threads: Int = Field(0, ge=0)
     progress: Bool = True
     deterministic: Bool = True
+    # Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only) instead of each rank's
+    # shard. Off, a world of N behaves as one process with accumulate = N (see harness/pipeline/distributed.py).
+    sync_bn: Bool = False
 
     fix_hints: ClassVar[dict[str, str]] = {"threads": "use 0 (torch's default) or a thread count"}
 

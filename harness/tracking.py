@@ -110,8 +110,11 @@ def start_run(
     parent_run_id: str = "",
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[NullTracker | MlflowTracker]:
-    """A tracked run (child of ``parent_run_id`` when given); marks it FAILED if the body raises."""
-    if not cfg.enabled:
+    """A tracked run (child of ``parent_run_id`` when given); marks it FAILED if the body raises. Under torchrun
+    only rank 0 logs."""
+    from harness.pipeline.distributed import current
+
+    if not cfg.enabled or not current().main:
         yield NullTracker()
         return
     from mlflow.tracking import MlflowClient

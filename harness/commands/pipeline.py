@@ -99,22 +99,30 @@ def _cfg(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from harness.pipeline import distributed
     from harness.pipeline.run import run_all
 
-    row = run_all(
-        _cfg(args),
-        mode=args.mode,
-        seed=args.seed,
-        out=args.out,
-        stages_root=args.stages,
-        parent_run_id=args.parent_run_id,
-        config_path=str(args.config),
-    )
-    print(json.dumps({"average_mAP": row["average_mAP"], "out": str(args.out)}))
+    cfg = _cfg(args)
+    world = distributed.init_from_env(cfg.runtime.device)  # under torchrun: one process of N
+    try:
+        row = run_all(
+            cfg,
+            mode=args.mode,
+            seed=args.seed,
+            out=args.out,
+            stages_root=args.stages,
+            parent_run_id=args.parent_run_id,
+            config_path=str(args.config),
+        )
+    finally:
+        distributed.shutdown()
+    if world.main:
+        print(json.dumps({"average_mAP": row["average_mAP"], "out": str(args.out)}))
     return 0
 
 
 def _stage(args: argparse.Namespace) -> int:
+    from harness.pipeline import distributed
     from harness.pipeline.plan import Planner
     from harness.pipeline.run import run_stage
     from harness.pipeline.runtime import stage_done
@@ -134,7 +142,13 @@ def _stage(args: argparse.Namespace) -> int:
                 f"head.class_scores={cfg.head.class_scores!r}: no shared classifier stage to run "
                 "(only head.class_scores: finetuned has one)"
             )
-    if stage_done(stage.folder, stage.key) is None:
-        run_stage(cfg, stage, parent_run_id=args.parent_run_id)
+    world = distributed.init_from_env(cfg.runtime.device)  # under torchrun: one process of N
+    try:
+        if stage_done(stage.folder, stage.key) is None:
+            run_stage(cfg, stage, parent_run_id=args.parent_run_id)
+    finally:
+        distributed.shutdown()
+    if not world.main:
+        return 0
     print(json.dumps({"stage": stage.name, "folder": str(stage.folder), "key": stage.key}))
     return 0

@@ -24,6 +24,7 @@ from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.io import write_json_atomic
 from harness.pipeline.data import StageData, stage_data
+from harness.pipeline.distributed import barrier, current
 from harness.pipeline.models import load_encoder
 from harness.pipeline.runtime import autocast, load_torch, mark_done, prepare, stage_done
 
@@ -43,8 +44,12 @@ def run_class_scores(
     batch_size: int = 8,
 ) -> Path:
     """Score every video of the three subsets with the classifier saved in ``checkpoint`` (an ACP+ encoder.pt);
-    reuses a stage finished with ``key`` (the stage plan's). ``data``: dataset and frame source (built when None)."""
+    reuses a stage finished with ``key`` (the stage plan's). ``data``: dataset and frame source (built when None).
+    Under torchrun rank 0 scores every video (one pass of inference) while the others wait."""
     if stage_done(out, key) is not None:
+        return out / SCORES
+    if not current().main:
+        barrier()
         return out / SCORES
     device = prepare(cfg.runtime, seed)
     state = load_torch(checkpoint)
@@ -90,6 +95,7 @@ def run_class_scores(
         key=key,
         outputs=[out / SCORES],
     )
+    barrier()
     return out / SCORES
 
 

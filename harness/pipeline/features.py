@@ -15,6 +15,7 @@ from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.io import atomic_path, child_path, write_json_atomic
 from harness.pipeline.data import StageData, stage_data
+from harness.pipeline.distributed import barrier, current, shard_bounds
 from harness.pipeline.models import load_encoder
 from harness.pipeline.runtime import autocast, mark_done, prepare, stage_done
 
@@ -44,7 +45,9 @@ def run_features(
 
     Reuses a stage finished with ``key`` (the stage plan's); an interrupted extraction resumes per video, only with
     the same ``key`` (else every video is extracted again). ``data``: the dataset and frame source (built when None).
-    ``zeroed``: write all-zero features of the encoder's shape instead (the blind control; nothing is decoded)."""
+    ``zeroed``: write all-zero features of the encoder's shape instead (the blind control; nothing is decoded).
+    Under torchrun each rank extracts a contiguous share of the videos still to do into the same folder; rank 0
+    marks the stage done once every rank has finished."""
     if stage_done(out, key) is not None:
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -58,16 +61,21 @@ def run_features(
     videos = data.frames.usable(wanted)
     frames = data.frames
     marker = out / IN_PROGRESS
-    resumable = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
-    stale = [] if resumable else sorted((out / "videos").glob("*.npy"))
-    if stale:  # the head takes every file in the folder: none may survive from another configuration
-        log.warning(
-            "features: %s holds %d files of another configuration; extracting every video again", out, len(stale)
-        )
-        for f in stale:
-            f.unlink()
-    write_json_atomic(marker, {"key": key})
+    world = current()
+    if world.main:
+        resumable = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+        stale = [] if resumable else sorted((out / "videos").glob("*.npy"))
+        if stale:  # the head takes every file in the folder: none may survive from another configuration
+            log.warning(
+                "features: %s holds %d files of another configuration; extracting every video again", out, len(stale)
+            )
+            for f in stale:
+                f.unlink()
+        write_json_atomic(marker, {"key": key})
+    barrier()  # every rank sees the same files still to do
     todo = [v for v in videos if not feature_path(out, v.id).is_file()]
+    lo, hi = shard_bounds(len(todo), world)
+    todo = todo[lo:hi]
     encoder = load_encoder(cfg, encoder_checkpoint).to(device).eval()
     fid = cfg.fidelity
     t0 = time.perf_counter()
@@ -84,6 +92,10 @@ def run_features(
         for v, f in zip(part, feats):
             with atomic_path(feature_path(out, v.id)) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, f.astype(np.float32))
+    barrier()  # every share written
+    if not world.main:
+        barrier()
+        return out
     marker.unlink()
     mark_done(
         out,
@@ -98,6 +110,7 @@ def run_features(
         key=key,
         outputs=[feature_path(out, v.id) for v in videos],
     )
+    barrier()
     return out
 
 

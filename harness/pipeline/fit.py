@@ -14,6 +14,11 @@ nothing restored on resume and is tested without an optimiser.
 Every random choice is a function of (seed, stream, epoch, step): the order is
 ``numpy_rng(seed, *order_stream, epoch).permutation(n_items)``, so a run resumed at ``start_epoch`` (with the
 model and optimiser state of the end of the previous epoch) ends with the same numbers as an uninterrupted one.
+
+Under torchrun (``harness/pipeline/distributed.py``) the same global order is used on every rank; each rank
+trains on its contiguous shard of the step's batch (the micro-batch a single process with ``accumulate`` =
+world size would run), with ``modules`` wrapped in DistributedDataParallel by the stage; the epoch's means are
+summed over ranks, so every rank records the same history.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from harness.experiment import OptimConfig
+from harness.pipeline.distributed import all_sum, current, no_sync, shard_bounds
 from harness.pipeline.runtime import check_finite, set_lr
 from harness.seeding import numpy_rng
 
@@ -35,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: ``step_fn(epoch, step, micro, idx) -> (loss, sums)``: forward + loss of the items ``idx`` (a LongTensor of
 #: positions in ``range(n_items)``); ``micro`` is the position of this micro-batch's first item in the optimiser
-#: step's batch (0 without accumulation). ``loss`` is the micro-batch's mean loss (a scalar tensor with a graph);
+#: step's global batch (0 without accumulation on one process). ``loss`` is the micro-batch's mean loss (a scalar tensor with a graph);
 #: ``sums`` holds sums over its items of anything else the epoch row reports as a mean (e.g. ``{"accuracy":
 #: number correct}``), ``{}`` for nothing.
 StepFn = Callable[[int, int, int, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -80,29 +86,50 @@ def fit(
     bs = optim.batch_size
     micro_size = max(1, bs // max(1, optim.accumulate))
     n_steps = (n_items + bs - 1) // bs
+    world = current()
+    per_rank = -(-bs // world.size)  # a rank's share of every step's batch
     for epoch in range(start_epoch, end):
         for m in modules:
             m.train()
         lr = set_lr(optimizer, epoch, optim)
         order = torch.from_numpy(numpy_rng(seed, *order_stream, epoch).permutation(n_items))
-        t0, total, seen, sums = time.perf_counter(), 0.0, 0, {}
-        bar = tqdm(range(n_steps), desc=f"{stage} epoch {epoch + 1}/{optim.epochs}", disable=not progress, leave=False)
+        t0, total, seen, sums = time.perf_counter(), 0.0, 0.0, {}
+        bar = tqdm(
+            range(n_steps),
+            desc=f"{stage} epoch {epoch + 1}/{optim.epochs}",
+            disable=not progress or not world.main,
+            leave=False,
+        )
         for step in bar:
             batch = order[step * bs : (step + 1) * bs]
+            lo, hi = shard_bounds(len(batch), world, per_rank)
+            mine, weight = batch[lo:hi], 1.0
+            if len(mine) == 0:  # a last batch smaller than the world: this rank still joins the all-reduce, at 0
+                mine, weight = batch[:1], 0.0
             optimizer.zero_grad(set_to_none=True)
-            for micro in range(0, len(batch), micro_size):
-                idx = batch[micro : micro + micro_size]
-                loss, extra = step_fn(epoch, step, micro, idx)
-                check_finite(loss, stage=stage, epoch=epoch, step=step)
-                # the step's gradient is that of the batch's mean loss, whatever the split into micro-batches
-                # (unscaled when the micro-batch is the batch: (1/n)·n is not exactly 1 in float32 for every n)
-                (loss if len(idx) == len(batch) else loss * len(idx) / len(batch)).backward()
-                total += loss.item() * len(idx)
-                seen += len(idx)
-                for k, v in extra.items():
-                    sums[k] = sums.get(k, 0.0) + v
+            starts = range(0, len(mine), micro_size)
+            for k, micro in enumerate(starts):
+                idx = mine[micro : micro + micro_size]
+                with no_sync(modules, k < len(starts) - 1):
+                    loss, extra = step_fn(epoch, step, lo + micro, idx)
+                    check_finite(loss, stage=stage, epoch=epoch, step=step)
+                    # the step's gradient is that of the batch's mean loss, whatever the split into micro-batches
+                    # and ranks (DDP averages over ranks, hence × world size); unscaled when the micro-batch is
+                    # the batch: (1/n)·n is not exactly 1 in float32 for every n
+                    if len(idx) == len(batch) and not world.distributed:
+                        loss.backward()
+                    else:
+                        (loss * (weight * len(idx) * world.size / len(batch))).backward()
+                total += weight * loss.item() * len(idx)
+                seen += weight * len(idx)
+                for k2, v in extra.items():
+                    sums[k2] = sums.get(k2, 0.0) + weight * v
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if world.distributed:  # every rank records the global means
+            names = sorted(sums)
+            total, seen, *rest = all_sum([total, seen, *(sums[k] for k in names)])
+            sums = dict(zip(names, rest))
         row = {
             "loss": total / max(seen, 1),
             **{k: v / max(seen, 1) for k, v in sums.items()},

@@ -18,6 +18,7 @@ from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
 from harness.io import write_json_atomic
 from harness.pipeline.data import StageData, dominant_label, stage_data, tal_targets
+from harness.pipeline.distributed import barrier, current, wrap
 from harness.pipeline.features import load_features
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head
@@ -44,9 +45,10 @@ def _train_classifier(
 ) -> VideoClassifier:
     model = VideoClassifier(feats.shape[1], num_classes).to(device)
     opt = make_optimizer(model.parameters(), optim_cfg)
+    trained = wrap(model, device=device)
 
     def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return F.cross_entropy(model(feats[idx].to(device)), labels[idx].to(device)), {}
+        return F.cross_entropy(trained(feats[idx].to(device)), labels[idx].to(device)), {}
 
     fit(
         opt,
@@ -56,7 +58,7 @@ def _train_classifier(
         seed=seed,
         order_stream=("classifier-order",),
         stage="classifier",
-        modules=(model,),
+        modules=(trained,),
     )
     return model.eval()
 
@@ -186,6 +188,8 @@ def run_head(
     hc, oc = cfg.head, cfg.head.optim
     head = build_head(cfg, hc.name, in_features=x_train.shape[1], temporal_length=L).to(device)
     opt = make_optimizer(head.parameters(), oc)
+    trained = wrap(head, device=device)  # DDP under torchrun; inference below uses the head itself
+    world = current()
     cidx = ds.class_index()
     t0 = time.perf_counter()
     with start_run(
@@ -209,7 +213,7 @@ def run_head(
 
         def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
             with autocast(device, cfg.runtime.amp):
-                outputs = head(x_train[idx].to(device))
+                outputs = trained(x_train[idx].to(device))
             # the stream of the unaccumulated loop (no micro-batch offset) when a step is one micro-batch
             gen = torch_generator(seed, "head-loss", epoch, step, *((micro,) if micro else ()))
             loss, _ = tal_loss(
@@ -235,7 +239,7 @@ def run_head(
             seed=seed,
             order_stream=("head-order",),
             stage=f"head[{hc.name}]",
-            modules=(head,),
+            modules=(trained,),
             validate=validate,
             on_epoch_end=report,
             tracker=tracker,
@@ -257,7 +261,8 @@ def run_head(
                 device,
             )
             for kind, results in (("predictions", det), ("proposals", prop)):
-                write_json_atomic(out / f"{kind}_{name}.json", _results_file(results), indent=None)
+                if world.main:  # every rank predicts the same (its head is the same); one writes
+                    write_json_atomic(out / f"{kind}_{name}.json", _results_file(results), indent=None)
                 written.append(out / f"{kind}_{name}.json")
             metrics[name] = evaluate_split(ds, subset, det, prop)
         test_m = metrics["testing"]
@@ -271,7 +276,11 @@ def run_head(
             "history": history,
             "time_train_s": train_time,
             "mlflow_run_id": tracker.run_id,
+            "world_size": world.size,
         }
+        if not world.main:
+            barrier()
+            return result
         write_json_atomic(out / "metrics.json", result)
         final = {f"mAP_{t:.2f}": m for t, m in zip(test_m["tiou_thresholds"], test_m["mAP"])}
         final.update({"average_mAP": test_m["average_mAP"], "val_average_mAP": metrics["validation"]["average_mAP"]})
@@ -285,4 +294,5 @@ def run_head(
             key=key,
             outputs=[*written, out / "metrics.json"],
         )
+    barrier()
     return result

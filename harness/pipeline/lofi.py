@@ -16,6 +16,7 @@ import torch
 from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
 from harness.pipeline.data import StageData, stage_data, tal_targets
+from harness.pipeline.distributed import barrier, current, unwrap, wrap
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head, load_encoder
 from harness.pipeline.runtime import autocast, load_torch, make_optimizer, mark_done, prepare, save_torch, stage_done
@@ -76,6 +77,9 @@ def run_lofi(
         log.info("LoFi: resuming after epoch %d from %s", start_epoch, ckpt)
 
     iters_per_epoch = (len(videos) + opt_cfg.batch_size - 1) // opt_cfg.batch_size
+    world = current()
+    encoder = wrap(encoder, device=device, sync_bn=cfg.runtime.sync_bn)
+    head = wrap(head, device=device, sync_bn=cfg.runtime.sync_bn)
 
     def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         f = fidelity_at(
@@ -100,11 +104,13 @@ def run_lofi(
         return loss, {}
 
     def save_checkpoint(epoch: int, history: list[dict[str, float]]) -> None:
+        if not world.main:
+            return
         save_torch(
             ckpt,
             {
-                "encoder": encoder.state_dict(),
-                "head": head.state_dict(),
+                "encoder": unwrap(encoder).state_dict(),
+                "head": unwrap(head).state_dict(),
                 "optimizer": opt.state_dict(),
                 "epoch": epoch,
                 "history": history,
@@ -138,20 +144,24 @@ def run_lofi(
         )
         if len(history) < opt_cfg.epochs:
             return ckpt  # stopped early by stop_after_epoch (tests)
-        save_torch(out / "encoder.pt", {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name})
-        mark_done(
-            out,
-            {
-                "stage": "lofi",
-                "cycle": cycle,
-                "seed": seed,
-                "history": history,
-                "skipped_videos": skipped,
-                "mlflow_run_id": tracker.run_id,
-                "time_s": time.perf_counter() - t_start,
-            },
-            key=key,
-            outputs=[out / "encoder.pt"],
-        )
-    ckpt.unlink(missing_ok=True)
+        if world.main:
+            save_torch(out / "encoder.pt", {"encoder": unwrap(encoder).cpu().state_dict(), "name": cfg.encoder.name})
+            mark_done(
+                out,
+                {
+                    "stage": "lofi",
+                    "cycle": cycle,
+                    "seed": seed,
+                    "history": history,
+                    "skipped_videos": skipped,
+                    "mlflow_run_id": tracker.run_id,
+                    "time_s": time.perf_counter() - t_start,
+                    "world_size": world.size,
+                },
+                key=key,
+                outputs=[out / "encoder.pt"],
+            )
+    if world.main:
+        ckpt.unlink(missing_ok=True)
+    barrier()  # the other ranks read encoder.pt next
     return out / "encoder.pt"

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
 from harness.pipeline.data import LabelledItem, StageData, VideoFrames, read_source_index, stage_data, video_file
+from harness.pipeline.distributed import barrier, current, wrap
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_encoder, load_encoder
 from harness.pipeline.runtime import make_optimizer, mark_done, prepare, save_torch, stage_done
@@ -106,15 +107,18 @@ def train_classification(
     device: torch.device,
     progress: bool,
     tracker,
+    sync_bn: bool = False,
 ) -> tuple[list[dict[str, float]], nn.Module]:
-    """Cross-entropy training of encoder + a linear classifier; returns (per-epoch history, classifier)."""
+    """Cross-entropy training of encoder + a linear classifier (both trained in place; under torchrun through
+    DistributedDataParallel wrappers); returns (per-epoch history, classifier)."""
     classifier = nn.Linear(encoder.num_features, num_classes).to(device)
     encoder.to(device)
     opt = make_optimizer(list(encoder.parameters()) + list(classifier.parameters()), optim_cfg)
+    trained, head = wrap(encoder, device=device, sync_bn=sync_bn), wrap(classifier, device=device)
 
     def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = clips[idx].to(device), labels[idx].to(device)
-        logits = classifier(encoder(x).mean(dim=1))
+        logits = head(trained(x).mean(dim=1))
         return F.cross_entropy(logits, y), {"accuracy": int((logits.argmax(1) == y).sum())}
 
     history = fit(
@@ -125,7 +129,7 @@ def train_classification(
         seed=seed,
         order_stream=(stage, "order"),
         stage=stage,
-        modules=(encoder, classifier),
+        modules=(trained, head),
         tracker=tracker,
         metric_prefix=stage,
         progress=progress,
@@ -180,6 +184,7 @@ def run_pretrain(
                 device=device,
                 progress=cfg.runtime.progress,
                 tracker=tracker,
+                sync_bn=cfg.runtime.sync_bn,
             )
         elif not source:  # real data: start from published weights instead of training
             encoder = build_encoder(cfg, from_weights=True, mode=mode)
@@ -198,22 +203,26 @@ def run_pretrain(
                 device=device,
                 progress=cfg.runtime.progress,
                 tracker=tracker,
+                sync_bn=cfg.runtime.sync_bn,
             )
-        state = {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name}
-        if classifier is not None:  # kept so the ACP+ model can serve as the video-level classifier
-            state.update(classifier=classifier.cpu().state_dict(), classes=list(classes))
-        save_torch(out / "encoder.pt", state)
-        mark_done(
-            out,
-            {
-                "stage": "pretrain",
-                "mode": mode,
-                "seed": seed,
-                "history": history,
-                "time_s": time.perf_counter() - t0,
-                "mlflow_run_id": tracker.run_id,
-            },
-            key=key,
-            outputs=[out / "encoder.pt"],
-        )
+        if current().main:
+            state = {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name}
+            if classifier is not None:  # kept so the ACP+ model can serve as the video-level classifier
+                state.update(classifier=classifier.cpu().state_dict(), classes=list(classes))
+            save_torch(out / "encoder.pt", state)
+            mark_done(
+                out,
+                {
+                    "stage": "pretrain",
+                    "mode": mode,
+                    "seed": seed,
+                    "history": history,
+                    "time_s": time.perf_counter() - t0,
+                    "mlflow_run_id": tracker.run_id,
+                    "world_size": current().size,
+                },
+                key=key,
+                outputs=[out / "encoder.pt"],
+            )
+    barrier()  # the other ranks read encoder.pt next
     return out / "encoder.pt"

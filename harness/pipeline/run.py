@@ -15,6 +15,7 @@ from harness.experiment import ExperimentConfig, config_hash
 from harness.fidelity import fidelity_shape
 from harness.io import remove_orphans, write_json_atomic, write_text_atomic
 from harness.modes import ZEROED_MODES
+from harness.pipeline.distributed import barrier, current
 from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run, slug
 from harness.pipeline.runtime import DONE, Env, stage_done, start_stage
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
@@ -235,8 +236,10 @@ def run_all(
         )
         if plan.head in todo:
             times["head"] = time.perf_counter() - t0
-        write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
-        write_json_atomic(out / "metrics.json", {k: metrics[k] for k in metrics if k != "history"})
+        world = current()
+        if world.main:
+            write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
+            write_json_atomic(out / "metrics.json", {k: metrics[k] for k in metrics if k != "history"})
         fids = mode_fidelities(cfg, mode)
         cycle = MODE_PLAN[mode][1]
         L, size = (
@@ -278,6 +281,13 @@ def run_all(
             "ground_truth": str(cfg.data.annotations_path().resolve()),
             # undecodable videos skipped by a stage (data.skip_corrupt): absent from training or from the predictions
             "skipped_videos": skipped_videos(plan),
+            # torchrun: the processes, and the items per optimiser step summed over them (the config's batch)
+            "world_size": world.size,
+            "global_batch": {
+                "pretrain": cfg.pretrain.optim.batch_size,
+                "lofi": cfg.lofi.optim.batch_size,
+                "head": cfg.head.optim.batch_size,
+            },
         }
         parent.log_metrics(
             {
@@ -287,6 +297,8 @@ def run_all(
                 and isinstance(v, (int, float))
             }
         )
-        write_json_atomic(out / "row.json", row)
+        if world.main:
+            write_json_atomic(out / "row.json", row)
+    barrier()
     log.info("%s seed %d: test average mAP %.4f (%s)", mode, seed, row["average_mAP"], out)
     return row

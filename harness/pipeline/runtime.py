@@ -31,13 +31,15 @@ def select_device(cfg: RuntimeConfig) -> torch.device:
 
 
 def prepare(cfg: RuntimeConfig, seed: int) -> torch.device:
-    """Seed everything, set torch's thread count, and pick the device: the first lines of every stage."""
+    """Seed everything, set torch's thread count, and pick the device (this rank's GPU under torchrun): the first
+    lines of every stage."""
+    from harness.pipeline.distributed import device_for
     from harness.seeding import seed_everything
 
     seed_everything(seed, cfg.deterministic)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    return select_device(cfg)
+    return device_for(select_device(cfg))
 
 
 def autocast(device: torch.device, enabled: bool):  # -> context manager
