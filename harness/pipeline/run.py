@@ -17,7 +17,7 @@ from harness.modes import ZEROED_MODES
 from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run, slug
 from harness.pipeline.runtime import Env, stage_done
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
-from harness.tracking import git_commit, start_run
+from harness.tracking import configuration_tags, git_commit, start_run
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ def run_all(
             "predictions": str((plan.head.folder / "predictions_testing.json").resolve()),
             "ground_truth": str(cfg.data.annotations_path().resolve()),
         }
+        parent.set_tags(configuration_tags(row))  # the columns and filter of the MLflow compare view
         parent.log_metrics(
             {
                 k: v
