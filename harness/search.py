@@ -132,7 +132,10 @@ def stages_root(out: Path) -> Path:
 def study_name(cfg: ExperimentConfig, multi_objective: bool) -> str:
     """Stable per search definition: the trial budget and tracking settings do not change the study."""
     key = to_dict(cfg)  # a hash key, not a config: trials=0 is outside the valid range on purpose
-    key["sweep"]["optuna"].update(trials=0, multi_objective=multi_objective)
+    key["sweep"]["optuna"].update(trials=0, multi_objective=multi_objective, workers=1)
+    # how the search's jobs are launched and sized is not what it computes: every worker must find the same study
+    for k in ("launcher", "mem_mb_per_job", "runtime_per_job"):
+        key["sweep"].pop(k, None)
     key["tracking"] = to_dict(TrackingConfig())
     return f"lofi-rt-rs-{config_hash(key, 'optuna-search')}"
 
