@@ -167,6 +167,8 @@ def _ui(args: argparse.Namespace) -> int:
     uri = sweep_tracking_uri(cfg)
     if not uri.startswith(("http://", "https://")):
         print(f"mlflow ui --backend-store-uri {shlex.quote(uri)}")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        return 0  # no sweep logged yet: opening the store would create it
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(cfg.tracking.experiment)
     base = uri if uri.startswith(("http://", "https://")) else args.url
     if exp is not None:
