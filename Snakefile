@@ -4,6 +4,8 @@
 #   snakemake --cores 2 results/smoke/table_ablation.md --configfile config/smoke.yaml
 #   snakemake --cores 8 --resources gpu=4 all --configfile config/activitynet.yaml
 #   snakemake --cores 8 readme                                            tables -> README.md
+#   snakemake --profile profiles/local results/table_ablation.md           the same through a profile
+#   snakemake --profile profiles/slurm --configfile config/activitynet.yaml all   on a SLURM cluster (docs/cluster.md)
 #
 # The rules live in workflow/rules/: common.smk (the config, validated once, and the sweep's stage plan),
 # stages.smk (one job per shared stage and per run), report.smk (tables, README, Optuna). Every path and rerun key
@@ -20,3 +22,11 @@ configfile: "config/default.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/stages.smk"
 include: "workflow/rules/report.smk"
+
+
+# Aggregates and light bookkeeping run where Snakemake runs (on a cluster: the submitting node), never as jobs.
+localrules:
+    all,
+    tables,
+    track_init,
+    readme,

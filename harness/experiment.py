@@ -316,8 +316,9 @@ class OptunaConfig(ConfigModel):
     search_seed: Seed = 0  # the run seed used inside the search
     fresh_seeds: tuple[Seed, ...] = (100, 101, 102)  # re-runs of the best (r_t, r_s) for the test-split report
     pruning: Bool = True
+    workers: Int = Field(1, ge=1)  # the workflow's parallel `lofi search` jobs on the one study
 
-    fix_hints: ClassVar[dict[str, str]] = {"trials": "run at least one trial"}
+    fix_hints: ClassVar[dict[str, str]] = {"trials": "run at least one trial", "workers": "use at least one worker"}
 
     @model_validator(mode="after")
     def _ranges(self) -> OptunaConfig:
@@ -346,6 +347,12 @@ class SweepConfig(ConfigModel):
     n_boot: Int = Field(1000, ge=1)
     threads_per_job: Int = Field(1, ge=1)
     gpu_per_job: Int = Field(0, ge=0)  # GPU jobs declare resources: gpu=this (limit with --resources gpu=N)
+    # What a training job asks a cluster for (Snakemake resources mem_mb and runtime, in MB and minutes).
+    mem_mb_per_job: Int = Field(4000, ge=100)
+    runtime_per_job: Int = Field(60, ge=1)
+    # The command that runs a training job's `lofi` subcommand; {gpus} = gpu_per_job. For one process per GPU:
+    # "torchrun --standalone --nproc_per_node {gpus} -m harness.cli"
+    launcher: Name = "lofi"
     optuna: OptunaConfig = Field(default_factory=OptunaConfig)
 
     @model_validator(mode="after")
@@ -359,9 +366,26 @@ class SweepConfig(ConfigModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _launcher_template(self) -> SweepConfig:
+        try:
+            self.launcher.format(gpus=self.gpu_per_job)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise invalid(
+                "launcher",
+                self.launcher,
+                f"is not a command template ({type(exc).__name__}: {exc})",
+                "use e.g. lofi, or torchrun --standalone --nproc_per_node {gpus} -m harness.cli",
+            ) from None
+        if "\n" in self.launcher:
+            raise invalid("launcher", self.launcher, "spans several lines", "write the command on one line")
+        return self
+
     fix_hints: ClassVar[dict[str, str]] = {
         "n_boot": "use at least one bootstrap resample (1000 is usual)",
         "gpu_per_job": "use 0 (CPU jobs) or a GPU count",
+        "mem_mb_per_job": "use the memory one training job needs, in MB (e.g. 32000)",
+        "runtime_per_job": "use the minutes one training job may run (e.g. 720)",
     }
 
 

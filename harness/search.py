@@ -4,26 +4,30 @@ Each trial runs the full chain in ``lofi-custom`` mode with ``lofi.r_t``/``lofi.
 pre-training folder across trials, and is scored on the VALIDATION split only (``val_average_mAP``); the test
 split is read once, for the re-runs of the best ratios with fresh seeds in the report.
 
-Storage and resume (Optuna 5):
-- The study lives in its own SQLite database (default ``OUT/optuna.db``), separate from MLflow's store. SQLite
-  (``RDBStorage``) rather than the journal file because only ``RDBStorage`` implements Optuna's heartbeat, the
-  mechanism that turns trials left ``RUNNING`` by a killed process into ``FAIL``; every write is a transaction,
-  so a kill never leaves a half-written study.
-- The heartbeat is recorded every ``heartbeat_interval`` s while a trial runs; a ``RUNNING`` trial whose heartbeat
-  is older than ``grace_period`` s is stale and is failed by ``optuna.storages.fail_stale_trials``, which we call
-  on resume and Optuna calls again before every trial. A trial killed less than ``grace_period`` s before the
-  resume stays ``RUNNING`` until a later trial's check fails it. Either way it is not counted.
+Storage, workers and resume (Optuna 5; ``harness.search_storage``):
+- The study lives in its own storage, separate from MLflow's store: a journal file by default (``OUT/optuna.journal``,
+  Optuna's recommendation for many processes on a shared filesystem), or an RDB URL. Any number of processes
+  (``lofi search`` calls, Snakemake jobs) may work on one study.
 - The budget counts finished trials: COMPLETE + PRUNED + FAIL trials that failed with a user error (the
   ``LofiError`` message is kept in the trial's user attribute ``error``). Interrupted trials (killed, stale,
   Ctrl-C) are not counted, so an interrupted study still ends with the requested number of evaluated trials.
-- A resumed study re-creates its sampler; seeding it again with ``sampler_seed`` would replay the first random
-  start-up points, so a resumed sampler is seeded with ``derive_seed(sampler_seed, "resume", n_trials_so_far)``.
+- Exactly ``trials`` trials finish, however many workers: a new trial runs only if fewer than ``trials`` trials
+  numbered before it are finished (counted) or still RUNNING on a live worker; otherwise it is a surplus trial,
+  recorded FAIL with the user attribute ``surplus`` and no parameters, and not counted. Trial numbers are handed
+  out atomically by the storage, so two workers racing for the last slot cannot both take it. A worker that finds
+  the remaining slots held by RUNNING trials of other workers waits for them (and takes over a slot whose worker
+  died: ``search_storage.fail_dead_trials``).
+- Each trial's randomness is seeded with ``derive_seed(sampler_seed, "trial", number)`` (``TrialSeededSampler``):
+  one worker replays the same study for the same seed, a resumed study does not replay its start-up points, and
+  parallel workers (distinct trial numbers) never draw the same start-up point. TPE's constant liar keeps parallel
+  workers from proposing the point a RUNNING trial is already evaluating.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +41,7 @@ from harness.config import evolve, to_dict
 from harness.errors import ConfigError, LofiError
 from harness.experiment import ExperimentConfig, OptunaConfig, TrackingConfig, config_hash
 from harness.fidelity import fidelity_shape
+from harness.search_storage import default_storage, fail_dead_trials, heartbeat, open_storage
 from harness.seeding import derive_seed
 from harness.tracking import git_commit, start_run
 
@@ -49,6 +54,8 @@ MEMORY_KEY = "activation_rel"
 TEST_KEY = "average_mAP"  # the test split: read only for the fresh-seed re-runs in the report
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 180
+POLL_S = 1.0  # how often a worker waiting for other workers' last trials looks again
+SURPLUS_ATTR = "surplus"
 TOP_K = 5
 
 OnEpoch = Callable[[int, float], None]
@@ -125,32 +132,12 @@ def stages_root(out: Path) -> Path:
 def study_name(cfg: ExperimentConfig, multi_objective: bool) -> str:
     """Stable per search definition: the trial budget and tracking settings do not change the study."""
     key = to_dict(cfg)  # a hash key, not a config: trials=0 is outside the valid range on purpose
-    key["sweep"]["optuna"].update(trials=0, multi_objective=multi_objective)
+    key["sweep"]["optuna"].update(trials=0, multi_objective=multi_objective, workers=1)
+    # how the search's jobs are launched and sized is not what it computes: every worker must find the same study
+    for k in ("launcher", "mem_mb_per_job", "runtime_per_job"):
+        key["sweep"].pop(k, None)
     key["tracking"] = to_dict(TrackingConfig())
     return f"lofi-rt-rs-{config_hash(key, 'optuna-search')}"
-
-
-def default_storage(out: Path) -> str:
-    return f"sqlite:///{(out / 'optuna.db').resolve()}"
-
-
-def open_storage(
-    url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S
-) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats (so stale RUNNING trials can be failed on resume)."""
-    if "://" not in url:
-        raise ConfigError(f"--storage {url!r} is not a database URL; use e.g. sqlite:///path/optuna.db")
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but the only stale-trial check
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    except Exception as exc:
-        raise ConfigError(
-            f"--storage {url!r}: cannot open ({type(exc).__name__}: {exc}); "
-            "use a SQLAlchemy URL such as sqlite:///path/optuna.db"
-        ) from None
 
 
 def is_counted(t: FrozenTrial) -> bool:
@@ -164,10 +151,63 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if is_counted(t)]
 
 
-def make_sampler(seed: int, n_existing: int, *, startup_trials: int = 5) -> optuna.samplers.TPESampler:
+class SurplusTrial(Exception):
+    """A trial created after the budget was already held by finished or running trials (see the module docstring)."""
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE whose random stream for trial ``n`` is seeded with ``derive_seed(seed, "trial", n)``: a pure function
+    of the study's seed and the trial's number, whichever worker runs it (TPE's model is rebuilt from the study's
+    trials at every trial, so a fresh TPE per trial loses nothing)."""
+
+    def __init__(self, seed: int, *, startup_trials: int = 5) -> None:
+        self._seed = seed
+        self._startup_trials = startup_trials
+        self._inner = self._tpe(0)
+
+    def _tpe(self, number: int) -> optuna.samplers.TPESampler:
+        with warnings.catch_warnings():  # constant_liar is "experimental" in some Optuna releases
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=derive_seed(self._seed, "trial", number),
+                n_startup_trials=self._startup_trials,
+                constant_liar=True,
+            )
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner = self._tpe(trial.number)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
+def make_sampler(seed: int, *, startup_trials: int = 5) -> TrialSeededSampler:
     """Seeded TPE (multi-objective TPE too: it handles small budgets better than NSGA-II's population of 50)."""
-    s = seed if n_existing == 0 else derive_seed(seed, "resume", n_existing)
-    return optuna.samplers.TPESampler(seed=s, n_startup_trials=startup_trials)
+    return TrialSeededSampler(seed, startup_trials=startup_trials)
+
+
+def holds_slot(t: FrozenTrial) -> bool:
+    """Whether a trial uses up, or may still use up, a slot of the budget: finished and counted, or running."""
+    return is_counted(t) or t.state == TrialState.RUNNING
+
+
+def admitted(trials: Sequence[FrozenTrial], number: int, n_target: int) -> bool:
+    """Whether trial ``number`` may run: fewer than ``n_target`` trials before it hold a slot."""
+    return sum(1 for t in trials if t.number < number and holds_slot(t)) < n_target
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,11 +226,29 @@ def _pruning_callback(trial: optuna.Trial, tracker: Any) -> OnEpoch:
 
 
 def _objective(
-    cfg: ExperimentConfig, out: Path, objective_fn: ChainFn, multi: bool, parent_run_id: str, name: str
+    cfg: ExperimentConfig,
+    out: Path,
+    objective_fn: ChainFn,
+    multi: bool,
+    parent_run_id: str,
+    name: str,
+    *,
+    n_target: int,
+    heartbeat_interval: float,
+    admitted_numbers: list[int],
 ) -> Callable[[optuna.Trial], float | tuple[float, float]]:
+    """The study's objective; trials that may run (``admitted``) are appended to ``admitted_numbers``."""
     o = cfg.sweep.optuna
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        if not admitted(trial.study.get_trials(deepcopy=False), trial.number, n_target):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            raise SurplusTrial(f"trial {trial.number}: the {n_target} trials are already finished or running")
+        admitted_numbers.append(trial.number)
+        with heartbeat(trial, heartbeat_interval):
+            return run_trial(trial)
+
+    def run_trial(trial: optuna.Trial) -> float | tuple[float, float]:
         r_t = trial.suggest_float("r_t", o.r_t[0], o.r_t[1])
         r_s = trial.suggest_float("r_s", o.r_s[0], o.r_s[1])
         n = trial.number
@@ -251,6 +309,7 @@ def run_study(
     sampler_startup_trials: int = 5,
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
     grace_period: int = GRACE_PERIOD_S,
+    poll_interval: float = POLL_S,
 ) -> SearchResult:
     """Create or resume the study for ``cfg`` and run trials until ``trials`` of them have finished.
 
@@ -267,38 +326,30 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     url = storage or default_storage(out)
     name = study_name(cfg, multi)
-    rdb = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    storage_obj = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Load (or create) first to read the history, then re-open with a sampler seeded for that history.
-    probe = optuna.create_study(
-        storage=rdb,
+    # Created by the first worker; the others load it (create_study resolves the race through the storage).
+    study = optuna.create_study(
+        storage=storage_obj,
         study_name=name,
         load_if_exists=True,
+        sampler=make_sampler(o.sampler_seed, startup_trials=sampler_startup_trials),
+        pruner=(
+            optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps)
+            if o.pruning and not multi  # Optuna cannot prune multi-objective trials
+            else optuna.pruners.NopPruner()
+        ),
         **({"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}),
     )
-    if probe.directions != (
+    if study.directions != (
         [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
         if multi
         else [optuna.study.StudyDirection.MAXIMIZE]
     ):
         raise ConfigError(f"study {name} in {url} has other objectives; use another --storage or --out")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(probe)
-    n_existing = len(probe.get_trials(deepcopy=False))
-    use_pruner = o.pruning and not multi  # Optuna cannot prune multi-objective trials
-    study = optuna.load_study(
-        study_name=name,
-        storage=rdb,
-        sampler=make_sampler(o.sampler_seed, n_existing, startup_trials=sampler_startup_trials),
-        pruner=(
-            optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps)
-            if use_pruner
-            else optuna.pruners.NopPruner()
-        ),
-    )
+    use_pruner = o.pruning and not multi
     log.info("study %s (%s): %d of %d trials finished", name, url, len(counted_trials(study)), n_target)
-    ran = 0
+    admitted_numbers: list[int] = []
     with start_run(
         cfg.tracking,
         run_name="optuna-search",
@@ -318,11 +369,28 @@ def run_study(
                 "commit": git_commit(_PACKAGE_DIR),
             }
         )
-        objective = _objective(cfg, out, objective_fn or chain_run, multi, parent.run_id, name)
-        # One trial per call, recounting each time: another worker on the same storage also fills the budget.
-        while len(counted_trials(study)) < n_target:
-            study.optimize(objective, n_trials=1, catch=(LofiError,))
-            ran += 1
+        objective = _objective(
+            cfg,
+            out,
+            objective_fn or chain_run,
+            multi,
+            parent.run_id,
+            name,
+            n_target=n_target,
+            heartbeat_interval=heartbeat_interval,
+            admitted_numbers=admitted_numbers,
+        )
+        # One trial per call, recounting each time: other workers on the same storage fill the budget too.
+        while True:
+            fail_dead_trials(study, grace_period)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(1 for t in trials if is_counted(t))
+            if finished >= n_target:
+                break
+            if sum(1 for t in trials if holds_slot(t)) >= n_target:
+                time.sleep(poll_interval)  # the last slots are running on other workers
+                continue
+            study.optimize(objective, n_trials=1, catch=(LofiError, SurplusTrial))
         counted, done = counted_trials(study), _completed(study)
         parent.log_metrics(
             {
@@ -335,7 +403,7 @@ def run_study(
         study_name=name,
         storage=url,
         multi_objective=multi,
-        ran=ran,
+        ran=len(admitted_numbers),
         counted=len(counted),
         parent_run_id=parent.run_id,
     )

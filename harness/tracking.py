@@ -6,6 +6,7 @@ set. Metric names are made MLflow-legal here (``mAP@0.5`` → ``mAP_0.5``), once
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -90,8 +91,67 @@ class MlflowTracker:
         self._client.log_batch(self.run_id, tags=[RunTag(legal_name(k), str(v)) for k, v in tags.items()])
 
 
+# MLflow 3's UI opens an experiment by its recorded type: without this tag it guesses "GenAI" (traces, tokens) for
+# an experiment with no logged models; "custom_model_development" opens the Runs table of a model-training project.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The saved runs-table view that answers "which configuration wins, over seeds": an experiment tag the UI reads
+# when the page is opened with ?viewStateShareKey=<key> (the same place its own "Share" button writes to).
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+COMPARE_VIEW = "lofi-compare"
+CONFIGURATION_KIND = "configuration"  # the `kind` tag of a configuration's run (`harness.pipeline.run.run_all`)
+# The columns of that view: the configuration (tags) and its final test metrics.
+COMPARE_TAGS = ("mode", "seed", "fidelities", "r_t", "r_s", "L", "size", "encoder", "head")
+COMPARE_METRICS = ("average_mAP", "mAP_0.50", "mAP_0.75", "mAP_0.95", "activation_rel")
+
+
+def configuration_tags(row: Mapping[str, Any]) -> dict[str, str]:
+    """The tags of a configuration's run (from its row.json): what the compare view filters on and shows."""
+    tags = {"kind": CONFIGURATION_KIND}
+    tags.update({k: "" if row.get(k) is None else str(row[k]) for k in COMPARE_TAGS if k in row})
+    return tags
+
+
+def compare_view_state() -> dict[str, Any]:
+    """The runs-table state of the compare view: configuration runs only (flat: their sweep parent is filtered
+    out), grouped by mode with the mean over seeds, best average mAP first."""
+    col = lambda kind, name: f"{kind}.`{name}`"  # the UI's column keys
+    return {
+        "searchFilter": f"tags.kind = '{CONFIGURATION_KIND}'",
+        "orderByKey": col("metrics", "average_mAP"),
+        "orderByAsc": False,
+        "selectedColumns": [col("tags", t) for t in COMPARE_TAGS] + [col("metrics", m) for m in COMPARE_METRICS],
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "mode"}]},
+        "groupsExpanded": {},
+    }
+
+
+def compare_path(experiment_id: str) -> str:
+    """The UI route of the compare view (append to the server's address)."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARE_VIEW}&workflowType=machine_learning"
+
+
+def _prepare_experiment(client: Any, experiment_id: str) -> None:
+    """Record the experiment's type, the compare view and a note linking to it (idempotent)."""
+    exp = client.get_experiment(experiment_id)
+    want = {
+        EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+        VIEW_TAG_PREFIX + COMPARE_VIEW: json.dumps(compare_view_state(), sort_keys=True),
+        "mlflow.note.content": (
+            "lofi-bench sweep. **Which configuration wins, over seeds:** "
+            f"[configurations by mode, mean over seeds]({compare_path(experiment_id)}) "
+            "(one row per mode; expand a group for its seeds; remove *Group by* for every run)."
+        ),
+    }
+    for key, value in want.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
+
+
 def ensure_experiment(cfg: TrackingConfig) -> str:
-    """Create the store and the experiment if needed (do this once before parallel jobs start)."""
+    """Create the store and the experiment if needed (do this once before parallel jobs start; a race between
+    processes creating it is resolved by reading back the winner's experiment)."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg)
@@ -99,7 +159,26 @@ def ensure_experiment(cfg: TrackingConfig) -> str:
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(cfg.experiment)
-    return exp.experiment_id if exp is not None else client.create_experiment(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        exp_id = client.create_experiment(cfg.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    except MlflowException:
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+    _prepare_experiment(client, exp_id)
+    return exp_id
+
+
+def prepare_experiment(cfg: TrackingConfig) -> str:
+    """``ensure_experiment`` and (again, for an experiment made by an older version) its type, view and note."""
+    from mlflow.tracking import MlflowClient
+
+    exp_id = ensure_experiment(cfg)
+    _prepare_experiment(MlflowClient(tracking_uri=tracking_uri(cfg)), exp_id)
+    return exp_id
 
 
 @contextmanager

@@ -65,7 +65,7 @@ def test_same_seed_gives_same_trials_and_the_seed_matters(tmp_path: Path) -> Non
     lo_t, hi_t = OptunaConfig().r_t
     lo_s, hi_s = OptunaConfig().r_s
     assert all(lo_t <= rt <= hi_t and lo_s <= rs <= hi_s for _, rt, rs in _params(a.study))
-    assert a.storage == f"sqlite:///{(tmp_path / 'a' / 'optuna.db').resolve()}"
+    assert a.storage == str((tmp_path / "a" / "optuna.journal").resolve())
 
 
 def test_resume_runs_only_the_remainder_and_keeps_the_first_trials(tmp_path: Path) -> None:
@@ -85,13 +85,16 @@ def test_resume_runs_only_the_remainder_and_keeps_the_first_trials(tmp_path: Pat
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_trial_killed_mid_run_is_failed_on_resume_and_not_counted(tmp_path: Path) -> None:
-    S.run_study(_cfg(), tmp_path, 2, objective_fn=fake_chain)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"  # an RDB storage: Optuna's own heartbeat
+    S.run_study(_cfg(), tmp_path, 2, objective_fn=fake_chain, storage=url)
     name = S.study_name(_cfg(), False)
-    storage = S.open_storage(S.default_storage(tmp_path), heartbeat_interval=1, grace_period=1)
+    storage = S.open_storage(url, heartbeat_interval=1, grace_period=1)
     killed = optuna.load_study(study_name=name, storage=storage).ask()  # what a killed process leaves behind:
     storage.record_heartbeat(killed._trial_id)  # a RUNNING trial whose heartbeat stops
     time.sleep(2.5)
-    result = S.run_study(_cfg(), tmp_path, 4, objective_fn=fake_chain, heartbeat_interval=1, grace_period=1)
+    result = S.run_study(
+        _cfg(), tmp_path, 4, objective_fn=fake_chain, storage=url, heartbeat_interval=1, grace_period=1
+    )
     states = {t.number: t.state for t in result.study.get_trials()}
     assert states[killed.number] == TrialState.FAIL
     assert result.counted == 4 and result.ran == 2 and len(states) == 5

@@ -249,7 +249,7 @@ def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
     config, _ = smoke_copy(tmp_path, results="results")
     target = "results/table_ablation.md"
     args = ("--directory", str(tmp_path), target, "--configfile", str(config))
-    out = snakemake("--cores", "2", *args)
+    out = snakemake("--profile", str(ROOT / "profiles/local"), "--cores", "2", *args)  # the local profile
     assert out.returncode == 0, out.stderr[-4000:]
     md = (tmp_path / target).read_text()
     cfg = load_experiment(config)

@@ -17,12 +17,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(ranges: sweep.optuna.r_t / r_s), maximising the VALIDATION average mAP of the full chain in mode "
         "lofi-custom; trials share one ACP pre-training (OUT/shared/) and run in OUT/trials/<n>. Poor trials are "
         "pruned on the per-epoch validation mAP of the head (MedianPruner; sweep.optuna.pruning). The study lives "
-        "in its own SQLite database (default OUT/optuna.db); re-running the same command resumes it and runs only "
-        "the trials still missing (killed trials are failed by Optuna's heartbeat check and not counted). The best "
-        "ratios are then re-run with sweep.optuna.fresh_seeds and reported on the test split.",
+        "in its own storage (default the journal file OUT/optuna.journal; or an RDB URL); re-running the same "
+        "command resumes it and runs only the trials still missing (trials of a killed worker are failed and not "
+        "counted). Any number of workers may run the same command on one storage at once (add --no-report to "
+        "all but a last call): together they finish exactly --trials trials. The best ratios are then re-run with "
+        "sweep.optuna.fresh_seeds and reported on the test split.",
         epilog="examples:\n  lofi search --config config/smoke.yaml --out results/smoke/optuna --trials 3\n"
         "  lofi search --config config/default.yaml --out results/optuna --multi-objective "
-        "--report results/optuna_rt_rs.md",
+        "--report results/optuna_rt_rs.md"
+        "\n  for i in 1 2 3 4; do lofi search --config config/smoke.yaml --out results/smoke/optuna --trials 12 "
+        "--no-report & done; wait   # 4 workers, one study",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help=CONFIG_HELP)
@@ -38,7 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="maximise validation mAP and minimise activation memory (no pruning); "
         "default sweep.optuna.multi_objective",
     )
-    p.add_argument("--storage", default=None, help="Optuna database URL (default sqlite:///OUT/optuna.db)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="a journal file (PATH.journal; default OUT/optuna.journal) or an RDB URL (postgresql://…, sqlite:///…)",
+    )
     p.add_argument(
         "--report",
         type=Path,

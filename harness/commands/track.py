@@ -1,4 +1,4 @@
-"""`lofi track init|ui`: set up the MLflow store of a sweep once, and show how to browse it.
+"""`lofi track init|ui|server`: set up the MLflow store of a sweep once, show how to browse it, serve it to many workers.
 
 MLflow's SQLite store is created (schema migrations) on first use; parallel jobs that all "first use" it race.
 `lofi track init` runs once before the sweep's parallel jobs (the Snakefile makes every training rule depend on
@@ -8,6 +8,11 @@ its output) and creates the store, the experiment and a parent "sweep" run whose
 The sweep's store: ``tracking.uri`` if set, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<sweep.results>/
 mlflow.db`` — beside the sweep's other results, so the smoke and default sweeps never mix. The Snakefile writes
 this choice into the resolved config it hands to every job.
+
+Many workers (a cluster's jobs, parallel processes) share one MLflow tracking server instead of a SQLite file:
+`lofi track server` starts `mlflow server` on a backend store (default the sweep's SQLite file: the server is then
+its only writer) and an artifact root, bound to 127.0.0.1 unless --host says otherwise; jobs log to it when
+``MLFLOW_TRACKING_URI=http://HOST:PORT`` (or ``tracking.uri``) points there.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from harness.experiment import ExperimentConfig
@@ -74,14 +80,63 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config value (repeatable)",
     )
+    u.add_argument("--url", default="http://127.0.0.1:5000", help="the UI's address (default %(default)s)")
     u.set_defaults(func=_ui)
+    s = tsub.add_parser(
+        "server",
+        help="start an MLflow tracking server for many parallel workers",
+        description="Start `mlflow server` (runs until stopped). Point the workers at it with "
+        "MLFLOW_TRACKING_URI=http://HOST:PORT (or tracking.uri). The server has no authentication: keep it on "
+        "127.0.0.1, or on a cluster's internal network behind its firewall.",
+        epilog="examples:\n  lofi track server --config config/activitynet.yaml --port 5000\n"
+        "  lofi track server --backend-store-uri postgresql://mlflow@db/mlflow --artifacts-destination "
+        "/shared/mlartifacts --host 0.0.0.0 --workers 4",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--config", type=Path, metavar="FILE", help="experiment config: its sweep's store by default")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
+    s.add_argument(
+        "--backend-store-uri",
+        default=None,
+        metavar="URI",
+        help="where runs are stored (default sqlite:///<sweep.results>/mlflow.db; results/ without --config)",
+    )
+    s.add_argument(
+        "--artifacts-destination",
+        default=None,
+        metavar="DIR",
+        help="where the server keeps artifacts (default <sweep.results>/mlartifacts)",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s: this machine only)")
+    s.add_argument("--port", type=int, default=5000, help="port (default %(default)s)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes (default 1 on a SQLite store, its only writer; 4 otherwise)",
+    )
+    s.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="Host headers the server accepts beyond localhost and private IPs (mlflow's DNS-rebinding guard), "
+        "e.g. login01.cluster,login01",
+    )
+    s.add_argument("--print-only", action="store_true", help="print the mlflow command instead of running it")
+    s.set_defaults(func=_server)
 
 
 def _init(args: argparse.Namespace) -> int:
     from harness.config import evolve, flatten, to_dict
     from harness.experiment import load_experiment
     from harness.io import write_json_atomic
-    from harness.tracking import ensure_experiment, git_commit, start_run
+    from harness.tracking import git_commit, prepare_experiment, start_run
 
     cfg = load_experiment(args.config, args.overrides)
     uri = sweep_tracking_uri(cfg)
@@ -95,7 +150,7 @@ def _init(args: argparse.Namespace) -> int:
             tags={"kind": "sweep", "config": str(args.config), "commit": git_commit()},
         ) as run:
             run.log_params(flatten(to_dict(cfg)))
-        info = {"experiment_id": ensure_experiment(tracking), "sweep_run_id": run.run_id, "tracking_uri": uri}
+        info = {"experiment_id": prepare_experiment(tracking), "sweep_run_id": run.run_id, "tracking_uri": uri}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, info)
     print(json.dumps(info))
@@ -103,8 +158,70 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
     from harness.experiment import load_experiment
+    from harness.tracking import compare_path
 
     cfg = load_experiment(args.config, args.overrides)
-    print(f"mlflow ui --backend-store-uri {shlex.quote(sweep_tracking_uri(cfg))}")
+    uri = sweep_tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        print(f"mlflow ui --backend-store-uri {shlex.quote(uri)}")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        return 0  # no sweep logged yet: opening the store would create it
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(cfg.tracking.experiment)
+    base = uri if uri.startswith(("http://", "https://")) else args.url
+    if exp is not None:
+        print(f"which configuration wins, over seeds: {base.rstrip('/')}/{compare_path(exp.experiment_id)}")
     return 0
+
+
+def server_command(args: argparse.Namespace) -> list[str]:
+    """The `mlflow server` command line for ``lofi track server``'s arguments."""
+    from harness.errors import ConfigError
+
+    results = Path("results")
+    if args.config is not None:
+        from harness.experiment import load_experiment
+
+        results = Path(load_experiment(args.config, args.overrides).sweep.results)
+    backend = args.backend_store_uri or f"sqlite:///{results.as_posix()}/mlflow.db"
+    if "://" not in backend:
+        raise ConfigError(
+            f"--backend-store-uri {backend!r} is not a database URI; use e.g. sqlite:///results/mlflow.db or "
+            "postgresql://user@host/db"
+        )
+    if backend.startswith("sqlite:///"):
+        Path(backend[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    artifacts = Path(args.artifacts_destination or results / "mlartifacts")
+    workers = args.workers or (1 if backend.startswith("sqlite:") else 4)
+    if workers < 1 or not 0 < args.port < 65536:
+        raise ConfigError(f"--workers {workers} / --port {args.port}: use at least one worker and a port in 1-65535")
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        str(artifacts.resolve()),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(workers),
+        *(["--allowed-hosts", args.allowed_hosts] if args.allowed_hosts else []),
+    ]
+
+
+def _server(args: argparse.Namespace) -> int:
+    cmd = server_command(args)
+    print(shlex.join(cmd), flush=True)
+    if args.print_only:
+        return 0
+    print(f"workers: export MLFLOW_TRACKING_URI=http://{args.host}:{args.port}", flush=True)
+    # Become the server (no wrapper process): a scheduler's or a user's signal reaches mlflow itself.
+    os.execv(cmd[0], cmd)
+    return 0  # not reached

@@ -19,7 +19,7 @@ from harness.pipeline.distributed import barrier, current
 from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run, slug
 from harness.pipeline.runtime import DONE, Env, stage_done, start_stage
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
-from harness.tracking import git_commit, start_run
+from harness.tracking import configuration_tags, git_commit, start_run
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,7 @@ def run_all(
                 "head": cfg.head.optim.batch_size,
             },
         }
+        parent.set_tags(configuration_tags(row))  # the columns and filter of the MLflow compare view
         parent.log_metrics(
             {
                 k: v

@@ -86,8 +86,16 @@ _write_if_changed(
 DATASET = CFG.data.name
 ENCODERS = tuple(CFG.sweep.encoders)
 HEADS = tuple(CFG.sweep.heads)
+# Resources. Every rule declares what it needs, so one workflow runs on a laptop (profiles/local) and on a cluster
+# (profiles/slurm: the SLURM executor turns threads, mem_mb, runtime and gpu into the sbatch request). Training
+# jobs (stages, runs, the search) take the sweep's per-job values; the light jobs (data, tracking, tables) LIGHT.
 THREADS = CFG.sweep.threads_per_job
 GPU = CFG.sweep.gpu_per_job
+MEM_MB = CFG.sweep.mem_mb_per_job
+RUNTIME = CFG.sweep.runtime_per_job  # minutes
+LIGHT = {"mem_mb": 2000, "runtime": 30}
+# How a training job starts `lofi`: plain `lofi`, or e.g. torchrun with one process per GPU of the job.
+LAUNCH = CFG.sweep.launcher.format(gpus=GPU)
 GROUND_TRUTH = str(CFG.data.annotations_path())
 SWEEP_JSON = f"{R}/mlflow_sweep.json"
 LOGS = f"{R}/logs"

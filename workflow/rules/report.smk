@@ -27,6 +27,8 @@ rule readme:
         f"{LOGS}/readme.log",
     benchmark:
         f"{BENCH}/readme.tsv"
+    resources:
+        **LIGHT,
     shell:
         "python {workflow.basedir}/scripts/update_readme.py --readme README.md {input} > {log} 2>&1"
 
@@ -53,6 +55,8 @@ def table_rule(kind, kinds):
             f"{LOGS}/table_{kind}.log",
         benchmark:
             f"{BENCH}/table_{kind}.tsv"
+        resources:
+            **LIGHT,
         shell:
             "lofi report tables --runs {input.rows:q} {params.args} > {log} 2>&1"
 
@@ -61,17 +65,56 @@ for _kind, _kinds in TABLE_JOBS.items():
     table_rule(_kind, _kinds)
 
 
+OPTUNA = CFG.sweep.optuna
+# what a trial reads (the custom LoFi stage's key, via the plan) and the search's own settings
+OPTUNA_KEY = [Planner(CFG, Path(R)).run("lofi-custom", OPTUNA.search_seed, Path(R)).key,
+              {k: v for k, v in to_dict(OPTUNA).items() if k != "workers"}]
+# A worker runs its share of the trials; several workers split the study between them (they stop at exactly
+# sweep.optuna.trials finished trials together), so each asks for ceil(trials / workers) jobs' time and more.
+OPTUNA_RUNTIME = RUNTIME * (-(-OPTUNA.trials // OPTUNA.workers) + 1)
+OPTUNA_WORKERS = [f"{R}/optuna/worker{k}.done" for k in range(OPTUNA.workers)] if OPTUNA.workers > 1 else []
+
+
+def optuna_worker_rule(k):
+    rule:
+        name:
+            f"optuna_worker{k}"
+        input:
+            data=DATA_DONE,
+            sweep=ancient(SWEEP_JSON),
+        output:
+            touch(OPTUNA_WORKERS[k]),
+        params:
+            key=OPTUNA_KEY,
+            args=lofi_args("--out", f"{R}/optuna", "--no-report"),
+        log:
+            f"{LOGS}/optuna_worker{k}.log",
+        benchmark:
+            f"{BENCH}/optuna_worker{k}.tsv"
+        threads: THREADS
+        resources:
+            gpu=GPU,
+            mem_mb=MEM_MB,
+            runtime=OPTUNA_RUNTIME,
+        shell:
+            "lofi search {params.args} --set runtime.threads={threads} > {log} 2>&1"
+
+
+for _k in range(len(OPTUNA_WORKERS)):
+    optuna_worker_rule(_k)
+
+
 rule optuna:
-    """Optuna search over (r_t, r_s) on the validation split; best ratios re-run on fresh seeds."""
+    """Optuna search over (r_t, r_s) on the validation split; best ratios re-run on fresh seeds. With
+    sweep.optuna.workers > 1 the trials are run by the worker jobs first and this job finds them finished."""
     input:
         data=DATA_DONE,
         sweep=ancient(SWEEP_JSON),
+        workers=OPTUNA_WORKERS,
     output:
         f"{R}/optuna_rt_rs.md",
     params:
-        # what a trial reads (the custom LoFi stage's key, via the plan) and the search's own settings
-        key=[Planner(CFG, Path(R)).run("lofi-custom", CFG.sweep.optuna.search_seed, Path(R)).key,
-             to_dict(CFG.sweep.optuna)],
+        key=OPTUNA_KEY,
         args=lofi_args("--out", f"{R}/optuna", "--report", f"{R}/optuna_rt_rs.md"),
     log:
         f"{LOGS}/optuna.log",
@@ -80,5 +123,7 @@ rule optuna:
     threads: THREADS
     resources:
         gpu=GPU,
+        mem_mb=MEM_MB,
+        runtime=OPTUNA_RUNTIME,
     shell:
         "lofi search {params.args} --set runtime.threads={threads} > {log} 2>&1"

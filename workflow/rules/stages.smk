@@ -18,6 +18,8 @@ if CFG.data.synthetic_profile:
         benchmark:
             f"{BENCH}/data.tsv"
         threads: THREADS
+        resources:
+            **LIGHT,
         shell:
             "lofi data synth {params.args} --no-progress > {log} 2>&1"
 
@@ -35,6 +37,8 @@ rule track_init:
         f"{LOGS}/track_init.log",
     benchmark:
         f"{BENCH}/track_init.tsv"
+    resources:
+        **LIGHT,
     shell:
         "lofi track init {params.args} > {log} 2>&1"
 
@@ -75,8 +79,11 @@ def stage_rule(run, stage):
         threads: THREADS
         resources:
             gpu=GPU,
+            mem_mb=MEM_MB,
+            runtime=RUNTIME,
         shell:
-            "lofi stage {params.args} --set runtime.threads={threads} --parent-run-id {params.parent} > {log} 2>&1"
+            f"{LAUNCH} stage {{params.args}} --set"
+            " runtime.threads={threads} --parent-run-id {params.parent} > {log} 2>&1"
 
 
 def run_rule(run):
@@ -105,8 +112,11 @@ def run_rule(run):
         threads: THREADS
         resources:
             gpu=GPU,
+            mem_mb=MEM_MB,
+            runtime=RUNTIME,
         shell:
-            "lofi run {params.args} --set runtime.threads={threads} --parent-run-id {params.parent} > {log} 2>&1"
+            f"{LAUNCH} run {{params.args}} --set"
+            " runtime.threads={threads} --parent-run-id {params.parent} > {log} 2>&1"
 
 
 for _run, _stage in ALL_STAGES:
