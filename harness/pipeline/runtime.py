@@ -33,12 +33,12 @@ def select_device(cfg: RuntimeConfig) -> torch.device:
 def prepare(cfg: RuntimeConfig, seed: int) -> torch.device:
     """Seed everything, set torch's thread count, and pick the device (this rank's GPU under torchrun): the first
     lines of every stage."""
-    from harness.pipeline.distributed import device_for
+    from harness.pipeline.distributed import current, device_for
     from harness.seeding import seed_everything
 
     seed_everything(seed, cfg.deterministic)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    if cfg.threads > 0:  # the job's threads, shared by its torchrun processes
+        torch.set_num_threads(max(1, cfg.threads // current().size))
     return device_for(select_device(cfg))
 
 

@@ -27,10 +27,12 @@ rule readme:
         f"{LOGS}/readme.log",
     benchmark:
         f"{BENCH}/readme.tsv"
+    params:
+        script=f"{workflow.basedir}/scripts/update_readme.py",
     resources:
         **LIGHT,
     shell:
-        "python {workflow.basedir}/scripts/update_readme.py --readme README.md {input} > {log} 2>&1"
+        "python {params.script:q} --readme README.md {input:q} > {log:q} 2>&1"
 
 
 def table_rule(kind, kinds):
@@ -58,7 +60,7 @@ def table_rule(kind, kinds):
         resources:
             **LIGHT,
         shell:
-            "lofi report tables --runs {input.rows:q} {params.args} > {log} 2>&1"
+            "lofi report tables --runs {input.rows:q} {params.args} > {log:q} 2>&1"
 
 
 for _kind, _kinds in TABLE_JOBS.items():
@@ -97,7 +99,7 @@ def optuna_worker_rule(k):
             mem_mb=MEM_MB,
             runtime=OPTUNA_RUNTIME,
         shell:
-            "lofi search {params.args} --set runtime.threads={threads} > {log} 2>&1"
+            "lofi search {params.args} --set runtime.threads={threads} > {log:q} 2>&1"
 
 
 for _k in range(len(OPTUNA_WORKERS)):
@@ -126,4 +128,4 @@ rule optuna:
         mem_mb=MEM_MB,
         runtime=OPTUNA_RUNTIME,
     shell:
-        "lofi search {params.args} --set runtime.threads={threads} > {log} 2>&1"
+        "lofi search {params.args} --set runtime.threads={threads} > {log:q} 2>&1"

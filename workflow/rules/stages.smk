@@ -21,7 +21,7 @@ if CFG.data.synthetic_profile:
         resources:
             **LIGHT,
         shell:
-            "lofi data synth {params.args} --no-progress > {log} 2>&1"
+            "lofi data synth {params.args} --no-progress > {log:q} 2>&1"
 
 else:
     DATA_DONE = GROUND_TRUTH  # real data: the annotations must exist (videos are checked by the stages)
@@ -40,7 +40,7 @@ rule track_init:
     resources:
         **LIGHT,
     shell:
-        "lofi track init {params.args} > {log} 2>&1"
+        "lofi track init {params.args} > {log:q} 2>&1"
 
 
 def _stage_flag(stage):
@@ -83,7 +83,7 @@ def stage_rule(run, stage):
             runtime=RUNTIME,
         shell:
             f"{LAUNCH} stage {{params.args}} --set"
-            " runtime.threads={threads} --parent-run-id {params.parent} > {log} 2>&1"
+            " runtime.threads={threads} --parent-run-id {params.parent:q} > {log:q} 2>&1"
 
 
 def run_rule(run):
@@ -116,7 +116,7 @@ def run_rule(run):
             runtime=RUNTIME,
         shell:
             f"{LAUNCH} run {{params.args}} --set"
-            " runtime.threads={threads} --parent-run-id {params.parent} > {log} 2>&1"
+            " runtime.threads={threads} --parent-run-id {params.parent:q} > {log:q} 2>&1"
 
 
 for _run, _stage in ALL_STAGES:
