@@ -223,11 +223,25 @@ def test_cache_max_side_is_part_of_the_key(video: Path, tmp_path: Path) -> None:
 
 
 def test_cache_lru_evicts_oldest(tmp_path: Path) -> None:
-    a = write_video(tmp_path / "a.mp4", smooth_frames(num_frames=3), fps=25)
-    b = write_video(tmp_path / "b.mp4", smooth_frames(num_frames=4), fps=25)
-    cache = FrameCache(tmp_path / "cache", memory_items=1)
+    fa, fb = smooth_frames(num_frames=3), smooth_frames(num_frames=4)
+    a = write_video(tmp_path / "a.mp4", fa, fps=25)
+    b = write_video(tmp_path / "b.mp4", fb, fps=25)
+    cache = FrameCache(tmp_path / "cache", memory_bytes=fb.nbytes)  # room for b, or a, not both
     cache.get(a), cache.get(b), cache.get(a)
     assert (cache.misses, cache.memory_hits, cache.disk_hits) == (2, 0, 1)
+    assert cache.held_bytes == fa.nbytes
+
+
+def test_cache_memory_is_bounded_in_bytes(tmp_path: Path) -> None:
+    fa, fb = smooth_frames(num_frames=3), smooth_frames(num_frames=4)
+    a = write_video(tmp_path / "a.mp4", fa, fps=25)
+    b = write_video(tmp_path / "b.mp4", fb, fps=25)
+    both = FrameCache(tmp_path / "cache", memory_bytes=fa.nbytes + fb.nbytes)
+    both.get(a), both.get(b), both.get(a), both.get(b)
+    assert (both.misses, both.memory_hits) == (2, 2) and both.held_bytes == fa.nbytes + fb.nbytes
+    none = FrameCache(tmp_path / "cache", memory_bytes=fa.nbytes - 1)  # smaller than any video: nothing held
+    none.get(a), none.get(a)
+    assert (none.memory_hits, none.disk_hits, none.held_bytes) == (0, 2, 0)
 
 
 def test_cache_recovers_from_a_damaged_entry(video: Path, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def run_class_scores(
     state = load_torch(checkpoint)
     if "classifier" not in state:
         raise LofiError(f"{checkpoint}: holds no classifier; pass the ACP+ stage's encoder.pt")
-    data = stage_data(cfg.data, data)
+    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
     ds = data.ds
     if list(state["classes"]) != list(ds.classes):
         raise LofiError(f"{checkpoint}: its classes differ from the dataset's; re-run the ACP+ stage on this dataset")

@@ -11,7 +11,7 @@ timm computes the same ``lr · gamma ** (epoch // step_size)`` but keeps its bas
 groups and follows an ``step(epoch + 1)``-at-epoch-end convention, whereas a pure function of the epoch needs
 nothing restored on resume and is tested without an optimiser.
 
-Every random choice is a function of (seed, stream, epoch, step): the order is
+Every random choice is a function of (seed, stream, epoch, step): the order is ``harness.data.loader.epoch_order``,
 ``numpy_rng(seed, *order_stream, epoch).permutation(n_items)``, so a run resumed at ``start_epoch`` (with the
 model and optimiser state of the end of the previous epoch) ends with the same numbers as an uninterrupted one.
 """
@@ -27,9 +27,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from harness.data.loader import epoch_order
 from harness.experiment import OptimConfig
 from harness.pipeline.runtime import check_finite, set_lr
-from harness.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,13 @@ log = logging.getLogger(__name__)
 #: ``sums`` holds sums over its items of anything else the epoch row reports as a mean (e.g. ``{"accuracy":
 #: number correct}``), ``{}`` for nothing.
 StepFn = Callable[[int, int, int, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+#: With a ``loader``: ``step_fn(epoch, step, micro, idx, batch)``, ``batch`` the loader's ``ClipBatch`` of ``idx``.
+LoaderStepFn = Callable[[int, int, int, torch.Tensor, Any], tuple[torch.Tensor, dict[str, float]]]
 
 
 def fit(
     optimizer: torch.optim.Optimizer,
-    step_fn: StepFn,
+    step_fn: StepFn | LoaderStepFn,
     *,
     n_items: int,
     optim: OptimConfig,
@@ -59,6 +61,7 @@ def fit(
     tracker: Any = None,
     metric_prefix: str = "",
     progress: bool = False,
+    loader: Any = None,
 ) -> list[dict[str, float]]:
     """Train for epochs ``start_epoch`` … ``min(optim.epochs, stop_epoch) - 1``; returns ``history`` plus one row
     per epoch run: ``{"loss", <sums' means>, "lr", "items_per_s", <validate's metrics>}``.
@@ -74,6 +77,9 @@ def fit(
     - ``on_epoch_end(epoch, history)``: after the row is recorded and logged, e.g. save a checkpoint or let
       Optuna prune (it may raise).
     - ``tracker``: ``log_metrics(dict, step=epoch)`` with names ``{metric_prefix}_{key}``; None logs nothing.
+    - ``loader``: a ``harness.data.loader.ClipLoader`` built on ``training_plan`` with the same ``seed``,
+      ``order_stream`` and ``optim``: its batches arrive (from worker processes, prefetched) in the order this loop
+      runs, each checked against the loop's own ``(step, micro, idx)``, and go to ``step_fn`` as a fifth argument.
     """
     history = list(history)
     end = optim.epochs if stop_epoch is None else min(optim.epochs, stop_epoch)
@@ -84,15 +90,24 @@ def fit(
         for m in modules:
             m.train()
         lr = set_lr(optimizer, epoch, optim)
-        order = torch.from_numpy(numpy_rng(seed, *order_stream, epoch).permutation(n_items))
-        t0, total, seen, sums = time.perf_counter(), 0.0, 0, {}
+        order = torch.from_numpy(epoch_order(n_items, seed=seed, stream=order_stream, epoch=epoch))
+        batches = iter(loader.epoch(epoch)) if loader is not None else None
+        t0, total, seen, sums, waited = time.perf_counter(), 0.0, 0, {}, 0.0
         bar = tqdm(range(n_steps), desc=f"{stage} epoch {epoch + 1}/{optim.epochs}", disable=not progress, leave=False)
         for step in bar:
             batch = order[step * bs : (step + 1) * bs]
             optimizer.zero_grad(set_to_none=True)
             for micro in range(0, len(batch), micro_size):
                 idx = batch[micro : micro + micro_size]
-                loss, extra = step_fn(epoch, step, micro, idx)
+                if batches is None:
+                    loss, extra = step_fn(epoch, step, micro, idx)
+                else:
+                    t_wait = time.perf_counter()
+                    data = next(batches)
+                    waited += time.perf_counter() - t_wait
+                    if (data.epoch, data.step, data.micro) != (epoch, step, micro) or not torch.equal(data.items, idx):
+                        raise RuntimeError(f"{stage}: the loader's plan differs from the loop's order at step {step}")
+                    loss, extra = step_fn(epoch, step, micro, idx, data)
                 check_finite(loss, stage=stage, epoch=epoch, step=step)
                 # the step's gradient is that of the batch's mean loss, whatever the split into micro-batches
                 # (unscaled when the micro-batch is the batch: (1/n)·n is not exactly 1 in float32 for every n)
@@ -103,6 +118,8 @@ def fit(
                     sums[k] = sums.get(k, 0.0) + v
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if batches is not None:
+            log.debug("%s epoch %d: %.2f s waiting for the loader", stage, epoch + 1, waited)
         row = {
             "loss": total / max(seen, 1),
             **{k: v / max(seen, 1) for k, v in sums.items()},

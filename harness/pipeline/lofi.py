@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
+from harness.data.loader import ClipBatch, training_plan
 from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
-from harness.pipeline.data import StageData, stage_data, tal_targets
+from harness.pipeline.data import StageData, clip_loader, stage_data, tal_targets
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head, load_encoder
 from harness.pipeline.runtime import autocast, load_torch, make_optimizer, mark_done, prepare, save_torch, stage_done
@@ -50,7 +51,7 @@ def run_lofi(
         return out / "encoder.pt"
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
-    data = stage_data(cfg.data, data)
+    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
     wanted = data.ds.subset(cfg.data.train_subset)
     videos = data.frames.usable(wanted)
     skipped = sorted({v.id for v in wanted} - {v.id for v in videos})
@@ -77,7 +78,8 @@ def run_lofi(
 
     iters_per_epoch = (len(videos) + opt_cfg.batch_size - 1) // opt_cfg.batch_size
 
-    def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def shape(epoch: int, step: int) -> tuple[int, int]:
+        """(L, size) of the step's clips: the cycle's fidelity at (epoch, global iteration)."""
         f = fidelity_at(
             cycle,
             epoch=epoch,
@@ -86,9 +88,17 @@ def run_lofi(
             c_s=lc.c_s,
             custom=(lc.r_t, lc.r_s),
         )
-        L, size = fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
+        return fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
+
+    plan = training_plan(len(videos), opt_cfg, seed=seed, stream=("lofi-order",), shape=shape)
+    loader = clip_loader(data.frames, videos, fid, plan, cfg.runtime, device)
+
+    def train_step(
+        epoch: int, step: int, micro: int, idx: torch.Tensor, batch: ClipBatch
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        L = batch.snippets
         part = [videos[j] for j in idx.tolist()]
-        x = data.frames.batch(part, snippets=L, fid=fid, size=size).to(device)
+        x = batch.to_device(device)
         targets = {k: v.to(device) for k, v in tal_targets(part, L, min(L, cfg.head.max_duration or L)).items()}
         with autocast(device, cfg.runtime.amp):
             outputs = head(encoder(x).transpose(1, 2))  # encoder: (B, L, D)
@@ -135,6 +145,7 @@ def run_lofi(
             tracker=tracker,
             metric_prefix="lofi",
             progress=cfg.runtime.progress,
+            loader=loader,
         )
         if len(history) < opt_cfg.epochs:
             return ckpt  # stopped early by stop_after_epoch (tests)

@@ -157,7 +157,7 @@ def run_pretrain(
         raise LofiError("acp+ needs the ACP encoder: pass --init <acp stage>/encoder.pt (lofi run does this)")
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
-    data = stage_data(cfg.data, data)
+    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
     source = cfg.data.icp_source if mode == "icp" else cfg.data.acp_source
     with start_run(
         cfg.tracking,

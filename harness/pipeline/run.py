@@ -145,7 +145,9 @@ def run_all(
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     chash = config_hash(cfg, mode, seed)
-    data = load_stage_data(cfg.data) if todo else None  # the dataset and frame source, built once for every stage
+    data = (
+        load_stage_data(cfg.data, cache_bytes=cfg.runtime.cache_bytes) if todo else None
+    )  # the dataset and frame source, built once for every stage
     with start_run(
         cfg.tracking,
         run_name=f"{cfg.data.name}/{cfg.encoder.name}/{cfg.head.name}/{mode}/seed{seed}",
