@@ -29,6 +29,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import ColorRange
 
 from harness.data.video import _check_readable, _scaled_size, _video_stream, probe_video
 from harness.errors import VideoError
@@ -128,8 +129,15 @@ def prepare_video(source: PathLike, store_dir: PathLike, settings: StoreSettings
                 }
                 enc.thread_count = 1  # `prepare --workers` parallelises over videos
                 for frame in inp.decode(stream):
-                    # area averaging for the downscale, as decode_video does
-                    frame = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+                    # area averaging for the downscale, as decode_video does; limited ("MPEG") range, which is what
+                    # an unflagged H.264 stream is read as (RGB sources decode as full range)
+                    frame = frame.reformat(
+                        width=width,
+                        height=height,
+                        format="yuv420p",
+                        interpolation="AREA",
+                        dst_color_range=ColorRange.MPEG,
+                    )
                     frame.pts, frame.time_base = n, 1 / rate
                     out.mux(enc.encode(frame))
                     n += 1

@@ -1,0 +1,185 @@
+"""The input pipeline (harness/data/loader.py) and the prepared frame store (harness/data/store.py)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from harness.data.loader import (
+    ClipDataset,
+    ClipLoader,
+    PlanSampler,
+    epoch_order,
+    fixed_plan,
+    training_plan,
+)
+from harness.data.store import StoreSettings, prepare_video, read_frames
+from harness.data.video import decode_video, sample_snippets, write_video
+from harness.experiment import OptimConfig
+from harness.pipeline.fit import fit
+from harness.pipeline.runtime import make_optimizer
+
+
+def _videos(tmp_path: Path, n: int = 5) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (int(rng.integers(9, 20)), 12 + 2 * i, 16, 3), dtype=np.uint8) for i in range(n)]
+
+
+def _dataset(frames: list[np.ndarray]) -> ClipDataset:
+    return ClipDataset(lambda i, idx: frames[i][idx], lambda i: len(frames[i]), frames=2, stride=2)
+
+
+def _shape(epoch: int, step: int) -> tuple[int, int]:  # a schedule that changes L and size between steps
+    return (4, 8) if (epoch + step) % 2 else (2, 12)
+
+
+OPTIM = OptimConfig(batch_size=2, accumulate=1, epochs=2)
+
+
+def _collect(loader: ClipLoader, epochs: int = 2) -> list[tuple]:
+    return [
+        (b.epoch, b.step, b.micro, b.items.tolist(), b.to_device("cpu"))
+        for e in range(epochs)
+        for b in loader.epoch(e)
+    ]
+
+
+def test_batches_do_not_depend_on_the_worker_count(tmp_path: Path) -> None:
+    frames = _videos(tmp_path)
+    plan = training_plan(len(frames), OPTIM, seed=3, stream=("t",), shape=_shape)
+    serial = _collect(ClipLoader(_dataset(frames), plan, workers=0))
+    parallel = _collect(ClipLoader(_dataset(frames), plan, workers=2, prefetch=1))
+    assert [s[:4] for s in serial] == [p[:4] for p in parallel]
+    assert all(torch.equal(s[4], p[4]) for s, p in zip(serial, parallel))
+    # and each clip is what sample_snippets makes from the whole video (the CPU path of before)
+    for epoch, step, _, items, x in serial:
+        length, size = _shape(epoch, step)
+        assert x.shape == (len(items), length, 2, 3, size, size)
+        for j, item in enumerate(items):
+            assert torch.equal(x[j], sample_snippets(frames[item], length, 2, 2, size))
+
+
+def test_plan_follows_the_training_loop_order() -> None:
+    optim = OptimConfig(batch_size=4, accumulate=2, epochs=2)
+    plan = training_plan(7, optim, seed=5, stream=("toy-order",), shape=lambda e, s: (1, 8))
+    calls = []
+
+    def step(epoch, step, micro, idx):
+        calls.append((epoch, step, micro, idx.tolist()))
+        return (w**2).sum(), {}
+
+    w = torch.nn.Parameter(torch.ones(2))
+    fit(make_optimizer([w], optim), step, n_items=7, optim=optim, seed=5, order_stream=("toy-order",), stage="t")
+    planned = [(r[0].epoch, r[0].step, r[0].micro, [q.item for q in r]) for e in range(2) for r in plan(e)]
+    assert planned == calls
+    assert [q.item for r in plan(1) for q in r] == epoch_order(7, seed=5, stream=("toy-order",), epoch=1).tolist()
+
+
+def test_rank_shards_partition_every_micro_batch() -> None:
+    plan = training_plan(11, OptimConfig(batch_size=6, accumulate=2), seed=1, stream=("s",), shape=_shape)
+    single = list(PlanSampler(plan))
+    world = 3
+    shards = [list(PlanSampler(plan, rank=r, world_size=world)) for r in range(world)]
+    assert all(len(s) == len(single) for s in shards)
+    for k, whole in enumerate(single):
+        union = sorted(q.item for s in shards for q in s[k])
+        assert union == sorted(q.item for q in whole)
+        assert sum(len(s[k]) for s in shards) == len(whole)  # disjoint
+    with pytest.raises(ValueError, match="rank"):
+        PlanSampler(plan, rank=3, world_size=3)
+
+
+def test_fit_checks_the_loader_against_its_order(tmp_path: Path) -> None:
+    frames = _videos(tmp_path, 4)
+    optim = OptimConfig(batch_size=2, epochs=1)
+    w = torch.nn.Parameter(torch.zeros(1))
+    seen = []
+
+    def step(epoch, step, micro, idx, batch):
+        seen.append(batch.items.tolist())
+        return (w - batch.to_device("cpu").mean()) ** 2, {}
+
+    good = ClipLoader(_dataset(frames), training_plan(4, optim, seed=0, stream=("o",), shape=lambda e, s: (2, 8)))
+    fit(make_optimizer([w], optim), step, n_items=4, optim=optim, seed=0, order_stream=("o",), stage="t", loader=good)
+    assert seen == [[int(i) for i in pair] for pair in epoch_order(4, seed=0, stream=("o",), epoch=0).reshape(2, 2)]
+    other = ClipLoader(_dataset(frames), training_plan(4, optim, seed=1, stream=("o",), shape=lambda e, s: (2, 8)))
+    with pytest.raises(RuntimeError, match="plan differs"):
+        fit(make_optimizer([w], optim), step, n_items=4, optim=optim, seed=0, order_stream=("o",), stage="t", loader=other)
+
+
+def test_fixed_plan_covers_items_in_order() -> None:
+    plan = fixed_plan(5, 2, snippets=3, size=8)
+    assert [[q.item for q in b] for b in plan(0)] == [[0, 1], [2, 3], [4]]
+
+
+# ---------------------------------------------------------------------------------------------- prepared store
+SECONDS = 2  # short: the 120 s figure is benchmarks/bench_store.py's
+
+
+def activitynet_like(path: Path, seconds: int, *, fps: int = 30, width: int = 640, height: int = 360) -> Path:
+    """An H.264 (yuv420p) video shaped like an ActivityNet download: 640x360, 30 fps, a detailed texture panning."""
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 256, (height + 64, width + 64, 3)).astype(np.float32)
+    for axis in (0, 1):  # smooth it a little: detail as in camera footage, not white noise
+        tex = (tex + np.roll(tex, 1, axis) + np.roll(tex, 2, axis)) / 3
+    tex = tex.astype(np.uint8)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "23"}
+        for i in range(seconds * fps):
+            dy, dx = (i // 2) % 64, i % 64
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(tex[dy : dy + height, dx : dx + width]), "rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def anet_video(tmp_path_factory) -> Path:
+    return activitynet_like(tmp_path_factory.mktemp("anet") / "v.mp4", SECONDS)
+
+
+def test_prepared_store_is_small_and_decodes_what_is_asked(anet_video: Path, tmp_path: Path) -> None:
+    settings = StoreSettings(max_side=256)
+    entry, info = prepare_video(anet_video, tmp_path / "store", settings)
+    assert (info.num_frames, info.fps, info.width, info.height) == (SECONDS * 30, 30.0, 256, 144)
+    per_120s = entry.stat().st_size / SECONDS * 120
+    assert per_120s <= 40e6, f"{per_120s / 1e6:.1f} MB per 120 s"
+    whole = decode_video(entry)  # every frame in order: the reference for seeking reads
+    rng = np.random.default_rng(1)
+    for idx in (rng.integers(0, info.num_frames, 25), np.array([59, 0, 0, 17, 16, 58]), np.arange(info.num_frames)):
+        assert np.array_equal(read_frames(entry, info, idx), whole[idx])
+    # lossy, but close to the source decoded at the same size (PSNR over 30 dB)
+    source = decode_video(anet_video, max_side=256)
+    mse = np.mean((source.astype(np.float64) - whole.astype(np.float64)) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 30
+    assert prepare_video(anet_video, tmp_path / "store", settings)[0] == entry  # prepared once
+    with pytest.raises(ValueError, match="frame indices"):
+        read_frames(entry, info, np.array([info.num_frames]))
+
+
+def test_prepare_rejects_a_broken_video(tmp_path: Path) -> None:
+    from harness.errors import VideoError
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(VideoError, match="bad.mp4"):
+        prepare_video(bad, tmp_path / "store", StoreSettings())
+
+
+def test_prepared_store_keeps_the_frame_order_of_small_sources(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:16, 0:24]
+    frames = np.stack([np.stack([xx * 3 + t, yy * 4, np.full_like(xx, 12 * t)], -1) for t in range(20)])
+    src = write_video(tmp_path / "s.mp4", frames.astype(np.uint8), fps=25)
+    entry, info = prepare_video(src, tmp_path / "store", StoreSettings(max_side=0, crf=0))
+    got = read_frames(entry, info, np.array([3, 19, 0]))
+    # smooth frames survive 4:2:0 at crf 0 within a few levels; each frame is the one asked for (blue = 12 t)
+    assert got.shape == (3, 16, 24, 3) and np.abs(got.astype(int) - frames[[3, 19, 0]]).mean() < 4
+    assert np.abs(got[..., 2].mean(axis=(1, 2)) - [36, 228, 0]).max() < 3
