@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -19,6 +17,7 @@ from harness.data.loader import (
     training_plan,
 )
 from harness.data.store import StoreSettings, prepare_video, read_frames
+from harness.data.testvideo import activitynet_like
 from harness.data.video import decode_video, sample_snippets, write_video
 from harness.experiment import OptimConfig
 from harness.pipeline.fit import fit
@@ -43,9 +42,7 @@ OPTIM = OptimConfig(batch_size=2, accumulate=1, epochs=2)
 
 def _collect(loader: ClipLoader, epochs: int = 2) -> list[tuple]:
     return [
-        (b.epoch, b.step, b.micro, b.items.tolist(), b.to_device("cpu"))
-        for e in range(epochs)
-        for b in loader.epoch(e)
+        (b.epoch, b.step, b.micro, b.items.tolist(), b.to_device("cpu")) for e in range(epochs) for b in loader.epoch(e)
     ]
 
 
@@ -109,7 +106,16 @@ def test_fit_checks_the_loader_against_its_order(tmp_path: Path) -> None:
     assert seen == [[int(i) for i in pair] for pair in epoch_order(4, seed=0, stream=("o",), epoch=0).reshape(2, 2)]
     other = ClipLoader(_dataset(frames), training_plan(4, optim, seed=1, stream=("o",), shape=lambda e, s: (2, 8)))
     with pytest.raises(RuntimeError, match="plan differs"):
-        fit(make_optimizer([w], optim), step, n_items=4, optim=optim, seed=0, order_stream=("o",), stage="t", loader=other)
+        fit(
+            make_optimizer([w], optim),
+            step,
+            n_items=4,
+            optim=optim,
+            seed=0,
+            order_stream=("o",),
+            stage="t",
+            loader=other,
+        )
 
 
 def test_fixed_plan_covers_items_in_order() -> None:
@@ -119,26 +125,6 @@ def test_fixed_plan_covers_items_in_order() -> None:
 
 # ---------------------------------------------------------------------------------------------- prepared store
 SECONDS = 2  # short: the 120 s figure is benchmarks/bench_store.py's
-
-
-def activitynet_like(path: Path, seconds: int, *, fps: int = 30, width: int = 640, height: int = 360) -> Path:
-    """An H.264 (yuv420p) video shaped like an ActivityNet download: 640x360, 30 fps, a detailed texture panning."""
-    rng = np.random.default_rng(0)
-    tex = rng.integers(0, 256, (height + 64, width + 64, 3)).astype(np.float32)
-    for axis in (0, 1):  # smooth it a little: detail as in camera footage, not white noise
-        tex = (tex + np.roll(tex, 1, axis) + np.roll(tex, 2, axis)) / 3
-    tex = tex.astype(np.uint8)
-    with av.open(str(path), mode="w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "23"}
-        for i in range(seconds * fps):
-            dy, dx = (i // 2) % 64, i % 64
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(tex[dy : dy + height, dx : dx + width]), "rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +169,30 @@ def test_prepared_store_keeps_the_frame_order_of_small_sources(tmp_path: Path) -
     # smooth frames survive 4:2:0 at crf 0 within a few levels; each frame is the one asked for (blue = 12 t)
     assert got.shape == (3, 16, 24, 3) and np.abs(got.astype(int) - frames[[3, 19, 0]]).mean() < 4
     assert np.abs(got[..., 2].mean(axis=(1, 2)) - [36, 228, 0]).max() < 3
+
+
+# ---------------------------------------------------------------------------------------------- lofi bench step
+def test_bench_step_cli_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from harness.cli import main
+
+    args = ["bench", "step", "--encoder", "tsm_resnet_tiny", "--head", "bmn", "--snippets", "8", "--frames", "2"]
+    args += ["--size", "16", "--batch", "2", "--videos", "2", "--seconds", "1", "--precision", "fp32"]
+    args += ["--steps", "2", "--repeats", "1", "--warmup", "1", "--work", str(tmp_path / "w")]
+    args += ["--config", "config/smoke.yaml", "--json", str(tmp_path / "rows.json")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "busy" in out and "frames/s" in out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["fidelity"], r["precision"]) for r in rows] == [
+        ("full", "fp32"),
+        ("S", "fp32"),
+        ("T", "fp32"),
+        ("ST", "fp32"),
+    ]
+    for r in rows:
+        assert r["error"] == "" and r["step_s"] > 0 and 0 < r["busy"] <= 1 and r["load_s"] > 0
+        assert r["frames_per_s"] == pytest.approx(r["batch"] * r["snippets"] * 2 / r["step_s"])
+    assert [(r["snippets"], r["size"]) for r in rows] == [(8, 16), (8, 8), (2, 16), (4, 11)]
+    assert main([*args[:-2], "--steps", "0"]) == 2  # bad input: one-line error, exit code 2
