@@ -156,7 +156,7 @@ def test_prepare_rejects_a_broken_video(tmp_path: Path) -> None:
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video")
-    with pytest.raises(VideoError, match="bad.mp4"):
+    with pytest.raises(VideoError, match=r"bad\.mp4"):
         prepare_video(bad, tmp_path / "store", StoreSettings())
 
 

@@ -172,7 +172,9 @@ def bench_step(
             try:
                 row.update(_time_fixed(step, b, length, frames, side, dev, warmup, repeats))
                 optim = OptimConfig(batch_size=b, epochs=1)
-                plan = training_plan(len(store), optim, seed=0, stream=("bench",), shape=lambda e, s: (length, side))
+                plan = training_plan(
+                    len(store), optim, seed=0, stream=("bench",), shape=lambda e, s, shp=(length, side): shp
+                )
                 loader = ClipLoader(dataset, plan, workers=workers, prefetch=prefetch, pin_memory=dev.type == "cuda")
                 row.update(_time_loader(step, loader, dev, steps, warmup=1))
             except torch.cuda.OutOfMemoryError:
