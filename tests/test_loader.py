@@ -196,3 +196,34 @@ def test_bench_step_cli_prints_the_table(tmp_path: Path, capsys: pytest.CaptureF
         assert r["frames_per_s"] == pytest.approx(r["batch"] * r["snippets"] * 2 / r["step_s"])
     assert [(r["snippets"], r["size"]) for r in rows] == [(8, 16), (8, 8), (2, 16), (4, 11)]
     assert main([*args[:-2], "--steps", "0"]) == 2  # bad input: one-line error, exit code 2
+
+
+def test_data_prepare_cli_fills_the_store_and_reports_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from harness.cli import main
+
+    (tmp_path / "videos").mkdir()
+    database = {}
+    for vid, subset in (("a", "training"), ("b", "validation"), ("c", "testing")):
+        activitynet_like(tmp_path / "videos" / f"{vid}.mp4", 0.5, width=64, height=48, seed=len(database))
+        database[vid] = {"subset": subset, "duration": 0.5, "annotations": [{"segment": [0.1, 0.3], "label": "x"}]}
+    (tmp_path / "annotations.json").write_text(json.dumps({"database": database}))
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data: {{name: t, synthetic_profile: null, root: {tmp_path}, video_dir: videos, layout: activitynet, "
+        f"cache_dir: {tmp_path / 'cache'}, store: prepared, max_side: 32}}\n"
+    )
+    assert main(["data", "prepare", "--config", str(config), "--workers", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["videos"], summary["failed"]) == (3, 0)
+    entries = sorted((tmp_path / "cache" / "store").glob("*.mp4"))
+    assert len(entries) == 3 and summary["bytes"] == sum(e.stat().st_size for e in entries)
+    (tmp_path / "videos" / "c.mp4").write_bytes(b"broken")
+    assert main(["data", "prepare", "--config", str(config)]) == 2  # one-line error naming the file
+    assert "c.mp4" in capsys.readouterr().err
+    skip = ["--set", "data.skip_corrupt=true", "--json"]
+    assert main(["data", "prepare", "--config", str(config), *skip]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["failed"] == 1

@@ -59,6 +59,10 @@ def run_lofi(
 
     encoder = load_encoder(cfg, init).to(device)
     head = build_head(cfg, lc.head, in_features=encoder.num_features, temporal_length=fid.snippets).to(device)
+    if device.type == "cuda":  # cuDNN's timed algorithm choice: faster convolutions, not bit-reproducible
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
+    # the compiled module shares the encoder's parameters; checkpoints are saved from `encoder` itself
+    run_encoder = torch.compile(encoder) if cfg.runtime.compile else encoder
     opt = make_optimizer(
         [{"params": encoder.parameters(), "lr": opt_cfg.lr * lc.encoder_lr_scale}, {"params": head.parameters()}],
         opt_cfg,
@@ -101,7 +105,7 @@ def run_lofi(
         x = batch.to_device(device)
         targets = {k: v.to(device) for k, v in tal_targets(part, L, min(L, cfg.head.max_duration or L)).items()}
         with autocast(device, cfg.runtime.amp):
-            outputs = head(encoder(x).transpose(1, 2))  # encoder: (B, L, D)
+            outputs = head(run_encoder(x).transpose(1, 2))  # encoder: (B, L, D)
         loss, _ = tal_loss(
             {k: v.float() for k, v in outputs.items()},
             targets,
