@@ -415,3 +415,18 @@ def test_paper_ratios() -> None:
 def test_fidelity_shape_rejects_impossible_ratios(r_t: float, r_s: float, pattern: str) -> None:
     with pytest.raises(ConfigError, match="impossible fidelity ratio " + pattern):
         fidelity_shape(100, 224, r_t, r_s)
+
+
+def test_resize_in_chunks_equals_one_batched_resize() -> None:
+    import torch.nn.functional as F
+
+    from harness.data.video import _RESIZE_CHUNK, resize_frames
+
+    n = 2 * _RESIZE_CHUNK + 5  # three chunks, the last one short
+    frames = torch.randint(0, 256, (n, 9, 14, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inverse = torch.arange(n).flip(0)
+    whole = F.interpolate(
+        frames.permute(0, 3, 1, 2).float() / 255, size=(8, 8), mode="bilinear", align_corners=False, antialias=True
+    ).clamp(0, 1)
+    got = resize_frames(frames, inverse, (n, 1), 8)
+    assert torch.equal(got.reshape(n, 3, 8, 8), whole[inverse])

@@ -379,15 +379,25 @@ def resize_frames(frames: torch.Tensor, inverse: torch.Tensor, shape: tuple[int,
     """float32 (L, F, 3, size, size) in [0, 1] from uint8 (U, H, W, 3) distinct frames on any device, and the
     (L·F,) positions of each snippet frame among them.
 
-    One batched bilinear interpolation with antialiasing. A non-square frame is resized to size x size as a whole
-    (aspect ratio not kept, nothing cropped), so every fidelity sees the full field of view.
+    Bilinear interpolation with antialiasing, batched over at most ``_RESIZE_CHUNK`` frames at a time (the float
+    copy of a full-fidelity clip at 256 px would be ~0.35 GB; each frame is resized on its own either way, so the
+    chunking changes no value). A non-square frame is resized to size x size as a whole (aspect ratio not kept,
+    nothing cropped), so every fidelity sees the full field of view.
     """
-    batch = frames.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-    if batch.shape[-2:] != (size, size):
-        batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        batch = batch.clamp_(0.0, 1.0)  # rounding can step a hair outside [0, 1]
+    n, height, width = frames.shape[:3]
+    if (height, width) == (size, size):
+        batch = frames.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    else:
+        batch = torch.empty((n, 3, size, size), dtype=torch.float32, device=frames.device)
+        for start in range(0, n, _RESIZE_CHUNK):
+            part = frames[start : start + _RESIZE_CHUNK].permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+            part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            batch[start : start + _RESIZE_CHUNK] = part.clamp_(0.0, 1.0)  # rounding can step a hair outside [0, 1]
     out = batch[inverse]
     return out.reshape(*shape, 3, size, size).contiguous()
+
+
+_RESIZE_CHUNK = 64
 
 
 def sample_snippets(

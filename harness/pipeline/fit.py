@@ -80,6 +80,8 @@ def fit(
     - ``loader``: a ``harness.data.loader.ClipLoader`` built on ``training_plan`` with the same ``seed``,
       ``order_stream`` and ``optim``: its batches arrive (from worker processes, prefetched) in the order this loop
       runs, each checked against the loop's own ``(step, micro, idx)``, and go to ``step_fn`` as a fifth argument.
+      (Data parallelism: a loader built with ``rank``/``world_size`` delivers ``idx[rank::world_size]``; the check
+      and the loss scaling then need that rank's share.)
     """
     history = list(history)
     end = optim.epochs if stop_epoch is None else min(optim.epochs, stop_epoch)
