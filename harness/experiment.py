@@ -130,10 +130,19 @@ class DataConfig(ConfigModel):
     cache_dir: Path = Path(".cache/frames")
     max_side: Int = Field(0, ge=0)  # decoded frames are stored with the longer side at most this (0 = as decoded)
     skip_corrupt: Bool = False  # skip undecodable videos with a warning (counted) instead of stopping
+    # Where frames come from: "decoded" = each video decoded whole once, kept as uint8 .npy under cache_dir (exact
+    # pixels; right for short videos such as the synthetic ones); "prepared" = each video re-encoded once
+    # (`lofi data prepare`) to H.264 at max_side under cache_dir/store, and only the frames a batch needs are decoded
+    # (lossy, store_crf; right for long videos: a few MB per ActivityNet video instead of ~0.4 GB).
+    store: Literal["decoded", "prepared"] = "decoded"
+    store_crf: Int = Field(20, ge=0, le=51)  # H.264 constant quality of the prepared store (lower = better)
+    store_gop: Int = Field(16, ge=1)  # keyframe interval of the prepared store (shorter = cheaper seeks, bigger)
 
     fix_hints: ClassVar[dict[str, str]] = {
         "val_holdout": "use a fraction in [0, 1), e.g. 0.1 (0 = no holdout)",
         "max_side": "use 0 (as decoded) or a size in pixels",
+        "store_crf": "use an H.264 CRF in [0, 51], e.g. 20",
+        "store_gop": "use a keyframe interval >= 1 frame, e.g. 16",
     }
 
     def annotations_path(self) -> Path:
@@ -303,8 +312,24 @@ class RuntimeConfig(ConfigModel):
     # Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only) instead of each rank's
     # shard. Off, a world of N behaves as one process with accumulate = N (see harness/pipeline/distributed.py).
     sync_bn: Bool = False
+    # The input pipeline (harness.data.loader): worker processes that decode and sample clips (0 = in the training
+    # process), batches each worker prepares ahead, page-locked batches for asynchronous copies to the GPU. None of
+    # them changes a number: a batch is a pure function of (seed, epoch, step).
+    workers: Int = Field(0, ge=0)
+    prefetch: Int = Field(2, ge=1)
+    pin_memory: Bool = True  # only on CUDA
+    # In-memory cache of whole decoded videos (data.store = decoded), in bytes, per process (each worker has one)
+    cache_bytes: Int = Field(2**30, ge=0)
+    # Speed switches for CUDA (kept off by default: see benchmarks/gpu_check.sh for their measured effect)
+    cudnn_benchmark: Bool = False  # let cuDNN pick convolution algorithms by timing (not bit-reproducible)
+    compile: Bool = False  # torch.compile the encoder (tens of seconds to compile per process)
 
-    fix_hints: ClassVar[dict[str, str]] = {"threads": "use 0 (torch's default) or a thread count"}
+    fix_hints: ClassVar[dict[str, str]] = {
+        "threads": "use 0 (torch's default) or a thread count",
+        "workers": "use 0 (load in the training process) or a number of worker processes",
+        "prefetch": "use >= 1 batches prepared ahead per worker",
+        "cache_bytes": "use 0 (no in-memory cache) or a size in bytes, e.g. 1073741824",
+    }
 
 
 class OptunaConfig(ConfigModel):

@@ -286,3 +286,31 @@ def test_pretrained_is_refused_for_reduced_variants_and_with_checkpoint(tmp_path
         create_encoder("tsm_resnet_tiny", pretrained=True)
     with pytest.raises(ConfigError, match="not both"):
         create_encoder("tsm_resnet18", pretrained=True, checkpoint=tmp_path / "w.pth")
+
+
+def _shift_reference(x: torch.Tensor, n_segment: int, shift_div: int) -> torch.Tensor:
+    """TSM's shift written the plain way (a zero tensor and three slice copies), to check the fused one against."""
+    n, c, h, w = x.shape
+    fold = c // shift_div
+    g = x.reshape(n // n_segment, n_segment, c, h, w)
+    out = torch.zeros_like(g)
+    out[:, :-1, :fold] = g[:, 1:, :fold]
+    out[:, 1:, fold : 2 * fold] = g[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = g[:, :, 2 * fold :]
+    return out.reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("n", "c", "n_segment", "shift_div"), [(6, 16, 3, 8), (8, 13, 4, 4), (4, 3, 1, 2)])
+def test_temporal_shift_matches_the_plain_version(channels_last, n, c, n_segment, shift_div) -> None:
+    x = torch.randn(n, c, 5, 4, generator=torch.Generator().manual_seed(n * c))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out, ref = temporal_shift(a, n_segment=n_segment, shift_div=shift_div), _shift_reference(b, n_segment, shift_div)
+    assert torch.equal(out, ref)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * probe).sum().backward()
+    (ref * probe).sum().backward()
+    assert torch.equal(a.grad, b.grad)

@@ -223,11 +223,25 @@ def test_cache_max_side_is_part_of_the_key(video: Path, tmp_path: Path) -> None:
 
 
 def test_cache_lru_evicts_oldest(tmp_path: Path) -> None:
-    a = write_video(tmp_path / "a.mp4", smooth_frames(num_frames=3), fps=25)
-    b = write_video(tmp_path / "b.mp4", smooth_frames(num_frames=4), fps=25)
-    cache = FrameCache(tmp_path / "cache", memory_items=1)
+    fa, fb = smooth_frames(num_frames=3), smooth_frames(num_frames=4)
+    a = write_video(tmp_path / "a.mp4", fa, fps=25)
+    b = write_video(tmp_path / "b.mp4", fb, fps=25)
+    cache = FrameCache(tmp_path / "cache", memory_bytes=fb.nbytes)  # room for b, or a, not both
     cache.get(a), cache.get(b), cache.get(a)
     assert (cache.misses, cache.memory_hits, cache.disk_hits) == (2, 0, 1)
+    assert cache.held_bytes == fa.nbytes
+
+
+def test_cache_memory_is_bounded_in_bytes(tmp_path: Path) -> None:
+    fa, fb = smooth_frames(num_frames=3), smooth_frames(num_frames=4)
+    a = write_video(tmp_path / "a.mp4", fa, fps=25)
+    b = write_video(tmp_path / "b.mp4", fb, fps=25)
+    both = FrameCache(tmp_path / "cache", memory_bytes=fa.nbytes + fb.nbytes)
+    both.get(a), both.get(b), both.get(a), both.get(b)
+    assert (both.misses, both.memory_hits) == (2, 2) and both.held_bytes == fa.nbytes + fb.nbytes
+    none = FrameCache(tmp_path / "cache", memory_bytes=fa.nbytes - 1)  # smaller than any video: nothing held
+    none.get(a), none.get(a)
+    assert (none.memory_hits, none.disk_hits, none.held_bytes) == (0, 2, 0)
 
 
 def test_cache_recovers_from_a_damaged_entry(video: Path, tmp_path: Path) -> None:
@@ -401,3 +415,18 @@ def test_paper_ratios() -> None:
 def test_fidelity_shape_rejects_impossible_ratios(r_t: float, r_s: float, pattern: str) -> None:
     with pytest.raises(ConfigError, match="impossible fidelity ratio " + pattern):
         fidelity_shape(100, 224, r_t, r_s)
+
+
+def test_resize_in_chunks_equals_one_batched_resize() -> None:
+    import torch.nn.functional as F
+
+    from harness.data.video import _RESIZE_CHUNK, resize_frames
+
+    n = 2 * _RESIZE_CHUNK + 5  # three chunks, the last one short
+    frames = torch.randint(0, 256, (n, 9, 14, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inverse = torch.arange(n).flip(0)
+    whole = F.interpolate(
+        frames.permute(0, 3, 1, 2).float() / 255, size=(8, 8), mode="bilinear", align_corners=False, antialias=True
+    ).clamp(0, 1)
+    got = resize_frames(frames, inverse, (n, 1), 8)
+    assert torch.equal(got.reshape(n, 3, 8, 8), whole[inverse])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from harness.errors import ConfigError
 
@@ -34,7 +35,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    bench = subparsers.add_parser("bench", help="measure the cost of training steps (memory)")
+    bench = subparsers.add_parser("bench", help="measure the cost of training steps (memory, step time)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     bench_sub.required = True
     memory = bench_sub.add_parser(
@@ -66,6 +67,119 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="take the head's widths from this experiment config (as the runs build it); default: the published head's",
     )
     memory.set_defaults(func=run_memory)
+    _register_step(bench_sub)
+
+
+STEP_DESCRIPTION = """\
+Time one LoFi training step (encoder + TAL head + loss + backward + SGD step) at full fidelity and at the paper's
+S, T and ST settings, in fp32 and under bf16 autocast, first on a batch already on the device, then for --steps
+steps fed by the real input pipeline (worker processes, prefetch, pinned memory, uint8 frames resized on the
+device) from the prepared store of --videos generated ActivityNet-like videos (640x360, 30 fps, H.264,
+--seconds long, written once under --work).
+
+columns: step s (median, batch on the device), videos/s and frames/s (B*L*F per second) of that step, peak GiB
+(CUDA only), load s/batch (a worker's time to decode and sample one batch), wait s/step (time the loop waited
+for the loader), loader step s (wall time per step with the loader), busy (the device's share of that wall time).
+"""
+
+STEP_EPILOG = """\
+examples:
+  lofi bench step --encoder tsm_resnet_tiny --head gtad --snippets 16 --frames 2 --size 32 --batch 2 \\
+      --videos 4 --seconds 4 --precision fp32 --steps 3 --work /tmp/lofi-bench
+  lofi bench step --encoder tsm_resnet18 --head gtad --snippets 100 --frames 8 --stride 8 --size 224 \\
+      --batch 16 --full-batch 4 --videos 32 --seconds 120 --workers 14 --device cuda --work /tmp/lofi-bench
+"""
+
+
+def _register_step(bench_sub: argparse._SubParsersAction) -> None:
+    step = bench_sub.add_parser(
+        "step",
+        help="step time, throughput, peak memory and loader keep-up per fidelity and precision",
+        description=STEP_DESCRIPTION,
+        epilog=STEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    step.add_argument("--encoder", required=True, help="encoder name (see encoders.list_encoders())")
+    step.add_argument("--head", required=True, help="TAL head name (gtad, bmn)")
+    step.add_argument("--snippets", type=int, required=True, help="full-fidelity snippets per video L")
+    step.add_argument("--frames", type=int, required=True, help="frames per snippet F")
+    step.add_argument("--stride", type=int, default=1, help="frames between a snippet's frames (default 1)")
+    step.add_argument("--size", type=int, required=True, help="full-fidelity frame side S")
+    step.add_argument("--batch", type=int, default=16, help="videos per step (default 16)")
+    step.add_argument("--full-batch", type=int, default=None, help="videos per step at full fidelity (default --batch)")
+    step.add_argument("--precision", action="append", choices=("fp32", "bf16"), help="repeatable; default both")
+    step.add_argument(
+        "--fidelity", action="append", choices=("full", "S", "T", "ST"), help="repeatable; default all four"
+    )
+    step.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+    step.add_argument("--videos", type=int, default=16, help="generated videos (default 16)")
+    step.add_argument("--seconds", type=float, default=120.0, help="length of each generated video (default 120)")
+    step.add_argument("--max-side", type=int, default=256, help="the store's frame side bound (default 256)")
+    step.add_argument("--work", type=Path, required=True, help="folder for the generated videos and their store")
+    step.add_argument("--workers", type=int, default=0, help="loader worker processes (default 0)")
+    step.add_argument("--prefetch", type=int, default=2, help="batches each worker prepares ahead (default 2)")
+    step.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
+    step.add_argument("--repeats", type=int, default=5, help="timed steps on a device batch (default 5)")
+    step.add_argument("--steps", type=int, default=20, help="timed steps with the loader (default 20)")
+    step.add_argument("--channels-last", action="store_true", help="encoder in channels_last memory format")
+    step.add_argument("--grad-checkpointing", action="store_true", help="checkpoint each encoder stage")
+    step.add_argument("--compile", action="store_true", help="torch.compile the encoder")
+    step.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    step.add_argument("--config", default=None, help="take the head's widths from this experiment config")
+    step.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
+    step.set_defaults(func=run_step)
+
+
+def run_step(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from harness.pipeline.stepbench import bench_step, generated_store, rows_json, rows_table
+
+    for flag in ("snippets", "frames", "stride", "size", "batch", "videos", "steps", "repeats"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    if args.seconds <= 0:
+        raise ConfigError(f"--seconds must be > 0, got {args.seconds}")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    store = generated_store(
+        args.work, videos=args.videos, seconds=args.seconds, max_side=args.max_side, processes=os.cpu_count() or 1
+    )
+    rows = bench_step(
+        args.encoder,
+        args.head,
+        store=store,
+        batch=args.batch,
+        full_batch=args.full_batch,
+        snippets=args.snippets,
+        frames=args.frames,
+        stride=args.stride,
+        size=args.size,
+        device=args.device,
+        precisions=args.precision or ("fp32", "bf16"),
+        fidelities=args.fidelity or ("full", "S", "T", "ST"),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        steps=args.steps,
+        workers=args.workers,
+        prefetch=args.prefetch,
+        encoder_kwargs={"channels_last": args.channels_last, "grad_checkpointing": args.grad_checkpointing},
+        head_kwargs=_config_head_kwargs(args.config, args.head),
+        compile=args.compile,
+    )
+    print(
+        f"{args.encoder} + {args.head}, {args.frames} frames/snippet (stride {args.stride}), device {args.device}, "
+        f"{args.workers} loader workers, {args.videos} generated videos of {args.seconds:g} s "
+        f"(store: {args.max_side} px H.264)"
+    )
+    print(rows_table(rows))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows_json(rows), indent=1))
+    return 0
 
 
 def _config_head_kwargs(config: str | None, head: str) -> dict:

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data_sub.required = True
     _register_stats(data_sub)
     _register_synth(data_sub)
+    _register_prepare(data_sub)
 
 
 def _register_stats(data_sub: argparse._SubParsersAction) -> None:
@@ -153,4 +154,89 @@ def _synth(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise LofiError(f"--jobs {args.jobs}: use at least one process")
     print(generate(args.profile, args.seed, args.out, progress=not args.no_progress, workers=args.jobs))
+    return 0
+
+
+PREPARE_EXAMPLE = """\
+examples:
+  lofi data prepare --config config/activitynet.yaml --workers 16
+  lofi data prepare --config config/smoke.yaml --set data.store=prepared
+
+Re-encodes every video of the config's training, validation and test subsets once into
+data.cache_dir/store/ (H.264 at data.max_side, data.store_crf, a keyframe every data.store_gop frames, every
+frame kept); runs with data.store=prepared then decode only the frames each batch needs. Resumable: finished
+videos are skipped. Undecodable videos are listed (and stop the command unless data.skip_corrupt is true).
+"""
+
+
+def _register_prepare(data_sub: argparse._SubParsersAction) -> None:
+    parser = data_sub.add_parser(
+        "prepare",
+        help="re-encode a dataset's videos once into the compact frame store (data.store=prepared)",
+        description="Write the prepared frame store of a config's dataset (harness/data/store.py).",
+        epilog=PREPARE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="experiment config (YAML)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    parser.add_argument("--workers", type=int, default=1, help="videos re-encoded in parallel (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.set_defaults(func=_prepare)
+
+
+def _prepare_one(job: tuple[str, Path, Path, Any]) -> tuple[str, int, float, str]:
+    from harness.data.store import prepare_video
+    from harness.errors import VideoError
+
+    vid, source, store, settings = job
+    try:
+        entry, info = prepare_video(source, store, settings)
+    except VideoError as exc:
+        return vid, 0, 0.0, str(exc)
+    return vid, entry.stat().st_size, info.num_frames / info.fps, ""
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    from harness.errors import ConfigError, LofiError
+    from harness.experiment import load_experiment
+    from harness.pipeline.data import VideoFrames, prepare_dataset, video_file
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    cfg = load_experiment(args.config, args.set).data
+    ds = prepare_dataset(cfg)
+    frames = VideoFrames(cfg)
+    subsets = dict.fromkeys((cfg.train_subset, cfg.val_subset, cfg.test_subset))
+    videos = [v for s in subsets for v in ds.subset(s)]
+    jobs = [(v.id, video_file(cfg, v), frames.store_dir(), frames.store_settings()) for v in videos]
+    with ProcessPoolExecutor(args.workers) as pool:
+        results = list(tqdm(pool.map(_prepare_one, jobs), total=len(jobs), desc="prepare", unit="video"))
+    failed = [(vid, err) for vid, _, _, err in results if err]
+    done = [(size, secs) for _, size, secs, err in results if not err]
+    total = sum(size for size, _ in done)
+    hours = sum(secs for _, secs in done) / 3600
+    summary = {
+        "store": str(frames.store_dir()),
+        "videos": len(done),
+        "failed": len(failed),
+        "bytes": total,
+        "mb_per_video": total / max(1, len(done)) / 1e6,
+        "mb_per_hour": total / 1e6 / hours if hours else 0.0,
+    }
+    if failed and not cfg.skip_corrupt:
+        raise LofiError(f"{failed[0][1]} ({len(failed)} videos failed; set data.skip_corrupt=true to skip them)")
+    for vid, err in failed:
+        print(f"skipped {vid}: {err}")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"{summary['store']}: {len(done)} videos, {total / 1e9:.2f} GB "
+            f"({summary['mb_per_video']:.1f} MB per video, {summary['mb_per_hour']:.0f} MB per hour of video); "
+            f"{len(failed)} failed"
+        )
     return 0

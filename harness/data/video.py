@@ -240,7 +240,11 @@ def _cache_key(path: Path, size: int, mtime_ns: int, max_side: int) -> str:
 
 
 class FrameCache:
-    """Decode each video once: uint8 frames kept on disk (``.npy``) plus an in-process LRU of recent videos.
+    """Decode each video once: uint8 frames kept on disk (``.npy``) plus an in-process LRU of recent videos,
+    bounded in bytes (``memory_bytes``; each DataLoader worker process holds its own).
+
+    Whole decoded videos are the right store for small videos (the synthetic benchmark); for long ones
+    (ActivityNet: ~0.4 GB per video at 256 px) use the prepared store (``harness.data.store``).
 
     The disk key hashes (resolved path, size, mtime_ns, max_side), so rewriting the source invalidates its entry
     (stale files are simply never read again). Entries are written atomically: concurrent workers, threads or
@@ -248,12 +252,13 @@ class FrameCache:
     because they are shared between callers.
     """
 
-    def __init__(self, root: PathLike, max_side: int = 0, memory_items: int = 8) -> None:
-        if max_side < 0 or memory_items < 0:
-            raise ConfigError(f"FrameCache: max_side={max_side}, memory_items={memory_items}; use values >= 0")
+    def __init__(self, root: PathLike, max_side: int = 0, memory_bytes: int = 2**30) -> None:
+        if max_side < 0 or memory_bytes < 0:
+            raise ConfigError(f"FrameCache: max_side={max_side}, memory_bytes={memory_bytes}; use values >= 0")
         self.root = Path(root)
         self.max_side = max_side
-        self.memory_items = memory_items
+        self.memory_bytes = memory_bytes
+        self._held = 0  # bytes in the LRU
         self.memory_hits = 0
         self.disk_hits = 0
         self.misses = 0
@@ -322,14 +327,21 @@ class FrameCache:
             with open(tmp, "wb") as handle:  # a file handle: np.save would append ".npy" to a bare name
                 np.save(handle, frames, allow_pickle=False)
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of decoded frames held in memory now (at most ``memory_bytes``)."""
+        return self._held
+
     def _remember(self, key: str, frames: np.ndarray) -> None:
-        if self.memory_items == 0:
+        if frames.nbytes > self.memory_bytes:  # larger than the whole budget: never held
             return
         with self._lock:
+            if key in self._memory:
+                self._held -= self._memory.pop(key).nbytes
             self._memory[key] = frames
-            self._memory.move_to_end(key)
-            while len(self._memory) > self.memory_items:
-                self._memory.popitem(last=False)
+            self._held += frames.nbytes
+            while self._held > self.memory_bytes:
+                self._held -= self._memory.popitem(last=False)[1].nbytes
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -357,25 +369,49 @@ def snippet_frame_indices(num_frames: int, num_snippets: int, frames_per_snippet
     return np.clip(centres[:, None] + offsets[None, :], 0, num_frames - 1)
 
 
+def select_snippet_frames(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique frame indices, inverse): each distinct frame of an (L, F) index array is fetched and resized once."""
+    unique, inverse = np.unique(np.asarray(indices).reshape(-1), return_inverse=True)
+    return unique, inverse.reshape(-1)
+
+
+def resize_frames(frames: torch.Tensor, inverse: torch.Tensor, shape: tuple[int, int], size: int) -> torch.Tensor:
+    """float32 (L, F, 3, size, size) in [0, 1] from uint8 (U, H, W, 3) distinct frames on any device, and the
+    (L·F,) positions of each snippet frame among them.
+
+    Bilinear interpolation with antialiasing, batched over at most ``_RESIZE_CHUNK`` frames at a time (the float
+    copy of a full-fidelity clip at 256 px would be ~0.35 GB; each frame is resized on its own either way, so the
+    chunking changes no value). A non-square frame is resized to size x size as a whole (aspect ratio not kept,
+    nothing cropped), so every fidelity sees the full field of view.
+    """
+    n, height, width = frames.shape[:3]
+    if (height, width) == (size, size):
+        batch = frames.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    else:
+        batch = torch.empty((n, 3, size, size), dtype=torch.float32, device=frames.device)
+        for start in range(0, n, _RESIZE_CHUNK):
+            part = frames[start : start + _RESIZE_CHUNK].permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+            part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            batch[start : start + _RESIZE_CHUNK] = part.clamp_(0.0, 1.0)  # rounding can step a hair outside [0, 1]
+    out = batch[inverse]
+    return out.reshape(*shape, 3, size, size).contiguous()
+
+
+_RESIZE_CHUNK = 64
+
+
 def sample_snippets(
     frames: np.ndarray, num_snippets: int, frames_per_snippet: int, stride: int, size: int
 ) -> torch.Tensor:
     """float32 (L, F, 3, size, size) in [0, 1] from uint8 (T, H, W, 3) frames (indices: ``snippet_frame_indices``).
 
-    Only the selected frames are converted, each distinct frame once, and resized in one batched bilinear
-    interpolation with antialiasing. A non-square frame is resized to size x size as a whole (aspect ratio not
-    kept, nothing cropped), so every fidelity sees the full field of view.
+    Only the selected frames are converted, each distinct frame once (``resize_frames``).
     """
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         got = f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}"
         raise ValueError(f"frames must be a uint8 numpy array (T, H, W, 3), got {got}")
     _check_positive(size=size)
     indices = snippet_frame_indices(frames.shape[0], num_snippets, frames_per_snippet, stride)
-    unique, inverse = np.unique(indices.reshape(-1), return_inverse=True)
+    unique, inverse = select_snippet_frames(indices)
     selected = torch.from_numpy(frames[unique])  # fancy indexing copies: writable, cache array untouched
-    batch = selected.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-    if batch.shape[-2:] != (size, size):
-        batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        batch = batch.clamp_(0.0, 1.0)  # rounding can step a hair outside [0, 1]
-    out = batch[torch.from_numpy(inverse.reshape(-1))]
-    return out.reshape(num_snippets, frames_per_snippet, 3, size, size).contiguous()
+    return resize_frames(selected, torch.from_numpy(inverse), (num_snippets, frames_per_snippet), size)

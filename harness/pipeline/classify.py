@@ -20,10 +20,11 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from harness.data.loader import fixed_plan
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.io import write_json_atomic
-from harness.pipeline.data import StageData, stage_data
+from harness.pipeline.data import StageData, clip_loader, stage_data
 from harness.pipeline.distributed import barrier, current
 from harness.pipeline.models import load_encoder
 from harness.pipeline.runtime import autocast, load_torch, mark_done, prepare, stage_done
@@ -55,7 +56,7 @@ def run_class_scores(
     state = load_torch(checkpoint)
     if "classifier" not in state:
         raise LofiError(f"{checkpoint}: holds no classifier; pass the ACP+ stage's encoder.pt")
-    data = stage_data(cfg.data, data)
+    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
     ds = data.ds
     if list(state["classes"]) != list(ds.classes):
         raise LofiError(f"{checkpoint}: its classes differ from the dataset's; re-run the ACP+ stage on this dataset")
@@ -74,11 +75,14 @@ def run_class_scores(
     fid = cfg.fidelity
     scores: dict[str, list[float]] = {}
     t0 = time.perf_counter()
-    for i in tqdm(
-        range(0, len(videos), batch_size), desc="class scores", disable=not cfg.runtime.progress, leave=False
+    plan = fixed_plan(len(videos), batch_size, snippets=fid.snippets, size=fid.size)
+    loader = clip_loader(frames, videos, fid, plan, cfg.runtime, device)
+    n_batches = (len(videos) + batch_size - 1) // batch_size
+    for batch in tqdm(
+        loader.epoch(0), total=n_batches, desc="class scores", disable=not cfg.runtime.progress, leave=False
     ):
-        part = videos[i : i + batch_size]
-        x = frames.batch(part, snippets=fid.snippets, fid=fid, size=fid.size).to(device)
+        part = [videos[i] for i in batch.items.tolist()]
+        x = batch.to_device(device)
         with autocast(device, cfg.runtime.amp):
             probs = classifier(encoder(x)).float().softmax(dim=-1).mean(dim=1)  # (B, C): snippet average
         for v, p in zip(part, probs.cpu().numpy()):

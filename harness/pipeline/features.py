@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from harness.data.loader import fixed_plan
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.io import atomic_path, child_path, write_json_atomic
-from harness.pipeline.data import StageData, stage_data
+from harness.pipeline.data import StageData, clip_loader, stage_data
 from harness.pipeline.distributed import barrier, current, shard_bounds
 from harness.pipeline.models import load_encoder
 from harness.pipeline.runtime import autocast, mark_done, prepare, stage_done
@@ -52,7 +53,7 @@ def run_features(
         return out
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
-    data = stage_data(cfg.data, data)
+    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
     wanted = [
         v
         for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
@@ -79,14 +80,19 @@ def run_features(
     encoder = load_encoder(cfg, encoder_checkpoint).to(device).eval()
     fid = cfg.fidelity
     t0 = time.perf_counter()
-    for i in tqdm(
-        range(0, len(todo), batch_size), desc="features", unit="batch", disable=not cfg.runtime.progress, leave=False
+    plan = fixed_plan(len(todo), batch_size, snippets=fid.snippets, size=fid.size)
+    # zeroed features decode nothing: the plan's batches without a loader
+    batches = clip_loader(frames, todo, fid, plan, cfg.runtime, device).epoch(0) if not zeroed else iter(plan(0))
+    n_batches = (len(todo) + batch_size - 1) // batch_size
+    for batch in tqdm(
+        batches, total=n_batches, desc="features", unit="batch", disable=not cfg.runtime.progress, leave=False
     ):
-        part = todo[i : i + batch_size]
         if zeroed:
+            part = [todo[r.item] for r in batch]
             feats = np.zeros((len(part), fid.snippets, encoder.num_features), dtype=np.float32)
         else:
-            x = frames.batch(part, snippets=fid.snippets, fid=fid, size=fid.size).to(device)
+            part = [todo[i] for i in batch.items.tolist()]
+            x = batch.to_device(device)
             with autocast(device, cfg.runtime.amp):
                 feats = encoder(x).float().cpu().numpy()
         for v, f in zip(part, feats):

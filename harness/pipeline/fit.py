@@ -11,12 +11,13 @@ timm computes the same ``lr · gamma ** (epoch // step_size)`` but keeps its bas
 groups and follows an ``step(epoch + 1)``-at-epoch-end convention, whereas a pure function of the epoch needs
 nothing restored on resume and is tested without an optimiser.
 
-Every random choice is a function of (seed, stream, epoch, step): the order is
+Every random choice is a function of (seed, stream, epoch, step): the order is ``harness.data.loader.epoch_order``,
 ``numpy_rng(seed, *order_stream, epoch).permutation(n_items)``, so a run resumed at ``start_epoch`` (with the
 model and optimiser state of the end of the previous epoch) ends with the same numbers as an uninterrupted one.
 
 Under torchrun (``harness/pipeline/distributed.py``) the same global order is used on every rank; each rank
-trains on its contiguous shard of the step's batch (the micro-batch a single process with ``accumulate`` =
+trains on its contiguous shard of the step's batch (``harness.data.loader.step_batches``, which the loader's plan
+also uses: the micro-batch a single process with ``accumulate`` =
 world size would run), with ``modules`` wrapped in DistributedDataParallel by the stage; the epoch's means are
 summed over ranks, so every rank records the same history.
 """
@@ -32,10 +33,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from harness.data.loader import epoch_order, step_batches
 from harness.experiment import OptimConfig
-from harness.pipeline.distributed import all_sum, current, no_sync, shard_bounds
+from harness.pipeline.distributed import all_sum, current, no_sync
 from harness.pipeline.runtime import check_finite, set_lr
-from harness.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,13 @@ log = logging.getLogger(__name__)
 #: ``sums`` holds sums over its items of anything else the epoch row reports as a mean (e.g. ``{"accuracy":
 #: number correct}``), ``{}`` for nothing.
 StepFn = Callable[[int, int, int, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+#: With a ``loader``: ``step_fn(epoch, step, micro, idx, batch)``, ``batch`` the loader's ``ClipBatch`` of ``idx``.
+LoaderStepFn = Callable[[int, int, int, torch.Tensor, Any], tuple[torch.Tensor, dict[str, float]]]
 
 
 def fit(
     optimizer: torch.optim.Optimizer,
-    step_fn: StepFn,
+    step_fn: StepFn | LoaderStepFn,
     *,
     n_items: int,
     optim: OptimConfig,
@@ -65,6 +68,7 @@ def fit(
     tracker: Any = None,
     metric_prefix: str = "",
     progress: bool = False,
+    loader: Any = None,
 ) -> list[dict[str, float]]:
     """Train for epochs ``start_epoch`` … ``min(optim.epochs, stop_epoch) - 1``; returns ``history`` plus one row
     per epoch run: ``{"loss", <sums' means>, "lr", "items_per_s", <validate's metrics>}``.
@@ -80,20 +84,25 @@ def fit(
     - ``on_epoch_end(epoch, history)``: after the row is recorded and logged, e.g. save a checkpoint or let
       Optuna prune (it may raise).
     - ``tracker``: ``log_metrics(dict, step=epoch)`` with names ``{metric_prefix}_{key}``; None logs nothing.
+    - ``loader``: a ``harness.data.loader.ClipLoader`` built on ``training_plan`` with the same ``seed``,
+      ``order_stream`` and ``optim``: its batches arrive (from worker processes, prefetched) in the order this loop
+      runs, each checked against the loop's own ``(step, micro, idx)``, and go to ``step_fn`` as a fifth argument.
+      Under torchrun the plan must be this rank's (``training_plan(..., rank=, world_size=)``).
     """
     history = list(history)
     end = optim.epochs if stop_epoch is None else min(optim.epochs, stop_epoch)
     bs = optim.batch_size
-    micro_size = max(1, bs // max(1, optim.accumulate))
     n_steps = (n_items + bs - 1) // bs
     world = current()
-    per_rank = -(-bs // world.size)  # a rank's share of every step's batch
     for epoch in range(start_epoch, end):
         for m in modules:
             m.train()
         lr = set_lr(optimizer, epoch, optim)
-        order = torch.from_numpy(numpy_rng(seed, *order_stream, epoch).permutation(n_items))
-        t0, total, seen, sums = time.perf_counter(), 0.0, 0.0, {}
+        order = epoch_order(n_items, seed=seed, stream=order_stream, epoch=epoch)
+        # this rank's micro-batches of every step (one process: the whole batch in `accumulate` parts)
+        steps = step_batches(order, bs, optim.accumulate, rank=world.rank, world_size=world.size)
+        batches = iter(loader.epoch(epoch)) if loader is not None else None
+        t0, total, seen, sums, waited = time.perf_counter(), 0.0, 0.0, {}, 0.0
         bar = tqdm(
             range(n_steps),
             desc=f"{stage} epoch {epoch + 1}/{optim.epochs}",
@@ -101,35 +110,45 @@ def fit(
             leave=False,
         )
         for step in bar:
-            batch = order[step * bs : (step + 1) * bs]
-            lo, hi = shard_bounds(len(batch), world, per_rank)
-            mine, weight = batch[lo:hi], 1.0
-            if len(mine) == 0:  # a last batch smaller than the world: this rank still joins the all-reduce, at 0
-                mine, weight = batch[:1], 0.0
+            global_n = min(bs, n_items - step * bs)  # the step's batch, summed over ranks
+            micros = steps[step]
             optimizer.zero_grad(set_to_none=True)
-            starts = range(0, len(mine), micro_size)
-            for k, micro in enumerate(starts):
-                idx = mine[micro : micro + micro_size]
-                with no_sync(modules, k < len(starts) - 1):
-                    loss, extra = step_fn(epoch, step, lo + micro, idx)
+            for k, mb in enumerate(micros):
+                idx = torch.from_numpy(mb.items)
+                with no_sync(modules, k < len(micros) - 1):  # DDP all-reduces once, after the step's last one
+                    if batches is None:
+                        loss, extra = step_fn(epoch, step, mb.position, idx)
+                    else:
+                        t_wait = time.perf_counter()
+                        data = next(batches)
+                        waited += time.perf_counter() - t_wait
+                        if (data.epoch, data.step, data.micro) != (epoch, step, mb.position) or not torch.equal(
+                            data.items, idx
+                        ):
+                            raise RuntimeError(
+                                f"{stage}: the loader's plan differs from the loop's order at step {step}"
+                            )
+                        loss, extra = step_fn(epoch, step, mb.position, idx, data)
                     check_finite(loss, stage=stage, epoch=epoch, step=step)
                     # the step's gradient is that of the batch's mean loss, whatever the split into micro-batches
                     # and ranks (DDP averages over ranks, hence × world size); unscaled when the micro-batch is
                     # the batch: (1/n)·n is not exactly 1 in float32 for every n
-                    if len(idx) == len(batch) and not world.distributed:
+                    if len(idx) == global_n and not world.distributed:
                         loss.backward()
                     else:
-                        (loss * (weight * len(idx) * world.size / len(batch))).backward()
-                total += weight * loss.item() * len(idx)
-                seen += weight * len(idx)
-                for k2, v in extra.items():
-                    sums[k2] = sums.get(k2, 0.0) + weight * v
+                        (loss * (mb.weight * len(idx) * world.size / global_n)).backward()
+                total += mb.weight * loss.item() * len(idx)
+                seen += mb.weight * len(idx)
+                for name, v in extra.items():
+                    sums[name] = sums.get(name, 0.0) + mb.weight * v
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if world.distributed:  # every rank records the global means
             names = sorted(sums)
             total, seen, *rest = all_sum([total, seen, *(sums[k] for k in names)])
             sums = dict(zip(names, rest))
+        if batches is not None:
+            log.debug("%s epoch %d: %.2f s waiting for the loader", stage, epoch + 1, waited)
         row = {
             "loss": total / max(seen, 1),
             **{k: v / max(seen, 1) for k, v in sums.items()},

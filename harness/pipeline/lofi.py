@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
+from harness.data.loader import ClipBatch, training_plan
 from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
-from harness.pipeline.data import StageData, stage_data, tal_targets
+from harness.pipeline.data import StageData, clip_loader, stage_data, tal_targets
 from harness.pipeline.distributed import barrier, current, unwrap, wrap
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head, load_encoder
@@ -51,7 +52,7 @@ def run_lofi(
         return out / "encoder.pt"
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
-    data = stage_data(cfg.data, data)
+    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
     wanted = data.ds.subset(cfg.data.train_subset)
     videos = data.frames.usable(wanted)
     skipped = sorted({v.id for v in wanted} - {v.id for v in videos})
@@ -59,6 +60,8 @@ def run_lofi(
 
     encoder = load_encoder(cfg, init).to(device)
     head = build_head(cfg, lc.head, in_features=encoder.num_features, temporal_length=fid.snippets).to(device)
+    if device.type == "cuda":  # cuDNN's timed algorithm choice: faster convolutions, not bit-reproducible
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
     opt = make_optimizer(
         [{"params": encoder.parameters(), "lr": opt_cfg.lr * lc.encoder_lr_scale}, {"params": head.parameters()}],
         opt_cfg,
@@ -78,10 +81,13 @@ def run_lofi(
 
     iters_per_epoch = (len(videos) + opt_cfg.batch_size - 1) // opt_cfg.batch_size
     world = current()
-    encoder = wrap(encoder, device=device, sync_bn=cfg.runtime.sync_bn)
+    encoder = wrap(encoder, device=device, sync_bn=cfg.runtime.sync_bn)  # DDP under torchrun
     head = wrap(head, device=device, sync_bn=cfg.runtime.sync_bn)
+    # the compiled module shares the encoder's parameters; checkpoints are saved from unwrap(encoder)
+    run_encoder = torch.compile(encoder) if cfg.runtime.compile else encoder
 
-    def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def shape(epoch: int, step: int) -> tuple[int, int]:
+        """(L, size) of the step's clips: the cycle's fidelity at (epoch, global iteration)."""
         f = fidelity_at(
             cycle,
             epoch=epoch,
@@ -90,12 +96,22 @@ def run_lofi(
             c_s=lc.c_s,
             custom=(lc.r_t, lc.r_s),
         )
-        L, size = fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
+        return fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
+
+    plan = training_plan(
+        len(videos), opt_cfg, seed=seed, stream=("lofi-order",), shape=shape, rank=world.rank, world_size=world.size
+    )
+    loader = clip_loader(data.frames, videos, fid, plan, cfg.runtime, device)
+
+    def train_step(
+        epoch: int, step: int, micro: int, idx: torch.Tensor, batch: ClipBatch
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        L = batch.snippets
         part = [videos[j] for j in idx.tolist()]
-        x = data.frames.batch(part, snippets=L, fid=fid, size=size).to(device)
+        x = batch.to_device(device)
         targets = {k: v.to(device) for k, v in tal_targets(part, L, min(L, cfg.head.max_duration or L)).items()}
         with autocast(device, cfg.runtime.amp):
-            outputs = head(encoder(x).transpose(1, 2))  # encoder: (B, L, D)
+            outputs = head(run_encoder(x).transpose(1, 2))  # encoder: (B, L, D)
         loss, _ = tal_loss(
             {k: v.float() for k, v in outputs.items()},
             targets,
@@ -141,6 +157,7 @@ def run_lofi(
             tracker=tracker,
             metric_prefix="lofi",
             progress=cfg.runtime.progress,
+            loader=loader,
         )
         if len(history) < opt_cfg.epochs:
             return ckpt  # stopped early by stop_after_epoch (tests)

@@ -56,14 +56,17 @@ def _video_clip(
     n: int = 1,
 ) -> torch.Tensor:
     """(n, F, 3, S, S): n clips of F frames spread uniformly over the video or over [start, end] seconds."""
-    from harness.data.video import sample_snippets
+    from harness.data.video import resize_frames, select_snippet_frames, snippet_frame_indices
 
-    arr = frames_src.cache.get(path)
+    total = frames_src.num_frames(path)
+    a, b = 0, total
     if end > start and fps:
         a, b = int(start * fps), max(int(start * fps) + 1, int(np.ceil(end * fps)))
-        arr = arr[a : min(b, len(arr))] if a < len(arr) else arr[-1:]
-    stride = max(1, len(arr) // (frames * n))
-    return sample_snippets(arr, n, frames, stride, size)
+        a, b = (a, min(b, total)) if a < total else (total - 1, total)
+    stride = max(1, (b - a) // (frames * n))
+    unique, inverse = select_snippet_frames(a + snippet_frame_indices(b - a, n, frames, stride))
+    selected = torch.from_numpy(np.ascontiguousarray(frames_src.fetch(path, unique)))
+    return resize_frames(selected, torch.from_numpy(inverse), (n, frames), size)
 
 
 def _load_items(cfg: ExperimentConfig, mode: str, data: StageData) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -83,7 +86,7 @@ def _load_items(cfg: ExperimentConfig, mode: str, data: StageData) -> tuple[list
         vids = frames_src.usable(ds.subset(cfg.data.train_subset))
         items, clips = [], []
         for v in vids:
-            fps = v.fps or (len(frames_src.cache.get(video_file(cfg.data, v))) / max(v.duration, 1e-9))
+            fps = v.fps or (frames_src.num_frames(video_file(cfg.data, v)) / max(v.duration, 1e-9))
             for s in v.segments:
                 # several clips per segment: the target's training set is small and one clip each overfits
                 for clip in _video_clip(
@@ -161,7 +164,7 @@ def run_pretrain(
         raise LofiError("acp+ needs the ACP encoder: pass --init <acp stage>/encoder.pt (lofi run does this)")
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
-    data = stage_data(cfg.data, data)
+    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
     source = cfg.data.icp_source if mode == "icp" else cfg.data.acp_source
     with start_run(
         cfg.tracking,

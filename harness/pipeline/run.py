@@ -190,7 +190,7 @@ def run_all(
             return row
     # the dataset and frame source, built once for every stage; read before --out is created, so that a bad
     # annotation file leaves no trace
-    data = load_stage_data(cfg.data) if todo else None
+    data = load_stage_data(cfg.data, cache_bytes=cfg.runtime.cache_bytes) if todo else None
     out.mkdir(parents=True, exist_ok=True)
     remove_orphans(out)  # row.json / metrics.json temporaries of a killed run (the stages clean their own)
     times: dict[str, float] = {}
