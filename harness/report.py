@@ -337,6 +337,7 @@ def build_report(
     stats: bool = True,
     plots: bool = True,
     control_seeds: Sequence[int] | None = None,
+    step_bench: Sequence[Mapping[str, Any]] = (),
 ) -> list[Path]:
     """Build and write the ``kinds`` tables (and the plots) for every dataset/encoder/head group in ``rows``.
 
@@ -344,7 +345,8 @@ def build_report(
     not name shows every mode present. ``stats=False`` skips the tests, the gain shares and the class oracle (no
     predictions needed); ``n_perm`` defaults to ``n_boot``; ``ground_truth`` overrides each row's.
     ``control_seeds`` (``cfg.sweep.control_seeds``): the seeds of the negative control, whose ACP runs only the
-    controls table shows (None: the seeds only ACP ran, ``infer_control_seeds``). Returns the written paths."""
+    controls table shows (None: the seeds only ACP ran, ``infer_control_seeds``). ``step_bench``: ``lofi bench step
+    --json`` rows whose peak memory, step time and frames/s the memory table shows. Returns the written paths."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise LofiError(f"unknown table(s) {unknown or '(none)'}; use a subset of {', '.join(KINDS)}")
@@ -405,7 +407,7 @@ def build_report(
             comps = tests.compare_models(sub, shown("models", sub), str(dataset))
             per_kind["models"].append(models_table(sub, comps, modes=modes.get("models")))
         if "memory" in kinds and shown("memory", sub):
-            per_kind["memory"].append(memory_table(sub, modes=modes.get("memory")))
+            per_kind["memory"].append(memory_table(sub, modes=modes.get("memory"), step_bench=step_bench))
     for kind in kinds:
         if not per_kind[kind]:
             log.warning("no rows fit the %s table; skipped", kind)

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -615,11 +616,52 @@ def models_table(
     )
 
 
-def memory_table(rows: pd.DataFrame, *, modes: Sequence[str] | None = None) -> Table:
+def step_bench_columns(bench: Sequence[Mapping[str, Any]]) -> tuple[dict[str, dict[str, float]], str]:
+    """From ``lofi bench step --json`` rows: per fidelity name (full, S, T, ST) the measured peak device memory,
+    step time and frames/s, at one precision (bf16 where measured, else fp32); and the note that says how."""
+    ok = [r for r in bench if not r.get("error") and r.get("step_s")]
+    if not ok:
+        raise TableError("the step benchmark holds no successful row; re-run lofi bench step")
+    precision = "bf16" if any(r.get("precision") == "bf16" for r in ok) else str(ok[0].get("precision"))
+    by_fid = {
+        str(r["fidelity"]): {
+            "peak_bytes": r.get("peak_bytes"),
+            "step_s": r["step_s"],
+            "frames_per_s": r.get("frames_per_s"),
+        }
+        for r in ok
+        if r.get("precision") == precision
+    }
+    batches = sorted({int(r["batch"]) for r in ok if r.get("precision") == precision})
+    note = (
+        f"Peak / Step / Frames/s: `lofi bench step` ({precision}, batch {', '.join(map(str, batches))}): device peak "
+        "memory, seconds and frames per training step of each fidelity; for a cycle the largest peak of its "
+        "fidelities. "
+    )
+    return by_fid, note
+
+
+def _fidelity_names(runs: pd.DataFrame) -> list[str]:
+    """The fidelities a mode trains at (``fidelities`` in its rows; else from the mode's LoFi cycle)."""
+    if "fidelities" in runs and isinstance(runs["fidelities"].iloc[0], str):
+        return [f for f in runs["fidelities"].iloc[0].split(",") if f]
+    from harness.modes import MODE_PLAN
+    from harness.schedule import CYCLE_ORDER
+
+    cycle = MODE_PLAN.get(str(runs["mode"].iloc[0]), (None, None))[1]
+    return list(CYCLE_ORDER) if cycle in ("long", "short") else [cycle] if cycle else []
+
+
+def memory_table(
+    rows: pd.DataFrame, *, modes: Sequence[str] | None = None, step_bench: Sequence[Mapping[str, Any]] = ()
+) -> Table:
     """Per encoder and mode: activation memory of one LoFi training step (as the rows carry it: bytes at the
-    mode's fidelity, at full fidelity, their ratio), device peak only where rows carry ``peak_bytes``, stage times."""
+    mode's fidelity, at full fidelity, their ratio), device peak only where rows carry ``peak_bytes``, stage times.
+    ``step_bench``: ``lofi bench step --json`` rows (a GPU's); they add the measured peak memory, step time and
+    frames/s of each mode's fidelity."""
     if rows.empty:
         raise TableError("no rows for the memory table")
+    bench, bench_note = step_bench_columns(step_bench) if step_bench else ({}, "")
     dataset = _single(rows, "dataset")
     time_cols = sorted(c for c in rows.columns if c.startswith("time_") and c.endswith("_s"))
     with_peak = "peak_bytes" in rows and rows["peak_bytes"].notna().any()
@@ -658,6 +700,17 @@ def memory_table(rows: pd.DataFrame, *, modes: Sequence[str] | None = None) -> T
             if with_peak:
                 peak = mean_of(runs, "peak_bytes")
                 cells["Peak (GiB)"], numbers["peak_bytes"] = _num(peak / 2**30, 2), peak
+            if bench:
+                fids = _fidelity_names(runs)
+                measured = [bench[f] for f in fids if f in bench]
+                peaks = [m["peak_bytes"] for m in measured if m["peak_bytes"]]
+                one = measured[0] if len(fids) == 1 and measured else None
+                numbers["bench_peak_bytes"] = max(peaks) if peaks else float("nan")
+                numbers["bench_step_s"] = one["step_s"] if one else float("nan")
+                numbers["bench_frames_per_s"] = one["frames_per_s"] if one and one["frames_per_s"] else float("nan")
+                cells["Peak (GiB)"] = _num(numbers["bench_peak_bytes"] / 2**30, 2)
+                cells["Step (s)"] = _num(numbers["bench_step_s"], 3)
+                cells["Frames/s"] = _num(numbers["bench_frames_per_s"], 0)
             for col in time_cols:
                 numbers[col] = mean = mean_of(runs, col)
                 cells[f"{col[len('time_') : -len('_s')]} (s)"] = _num(mean, 1)
@@ -671,6 +724,7 @@ def memory_table(rows: pd.DataFrame, *, modes: Sequence[str] | None = None) -> T
         "fidelity (the largest over a cycle; – for modes that train no encoder end to end), and at full "
         "fidelity, counted by the run on the meta device. "
         + ("Peak: device peak memory (CUDA only). " if with_peak else "")
+        + bench_note
         + "Times: mean seconds per stage over seeds (stages reused from an earlier run are not timed).",
     )
     return Table(

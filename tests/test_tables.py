@@ -247,6 +247,28 @@ def test_memory_table_shows_a_peak_only_where_rows_carry_one(fixture_runs: Path)
     assert memory["Peak (GiB)"].tolist() == ["–", "3.00"]
 
 
+def test_memory_table_takes_peak_and_throughput_from_a_step_benchmark(fixture_runs: Path) -> None:
+    rows = _rows(fixture_runs, "synthetic")
+    bench = [  # lofi bench step --json rows (a GPU's); bf16 is preferred over fp32 where both were measured
+        {"fidelity": f, "precision": p, "batch": 16, "step_s": s, "frames_per_s": fps, "peak_bytes": peak, "error": ""}
+        for f, p, s, fps, peak in [
+            ("S", "bf16", 0.5, 1000.0, 2 * 2**30),
+            ("T", "bf16", 0.25, 2000.0, 1 * 2**30),
+            ("ST", "bf16", 0.4, 1500.0, 3 * 2**30),
+            ("S", "fp32", 9.0, 1.0, 9 * 2**30),
+        ]
+    ] + [{"fidelity": "full", "precision": "bf16", "batch": 16, "step_s": None, "error": "OOM"}]
+    memory = memory_table(rows, modes=("acp", "lofi-S", "lofi-long"), step_bench=bench)
+    shown = memory.display.set_index("Config")
+    assert shown.loc["S-LoFi", ["Peak (GiB)", "Step (s)", "Frames/s"]].tolist() == ["2.00", "0.500", "1000"]
+    # a cycle: the largest peak of its fidelities, no single step time
+    assert shown.loc["Long C-LoFi", ["Peak (GiB)", "Step (s)"]].tolist() == ["3.00", "–"]
+    assert shown.loc["ACP", "Peak (GiB)"] == "–"
+    assert "bf16, batch 16" in " ".join(memory.notes)
+    with pytest.raises(TableError, match="no successful row"):
+        memory_table(rows, step_bench=[{"fidelity": "S", "precision": "bf16", "batch": 1, "step_s": None}])
+
+
 def test_tables_take_their_rows_and_order_from_modes(fixture_runs: Path) -> None:
     rows = _rows(fixture_runs, "synthetic")
     assert list(ablation_table(rows, modes=("lofi-long", "acp", "lofi-T")).display["Config"]) == [

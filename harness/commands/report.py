@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
+from pathlib import Path
 
 from harness.errors import LofiError
 from harness.report import KINDS
@@ -101,6 +103,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--no-stats", action="store_true", help="skip the tests (no predictions needed)")
     t.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    t.add_argument(
+        "--step-bench",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="rows of `lofi bench step --json` (e.g. a GPU's): the memory table shows their peak memory, step time "
+        "and frames/s per fidelity",
+    )
     t.set_defaults(func=_run_tables)
 
 
@@ -118,6 +128,7 @@ def _run_tables(args: argparse.Namespace) -> int:
         if not paths:
             raise LofiError(f"--runs-glob {args.runs_glob!r} matches no file; quote the pattern and check the folder")
     sweep = load_experiment(args.config, args.overrides).sweep if args.config else None
+    step_bench = _read_step_bench(args.step_bench) if args.step_bench else ()
     written = build_report(
         load_rows(paths),
         out=args.out,
@@ -130,7 +141,21 @@ def _run_tables(args: argparse.Namespace) -> int:
         ground_truth=args.ground_truth,
         stats=not args.no_stats,
         plots=not args.no_plots,
+        step_bench=step_bench,
     )
     for path in written:
         print(path)
     return 0
+
+
+def _read_step_bench(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LofiError(f"{path}: no such file; write it with `lofi bench step --json {path}`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LofiError(f"{path}: not JSON ({exc}); write it with `lofi bench step --json {path}`") from None
+    keys = {"fidelity", "precision", "batch", "step_s"}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and keys <= r.keys() for r in rows):
+        raise LofiError(f"{path}: not `lofi bench step --json` rows (a list of objects with {', '.join(sorted(keys))})")
+    return rows
