@@ -25,3 +25,7 @@ PRETRAIN_MODES: tuple[str, ...] = ("icp", "acp", "acp+")
 # Modes whose head sees all-zero features of their encoder's shape: what the temporal prior of the segment layouts
 # and the video-level classifier give alone (the benchmark's floor).
 ZEROED_MODES: frozenset[str] = frozenset({"blind"})
+
+# The tables a report can build (`lofi report tables --which`); here, not in harness.report, so that the CLI
+# lists them without importing pandas and scipy on every command.
+TABLE_KINDS: tuple[str, ...] = ("ablation", "pretrain", "models", "memory", "controls")

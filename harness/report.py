@@ -27,6 +27,7 @@ import pandas as pd
 
 from harness.errors import LofiError
 from harness.experiment import SweepConfig
+from harness.modes import TABLE_KINDS
 from harness.seeding import numpy_rng
 from harness.stats import (
     Comparison,
@@ -55,7 +56,7 @@ from harness.tables import (
 )
 
 log = logging.getLogger(__name__)
-KINDS: tuple[str, ...] = ("ablation", "pretrain", "models", "memory", "controls")
+KINDS: tuple[str, ...] = TABLE_KINDS
 _CONFIG_TABLES: dict[str, Callable[..., Table]] = {"ablation": ablation_table, "pretrain": pretrain_table}
 
 

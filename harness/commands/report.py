@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from harness.errors import LofiError
-from harness.report import KINDS
+from harness.modes import TABLE_KINDS as KINDS
 
 EPILOG = """\
 which rows each table shows:
