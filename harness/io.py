@@ -51,6 +51,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def loads_json_strict(text: str) -> tuple[Any, str | None]:
+    """Parse JSON text; returns (data, the first key written twice in one object or None). Python's json keeps the
+    last of two equal keys silently, so a video listed twice would lose its first entry; readers refuse that."""
+    duplicates: list[str] = []
+
+    def keep_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                duplicates.append(key)
+            obj[key] = value
+        return obj
+
+    data = json.loads(text, object_pairs_hook=keep_duplicates)
+    return data, (duplicates[0] if duplicates else None)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

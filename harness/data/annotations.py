@@ -58,7 +58,7 @@ import numpy as np
 
 from harness.data.model import SUBSETS, Segment, TALDataset, Video
 from harness.errors import AnnotationError
-from harness.io import name_problem, write_json_atomic
+from harness.io import loads_json_strict, name_problem, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -225,18 +225,8 @@ def _load_json(file: Path) -> Any:
         raise _fail(file, None, "file not found", "check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise _fail(file, None, f"cannot read the file ({exc})", "check the path and that it is UTF-8 JSON") from None
-    duplicates: list[str] = []
-
-    def keep_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in obj:
-                duplicates.append(key)
-            obj[key] = value
-        return obj
-
     try:
-        data = json.loads(text, object_pairs_hook=keep_duplicates)
+        data, duplicate = loads_json_strict(text)
     except json.JSONDecodeError as exc:
         raise _fail(
             file,
@@ -244,8 +234,8 @@ def _load_json(file: Path) -> Any:
             f"line {exc.lineno} column {exc.colno}: malformed JSON ({exc.msg})",
             "fix the syntax there (the file may be truncated)",
         ) from None
-    if duplicates:
-        _raise_duplicate(file, text, data, duplicates[0])
+    if duplicate is not None:
+        _raise_duplicate(file, text, data, duplicate)
     return data
 
 

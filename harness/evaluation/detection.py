@@ -54,6 +54,7 @@ import numpy as np
 
 from harness.data.model import TALDataset
 from harness.errors import AnnotationError, PredictionError
+from harness.io import loads_json_strict
 
 log = logging.getLogger(__name__)
 
@@ -293,28 +294,17 @@ def _diagnose_entry(entry: Any, class_index: Mapping[str, int] | None, subset: s
 def _read_predictions_json(source: str) -> Any:
     """Parse a predictions file; a key written twice (a video's list, an entry's score) is an error, as in the
     annotation reader: JSON would keep the last one silently."""
-    duplicates: list[str] = []
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in obj:
-                duplicates.append(key)
-            obj[key] = value
-        return obj
-
     try:
-        with open(source, encoding="utf-8") as fh:
-            data = json.load(fh, object_pairs_hook=no_duplicates)
+        data, duplicate = loads_json_strict(Path(source).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PredictionError(f"{source}: file not found; pass the predictions JSON") from None
     except IsADirectoryError:
         raise PredictionError(f"{source}: is a folder; pass the predictions JSON file inside it") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PredictionError(f"{source}: not valid JSON ({exc}); write the official layout") from None
-    if duplicates:
+    if duplicate is not None:
         raise PredictionError(
-            f"{source}: key {duplicates[0]!r} appears twice in one JSON object (JSON would keep only the last); "
+            f"{source}: key {duplicate!r} appears twice in one JSON object (JSON would keep only the last); "
             "write each video once under results, with all its entries in one list"
         )
     return data
