@@ -55,14 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     i.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-    i.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+    _add_set(i)
     i.add_argument("--out", required=True, type=Path, metavar="JSON", help="where to write the ids")
     i.set_defaults(func=_init)
     u = tsub.add_parser(
@@ -72,14 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "config's store (run it from the project root).",
     )
     u.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-    u.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+    _add_set(u)
     u.add_argument("--url", default="http://127.0.0.1:5000", help="the UI's address (default %(default)s)")
     u.set_defaults(func=_ui)
     s = tsub.add_parser(
@@ -94,14 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--config", type=Path, metavar="FILE", help="experiment config: its sweep's store by default")
-    s.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+    _add_set(s)
     s.add_argument(
         "--backend-store-uri",
         default=None,
@@ -225,3 +204,9 @@ def _server(args: argparse.Namespace) -> int:
     # Become the server (no wrapper process): a scheduler's or a user's signal reaches mlflow itself.
     os.execv(cmd[0], cmd)
     return 0  # not reached
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
+    )
