@@ -32,7 +32,6 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from encoders import register_encoder
@@ -125,6 +124,8 @@ class TSMEncoder(nn.Module):
         for stage in self._stages():
             for block in stage:
                 block.conv1 = TemporalShift(block.conv1, context=self._context, shift_div=shift_div)
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm is imported when a model is built
+
         # Not persistent: the state dict stays the backbone's, so checkpoints are interchangeable with TSM/timm.
         self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn as nn
 
@@ -41,6 +40,10 @@ class WeightsError(LofiError):
 
 def create_timm_backbone(model_name: str, *, pretrained: bool, **model_kwargs: Any) -> nn.Module:
     """``timm.create_model(model_name, pretrained=..., num_classes=0, **model_kwargs)`` with a one-line error."""
+    # imported here, not at module level: timm (and the torchvision it imports) costs seconds at start-up, and
+    # commands that only check encoder names or train a head on features never build a backbone
+    import timm
+
     try:
         return timm.create_model(model_name, pretrained=pretrained, num_classes=0, **model_kwargs)
     except Exception as exc:  # timm/hf-hub raise many types (OSError, LocalEntryNotFoundError, RuntimeError)

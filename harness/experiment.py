@@ -258,6 +258,9 @@ class HeadConfig(ConfigModel):
     # G-TAD only: apply the proposal branch's first 1×1 conv before SGAlign (both linear, so identical outputs and
     # parameters; ~3× faster on CPU, but the activation memory then differs from the published head's)
     fused_projection: Bool = False
+    # Validation mAP during training (curves in MLflow, Optuna pruning) after every k-th epoch; 0 = only the final
+    # validation after training, which is always measured. Each costs about a fifth of a small head's epoch.
+    validate_every: Int = Field(1, ge=0)
     # Video-level class scores fused with the proposals: "finetuned" = the ACP+ model, computed once per seed and
     # shared by every mode (as the field's fixed external classifier); "features" = a linear probe trained on each
     # run's own features; or the path of an external scores JSON (see harness/pipeline/classify.py).

@@ -239,3 +239,31 @@ def test_data_prepare_cli_fills_the_store_and_reports_failures(
     skip = ["--set", "data.skip_corrupt=true", "--json"]
     assert main(["data", "prepare", "--config", str(config), *skip]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["failed"] == 1
+
+
+def test_data_prepare_fills_the_decoded_cache_with_videos_and_acp_clips(
+    smoke_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The workflow's `frames` job: every video and ACP clip decoded once, so later readers only hit the disk."""
+    import json
+
+    from harness.cli import main
+    from harness.experiment import load_experiment
+    from harness.pipeline.data import VideoFrames, prepare_dataset, read_source_index, video_file
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data: {{name: synthetic, synthetic_profile: smoke, root: {smoke_root}, cache_dir: {tmp_path / 'cache'}}}\n"
+    )
+    assert main(["data", "prepare", "--config", str(config), "--workers", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # stdout is exactly the JSON summary (the workflow keeps it)
+    cfg = load_experiment(config, []).data
+    ds = prepare_dataset(cfg)
+    clips = read_source_index(cfg, cfg.acp_source, "clips")[1]
+    assert (summary["videos"], summary["failed"]) == (len(ds.videos) + len(clips), 0)
+    entries = list((tmp_path / "cache").glob("*.npy"))
+    assert len(entries) == summary["videos"] and summary["bytes"] == sum(e.stat().st_size for e in entries)
+    frames = VideoFrames(cfg)
+    for path in [video_file(cfg, v) for v in ds.videos.values()] + [c.path for c in clips]:
+        frames.cache.get(path)
+    assert (frames.cache.disk_hits, frames.cache.misses) == (summary["videos"], 0)

@@ -72,6 +72,21 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, tiny_overrides):
     assert c["average_mAP"] != a["average_mAP"] or c["val_average_mAP"] != a["val_average_mAP"]
 
 
+def test_validating_less_often_changes_no_number(tmp_path, tiny_overrides):
+    """head.validate_every only thins the validation curve: training, predictions and metrics are the same."""
+    shared = tmp_path / "shared"
+    a = run_all(_cfg(tiny_overrides), mode="acp", seed=0, out=tmp_path / "a", stages_root=shared)
+    b = run_all(
+        _cfg(tiny_overrides, "head.validate_every=2"), mode="acp", seed=0, out=tmp_path / "b", stages_root=shared
+    )
+    for k in ("average_mAP", "mAP_0.50", "AR_100", "val_average_mAP"):
+        assert a[k] == b[k], k
+    ha, hb = (json.loads((tmp_path / r / "head/metrics.json").read_text())["history"] for r in "ab")
+    assert len(ha) == len(hb) >= 2 and [r["loss"] for r in ha] == [r["loss"] for r in hb]
+    assert all("val_average_mAP" in r for r in ha)
+    assert [("val_average_mAP" in r) for r in hb] == [(e + 1) % 2 == 0 for e in range(len(hb))]
+
+
 def test_lofi_stage_resumes_after_a_kill_with_the_same_numbers(tmp_path, tiny_overrides):
     from harness.pipeline.lofi import run_lofi
     from harness.pipeline.pretrain import run_pretrain

@@ -92,6 +92,7 @@ def expected_ablation_jobs(config: Path) -> Counter:
     counts = Counter(
         {
             "data": 1,
+            "frames": 1,  # every video decoded once before the training jobs
             "track_init": 1,
             "pretrain": len(pretrain),
             "lofi": len(lofi),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -160,40 +161,49 @@ def _synth(args: argparse.Namespace) -> int:
 PREPARE_EXAMPLE = """\
 examples:
   lofi data prepare --config config/activitynet.yaml --workers 16
-  lofi data prepare --config config/smoke.yaml --set data.store=prepared
+  lofi data prepare --config config/default.yaml --workers 2
 
-Re-encodes every video of the config's training, validation and test subsets once into
-data.cache_dir/store/ (H.264 at data.max_side, data.store_crf, a keyframe every data.store_gop frames, every
-frame kept); runs with data.store=prepared then decode only the frames each batch needs. Resumable: finished
-videos are skipped. Undecodable videos are listed (and stop the command unless data.skip_corrupt is true).
+Decodes every video of the config's training, validation and test subsets, and the ACP clips of
+data.acp_source, once, in --workers processes, into the frame store data.store names:
+  decoded   whole videos as uint8 arrays in data.cache_dir (right for small videos: the synthetic benchmark)
+  prepared  each video re-encoded into data.cache_dir/store/ (H.264 at data.max_side, data.store_crf, a keyframe
+            every data.store_gop frames, every frame kept); batches then decode only the frames they need
+The workflow runs this once before its training jobs, so parallel jobs never decode the same video twice.
+Resumable: finished videos are skipped. Undecodable videos are listed (and stop the command unless
+data.skip_corrupt is true).
 """
 
 
 def _register_prepare(data_sub: argparse._SubParsersAction) -> None:
     parser = data_sub.add_parser(
         "prepare",
-        help="re-encode a dataset's videos once into the compact frame store (data.store=prepared)",
-        description="Write the prepared frame store of a config's dataset (harness/data/store.py).",
+        help="decode a dataset's videos once into its frame store (before parallel training jobs)",
+        description="Fill the frame store (data.store: decoded or prepared) of a config's dataset.",
         epilog=PREPARE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="experiment config (YAML)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    parser.add_argument("--workers", type=int, default=1, help="videos re-encoded in parallel (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="videos decoded in parallel (default 1)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.set_defaults(func=_prepare)
 
 
-def _prepare_one(job: tuple[str, Path, Path, Any]) -> tuple[str, int, float, str]:
-    from harness.data.store import prepare_video
+def _prepare_one(job: tuple[str, Path, float, Any]) -> tuple[str, int, float, str]:
+    """(id, bytes in the store, seconds of video, error) of one video decoded into the store of ``cfg``."""
     from harness.errors import VideoError
+    from harness.pipeline.data import VideoFrames
 
-    vid, source, store, settings = job
+    vid, source, duration, cfg = job
+    frames = VideoFrames(cfg, cache_bytes=0)  # a worker only fills the store, it never reads a video again
     try:
-        entry, info = prepare_video(source, store, settings)
+        if cfg.store == "prepared":
+            entry, info = frames.prepare(source)
+            return vid, entry.stat().st_size, info.num_frames / info.fps, ""
+        frames.cache.get(source)
+        return vid, frames.cache.entry_path(source).stat().st_size, duration, ""
     except VideoError as exc:
         return vid, 0, 0.0, str(exc)
-    return vid, entry.stat().st_size, info.num_frames / info.fps, ""
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -203,24 +213,25 @@ def _prepare(args: argparse.Namespace) -> int:
 
     from harness.errors import ConfigError, LofiError
     from harness.experiment import load_experiment
-    from harness.pipeline.data import VideoFrames, prepare_dataset, video_file
+    from harness.pipeline.data import VideoFrames, prepare_dataset, read_source_index, video_file
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     cfg = load_experiment(args.config, args.set).data
     ds = prepare_dataset(cfg)
-    frames = VideoFrames(cfg)
+    frames = VideoFrames(cfg, cache_bytes=0)
     subsets = dict.fromkeys((cfg.train_subset, cfg.val_subset, cfg.test_subset))
-    videos = [v for s in subsets for v in ds.subset(s)]
-    jobs = [(v.id, video_file(cfg, v), frames.store_dir(), frames.store_settings()) for v in videos]
+    jobs = [(v.id, video_file(cfg, v), v.duration, cfg) for s in subsets for v in ds.subset(s)]
+    if cfg.acp_source and (cfg.root / cfg.acp_source).is_file():  # the ACP stage reads these through the store
+        jobs += [(it.path.stem, it.path, 0.0, cfg) for it in read_source_index(cfg, cfg.acp_source, "clips")[1]]
     with ProcessPoolExecutor(args.workers) as pool:
-        results = list(tqdm(pool.map(_prepare_one, jobs), total=len(jobs), desc="prepare", unit="video"))
+        results = list(tqdm(pool.map(_prepare_one, jobs, chunksize=4), total=len(jobs), desc="prepare", unit="video"))
     failed = [(vid, err) for vid, _, _, err in results if err]
     done = [(size, secs) for _, size, secs, err in results if not err]
     total = sum(size for size, _ in done)
     hours = sum(secs for _, secs in done) / 3600
     summary = {
-        "store": str(frames.store_dir()),
+        "store": str(frames.store_dir() if cfg.store == "prepared" else cfg.cache_dir),
         "videos": len(done),
         "failed": len(failed),
         "bytes": total,
@@ -230,7 +241,7 @@ def _prepare(args: argparse.Namespace) -> int:
     if failed and not cfg.skip_corrupt:
         raise LofiError(f"{failed[0][1]} ({len(failed)} videos failed; set data.skip_corrupt=true to skip them)")
     for vid, err in failed:
-        print(f"skipped {vid}: {err}")
+        print(f"skipped {vid}: {err}", file=sys.stderr)  # stdout is the summary (JSON with --json)
     if args.json:
         print(json.dumps(summary))
     else:

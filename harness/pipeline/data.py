@@ -124,6 +124,10 @@ class VideoFrames:
     def store_dir(self) -> Path:
         return self.cfg.cache_dir / "store"
 
+    def prepare(self, path: Path):  # -> (entry, StoreInfo)
+        """The prepared-store entry of the video at ``path``, re-encoding the video when the entry is missing."""
+        return self._entry(path)
+
     def _entry(self, path: Path):  # -> (entry, StoreInfo); prepares the video when its entry is missing
         from harness.data.store import prepare_video
 

@@ -224,11 +224,13 @@ def run_head(
             return loss, {}
 
         def validate(epoch: int) -> dict[str, float]:
+            if not hc.validate_every or (epoch + 1) % hc.validate_every:
+                return {}
             det, prop = predict(cfg, head, s_val, x_val, val, ds.classes, device)
             return {"val_average_mAP": evaluate_split(ds, cfg.data.val_subset, det, prop)["average_mAP"]}
 
         def report(epoch: int, history: list[dict[str, float]]) -> None:
-            if on_epoch is not None:
+            if on_epoch is not None and "val_average_mAP" in history[-1]:
                 on_epoch(epoch, history[-1]["val_average_mAP"])
 
         history = fit(

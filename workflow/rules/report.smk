@@ -82,7 +82,7 @@ def optuna_worker_rule(k):
         name:
             f"optuna_worker{k}"
         input:
-            data=DATA_DONE,
+            data=FRAMES_DONE,
             sweep=ancient(SWEEP_JSON),
         output:
             touch(OPTUNA_WORKERS[k]),
@@ -110,7 +110,7 @@ rule optuna:
     """Optuna search over (r_t, r_s) on the validation split; best ratios re-run on fresh seeds. With
     sweep.optuna.workers > 1 the trials are run by the worker jobs first and this job finds them finished."""
     input:
-        data=DATA_DONE,
+        data=FRAMES_DONE,
         sweep=ancient(SWEEP_JSON),
         workers=OPTUNA_WORKERS,
     output:

@@ -27,6 +27,29 @@ if CFG.data.synthetic_profile:
 else:
     DATA_DONE = GROUND_TRUTH  # real data: the annotations must exist (videos are checked by the stages)
 
+FRAMES_DONE = f"{R}/frames.json"
+
+
+rule frames:
+    """Every video and ACP clip decoded once into the frame store, in parallel, before the training jobs: without
+    it the first parallel jobs each decode the same videos (8 jobs at once: up to 8 times)."""
+    input:
+        DATA_DONE,
+    output:
+        FRAMES_DONE,
+    params:
+        key=to_dict(CFG.data),
+        args=lofi_args("--json", command=["data", "prepare"]),
+    log:
+        f"{LOGS}/frames.log",
+    benchmark:
+        f"{BENCH}/frames.tsv"
+    threads: min(workflow.cores, os.cpu_count() or 1, 8)
+    resources:
+        **LIGHT,
+    shell:
+        "lofi {params.args} --workers {threads} > {output:q} 2> {log:q}"
+
 
 rule track_init:
     output:
@@ -62,7 +85,7 @@ def stage_rule(run, stage):
         name:
             rule_name(stage.kind, run.encoder, stage.folder.relative_to(sweep_root(CFG, run.encoder)))
         input:
-            data=DATA_DONE,
+            data=FRAMES_DONE,
             sweep=ancient(SWEEP_JSON),
             needs=[str(s.done) for s in stage.needs],
         output:
