@@ -82,8 +82,11 @@ def test_slurm_profile_plans_the_sweep_with_every_jobs_resources(tmp_path: Path)
     jobs = _jobs(out.stdout)
     assert len(jobs) == sum(expected_ablation_jobs(config).values())
     training = [j for j in jobs if j["rule"].startswith(("pretrain_", "lofi_", "features_", "classifier_", "run_"))]
-    light = [j for j in jobs if j not in training]
-    assert training and {j["rule"] for j in light} == {"data", "frames", "track_init", "table_ablation"}
+    frames = [j for j in jobs if j["rule"] == "frames"]  # decoding the videos: a job of its own, no GPU
+    assert len(frames) == 1 and (frames[0]["mem_mb"], frames[0]["runtime"]) == ("32000", "720")
+    assert "gpu" not in frames[0]
+    light = [j for j in jobs if j not in training + frames]
+    assert training and {j["rule"] for j in light} == {"data", "track_init", "table_ablation"}
     for j in training:  # what sbatch is asked for: --gpus 4, --cpus-per-task 8, --mem 32000, -t 720
         assert (j["gpu"], j["threads"], j["mem_mb"], j["runtime"]) == ("4", "8", "32000", "720"), j
         assert j["shell"].startswith("torchrun --standalone --nproc_per_node 4 -m harness.cli "), j["shell"]

@@ -44,9 +44,12 @@ rule frames:
         f"{LOGS}/frames.log",
     benchmark:
         f"{BENCH}/frames.tsv"
+    # all cores of this machine (alone: it runs before every training job); on a cluster a job of its own, with a
+    # training job's memory and time (decoding a real dataset takes hours) and no GPU
     threads: min(workflow.cores, os.cpu_count() or 1, 8)
     resources:
-        **LIGHT,
+        mem_mb=MEM_MB,
+        runtime=RUNTIME,
     shell:
         "lofi {params.args} --workers {threads} > {output:q} 2> {log:q}"
 
