@@ -264,6 +264,10 @@ def test_data_prepare_fills_the_decoded_cache_with_videos_and_acp_clips(
     entries = list((tmp_path / "cache").glob("*.npy"))
     assert len(entries) == summary["videos"] and summary["bytes"] == sum(e.stat().st_size for e in entries)
     frames = VideoFrames(cfg)
+    # MB per hour of video counts the annotated videos only (the clips have no duration in the annotations)
+    video_bytes = sum(frames.cache.entry_path(video_file(cfg, v)).stat().st_size for v in ds.videos.values())
+    hours = sum(v.duration for v in ds.videos.values()) / 3600
+    assert summary["mb_per_hour"] == pytest.approx(video_bytes / 1e6 / hours)
     for path in [video_file(cfg, v) for v in ds.videos.values()] + [c.path for c in clips]:
         frames.cache.get(path)
     assert (frames.cache.disk_hits, frames.cache.misses) == (summary["videos"], 0)

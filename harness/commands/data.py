@@ -230,13 +230,14 @@ def _prepare(args: argparse.Namespace) -> int:
     done = [(size, secs) for _, size, secs, err in results if not err]
     total = sum(size for size, _ in done)
     hours = sum(secs for _, secs in done) / 3600
+    timed = sum(size for size, secs in done if secs > 0)  # ACP clips have no annotated duration: not in MB/hour
     summary = {
         "store": str(frames.store_dir() if cfg.store == "prepared" else cfg.cache_dir),
         "videos": len(done),
         "failed": len(failed),
         "bytes": total,
         "mb_per_video": total / max(1, len(done)) / 1e6,
-        "mb_per_hour": total / 1e6 / hours if hours else 0.0,
+        "mb_per_hour": timed / 1e6 / hours if hours else 0.0,
     }
     if failed and not cfg.skip_corrupt:
         raise LofiError(f"{failed[0][1]} ({len(failed)} videos failed; set data.skip_corrupt=true to skip them)")

@@ -82,7 +82,8 @@ def optuna_worker_rule(k):
         name:
             f"optuna_worker{k}"
         input:
-            data=FRAMES_DONE,
+            data=DATA_DONE,
+            frames=ancient(FRAMES_DONE),  # an order, not a trigger: reruns follow data and keys
             sweep=ancient(SWEEP_JSON),
         output:
             touch(OPTUNA_WORKERS[k]),
@@ -110,7 +111,8 @@ rule optuna:
     """Optuna search over (r_t, r_s) on the validation split; best ratios re-run on fresh seeds. With
     sweep.optuna.workers > 1 the trials are run by the worker jobs first and this job finds them finished."""
     input:
-        data=FRAMES_DONE,
+        data=DATA_DONE,
+        frames=ancient(FRAMES_DONE),
         sweep=ancient(SWEEP_JSON),
         workers=OPTUNA_WORKERS,
     output:

@@ -88,7 +88,8 @@ def stage_rule(run, stage):
         name:
             rule_name(stage.kind, run.encoder, stage.folder.relative_to(sweep_root(CFG, run.encoder)))
         input:
-            data=FRAMES_DONE,
+            data=DATA_DONE,
+            frames=ancient(FRAMES_DONE),  # an order, not a trigger: reruns follow data and keys
             sweep=ancient(SWEEP_JSON),
             needs=[str(s.done) for s in stage.needs],
         output:
