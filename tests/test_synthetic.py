@@ -1,5 +1,7 @@
 """The synthetic benchmark: layout, decodability, determinism, resume, errors, and that the designed cues exist
-(the action is texture motion inside a fixed silhouette; the weak cue is a brightening in some videos)."""
+(v4, the default: a flicker that one frame cannot show and two frames always show, in a fine band the r_s = 2
+resize erases and a coarse band it keeps, and a twitch at every boundary; the `colour-cue` control profile: texture
+motion inside a fixed silhouette plus a single-frame paleness in some videos)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from harness.errors import LofiError
 from harness.seeding import numpy_rng
 
 SMOKE = S.PROFILES["smoke"]
+COLOUR_CUE = S.PROFILES["colour-cue"]
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +216,8 @@ def test_the_action_is_texture_motion_inside_a_fixed_silhouette() -> None:
     with the action on. One frame therefore cannot tell; two frames can."""
     import dataclasses
 
-    profile = dataclasses.replace(SMOKE, frame_size=64, cue_fraction=0.0)
-    plan = S.make_plan("smoke", 0)
+    profile = dataclasses.replace(COLOUR_CUE, cue_fraction=0.0)
+    plan = S.make_plan("colour-cue", 0)
     n = 12
     leaks = []
     for k, cls in enumerate(plan.classes):
@@ -235,14 +238,14 @@ def test_the_action_is_texture_motion_inside_a_fixed_silhouette() -> None:
         assert np.array_equal(f_on[outer], f_off[outer]), cls.name
         mean_on = np.stack([f_on[t][inner[t]].mean(axis=0) for t in range(n)])
         mean_off = np.stack([f_off[t][inner[t]].mean(axis=0) for t in range(n)])
-        # (a texture with about one period across the silhouette, e.g. rings on a ring, leaks up to ~7 %)
+        # (a texture with about one period across the silhouette, e.g. rings on a ring, leaks up to ~10 %)
         leaks.append(np.abs(mean_on - mean_off).max() / 255)
         # two frames apart (one snippet's F = 2 frames at stride 2): the texture moved only with the action on
         both = inner[2:] & inner[:-2]
         d_on = np.abs(f_on[2:] - f_on[:-2]).mean(-1)[both].mean()
         d_off = np.abs(f_off[2:] - f_off[:-2]).mean(-1)[both].mean()
         assert d_on > 3.0 * d_off and d_on > 15.0, (cls.name, d_on, d_off)
-    assert np.median(leaks) < 0.03 and max(leaks) < 0.08, leaks
+    assert np.median(leaks) < 0.03 and max(leaks) < 0.11, leaks
 
 
 def test_the_weak_cue_pales_the_actor_in_some_videos() -> None:
@@ -250,41 +253,133 @@ def test_the_weak_cue_pales_the_actor_in_some_videos() -> None:
     ``cue_fraction`` of the videos have it."""
     import dataclasses
 
-    profile = dataclasses.replace(SMOKE, frame_size=64, cue_fraction=1.0)
-    cls = S.make_plan("smoke", 0).classes[0]
+    profile = dataclasses.replace(COLOUR_CUE, cue_fraction=1.0)
+    cls = S.make_plan("colour-cue", 0).classes[0]
     n = 6
     on = S.render_scene(S.make_scene(numpy_rng(1, "cue"), cls, np.ones(n), profile), profile).astype(np.float32)
     scene = S.make_scene(numpy_rng(1, "cue"), cls, np.zeros(n), profile)
     off = S.render_scene(scene, profile).astype(np.float32)
     inner = _silhouette(scene, profile.frame_size) > 0.999
     assert on[inner].mean() > 1.2 * off[inner].mean()
-    default = S.PROFILES["default"]
-    plan = S.make_plan("default", 0)
+    plan = S.make_plan("colour-cue", 0)
     cued = [np.ndim(S.video_scene(plan, v).actor.whiten) > 0 for v in plan.videos[:200]]
-    assert abs(np.mean(cued) - default.cue_fraction) < 0.1
+    assert abs(np.mean(cued) - COLOUR_CUE.cue_fraction) < 0.1
+    default = S.make_plan("default", 0)  # v4: no single-frame cue in any video
+    assert not any(np.ndim(S.video_scene(default, v).actor.whiten) for v in default.videos[:50])
 
 
-def test_class_is_visible_in_appearance_alone() -> None:
-    """Same scene, other class: only the actor's pixels change, and clearly, even in a frame without motion;
-    the two classes of a shape-colour pair differ by texture alone."""
-    plan = S.make_plan("smoke", 0)
+@pytest.mark.parametrize("name", ["colour-cue", "default"])
+def test_class_is_visible_in_appearance_alone(name: str) -> None:
+    """Same scene, other class: only the actor's pixels change, and clearly, even in a frame without motion.
+    The two classes of a pair differ by texture alone (colour-cue) or by colour alone (v4: the flickering checker
+    is the same for every class, so the class cannot tell where the action is)."""
+    profile = S.PROFILES[name]
+    plan = S.make_plan(name, 0)
     names = [c.appearance for c in plan.classes]
     assert len(set(names)) == len(names)
     pair = plan.classes[0], plan.classes[1]
-    assert (pair[0].appearance.shape, pair[0].appearance.colour) == (
-        pair[1].appearance.shape,
-        pair[1].appearance.colour,
-    )
+    assert pair[0].appearance.shape == pair[1].appearance.shape
+    if name == "colour-cue":
+        assert pair[0].appearance.colour == pair[1].appearance.colour
+    else:
+        assert {c.appearance.texture for c in (*plan.classes, *plan.clip_classes)} == {"flat"}
     still = np.zeros(4)
     for a, b in [pair, (plan.classes[0], plan.classes[2])]:
-        scene_a = S.make_scene(numpy_rng(7, "t"), a, still, SMOKE)
-        scene_b = S.make_scene(numpy_rng(7, "t"), b, still, SMOKE)
-        fa = S.render_scene(scene_a, SMOKE).astype(np.float32)
-        fb = S.render_scene(scene_b, SMOKE).astype(np.float32)
+        scene_a = S.make_scene(numpy_rng(7, "t"), a, still, profile)
+        scene_b = S.make_scene(numpy_rng(7, "t"), b, still, profile)
+        fa = S.render_scene(scene_a, profile).astype(np.float32)
+        fb = S.render_scene(scene_b, profile).astype(np.float32)
         changed = np.abs(fa - fb).mean(axis=(0, 3))
-        actor = _actor_mask(scene_a, SMOKE.frame_size, 1.0)
+        actor = _actor_mask(scene_a, profile.frame_size, 1.0)
         assert changed[actor].mean() > 8.0, (a.name, b.name)
-        assert np.all(changed[~_actor_mask(scene_a, SMOKE.frame_size, 1.6)] < 1.0)
+        assert np.all(changed[~_actor_mask(scene_a, profile.frame_size, 1.6)] < 1.0)
+
+
+def _inside_stats(frames: np.ndarray, inner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the luminance spread inside the silhouette (one frame), and per frame pair two apart the mean
+    absolute change there (two frames: one snippet's F = 2 frames at stride 2)."""
+    lum = frames.astype(np.float32).mean(-1)
+    spread = np.array([lum[t][inner[t]].std() for t in range(len(lum))])
+    both = inner[2:] & inner[:-2]
+    change = np.array([np.abs(lum[t + 2] - lum[t])[both[t]].mean() for t in range(len(lum) - 2)])
+    return spread, change
+
+
+def test_v4_one_frame_says_nothing_two_frames_always_do() -> None:
+    """v4's mechanism on rendered frames: frames inside and outside the actions have the same distribution of
+    the checker's visibility (half on, half off: the spread inside the silhouette), while every pair of frames two
+    apart differs inside an action and no pair differs outside one (away from the boundaries)."""
+    profile = S.PROFILES["default"]
+    cls = S.make_plan("default", 0).classes[0]
+    n = 64
+    env = S.motion_envelope(((2.0, 5.0),), n, profile.fps, profile.ramp_frames)  # frames 16-39 inside
+    inside_spread, outside_spread, inside_change, outside_change = [], [], [], []
+    for k in range(12):
+        scene = S.make_scene(numpy_rng(k, "v4"), cls, env, profile)
+        frames = S.render_scene(scene, profile)
+        inner = _silhouette(scene, profile.frame_size) > 0.999
+        spread, change = _inside_stats(frames, inner)
+        inside_spread += list(spread[18:38])
+        outside_spread += list(spread[:14]) + list(spread[42:])
+        inside_change += list(change[18:36])
+        outside_change += list(change[:12]) + list(change[42:])
+    on = lambda xs: np.mean(np.array(xs) > 0.5 * np.max(inside_spread))
+    # one frame: the checker is visible in half the frames inside, and in about half the frames outside (each gap
+    # holds it on or off with equal chance; 12 scenes x 2 gaps)
+    assert abs(on(inside_spread) - 0.5) < 0.05
+    assert 0.2 < on(outside_spread) < 0.8
+    # two frames: every pair inside changes more than any pair outside (where only the actor's slow wander moves
+    # a held checker a fraction of a pixel), and typically far more
+    assert min(inside_change) > 1.5 * max(outside_change), (min(inside_change), max(outside_change))
+    assert np.median(inside_change) > 5.0 * np.median(outside_change)
+
+
+def test_v4_flicker_state_and_twitch_are_exact() -> None:
+    """The cue's time course: inside an action a square wave of ``flicker_frames`` frames (frames half a period
+    apart always differ), outside a held level; the twitch displaces the actor only at the boundaries."""
+    rng = numpy_rng(0, "state")
+    env = np.zeros(60)
+    env[10:30] = 1.0
+    env[45:50] = 1.0
+    for _ in range(20):
+        state = S.flicker_state(env, 4, rng)
+        inside = state[10:30]
+        assert np.all(inside[2:] != inside[:-2]) and inside.mean() == 0.5
+        for gap in (state[:10], state[30:45], state[50:]):
+            assert len(set(gap.tolist())) == 1 and gap[0] in (0.0, 1.0)
+    dx, dy = S.twitch_offsets(env, rng, 0.08, 2)
+    moved = np.flatnonzero(np.hypot(dx, dy) > 0)
+    assert moved.tolist() == [9, 10, 29, 30, 44, 45, 49, 50]
+    assert np.allclose(np.hypot(dx, dy)[moved], 0.08)
+
+
+def test_v4_fine_band_vanishes_at_half_resolution_coarse_survives() -> None:
+    """S-LoFi's loss by construction: after the sampler's resize to 32^2 (r_s = 2) the frame-to-frame change of a
+    flickering fine checker is mostly gone, that of a coarse one mostly kept."""
+    import dataclasses
+
+    import torch
+
+    from harness.data.video import resize_frames
+
+    base = S.PROFILES["default"]
+    cls = S.make_plan("default", 0).classes[2]
+    n = 8
+    left = {}
+    for band, period in zip(("fine", "coarse"), base.flicker_periods):
+        profile = dataclasses.replace(base, flicker_periods=(period, period))
+        scene = S.make_scene(numpy_rng(3, "band"), cls, np.ones(n), profile)
+        frames = torch.from_numpy(S.render_scene(scene, profile))
+        change = []
+        for size in (64, 32):
+            small = resize_frames(frames, torch.arange(n), (n, 1), size).reshape(n, 3, size, size).mean(1)
+            inner = torch.nn.functional.interpolate(
+                torch.from_numpy(_silhouette(scene, 64)[:, None]), size=(size, size), mode="area"
+            )[:, 0]
+            both = ((inner[2:] > 0.999) & (inner[:-2] > 0.999)).float()
+            change.append(float(((small[2:] - small[:-2]).abs() * both).sum() / both.sum()))
+        left[band] = change[1] / change[0]
+    assert left["fine"] < 0.25 and left["coarse"] > 0.6, left
 
 
 @pytest.mark.parametrize("profile", ["smoke", "default"])

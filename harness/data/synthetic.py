@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the rendered content or the plan changes: directories made by an older generator are then refused
 # instead of being silently mixed with new files on resume.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -83,6 +83,19 @@ class SynthProfile:
     cue_fraction: float = 0.5
     cue_whiten: float = 0.7
     fidget: float = 0.0  # idle positional jitter, always on, in actor radii (v2: 0.12)
+    # Which cue marks the action (docs/synthetic.md): "flicker" (v4, the default profiles) or "scroll" (v3, the
+    # `colour-cue` control profile: texture scroll + the single-frame paleness above).
+    cue: str = "flicker"
+    # v4: a checker on the actor whose contrast switches on and off every flicker_frames / 2 frames inside the
+    # actions and holds (on or off, per gap) outside; per video one band: fine (4 px at 64^2, which the
+    # anti-aliased resize to 32^2 erases) or coarse (12 px, which survives every reduction)
+    flicker_periods: tuple[float, float] = (0.0625, 0.1875)
+    flicker_frames: int = 4
+    flicker_contrast: float = 0.8
+    # v4: at every annotated boundary the actor twitches (is displaced by this fraction of the side) for
+    # twitch_frames frames: a brief event that marks the boundary to the frame
+    twitch: float = 0.08
+    twitch_frames: int = 2
 
 
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
@@ -102,6 +115,7 @@ PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
             clip_frames=16,
             num_image_classes=4,
             images_per_class=8,
+            flicker_periods=(0.125, 0.25),  # 4 / 8 px at 32^2: smoke is for CI, not for measuring
         ),
         "default": SynthProfile(
             name="default",
@@ -118,6 +132,23 @@ PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
             clip_frames=16,
             num_image_classes=8,
             images_per_class=100,
+        ),
+        "colour-cue": SynthProfile(
+            name="colour-cue",
+            num_classes=8,
+            num_training=160,
+            num_validation=60,
+            num_testing=240,
+            frame_size=64,
+            fps=8.0,
+            min_frames=96,
+            max_frames=128,
+            num_clip_classes=8,
+            clips_per_class=40,
+            clip_frames=16,
+            num_image_classes=8,
+            images_per_class=100,
+            cue="scroll",
         ),
     }
 )
@@ -165,6 +196,8 @@ class Appearance:
 
     @property
     def name(self) -> str:
+        if self.texture == "flat":  # v4: shape x colour alone name the class
+            return f"{self.colour}-{self.shape}"
         return f"{self.colour}-{self.shape}-{self.texture}-{self.period}"
 
 
@@ -235,7 +268,12 @@ def make_classes(
     information sits in fine texture, which lower resolutions blur gradually. Clip classes are other
     (shape, colour, texture) combinations of the same vocabulary; their scroll speeds are drawn from the same list.
     Every class is textured ("flat" has nothing to scroll): the action is visible on every actor.
+
+    With the v4 ``flicker`` cue the class is shape x colour only (the actor is flat; the flickering checker is the
+    same for every class): target classes come in pairs sharing the shape, clip classes are other combinations.
     """
+    if profile.cue == "flicker":
+        return _make_flat_classes(profile, seed)
     rng = numpy_rng(seed, "synthetic", "classes")
     bases = [(s, c) for s in SHAPES for c in COLOURS]
     textures = [(t, p) for t in TEXTURES for p in PERIOD_NAMES]
@@ -266,6 +304,40 @@ def make_classes(
     objects = [(s, t, p) for s in SHAPES for t in (*TEXTURES, "flat") for p in PERIOD_NAMES]
     if profile.num_image_classes > len(objects):
         raise LofiError(f"profile '{profile.name}': num_image_classes > {len(objects)}; use fewer")
+    image_classes = tuple(
+        ImageClass(f"{s}-{t}-{p}", s, t, p)
+        for s, t, p in (objects[j] for j in rng.permutation(len(objects))[: profile.num_image_classes])
+    )
+    return tuple(targets), tuple(others), image_classes
+
+
+def _make_flat_classes(
+    profile: SynthProfile, seed: int
+) -> tuple[tuple[ActionClass, ...], tuple[ActionClass, ...], tuple[ImageClass, ...]]:
+    rng = numpy_rng(seed, "synthetic", "classes", "flat")
+    colours = list(COLOURS)
+    n_total = profile.num_classes + profile.num_clip_classes
+    if profile.num_classes < 1 or n_total > len(SHAPES) * len(colours):
+        raise LofiError(f"profile '{profile.name}': {n_total} classes do not fit the vocabulary; use fewer")
+    shapes = rng.permutation(len(SHAPES))
+    used: set[tuple[str, str]] = set()
+    targets: list[ActionClass] = []
+    for i in range(profile.num_classes):
+        shape = SHAPES[shapes[(i // 2) % len(SHAPES)]]
+        while (shape, colour := colours[rng.integers(len(colours))]) in used:
+            pass
+        used.add((shape, colour))
+        a = Appearance(shape, colour, "flat", "medium")
+        targets.append(ActionClass(a.name, a, Motion(0.0)))
+    others: list[ActionClass] = []
+    while len(others) < profile.num_clip_classes:
+        shape, colour = SHAPES[rng.integers(len(SHAPES))], colours[rng.integers(len(colours))]
+        if (shape, colour) in used:
+            continue
+        used.add((shape, colour))
+        a = Appearance(shape, colour, "flat", "medium")
+        others.append(ActionClass(a.name, a, Motion(0.0)))
+    objects = [(s, t, p) for s in SHAPES for t in (*TEXTURES, "flat") for p in PERIOD_NAMES]
     image_classes = tuple(
         ImageClass(f"{s}-{t}-{p}", s, t, p)
         for s, t, p in (objects[j] for j in rng.permutation(len(objects))[: profile.num_image_classes])
@@ -372,6 +444,8 @@ class _Object:
     phase: np.ndarray | float = 0.0  # (T,) texture scroll, in texture periods
     contrast: np.ndarray | float = 0.5  # texture contrast
     whiten: np.ndarray | float = 0.0  # (T,) fraction of the way from ``colour`` to white (the weak cue)
+    cue_contrast: np.ndarray | float = 0.0  # (T,) contrast of the v4 flicker checker (0: off)
+    cue_period: float = 0.0625  # frame units
 
 
 def motion_envelope(
@@ -450,6 +524,9 @@ def _composite(img: np.ndarray, obj: _Object, coords: np.ndarray, pixels_per_uni
     alpha = np.clip(f32(0.5) - dist * f32(pixels_per_unit), 0.0, 1.0)
     phase = np.asarray(obj.phase, dtype=f32)
     shade = _shade(obj.texture, u, v, obj.period, phase.reshape(-1, 1, 1) if phase.ndim else phase, obj.contrast)
+    cue = np.asarray(obj.cue_contrast, dtype=f32)
+    if cue.ndim:  # the v4 flicker: a mean-preserving checker whose contrast switches with time
+        shade = shade + cue.reshape(-1, 1, 1) * (_shade("checker", u, v, obj.cue_period, 0.0, 1.0) - f32(TEXTURE_MEAN))
     colour = obj.colour.astype(f32)
     whiten = np.asarray(obj.whiten, dtype=f32)
     if whiten.ndim:
@@ -549,6 +626,72 @@ def _actor(
     )
 
 
+def flicker_state(env: np.ndarray, flicker_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """(T,) in [0, 1]: the v4 checker's contrast (a fraction of full). Inside the actions (``env`` = 1) a square
+    wave of ``flicker_frames`` frames (on for half, off for half, random phase per action); outside, a level held
+    for the whole gap, on or off with equal chance. So every frame is on with probability 1/2 inside and outside
+    the actions (a single frame says nothing), while two frames ``flicker_frames / 2`` apart always differ inside
+    and never outside. The ``env`` ramps blend the two over the boundary."""
+    n = len(env)
+    inside = env >= 0.5
+    starts = np.flatnonzero(inside & ~np.concatenate([[False], inside[:-1]]))
+    gap = np.cumsum(np.concatenate([[0], (inside[:-1] & ~inside[1:]).astype(int)]))  # gaps passed so far
+    held = rng.integers(0, 2, int(gap[-1]) + 1).astype(np.float64)[gap] if n else np.zeros(0)
+    run = np.cumsum(np.concatenate([[0], (~inside[:-1] & inside[1:]).astype(int)])) if n else np.zeros(0, int)
+    phase = rng.integers(0, flicker_frames, len(starts) + 1)[run]
+    half = flicker_frames // 2
+    wave = (((np.arange(n) + phase) % flicker_frames) < half).astype(np.float64)
+    return (1.0 - env) * held + env * wave
+
+
+def twitch_offsets(
+    env: np.ndarray, rng: np.random.Generator, amplitude: float, frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dx, dy) per frame: at every boundary (``env`` crosses 1/2 between frames k-1 and k) the actor is displaced by
+    ``amplitude`` in a random direction for ``frames`` frames centred on it (k - frames/2 .. k + frames/2 - 1)."""
+    n = len(env)
+    dx, dy = np.zeros(n), np.zeros(n)
+    inside = env >= 0.5
+    for k in np.flatnonzero(inside[1:] != inside[:-1]) + 1:
+        angle = rng.uniform(0, 2 * math.pi)
+        lo, hi = max(0, k - frames // 2), min(n, k + frames - frames // 2)
+        dx[lo:hi] += amplitude * math.cos(angle)
+        dy[lo:hi] += amplitude * math.sin(angle)
+    return dx, dy
+
+
+def _flicker_actor(
+    rng: np.random.Generator, t: np.ndarray, env: np.ndarray, cls: ActionClass, profile: SynthProfile
+) -> _Object:
+    """v4: the class's flat object, wandering slowly; a checker of one band (fine or coarse, per video) flickers
+    on it inside the actions (``flicker_state``), and it twitches at every boundary (``twitch_offsets``)."""
+    r0 = rng.uniform(*profile.actor_radius)
+    cx = rng.uniform(0.32, 0.68) + 0.025 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
+    cy = rng.uniform(0.32, 0.68) + 0.025 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t + rng.uniform(0, 6.3))
+    angle = rng.uniform(0, 2 * math.pi) + 0.05 * np.sin(2 * math.pi * rng.uniform(0.03, 0.1) * t)
+    band = int(rng.integers(len(profile.flicker_periods)))
+    state = flicker_state(env, profile.flicker_frames, rng)
+    dx, dy = twitch_offsets(env, rng, profile.twitch, profile.twitch_frames)
+    colour = np.clip(np.array(COLOURS[cls.appearance.colour]) * rng.uniform(0.85, 1.05) + rng.normal(0, 0.03, 3), 0, 1)
+    return _Object(
+        cls.appearance.shape,
+        colour,
+        "flat",
+        profile.flicker_periods[band],
+        cx + dx,
+        cy + dy,
+        np.full(len(t), r0),
+        angle,
+        cue_contrast=profile.flicker_contrast * state,
+        cue_period=profile.flicker_periods[band],
+    )
+
+
+def flicker_band(scene: Scene, profile: SynthProfile) -> str:
+    """"fine" or "coarse": the band of a v4 scene's flicker checker."""
+    return ("fine", "coarse")[profile.flicker_periods.index(scene.actor.cue_period)]
+
+
 def _to_uint8(img: np.ndarray, supersample: int) -> np.ndarray:
     if supersample > 1:  # box average; summing strided views is much faster than a 6-D mean
         k = supersample
@@ -573,7 +716,8 @@ def make_scene(rng: np.random.Generator, cls: ActionClass, env: np.ndarray, prof
     background_seed = int(rng.integers(2**31))
     gain = 1.0 + 0.04 * np.sin(2 * math.pi * rng.uniform(0.02, 0.08) * t + rng.uniform(0, 6.3))
     distractors = tuple(_distractors(rng, t, profile))
-    return Scene(t, background_seed, gain, distractors, _actor(rng, t, env, cls, profile))
+    actor = (_flicker_actor if profile.cue == "flicker" else _actor)(rng, t, env, cls, profile)
+    return Scene(t, background_seed, gain, distractors, actor)
 
 
 def render_scene(scene: Scene, profile: SynthProfile) -> np.ndarray:
