@@ -147,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             xs.append(x), ys.append(inside[: len(x)])
         return np.concatenate(xs), np.concatenate(ys)
 
-    result: dict[str, object] = {"profile": p.name, "seed": args.seed, "train_videos": len(train), "val_videos": len(val)}
+    result: dict[str, object] = {
+        "profile": p.name,
+        "seed": args.seed,
+        "train_videos": len(train),
+        "val_videos": len(val),
+    }
     for name, two in (("single_frame_auc", False), ("two_frame_auc", True)):
         xt, yt = stack("training", two)
         xv, yv = stack("validation", two)

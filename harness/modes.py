@@ -28,4 +28,4 @@ ZEROED_MODES: frozenset[str] = frozenset({"blind"})
 
 # The tables a report can build (`lofi report tables --which`); here, not in harness.report, so that the CLI
 # lists them without importing pandas and scipy on every command.
-TABLE_KINDS: tuple[str, ...] = ("ablation", "pretrain", "models", "memory", "controls")
+TABLE_KINDS: tuple[str, ...] = ("ablation", "pretrain", "models", "memory", "controls", "strata")

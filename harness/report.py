@@ -68,6 +68,8 @@ def table_modes(sweep: SweepConfig) -> dict[str, tuple[str, ...]]:
         "models": sweep.model_modes,
         "memory": sweep.ablation_modes,
         "controls": sweep.control_modes,
+        # the floor first, then every configuration of the ablation and the controls
+        "strata": tuple(dict.fromkeys(("blind", *sweep.ablation_modes, *sweep.control_modes))),
     }
 
 
@@ -325,6 +327,17 @@ def _controls(
     return controls_table(used, comps, modes=modes, control_seeds=control_seeds)
 
 
+def _strata(rows: pd.DataFrame, tests: _Tests, modes: Sequence[str], ground_truth: str | None) -> Table:
+    """The strata table of one dataset/encoder/head: tIoU ranges always, video strata when the runs' predictions
+    can be re-evaluated (not with --no-stats) and the dataset ships ``strata.json``."""
+    from harness import strata
+    from harness.tables import mode_label
+
+    used = rows[rows["mode"].isin(modes)]
+    annotated, sizes = strata.annotate(used, tests.match if tests.enabled else None, ground_truth)
+    return strata.strata_table(annotated, modes, mode_label, sizes)
+
+
 def build_report(
     rows: pd.DataFrame,
     *,
@@ -385,6 +398,8 @@ def build_report(
             table = _controls(sub, negative, tests, oracle, modes.get("controls"), control_seeds)
             if table is not None:
                 per_kind["controls"].append(table)
+        if "strata" in kinds and shown("strata", sub):
+            per_kind["strata"].append(_strata(sub, tests, shown("strata", sub), ground_truth))
         if plots:
             slug = _slug(dataset, encoder, head)
             written.append(

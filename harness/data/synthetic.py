@@ -33,6 +33,7 @@ from harness import __version__
 from harness.errors import LofiError
 from harness.io import atomic_path, write_json_atomic
 from harness.seeding import numpy_rng
+from harness.strata import STRATA_FILE
 
 if TYPE_CHECKING:
     from harness.data.model import TALDataset
@@ -688,7 +689,7 @@ def _flicker_actor(
 
 
 def flicker_band(scene: Scene, profile: SynthProfile) -> str:
-    """"fine" or "coarse": the band of a v4 scene's flicker checker."""
+    """ "fine" or "coarse": the band of a v4 scene's flicker checker."""
     return ("fine", "coarse")[profile.flicker_periods.index(scene.actor.cue_period)]
 
 
@@ -774,6 +775,15 @@ def render_image(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 
 STAMP = ".synth.json"  # written first: identifies a partial folder's profile and seed so a resume can check them
+STRATA = STRATA_FILE  # the videos of each flicker band (harness.strata: the strata table)
+
+
+def video_strata(plan: SynthPlan) -> dict[str, dict[str, list[str]]]:
+    """``{"cue band": {"fine": [ids], "coarse": [ids]}}`` over every planned video (v4 profiles)."""
+    bands: dict[str, list[str]] = {"fine": [], "coarse": []}
+    for v in plan.videos:
+        bands[flicker_band(video_scene(plan, v), plan.profile)].append(v.id)
+    return {"cue band": bands}
 
 
 def _identity(plan: SynthPlan) -> dict[str, object]:
@@ -915,6 +925,8 @@ def generate(profile: str, seed: int, out: Path, *, progress: bool = True, worke
     _remove_stale_temporaries(out)
     if not (out / "annotations.json").exists():
         write_activitynet_json(to_dataset(plan, out), out / "annotations.json")
+    if plan.profile.cue == "flicker" and not (out / STRATA).exists():
+        write_json_atomic(out / STRATA, video_strata(plan))
     clip_index = {
         "classes": [c.name for c in plan.clip_classes],
         "clips": [{"path": c.path, "label": c.label} for c in plan.clips],

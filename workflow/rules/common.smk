@@ -112,6 +112,9 @@ try:
         + sweep_runs(CFG, ("acp",), encoders=ENCODERS[:1], heads=HEADS[:1], seeds=CFG.sweep.control_seeds),
     }
     TABLE_RUNS["memory"] = TABLE_RUNS["ablation"]
+    # where each gain comes from: the ablation's and the controls' runs on the sweep's seeds (the floor first)
+    TABLE_RUNS["strata"] = sweep_runs(CFG, ("blind", *CFG.sweep.ablation_modes, *CFG.sweep.control_modes),
+                                      encoders=ENCODERS[:1], heads=HEADS[:1])
     ALL_RUNS = list({str(r.plan.row): r for runs in TABLE_RUNS.values() for r in runs}.values())
     ALL_STAGES = unique_stages(ALL_RUNS)
 except LofiError as exc:
