@@ -236,6 +236,10 @@ class LofiConfig(ConfigModel):
     r_s: Ratio = 1.0  # `lofi-custom` only
     # encoder lr = optim.lr × this (head at optim.lr); 0 would leave the ACP encoder untouched and report it as LoFi
     encoder_lr_scale: Float = Field(1.0, gt=0)
+    # After the LoFi stage, before features: re-estimate the encoder's BatchNorm running statistics at FULL
+    # fidelity on the training videos (harness.pipeline.features.recalibrate_batchnorm). Part of the features
+    # stage's key, not the LoFi stage's (training is the same). The paper does not do it (docs/architecture.md).
+    bn_recalibrate: Bool = False
 
     fix_hints: ClassVar[dict[str, str]] = {
         "r_t": "use a ratio >= 1 (below 1 would exceed full fidelity)",

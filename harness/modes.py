@@ -12,6 +12,7 @@ MODE_PLAN: dict[str, tuple[str, str | None]] = {
     "acp": ("acp", None),
     "acp+": ("acp+", None),
     "lofi-S": ("acp", "S"),
+    "lofi-S+bn": ("acp", "S"),  # lofi-S with lofi.bn_recalibrate: BatchNorm statistics re-estimated at full fidelity
     "lofi-T": ("acp", "T"),
     "lofi-ST": ("acp", "ST"),
     "lofi-long": ("acp", "long"),
@@ -25,6 +26,9 @@ PRETRAIN_MODES: tuple[str, ...] = ("icp", "acp", "acp+")
 # Modes whose head sees all-zero features of their encoder's shape: what the temporal prior of the segment layouts
 # and the video-level classifier give alone (the benchmark's floor).
 ZEROED_MODES: frozenset[str] = frozenset({"blind"})
+# Modes whose LoFi encoder gets its BatchNorm statistics re-estimated at full fidelity before feature extraction,
+# whatever lofi.bn_recalibrate says (the resolution-mismatch row of the ablation).
+BN_RECALIBRATED_MODES: frozenset[str] = frozenset({"lofi-S+bn"})
 
 # The tables a report can build (`lofi report tables --which`); here, not in harness.report, so that the CLI
 # lists them without importing pandas and scipy on every command.

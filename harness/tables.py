@@ -52,6 +52,7 @@ MODE_LABELS: dict[str, str] = {
     "acp": "ACP",
     "acp+": "ACP+",
     "lofi-S": "S-LoFi",
+    "lofi-S+bn": "S-LoFi + BN recal.",
     "lofi-T": "T-LoFi",
     "lofi-ST": "ST-LoFi",
     "lofi-short": "Short C-LoFi",

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "its last epoch checkpoint. Writes OUT/metrics.json (test split: mAP per tIoU, average_mAP, AR@AN; the "
         "validation split under 'validation') and OUT/row.json, the tidy results row tables are built from.",
         epilog="modes: icp, acp, acp+ (frozen pre-trained encoder); lofi-S, lofi-T, lofi-ST, lofi-long, lofi-short, "
-        "lofi-custom (LoFi stage from the ACP encoder); e2e-full (end-to-end at full fidelity)\n\n"
+        "lofi-custom (LoFi stage from the ACP encoder); lofi-S+bn (lofi-S, BatchNorm re-estimated at full fidelity "
+        "before features); e2e-full (end-to-end at full fidelity)\n\n"
         "examples:\n  lofi run --config config/smoke.yaml --mode lofi-long --seed 0 --out runs/smoke-long\n"
         "  lofi run --config config/smoke.yaml --mode acp --out runs/acp --stages runs/shared   "
         "(a second mode reuses runs/shared)\n"

@@ -112,6 +112,89 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and frames/s per fidelity",
     )
     t.set_defaults(func=_run_tables)
+    _register_power(rsub)
+
+
+POWER_EPILOG = """\
+what it computes (harness/power.py):
+  for every mode against ACP (with --config: sweep.ablation_modes and sweep.control_modes; else every mode) and
+  the negative control (ACP on the control seeds), the Δ of seed-mean average mAP split into a video part (1.96 x
+  sd of Δ over resamples of the test videos, seeds fixed) and a seed part (1.96 x sd(per-seed Δ) / sqrt(seeds));
+  the parts add in quadrature. With --halfwidth H (a 95% interval of +-H) or --effect D (a Δ of D detected with
+  80% power at two-sided alpha = 0.05, i.e. SE <= D / 2.80): the test videos needed at 3, 5, 10, 20, 50 seeds
+  (--grid) and the cheapest (videos, seeds) under cost = seeds x (--seed-cost + --video-cost x videos), from
+  SE(V, S)^2 = sigma_v^2 / V + sigma_s^2 / S fitted to the measured parts. The default costs are this machine's
+  synthetic sweep (docs/synthetic.md): ~1,000 CPU-s of training per seed, ~0.32 CPU-s per test video and seed.
+
+examples:
+  lofi report power results/ --config config/default.yaml
+  lofi report power results/ --halfwidth 1.0
+  lofi report power results/ --effect 0.5 --seed-cost 5e5 --video-cost 30
+"""
+
+
+def _register_power(rsub: argparse._SubParsersAction) -> None:
+    p = rsub.add_parser(
+        "power",
+        help="video and seed parts of every Δ's interval, and the videos x seeds a target needs",
+        description="Split each Δ vs ACP into its video and seed parts and size a run for a target half-width or "
+        "a Δ to detect with 80% power.",
+        epilog=POWER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", metavar="RESULTS", type=Path, help="a sweep's results folder (row.json files below it)")
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--halfwidth", type=float, metavar="H", help="target 95%% half-width of Δ, in points")
+    goal.add_argument("--effect", type=float, metavar="D", help="Δ (points) to detect with 80%% power, alpha 0.05")
+    p.add_argument("--config", default=None, metavar="FILE", help="config whose sweep lists choose the modes")
+    p.add_argument("--ground-truth", metavar="GT", default=None, help="annotations JSON (default: each row's)")
+    p.add_argument("--n-boot", type=int, default=1000, help="video resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--seed-cost", type=float, default=1000.0, help="cost of one seed's training (default 1000)")
+    p.add_argument("--video-cost", type=float, default=0.32, help="cost per test video and seed (default 0.32)")
+    p.add_argument("--grid", default="3,5,10,20,50", help="seed counts of the videos-needed columns")
+    p.set_defaults(func=_run_power)
+
+
+def _run_power(args: argparse.Namespace) -> int:
+    from harness.power import format_power, sweep_decompositions, target_se
+    from harness.tables import load_rows
+
+    paths = sorted(glob.glob(str(args.results / "**" / "row.json"), recursive=True))
+    if not paths:
+        raise LofiError(f"{args.results}: no row.json below it; give a sweep's results folder (e.g. results/)")
+    try:
+        grid = [int(s) for s in args.grid.split(",") if s.strip()]
+    except ValueError:
+        raise LofiError(f"--grid {args.grid!r}: give comma-separated seed counts, e.g. 3,5,10") from None
+    if any(s < 1 for s in grid):
+        raise LofiError(f"--grid {args.grid!r}: seed counts must be >= 1")
+    modes = None
+    control_seeds = None
+    if args.config:
+        from harness.experiment import load_experiment
+
+        sweep = load_experiment(args.config, []).sweep
+        modes = list(dict.fromkeys((*sweep.ablation_modes, *sweep.control_modes)))
+        control_seeds = sweep.control_seeds
+    target, text = None, ""
+    if args.halfwidth is not None or args.effect is not None:
+        target = target_se(halfwidth=args.halfwidth, effect=args.effect)
+        text = f"±{args.halfwidth:g} (95%)" if args.halfwidth is not None else f"detect Δ = {args.effect:g} (80% power)"
+    groups = sweep_decompositions(
+        load_rows(paths),
+        modes=modes,
+        control_seeds=control_seeds,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        ground_truth=args.ground_truth,
+    )
+    print(
+        format_power(
+            groups, target=target, target_text=text, seed_cost=args.seed_cost, video_cost=args.video_cost, grid=grid
+        )
+    )
+    return 0
 
 
 def _run_tables(args: argparse.Namespace) -> int:

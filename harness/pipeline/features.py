@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,37 @@ def feature_path(out: Path, video_id: str) -> Path:
     return child_path(out / "videos", video_id, ".npy")  # an id such as "../x" never names a file outside
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(encoder: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm layer's running statistics from ``batches``; weights are left untouched.
+
+    Running statistics are reset, then each batch is forwarded in train mode without gradients with
+    ``momentum=None`` (PyTorch's cumulative average: the running mean is the average of the batches' means, the
+    running variance the average of their unbiased variances), and each layer's momentum and the module's mode are
+    restored afterwards. Returns the number of batches; with none (or no BatchNorm layer) nothing changes."""
+    layers = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    batches = iter(batches)
+    first = next(batches, None)
+    if not layers or first is None:
+        return 0
+    momenta = [m.momentum for m in layers]
+    was_training = encoder.training
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    encoder.train()
+    n = 0
+    try:
+        for x in (first, *batches):
+            encoder(x)
+            n += 1
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        encoder.train(was_training)
+    return n
+
+
 IN_PROGRESS = "in_progress.json"  # the key of an unfinished extraction: its files are resumed only by that key
 
 
@@ -41,12 +73,15 @@ def run_features(
     data: StageData | None = None,
     batch_size: int = 8,
     zeroed: bool = False,
+    bn_recalibrate: bool = False,
 ) -> Path:
     """Extract (L, D) float32 features for every video of the three subsets into ``out/videos/<id>.npy``.
 
     Reuses a stage finished with ``key`` (the stage plan's); an interrupted extraction resumes per video, only with
     the same ``key`` (else every video is extracted again). ``data``: the dataset and frame source (built when None).
     ``zeroed``: write all-zero features of the encoder's shape instead (the blind control; nothing is decoded).
+    ``bn_recalibrate``: first re-estimate the encoder's BatchNorm statistics on the training videos at full
+    fidelity (``recalibrate_batchnorm``; every rank on every training video, so all ranks hold the same encoder).
     Under torchrun each rank extracts a contiguous share of the videos still to do into the same folder; rank 0
     marks the stage done once every rank has finished."""
     if stage_done(out, key) is not None:
@@ -79,6 +114,23 @@ def run_features(
     todo = todo[lo:hi]
     encoder = load_encoder(cfg, encoder_checkpoint).to(device).eval()
     fid = cfg.fidelity
+    if bn_recalibrate and not zeroed and todo:
+        train = frames.usable(data.ds.subset(cfg.data.train_subset))
+        t_bn = time.perf_counter()
+        recal_plan = fixed_plan(len(train), batch_size, snippets=fid.snippets, size=fid.size)
+
+        loader = clip_loader(frames, train, fid, recal_plan, cfg.runtime, device).epoch(0)
+        with autocast(device, cfg.runtime.amp):
+            n = recalibrate_batchnorm(encoder, (b.to_device(device) for b in loader))
+        encoder.eval()
+        log.info(
+            "features: BatchNorm statistics re-estimated on %d training videos (%d batches) at %d x %d² in %.1f s",
+            len(train),
+            n,
+            fid.snippets,
+            fid.size,
+            time.perf_counter() - t_bn,
+        )
     t0 = time.perf_counter()
     plan = fixed_plan(len(todo), batch_size, snippets=fid.snippets, size=fid.size)
     # zeroed features decode nothing: the plan's batches without a loader
@@ -111,6 +163,7 @@ def run_features(
             "skipped_videos": sorted({v.id for v in wanted} - {v.id for v in videos}),
             "encoder_checkpoint": str(encoder_checkpoint),
             "num_features": int(encoder.num_features),
+            "bn_recalibrate": bool(bn_recalibrate),
             "time_s": time.perf_counter() - t0,
         },
         key=key,

@@ -36,12 +36,13 @@ from typing import Any, Literal
 from harness.config import evolve, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
-from harness.modes import MODE_PLAN, MODES, PRETRAIN_MODES, ZEROED_MODES
+from harness.modes import BN_RECALIBRATED_MODES, MODE_PLAN, MODES, PRETRAIN_MODES, ZEROED_MODES
 
 StageKind = Literal["pretrain", "lofi", "features", "classifier", "head"]
 
 BASELINE_MODE = "acp"  # the frozen-encoder pipeline every table compares against
 ROW = "row.json"
+BN_SUFFIX = "+bn"  # a features stage's variant: the LoFi encoder with BatchNorm re-estimated at full fidelity
 
 
 def slug(name: str) -> str:
@@ -138,7 +139,7 @@ def _sections(cfg: ExperimentConfig, names: tuple[str, ...]) -> dict[str, Any]:
 def _lofi_view(cfg: ExperimentConfig, cycle: str) -> dict[str, Any]:
     """The lofi section as a cycle reads it: c_l only for long, c_s only for short, the ratios only for custom."""
     lofi = to_dict(cfg.lofi)
-    drop = set()
+    drop = {"bn_recalibrate"}  # read by the features stage after training, not by the LoFi stage
     if cycle != "custom":
         drop |= {"r_t", "r_s"}
     if cycle != "long":
@@ -226,10 +227,16 @@ class Planner:
             source = slug(enc.variant)
         else:
             source = f"lofi-{enc.variant}"
-        memo = ("features", source if enc.kind == "pretrain" else enc.folder.parent.name, seed)  # custom: per folder
+        recal = enc.kind == "lofi" and (self.cfg.lofi.bn_recalibrate or mode in BN_RECALIBRATED_MODES)
+        suffix = BN_SUFFIX if recal else ""
+        source += suffix
+        memo = ("features", (source if enc.kind == "pretrain" else enc.folder.parent.name) + suffix, seed)
         if memo not in self._memo:
             reads = _sections(self.cfg, ("data", "fidelity", "encoder"))
-            folder = self.root / "features" / (f"lofi-{enc.folder.parent.name}" if enc.kind == "lofi" else source)
+            if recal:  # only then: the keys of every other features stage stay what they were
+                reads["bn_recalibrate"] = True
+            name = f"lofi-{enc.folder.parent.name}" if enc.kind == "lofi" else source
+            folder = self.root / "features" / (slug(name + suffix) if recal else name)
             self._memo[memo] = Stage(
                 "features", source, seed, folder / f"seed{seed}", _key("features", source, seed, reads, (enc,)), (enc,)
             )
@@ -267,7 +274,10 @@ def features_mode(stage: Stage) -> str:
     enc = stage.needs[0]
     if enc.kind == "pretrain":
         return enc.variant
-    return next(m for m, (_, cycle) in MODE_PLAN.items() if cycle == enc.variant)
+    recal = stage.variant.endswith(BN_SUFFIX)
+    # with lofi.bn_recalibrate on, the plain mode plans the same stage as its +bn twin
+    candidates = [m for m, (_, cycle) in MODE_PLAN.items() if cycle == enc.variant]
+    return next((m for m in candidates if (m in BN_RECALIBRATED_MODES) == recal), candidates[0])
 
 
 def _file_identity(path: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from harness.fidelity import fidelity_shape
 from harness.io import remove_orphans, write_json_atomic, write_text_atomic
 from harness.modes import ZEROED_MODES
 from harness.pipeline.distributed import barrier, current
-from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run, slug
+from harness.pipeline.plan import BN_SUFFIX, MODE_PLAN, RunPlan, Stage, plan_run, slug
 from harness.pipeline.runtime import DONE, Env, stage_done, start_stage
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
 from harness.tracking import configuration_tags, git_commit, start_run
@@ -101,6 +101,7 @@ def run_stage(
             encoder_checkpoint=stage.needs[0].folder / "encoder.pt",
             out=stage.folder,
             zeroed=stage.variant in ZEROED_MODES,
+            bn_recalibrate=stage.variant.endswith(BN_SUFFIX),
             **common,
         )
     if stage.kind == "classifier":
