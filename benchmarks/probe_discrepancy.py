@@ -16,9 +16,10 @@ each on the raw features and on features minus their video's mean ("demeaned": w
 class and scene are taken out, i.e. what a head can use to place boundaries inside one video). "zeros" (the
 blind control) gives 0.5 by construction; an encoder worth localising with is clearly above it.
 
-On the synthetic benchmark the probes are also fitted and scored separately on the videos *without* the weak
-single-frame cue (``main_*``: only the texture scroll can mark the action there, so this measures the temporal
-cue alone) and on the videos *with* it (``weak_*``).
+On the synthetic benchmark the probes are also fitted and scored separately by stratum: for the default (v4)
+profiles by the flicker's band (``fine_*``: a checker the r_s = 2 resize erases; ``coarse_*``: one every reduction
+keeps); for the ``colour-cue`` profile on the videos *without* the single-frame paleness (``main_*``: only the
+texture scroll marks the action) and *with* it (``weak_*``).
 """
 
 from __future__ import annotations
@@ -121,9 +122,14 @@ def main(argv: list[str] | None = None) -> int:
 
         plan = S.make_plan(cfg.data.synthetic_profile, cfg.data.synthetic_seed)
         by_id = {v.id: v for v in plan.videos}
-        cued = {v.id: np.ndim(S.video_scene(plan, by_id[v.id]).actor.whiten) > 0 for v in (*train, *val)}
-        groups["main_"] = ([v for v in train if not cued[v.id]], [v for v in val if not cued[v.id]])
-        groups["weak_"] = ([v for v in train if cued[v.id]], [v for v in val if cued[v.id]])
+        if plan.profile.cue == "flicker":  # v4: by the flicker's band (fine: erased at r_s = 2; coarse: kept)
+            band = {v.id: S.flicker_band(S.video_scene(plan, by_id[v.id]), plan.profile) for v in (*train, *val)}
+            for name in ("fine", "coarse"):
+                groups[f"{name}_"] = ([v for v in train if band[v.id] == name], [v for v in val if band[v.id] == name])
+        else:  # colour-cue: videos without / with the single-frame paleness
+            cued = {v.id: np.ndim(S.video_scene(plan, by_id[v.id]).actor.whiten) > 0 for v in (*train, *val)}
+            groups["main_"] = ([v for v in train if not cued[v.id]], [v for v in val if not cued[v.id]])
+            groups["weak_"] = ([v for v in train if cued[v.id]], [v for v in val if cued[v.id]])
 
     def probe_all(feats):
         out = {}
