@@ -56,6 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="also check what a run reads on this machine, before any training: the annotation file, "
                 "labels in the validation and test subsets, the video files (data.missing), the weights, the device",
             )
+            c.add_argument(
+                "--no-device",
+                action="store_true",
+                help="with --against-machine: leave the device out (a CPU job checking for GPU jobs: the workflow)",
+            )
         c.set_defaults(func=func)
 
 
@@ -100,7 +105,8 @@ def _check(args: argparse.Namespace) -> int:
         from harness.experiment import load_experiment
         from harness.pipeline.preflight import check_before_training
 
-        for line in check_before_training(load_experiment(args.config, args.overrides)):
+        cfg = load_experiment(args.config, args.overrides)
+        for line in check_before_training(cfg, machine=not args.no_device):
             print(f"ok: {line}")
     print(f"ok: {args.config}")
     return 0

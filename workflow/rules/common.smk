@@ -27,7 +27,6 @@ from harness.config import evolve, from_dict, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.pipeline.plan import Planner, features_mode, slug, sweep_root, sweep_runs, unique_stages
-from harness.pipeline.preflight import check_before_training
 
 _cli_files = [str(f) for f in workflow.config_settings.configfiles]
 if _cli_files:
@@ -117,15 +116,6 @@ try:
     ALL_STAGES = unique_stages(ALL_RUNS)
 except LofiError as exc:
     raise WorkflowError(f"config error: {exc}") from None
-
-# Real data is checked before any job starts (harness/pipeline/preflight.py): annotations, labels of the validation
-# and test subsets, video files (data.missing), the weights the sweep's pre-trainings start from. The device is
-# each training job's own (checked when it starts); a dry run (-n) plans without the data.
-if not CFG.data.synthetic_profile and not getattr(workflow, "dryrun", False):
-    try:
-        check_before_training(CFG, machine=False)
-    except LofiError as exc:
-        raise WorkflowError(f"before any job: {exc}") from None
 
 
 def rule_name(*parts):
