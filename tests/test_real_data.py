@@ -231,6 +231,8 @@ def test_everything_checkable_is_checked_before_training(download: dict, tmp_pat
     if not torch.cuda.is_available():
         code, _, err = _lofi(*check, *_sets(*sets), cwd=tmp_path)  # config/activitynet.yaml asks for cuda
         assert code == 2 and "runtime.device=cuda but no CUDA device" in err
+        code, out, err = _lofi(*check, "--no-device", *_sets(*sets), cwd=tmp_path)  # the workflow's CPU job
+        assert code == 0 and "device" not in out, err
 
     run = ("run", "--config", CONFIG, "--mode", "lofi-long", "--out", tmp_path / "run")
     code, _, err = _lofi(*run, *_sets(*sets, "runtime.device=cpu", "data.test_subset=testing"), cwd=tmp_path)
@@ -277,13 +279,25 @@ def test_the_readme_followed_literally_gets_to_a_table(download: dict, tmp_path:
     assert sorted(predicted) == download["ids"]["validation"]
 
     code, _, err = _lofi(
-        "report", "tables", "--runs", run, "--out", tmp_path / "rep", "--which", "ablation", "--no-plots", cwd=tmp_path
+        "report", "tables", "--runs", run, "--out", tmp_path / "one", "--which", "ablation", "--no-plots", cwd=tmp_path
     )
     assert code == 0, err
+    assert "No significance tests: the rows hold no ACP run" in (tmp_path / "one" / "table_ablation.md").read_text()
+
+    acp = tmp_path / "runs" / "acp"  # the baseline, sharing the LoFi run's pre-training and classifier stages
+    code, _, err = _lofi(
+        "-q", "run", "--config", CONFIG, "--mode", "acp", "--out", acp, "--stages", run, *sets, cwd=tmp_path
+    )
+    assert code == 0, err
+    code, _, err = _lofi(
+        "report", "tables", "--runs", run, acp, "--out", tmp_path / "rep", "--which", "ablation", "--no-plots",
+        "--n-boot", "50", cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
     table = (tmp_path / "rep" / "table_ablation.md").read_text()
-    assert "| Long C-LoFi | 2–8 | 8²–16² |" in table  # the fidelity columns filled
+    assert "| ACP         | 8   | 16²    |" in table and "| Long C-LoFi | 2–8 | 8²–16² |" in table  # filled
     assert "34.49" not in table and "not the paper's (full_L 8 (paper: 100); full_size 16 (paper: 224))" in table
-    assert "No significance tests: the rows hold no ACP run" in table
+    assert "n = 3 test videos" in table  # the tests evaluate what the runs evaluated: the videos present
     assert (
         f"Missing videos: 19217 annotated video(s) without a file (data.missing: skip; list: {row['missing_videos']['list']}): {n_val - 3} of them in the test split, left out of the evaluation"
         in table

@@ -44,7 +44,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -218,15 +218,19 @@ def _read_dataset(path: Path) -> TALDataset:
 
 
 def load_ground_truth(
-    path_or_dataset: str | os.PathLike[str] | TALDataset, subset: str = "validation"
+    path_or_dataset: str | os.PathLike[str] | TALDataset,
+    subset: str = "validation",
+    *,
+    exclude: Collection[str] = (),
 ) -> DetectionGroundTruth:
-    """The ground truth of ``subset`` from an official-layout JSON file or a :class:`TALDataset`."""
+    """The ground truth of ``subset`` from an official-layout JSON file or a :class:`TALDataset`; ``exclude``:
+    videos left out of it (a run's test videos without a file under ``data.missing: skip``, as the run evaluated)."""
     if isinstance(path_or_dataset, TALDataset):
         dataset, source = path_or_dataset, path_or_dataset.source or path_or_dataset.name
     else:
         path = Path(path_or_dataset)
         dataset, source = _read_dataset(path), str(path)
-    videos = dataset.subset(subset)
+    videos = [v for v in dataset.subset(subset) if v.id not in exclude] if exclude else dataset.subset(subset)
     if not videos:
         counts = dataset.subset_counts()
         raise AnnotationError(f"{source}: no video in subset {subset!r} (subsets: {counts}); pick another --subset")
