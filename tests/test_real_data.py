@@ -253,7 +253,8 @@ def test_stage_keys_follow_the_videos_and_ignore_the_validation_cadence(download
         return {s.name: s.key for s in plan_run(cfg, mode="lofi-long", seed=0, run_dir=tmp_path / "r").stages}
 
     before = keys()
-    assert keys("head.validate_every=5") == before  # a reporting setting: no stage is out of date
+    reporting = ("head.validate_every=5", "runtime.progress=true", "tracking.enabled=true", "tracking.experiment=x")
+    assert keys(*reporting) == before  # reporting settings: no stage is out of date
     (root / "videos" / f"v_{download['dataset'].subset('validation')[-1].id}.mp4").write_bytes(b"")  # one more
     after = keys()
     changed = {name for name in before if before[name] != after[name]}
@@ -302,3 +303,30 @@ def test_the_readme_followed_literally_gets_to_a_table(download: dict, tmp_path:
         f"Missing videos: 19217 annotated video(s) without a file (data.missing: skip; list: {row['missing_videos']['list']}): {n_val - 3} of them in the test split, left out of the evaluation"
         in table
     )
+
+
+def test_thumos_durations_come_from_the_files_present(tmp_path: Path) -> None:
+    """THUMOS14's annotations carry no durations: the videos present give theirs (the stage plan never opens one)."""
+    import math
+
+    from harness.data.testvideo import activitynet_like
+    from harness.experiment import DataConfig
+    from harness.pipeline.data import hold_out_validation, prepare_dataset, video_sets
+
+    gt = ANET.parents[1] / "thumos14" / "thumos_gt.json"
+    if not gt.is_file():
+        pytest.skip(f"shared data not available: {gt}")
+    from harness.data.annotations import read_annotations
+
+    fields = {"name": "thumos14", "synthetic_profile": None, "root": tmp_path, "annotations": str(gt)}
+    cfg = DataConfig(
+        **fields, layout="thumos14-json", video_dir="videos", val_subset="holdout", val_holdout=0.1, missing="skip"
+    )
+    ds = hold_out_validation(read_annotations(gt, layout="thumos14-json"), cfg, source=str(gt))
+    (tmp_path / "videos").mkdir()
+    for subset in ("training", "holdout", "testing"):
+        vid = sorted(v.id for v in ds.subset(subset) if v.segments)[0]
+        activitynet_like(tmp_path / "videos" / f"{vid}.mp4", 1.5, fps=8, width=32, height=24)
+    assert set(video_sets(cfg) or {}) == {"training", "holdout", "testing"}
+    read = prepare_dataset(cfg)
+    assert len(read.videos) == 3 and all(math.isclose(v.duration, 1.5, rel_tol=0.1) for v in read.videos.values())

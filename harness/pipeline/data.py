@@ -41,7 +41,7 @@ def prepare_dataset(cfg: DataConfig) -> TALDataset:
                 cfg.root,
             )
         generate(cfg.synthetic_profile, cfg.synthetic_seed, cfg.root)  # no-op when complete
-    return _read_dataset(cfg, *_fingerprint(cfg))
+    return _with_durations(cfg, *_fingerprint(cfg))
 
 
 def _fingerprint(cfg: DataConfig) -> tuple[int, int, int]:
@@ -59,8 +59,14 @@ def _fingerprint(cfg: DataConfig) -> tuple[int, int, int]:
 
 
 @functools.lru_cache(maxsize=4)
+def _with_durations(cfg: DataConfig, *fingerprint: int) -> TALDataset:
+    return _fill_durations(_read_dataset(cfg, *fingerprint), cfg)
+
+
+@functools.lru_cache(maxsize=4)
 def _read_dataset(cfg: DataConfig, *fingerprint: int) -> TALDataset:
-    """The dataset of ``cfg`` (cached per process: the plan's keys and the stages read it)."""
+    """The dataset of ``cfg`` without the durations read from video files (cached per process: the plan's keys
+    read it without opening a video, the stages through ``prepare_dataset``)."""
     from harness.data.annotations import read_annotations
     from harness.data.files import names_tried
 
@@ -90,7 +96,7 @@ def _read_dataset(cfg: DataConfig, *fingerprint: int) -> TALDataset:
                 f"{cfg.root / cfg.video_dir}: no video of subset '{subset}' has a file (data.missing: {cfg.missing}; "
                 f"names tried: {names_tried(cfg.video_ext)}); put the videos there or fix data.root / data.video_dir"
             )
-    return _fill_durations(ds, cfg)
+    return ds
 
 
 def locate_videos(ds: TALDataset, cfg: DataConfig) -> TALDataset:
