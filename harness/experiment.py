@@ -114,8 +114,10 @@ class DataConfig(ConfigModel):
     root: Path = Path("data/synthetic-smoke")  # folder holding annotations and videos
     annotations: Name = "annotations.json"  # relative to root (or absolute)
     layout: Name = "auto"  # annotation layout, see `lofi data stats --help`
-    video_dir: Str = ""  # where video files are, relative to root, when annotations carry no "video" path
-    video_ext: Str = ".mp4"
+    # the folder of the video files (relative to root) when annotations carry no "video" path: v_<id>.mp4, the
+    # official crawler's name (<id>.mp4 and .mkv/.webm downloads are found too: harness/data/files.py)
+    video_dir: Str = ""
+    video_ext: Str = ".mp4"  # the extension tried first
     # segments past their video's end are clipped and counted (the official ActivityNet-1.3 file has 215);
     # false = strict: such a segment stops the run (see harness/data/annotations.py)
     clip_segments: Bool = True
@@ -130,6 +132,13 @@ class DataConfig(ConfigModel):
     cache_dir: Path = Path(".cache/frames")
     max_side: Int = Field(0, ge=0)  # decoded frames are stored with the longer side at most this (0 = as decoded)
     skip_corrupt: Bool = False  # skip undecodable videos with a warning (counted) instead of stopping
+    # Annotated videos without a file (a partial download: ~3% of ActivityNet is gone from YouTube), decided once
+    # when the dataset is read: "error" = stop, naming the count, the names looked for and the fix; "skip" = leave
+    # them out of every subset (their test instances are not evaluated: how ActivityNet results are usually
+    # reported, e.g. OpenTAD's and BMN's 4,728 of 4,926 validation videos); "miss" = leave them out of training and
+    # validation, keep their test instances as misses (what a full download would be scored against). Either way
+    # the run's row records the count and the list's file, and the tables say it under the table.
+    missing: Literal["error", "skip", "miss"] = "error"
     # Where frames come from: "decoded" = each video decoded whole once, kept as uint8 .npy under cache_dir (exact
     # pixels; right for short videos such as the synthetic ones); "prepared" = each video re-encoded once
     # (`lofi data prepare`) to H.264 at max_side under cache_dir/store, and only the frames a batch needs are decoded

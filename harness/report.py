@@ -90,7 +90,7 @@ class _Matcher:
 
     def __init__(self, ground_truth: str | None) -> None:
         self.ground_truth = ground_truth
-        self._gt: dict[tuple[str, str], Any] = {}
+        self._gt: dict[tuple[str, str, frozenset[str]], Any] = {}
         self._matches: dict[str, Any] = {}
 
     def __call__(self, row: pd.Series) -> Any:
@@ -102,13 +102,16 @@ class _Matcher:
             if not gt_path or (isinstance(gt_path, float) and pd.isna(gt_path)):
                 raise LofiError(f"{key}: no ground_truth in the row; pass --ground-truth GT (or --no-stats)")
             subset = str(row.get("split") or "validation")
-            gt_key = (str(gt_path), subset)
+            excluded = excluded_test_videos(row, subset)
+            gt_key = (str(gt_path), subset, excluded)
             if gt_key not in self._gt:
-                self._gt[gt_key] = load_ground_truth(gt_path, subset=subset)
+                self._gt[gt_key] = load_ground_truth(gt_path, subset=subset, exclude=excluded)
             pred = row.get("predictions")
             if not pred or not Path(pred).exists():
                 raise LofiError(f"{key}: predictions file {pred!r} is missing; re-run the run or pass --no-stats")
-            matches = match_detections(self._gt[gt_key], load_predictions(pred, self._gt[gt_key]))
+            # the pipeline's own predictions: a class without instances in this split has no AP (dropped)
+            preds = load_predictions(pred, self._gt[gt_key], absent_labels="drop")
+            matches = match_detections(self._gt[gt_key], preds)
             # The tests re-evaluate the saved predictions: they must reproduce the row's own number.
             recomputed = float(weighted_metric(matches, np.ones((1, len(matches.video_ids))))[0])
             if not np.isclose(recomputed, float(row["average_mAP"]), rtol=0, atol=1e-6):
@@ -120,6 +123,22 @@ class _Matcher:
                 )
             self._matches[key] = matches
         return self._matches[key]
+
+
+def excluded_test_videos(row: pd.Series, subset: str) -> frozenset[str]:
+    """The ``subset`` videos a run left out of its evaluation (``data.missing: skip``: no file), from the list its
+    row names; the tests evaluate against the same ground truth as the run did."""
+    rec = row.get("missing_videos")
+    if not isinstance(rec, Mapping) or rec.get("policy") != "skip" or not rec.get("list"):
+        return frozenset()
+    try:
+        lines = Path(str(rec["list"])).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        raise LofiError(
+            f"{row['row_path']}: the list of missing videos {rec['list']} is gone; re-run the run or pass --no-stats"
+        ) from None
+    pairs = (line.split("\t", 1) for line in lines if line and not line.startswith("#"))
+    return frozenset(vid for s, vid in pairs if s == subset)
 
 
 def _missing(value: Any) -> bool:
@@ -194,7 +213,7 @@ class _Oracle:
 
     def __init__(self, ground_truth: str | None) -> None:
         self.ground_truth = ground_truth
-        self._gt: dict[tuple[str, str], tuple[Any, dict[str, str]]] = {}
+        self._gt: dict[tuple[str, str, frozenset[str]], tuple[Any, dict[str, str]]] = {}
         self._top1: dict[tuple[str, str, str], float] = {}
 
     def _truth(self, row: pd.Series) -> tuple[Any, dict[str, str]]:
@@ -203,9 +222,12 @@ class _Oracle:
         gt_path = self.ground_truth or row.get("ground_truth")
         if _missing(gt_path):
             raise LofiError(f"{row['row_path']}: no ground_truth in the row; pass --ground-truth GT (or --no-stats)")
-        key = (str(gt_path), str(row.get("split") or "validation"))
+        subset = str(row.get("split") or "validation")
+        key = (str(gt_path), subset, excluded_test_videos(row, subset))
         if key not in self._gt:
-            self._gt[key] = (load_ground_truth(key[0], subset=key[1]), ground_truth_classes(*key))
+            gt = load_ground_truth(key[0], subset=subset, exclude=key[2])
+            labels = {v: c for v, c in ground_truth_classes(key[0], subset).items() if v not in key[2]}
+            self._gt[key] = (gt, labels)
         return self._gt[key]
 
     def __call__(self, row: pd.Series) -> tuple[float, float]:

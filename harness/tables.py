@@ -30,8 +30,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.errors import LofiError
+from harness.fidelity import PAPER_RATIOS, fidelity_shape
 from harness.io import atomic_path, write_text_atomic
-from harness.paper_results import PAPER, canonical_dataset, published
+from harness.paper_results import PAPER, PAPER_SETTINGS, canonical_dataset, published
+from harness.schedule import CYCLE_ORDER
 from harness.stats import ALPHA, POWER, Comparison, RatioResult, mde_multiplier
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,6 @@ MODE_LABELS: dict[str, str] = {
     "e2e-full": "End-to-end (full fidelity)",
 }
 PAPER_LOFI_LABEL: dict[str, str] = {"lofi-long": "LoFi"}  # the paper's Tables 1 and 6 call Long C-LoFi "LoFi"
-CYCLIC = ("long", "short")
 BASELINE = "acp"
 REFERENCE = "e2e-full"  # the upper reference of the share of the end-to-end gain
 NEGATIVE = "acp@control-seeds"  # the controls table's key of ACP on the sweep's control seeds
@@ -195,17 +196,29 @@ def _relative_memory(runs: pd.DataFrame) -> float:
 
 
 def _shape_cells(runs: pd.DataFrame) -> tuple[str, str]:
-    """(L, H×W) as the paper writes them: '–' for cycles, full size for frozen-encoder modes."""
-    cycle = str(runs["cycle"].iloc[0]) if "cycle" in runs and runs["cycle"].notna().any() else ""
-    if cycle in CYCLIC:
-        return "–", "–"
+    """(L, H×W) the mode's encoder was trained at: one fidelity as the paper writes it, a cycle as the range of its
+    fidelities (``8–32``, ``32²–64²``), a frozen-encoder mode as full fidelity (what its features are taken at)."""
     L = runs["L"].dropna().unique() if "L" in runs else []
     size = runs["size"].dropna().unique() if "size" in runs else []
     if len(L) == 1 and len(size) == 1:
         return str(int(L[0])), f"{int(size[0])}²"
-    if "full_size" in runs and runs["full_size"].notna().any():
-        return "–", f"{int(runs['full_size'].dropna().iloc[0])}²"
-    return "–", "–"
+    full_L = runs["full_L"].dropna() if "full_L" in runs else pd.Series(dtype=float)
+    full_size = runs["full_size"].dropna() if "full_size" in runs else pd.Series(dtype=float)
+    if full_L.empty or full_size.empty:
+        return "–", "–"
+    fids = str(runs["fidelities"].iloc[0]) if "fidelities" in runs and runs["fidelities"].notna().any() else ""
+    cycle = str(runs["cycle"].iloc[0]) if "cycle" in runs and runs["cycle"].notna().any() else ""
+    names = [n for n in fids.split(",") if n in PAPER_RATIOS] or (
+        list(CYCLE_ORDER) if cycle in ("long", "short") else []
+    )
+    if not names:  # a frozen encoder: the head reads full-fidelity features
+        return str(int(full_L.iloc[0])), f"{int(full_size.iloc[0])}²"
+    shapes = [fidelity_shape(int(full_L.iloc[0]), int(full_size.iloc[0]), *PAPER_RATIOS[n]) for n in names]
+    ls, sizes = sorted({a for a, _ in shapes}), sorted({b for _, b in shapes})
+    return (
+        f"{ls[0]}–{ls[-1]}" if len(ls) > 1 else str(ls[0]),
+        f"{sizes[0]}²–{sizes[-1]}²" if len(sizes) > 1 else f"{sizes[0]}²",
+    )
 
 
 def _comparison_cells(c: Comparison | None) -> dict[str, object]:
@@ -283,7 +296,14 @@ def _stats_note(
     )
     text = f"mAP in %, mean ± sd over seeds (ddof=1); {seed_txt} seed(s) per configuration (seeds {', '.join(map(str, seeds))})."
     if not comparisons:
-        return text + " No significance tests (no predictions given)."
+        modes = set(rows["mode"])
+        if BASELINE not in modes:
+            why = f"the rows hold no {mode_label(BASELINE)} run, the baseline every Δ is measured against"
+        elif modes == {BASELINE}:
+            why = "the rows hold only the baseline"
+        else:
+            why = "--no-stats, or no predictions files given"
+        return text + f" No significance tests: {why}."
     c = comparisons[0]
     return (
         f"{text} Δ: configuration minus the baseline's seed-mean average mAP, 95% paired bootstrap percentile interval "
@@ -305,6 +325,16 @@ def _unpaired_note(comparisons: Sequence[Comparison], label: Callable[[str], str
     )
 
 
+def paper_mismatch(rows: pd.DataFrame) -> str:
+    """How the rows' settings differ from those of the published numbers (``PAPER_SETTINGS``); "" when they match."""
+    out = []
+    for column, wanted in PAPER_SETTINGS.items():
+        have = sorted({str(v) for v in rows[column].dropna()}) if column in rows else []
+        if have != [str(wanted)]:
+            out.append(f"{column} {', '.join(have) or 'not recorded'} (paper: {wanted})")
+    return "; ".join(out)
+
+
 def _published_note(rows: pd.DataFrame, sources: set[str]) -> str:
     dataset = _single(rows, "dataset")
     if canonical_dataset(dataset) is None:
@@ -312,6 +342,9 @@ def _published_note(rows: pd.DataFrame, sources: set[str]) -> str:
             f"Published numbers ({PAPER}) were measured on ActivityNet-v1.3 / HACS and are not comparable with "
             f"dataset '{dataset}'; they are not shown."
         )
+    mismatch = paper_mismatch(rows)
+    if mismatch:
+        return f"Published numbers ({PAPER}) are not shown: these runs' settings are not the paper's ({mismatch})."
     if not sources:
         return f"No published number of {PAPER} matches these configurations."
     return f"Paper: {PAPER}, {', '.join(sorted(sources))}; Δ paper = measured mean minus published value (points)."
@@ -330,11 +363,37 @@ def provenance(rows: pd.DataFrame) -> tuple[str, ...]:
     span = f"{times[0]} … {times[-1]}" if times else "unknown"
     generated = _dt.datetime.now(tz=_dt.UTC).isoformat(timespec="seconds")
     skipped = skipped_note(rows)
+    missing = missing_note(rows)
     return (
         f"Provenance: {len(rows)} run(s); commit(s): {listing('commit')}; config hash(es): {listing('config_hash')}; "
         f"MLflow run id(s): {listing('mlflow_run_id')}; rows written {span}; table generated {generated}.",
+        *([missing] if missing else []),
         *([skipped] if skipped else []),
     )
+
+
+def missing_note(rows: pd.DataFrame) -> str:
+    """The annotated videos without a file (``data.missing``), from the rows' ``missing_videos``; "" if none."""
+    if "missing_videos" not in rows:
+        return ""
+    seen: dict[tuple[str, int, int], list[str]] = {}
+    for _, row in rows.iterrows():
+        rec = row["missing_videos"]
+        if isinstance(rec, Mapping) and rec.get("count"):
+            key = (str(rec.get("policy")), int(rec["count"]), int(rec.get("test") or 0))
+            seen.setdefault(key, []).append(str(rec.get("list")))
+    parts = []
+    for (policy, count, test), lists in sorted(seen.items()):
+        fate = (
+            "left out of the evaluation (as ActivityNet results are usually reported, e.g. OpenTAD)"
+            if policy == "skip"
+            else "scored as misses"
+        )
+        parts.append(
+            f"{count} annotated video(s) without a file (data.missing: {policy}; list: {lists[0]}): "
+            f"{test} of them in the test split, {fate}; the others left out of training and validation"
+        )
+    return "Missing videos: " + " | ".join(parts) + "." if parts else ""
 
 
 SKIPPED_SHOWN = 5  # video ids named in the note; the rows hold all of them
@@ -390,8 +449,10 @@ def _mode_row(
     metrics: Sequence[tuple[str, str]],
     with_shape: bool,
     share: tuple[RatioResult | None, bool] | None = None,
+    paper: bool = True,
 ) -> tuple[dict[str, object], dict[str, object], str | None]:
-    """Display cells, CSV numbers and the published source (if any) of one mode's runs (one dataset/encoder/head)."""
+    """Display cells, CSV numbers and the published source (if any; ``paper``: the table's settings match the
+    paper's) of one mode's runs (one dataset/encoder/head)."""
     dataset, encoder, head = (_single(runs, c) for c in ("dataset", "encoder", "head"))
     cells: dict[str, object] = {"Config": label}
     numbers: dict[str, object] = {
@@ -426,7 +487,7 @@ def _mode_row(
                 "gain_share_ci_high": shown.ci_high if shown else float("nan"),
             }
         )
-    if canonical_dataset(dataset) is None:
+    if canonical_dataset(dataset) is None or not paper:
         return cells, numbers, None
     pub = published(paper_table, dataset, mode, encoder=encoder, head=head)
     pub_avg = pub.values.get("average_mAP") if pub else None
@@ -506,6 +567,7 @@ def _config_table(
             metrics=SHOWN_METRICS,
             with_shape=with_shape,
             share=((shares or {}).get(mode), gain) if with_share else None,
+            paper=not paper_mismatch(rows),
         )
         display_rows.append(cells)
         numeric_rows.append(numbers)
@@ -595,6 +657,7 @@ def models_table(
                 paper_table="models",
                 metrics=SHOWN_METRICS[-1:],
                 with_shape=False,
+                paper=not paper_mismatch(rows),
             )
             display_rows.append({"Encoder": encoder, "Head": head, **cells})
             numeric_rows.append(numbers)

@@ -12,6 +12,7 @@ examples:
   lofi config schema --out config/schema.json        regenerate the committed schema (a test compares them)
   lofi config show --config config/smoke.yaml --set lofi.optim.epochs=1
   lofi config check --config config/default.yaml
+  lofi config check --config config/activitynet.yaml --against-machine   data, labels, files, weights, GPU
 """
 
 
@@ -48,6 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
             metavar="KEY=VALUE",
             help="override a config value, e.g. --set lofi.optim.epochs=2 (repeatable)",
         )
+        if name == "check":
+            c.add_argument(
+                "--against-machine",
+                action="store_true",
+                help="also check what a run reads on this machine, before any training: the annotation file, "
+                "labels in the validation and test subsets, the video files (data.missing), the weights, the device",
+            )
+            c.add_argument(
+                "--no-device",
+                action="store_true",
+                help="with --against-machine: leave the device out (a CPU job checking for GPU jobs: the workflow)",
+            )
         c.set_defaults(func=func)
 
 
@@ -88,5 +101,12 @@ def check_config(path: Path, overrides: list[str] | None = None) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     check_config(args.config, args.overrides)
+    if args.against_machine:
+        from harness.experiment import load_experiment
+        from harness.pipeline.preflight import check_before_training
+
+        cfg = load_experiment(args.config, args.overrides)
+        for line in check_before_training(cfg, machine=not args.no_device):
+            print(f"ok: {line}")
     print(f"ok: {args.config}")
     return 0

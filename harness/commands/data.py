@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +168,10 @@ data.acp_source, once, in --workers processes, into the frame store data.store n
   prepared  each video re-encoded into data.cache_dir/store/ (H.264 at data.max_side, data.store_crf, a keyframe
             every data.store_gop frames, every frame kept); batches then decode only the frames they need
 The workflow runs this once before its training jobs, so parallel jobs never decode the same video twice.
-Resumable: finished videos are skipped. Undecodable videos are listed (and stop the command unless
-data.skip_corrupt is true).
+Resumable: finished videos are skipped. Prints one line: videos prepared, videos without a file (data.missing:
+error stops before any work, naming the file names tried; skip / miss list them in DATA.cache_dir/lists/) and
+undecodable ones (listed there too; they stop the command unless data.skip_corrupt is true). Exits with status 2
+when not a single video could be prepared.
 """
 
 
@@ -213,42 +214,72 @@ def _prepare(args: argparse.Namespace) -> int:
 
     from harness.errors import ConfigError, LofiError
     from harness.experiment import load_experiment
-    from harness.pipeline.data import VideoFrames, prepare_dataset, read_source_index, video_file
+    from harness.io import write_text_atomic
+    from harness.pipeline.data import (
+        VideoFrames,
+        absent_videos,
+        prepare_dataset,
+        read_source_index,
+        video_file,
+        write_missing_list,
+    )
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     cfg = load_experiment(args.config, args.set).data
-    ds = prepare_dataset(cfg)
+    ds = prepare_dataset(cfg)  # data.missing decided here: error, or the videos without a file left out
     frames = VideoFrames(cfg, cache_bytes=0)
     subsets = dict.fromkeys((cfg.train_subset, cfg.val_subset, cfg.test_subset))
-    jobs = [(v.id, video_file(cfg, v), v.duration, cfg) for s in subsets for v in ds.subset(s)]
+    absent = absent_videos(ds)
+    jobs = [(v.id, video_file(cfg, v), v.duration, cfg) for s in subsets for v in ds.subset(s) if v.id not in absent]
+    n_target = len(jobs)
     if cfg.acp_source and (cfg.root / cfg.acp_source).is_file():  # the ACP stage reads these through the store
         jobs += [(it.path.stem, it.path, 0.0, cfg) for it in read_source_index(cfg, cfg.acp_source, "clips")[1]]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(tqdm(pool.map(_prepare_one, jobs, chunksize=4), total=len(jobs), desc="prepare", unit="video"))
     failed = [(vid, err) for vid, _, _, err in results if err]
     done = [(size, secs) for _, size, secs, err in results if not err]
+    prepared_targets = sum(1 for _, _, _, err in results[:n_target] if not err)
     total = sum(size for size, _ in done)
     hours = sum(secs for _, secs in done) / 3600
     timed = sum(size for size, secs in done if secs > 0)  # ACP clips have no annotated duration: not in MB/hour
+    lists = cfg.cache_dir / "lists"
+    n_missing = write_missing_list(ds, lists / f"{cfg.name}-missing.txt")
+    undecodable = lists / f"{cfg.name}-undecodable.txt"
+    if failed:
+        write_text_atomic(undecodable, "".join(f"{vid}\t{err}\n" for vid, err in failed))
     summary = {
         "store": str(frames.store_dir() if cfg.store == "prepared" else cfg.cache_dir),
         "videos": len(done),
         "failed": len(failed),
+        "missing": n_missing,
+        "missing_policy": cfg.missing,
+        "missing_list": str(lists / f"{cfg.name}-missing.txt") if n_missing else None,
+        "undecodable_list": str(undecodable) if failed else None,
         "bytes": total,
         "mb_per_video": total / max(1, len(done)) / 1e6,
         "mb_per_hour": timed / 1e6 / hours if hours else 0.0,
     }
     if failed and not cfg.skip_corrupt:
-        raise LofiError(f"{failed[0][1]} ({len(failed)} videos failed; set data.skip_corrupt=true to skip them)")
-    for vid, err in failed:
-        print(f"skipped {vid}: {err}", file=sys.stderr)  # stdout is the summary (JSON with --json)
+        raise LofiError(
+            f"{failed[0][1]} ({len(failed)} videos failed, listed in {undecodable}; set data.skip_corrupt=true "
+            "to skip them)"
+        )
+    if n_target and not prepared_targets:
+        raise LofiError(
+            f"{cfg.root / cfg.video_dir}: none of the {n_target} videos could be prepared (listed in {undecodable}); "
+            "replace the files, then run lofi data prepare again"
+        )
     if args.json:
         print(json.dumps(summary))
-    else:
-        print(
-            f"{summary['store']}: {len(done)} videos, {total / 1e9:.2f} GB "
-            f"({summary['mb_per_video']:.1f} MB per video, {summary['mb_per_hour']:.0f} MB per hour of video); "
-            f"{len(failed)} failed"
-        )
+        return 0
+    missing = ""
+    if n_missing:
+        what = "left out" if cfg.missing == "skip" else "test videos scored as misses, others left out"
+        missing = f"{n_missing} without a file (data.missing={cfg.missing}: {what}; list: {summary['missing_list']}), "
+    print(
+        f"{summary['store']}: prepared {len(done)} videos, {total / 1e9:.2f} GB "
+        f"({summary['mb_per_video']:.1f} MB per video, {summary['mb_per_hour']:.0f} MB per hour of video); "
+        f"{missing}{len(failed)} undecodable" + (f" (skipped; list: {undecodable})" if failed else "")
+    )
     return 0

@@ -44,11 +44,11 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -218,15 +218,19 @@ def _read_dataset(path: Path) -> TALDataset:
 
 
 def load_ground_truth(
-    path_or_dataset: str | os.PathLike[str] | TALDataset, subset: str = "validation"
+    path_or_dataset: str | os.PathLike[str] | TALDataset,
+    subset: str = "validation",
+    *,
+    exclude: Collection[str] = (),
 ) -> DetectionGroundTruth:
-    """The ground truth of ``subset`` from an official-layout JSON file or a :class:`TALDataset`."""
+    """The ground truth of ``subset`` from an official-layout JSON file or a :class:`TALDataset`; ``exclude``:
+    videos left out of it (a run's test videos without a file under ``data.missing: skip``, as the run evaluated)."""
     if isinstance(path_or_dataset, TALDataset):
         dataset, source = path_or_dataset, path_or_dataset.source or path_or_dataset.name
     else:
         path = Path(path_or_dataset)
         dataset, source = _read_dataset(path), str(path)
-    videos = dataset.subset(subset)
+    videos = [v for v in dataset.subset(subset) if v.id not in exclude] if exclude else dataset.subset(subset)
     if not videos:
         counts = dataset.subset_counts()
         raise AnnotationError(f"{source}: no video in subset {subset!r} (subsets: {counts}); pick another --subset")
@@ -315,10 +319,15 @@ def load_predictions(
     gt: DetectionGroundTruth,
     *,
     require_label: bool = True,
+    absent_labels: Literal["error", "drop"] = "error",
 ) -> DetectionPredictions:
     """Read an official-layout predictions file (or the already-parsed dict).
 
     With ``require_label=False`` (proposals) labels are neither required nor checked.
+    ``absent_labels="drop"`` is for the pipeline's own predictions on a subset (a holdout, a partial download):
+    the classifier scores every class of the dataset, so a prediction may carry a class that has no instance in
+    this subset. Such a class has no AP and its predictions compete with no other class, so dropping them changes
+    no number; they are counted and logged once. A user's file keeps the default, ``"error"``.
     Raises :class:`PredictionError` naming the file, the video and the problem: a malformed file, a key written
     twice, an entry without label/score/segment, a segment that is not a pair of numbers, a non-finite score or
     segment, start > end, an unknown label; and a *file* that cannot be what the user meant — an empty
@@ -352,6 +361,7 @@ def load_predictions(
     labels: list[int] = []
     counts: list[int] = []
     names: list[str] = []
+    absent: dict[str, int] | None = {} if absent_labels == "drop" else None  # label -> predictions dropped
     for vid, entries in data["results"].items():
         if not isinstance(entries, list):
             raise PredictionError(
@@ -372,7 +382,7 @@ def load_predictions(
                 ends.append(float(e))
                 scores.append(float(score))
                 if class_index is not None:
-                    labels.append(class_index[entry["label"]])
+                    labels.append(_label(class_index, entry["label"], absent))
         except (KeyError, TypeError, ValueError, IndexError):
             problem = _diagnose_entry(entry, class_index, gt.subset)
             raise PredictionError(f"{source}: video {_shown(vid)}: {problem}") from None
@@ -424,9 +434,30 @@ def load_predictions(
             gt.subset,
         )
     label = np.asarray(labels, dtype=np.int64) if class_index is not None else np.full(score.shape, -1, np.int64)
+    if absent:
+        keep = label >= 0
+        video, label, score, segments = video[keep], label[keep], score[keep], segments[keep]
+        log.debug(
+            "%s: %d prediction(s) of %d class(es) without instances in the %r ground truth (e.g. %r) dropped: "
+            "such a class has no AP",
+            source,
+            sum(absent.values()),
+            len(absent),
+            gt.subset,
+            sorted(absent)[0],
+        )
     return DetectionPredictions(
         source=source, video=video, label=label, score=score, segments=segments, unknown_videos=unknown
     )
+
+
+def _label(class_index: Mapping[str, int], label: Any, absent: dict[str, int] | None) -> int:
+    """The class index of ``label``. A label outside ``class_index`` raises KeyError (diagnosed by the caller), or,
+    when ``absent`` is a dict, is counted there and gets -1 (dropped)."""
+    if absent is None or label in class_index or not isinstance(label, str):
+        return class_index[label]
+    absent[label] = absent.get(label, 0) + 1
+    return -1
 
 
 # ----------------------------------------------------------------------------------------------------------------

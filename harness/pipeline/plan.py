@@ -8,8 +8,10 @@ value changes the key of every stage that depends on it and of nothing else, and
 ``done.json`` records the key) is never reused for another key (see ``runtime.stage_done``).
 
 Not part of any key: ``runtime`` (device, threads, progress: how a stage runs, not what it computes — the thread
-count does change float reductions in the last bits, see docs/architecture.md), ``tracking``, ``sweep``, and
-``data.cache_dir`` (where decoded frames are cached).
+count does change float reductions in the last bits, see docs/architecture.md), ``tracking``, ``sweep``,
+``head.validate_every`` (the validation curve's cadence) and ``data.cache_dir`` (where decoded frames are cached).
+Part of the keys of the stages that read the target's videos, for real data: a digest of the video ids of each
+subset they read, after ``data.missing`` (``harness.pipeline.data.video_sets``), so adding videos reruns them.
 
 Layout under a stages root ``R`` (the sweep uses ``results/<dataset>/<encoder>``; ``lofi run`` its ``--stages``,
 default ``--out``)::
@@ -150,8 +152,10 @@ def _lofi_view(cfg: ExperimentConfig, cycle: str) -> dict[str, Any]:
 
 
 def _head_view(cfg: ExperimentConfig, *, final: bool) -> dict[str, Any]:
-    """The head section: the LoFi stage builds ``lofi.head`` with these widths but never trains the final head."""
+    """The head section: the LoFi stage builds ``lofi.head`` with these widths but never trains the final head.
+    ``validate_every`` is in no key: it only thins the validation curve (tests/test_pipeline.py)."""
     head = to_dict(cfg.head)
+    head.pop("validate_every", None)
     if not final:
         for k in ("name", "optim", "classifier_optim", "class_scores"):
             head.pop(k, None)
@@ -171,9 +175,21 @@ class Planner:
     """Builds stages for one config under one stages root; the same (kind, variant, seed) is one Stage object."""
 
     def __init__(self, cfg: ExperimentConfig, root: Path) -> None:
+        from harness.pipeline.data import video_sets
+
         self.cfg = cfg
         self.root = Path(root)
         self._memo: dict[tuple[str, str, int], Stage] = {}
+        self._video_sets = video_sets(cfg.data)  # real data: which videos each subset has (after data.missing)
+
+    def _videos(self, reads: dict[str, Any], *, all_subsets: bool) -> dict[str, Any]:
+        """``reads`` plus the digest of the video ids a stage reads (the training subset, or every subset), so that
+        adding videos makes it out of date; nothing for the synthetic benchmark (fixed by profile and seed)."""
+        if self._video_sets is None:
+            return reads
+        d = self.cfg.data
+        subsets = dict.fromkeys((d.train_subset, d.val_subset, d.test_subset) if all_subsets else (d.train_subset,))
+        return {**reads, "videos": {s: self._video_sets[s] for s in subsets}}
 
     def _stage(
         self,
@@ -193,6 +209,8 @@ class Planner:
                 raise LofiError(f"pre-training mode '{mode}' is unknown; use one of {', '.join(PRETRAIN_MODES)}")
             needs = (self.pretrain("acp", seed),) if mode == "acp+" else ()
             reads = _sections(self.cfg, ("data", "fidelity", "encoder", "pretrain"))
+            if mode == "acp+":  # fine-tuned on the target's training segments
+                reads = self._videos(reads, all_subsets=False)
             self._memo[memo] = self._stage(
                 "pretrain", mode, seed, self.root / "pretrain" / slug(mode) / f"seed{seed}", reads, needs
             )
@@ -206,6 +224,7 @@ class Planner:
                 "lofi": _lofi_view(self.cfg, cycle),
                 "head": _head_view(self.cfg, final=False),
             }
+            reads = self._videos(reads, all_subsets=False)
             needs = (self.pretrain("acp", seed),)
             key = _key("lofi", cycle, seed, reads, needs)
             # Optuna trials share one root: each custom (r_t, r_s) gets its own folder
@@ -232,7 +251,7 @@ class Planner:
         source += suffix
         memo = ("features", (source if enc.kind == "pretrain" else enc.folder.parent.name) + suffix, seed)
         if memo not in self._memo:
-            reads = _sections(self.cfg, ("data", "fidelity", "encoder"))
+            reads = self._videos(_sections(self.cfg, ("data", "fidelity", "encoder")), all_subsets=True)
             if recal:  # only then: the keys of every other features stage stay what they were
                 reads["bn_recalibrate"] = True
             name = f"lofi-{enc.folder.parent.name}" if enc.kind == "lofi" else source
@@ -248,7 +267,7 @@ class Planner:
             return None
         memo = ("classifier", "", seed)
         if memo not in self._memo:
-            reads = _sections(self.cfg, ("data", "fidelity", "encoder"))
+            reads = self._videos(_sections(self.cfg, ("data", "fidelity", "encoder")), all_subsets=True)
             self._memo[memo] = self._stage(
                 "classifier", "", seed, self.root / "classifier" / f"seed{seed}", reads, (self.pretrain("acp+", seed),)
             )
@@ -259,6 +278,7 @@ class Planner:
         feats = self.features(mode, seed)
         cls = self.classifier(seed)
         reads = {**_sections(self.cfg, ("data", "fidelity", "post")), "head": _head_view(self.cfg, final=True)}
+        reads = self._videos(reads, all_subsets=True)
         if self.cfg.head.class_scores not in ("finetuned", "features"):  # an external scores file: its content counts
             reads["class_scores_file"] = _file_identity(Path(self.cfg.head.class_scores))
         needs = (feats,) + ((cls,) if cls is not None else ())

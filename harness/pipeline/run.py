@@ -121,18 +121,13 @@ def _class_scores_path(cfg: ExperimentConfig, plan: RunPlan) -> Path | None:
 
 
 def check_inputs(cfg: ExperimentConfig, plan: RunPlan, todo: list[Stage]) -> None:
-    """Files the config names that a stage to run will read, checked before any stage runs (not after hours)."""
-    weights = cfg.encoder.checkpoint
-    uses_weights = any(
-        s.kind == "pretrain" and s.variant == "acp" and not cfg.data.acp_source for s in todo
-    )  # ACP from published weights (real data)
-    if uses_weights and not weights:
-        raise LofiError(
-            "data.acp_source is empty, so ACP starts from published weights, but encoder.checkpoint is not set; "
-            "set encoder.checkpoint=PATH (e.g. TSM Kinetics-400 weights) or data.acp_source"
-        )
-    if uses_weights and not Path(weights).is_file():
-        raise LofiError(f"encoder.checkpoint = {weights!r}: no such file; download the weights there or fix the path")
+    """What the stages to run need from this machine, checked before any stage runs (not after hours): the weights
+    a pre-training stage starts from, and the device (the data: ``prepare_dataset``, read next)."""
+    from harness.pipeline.preflight import check_device, check_weights
+
+    check_weights(cfg, {s.variant for s in todo if s.kind == "pretrain"})
+    if todo:
+        check_device(cfg)
 
 
 def skipped_videos(plan: RunPlan) -> list[str]:
@@ -148,6 +143,23 @@ def skipped_videos(plan: RunPlan) -> list[str]:
         if isinstance(info, dict) and isinstance(info.get("skipped_videos"), list):
             skipped.update(str(v) for v in info["skipped_videos"])
     return sorted(skipped)
+
+
+def missing_videos(cfg: ExperimentConfig, out: Path, data) -> dict:
+    """The row's record of the annotated videos without a file (``data.missing``): their count, the test subset's,
+    and the file listing them (written into ``out``), not the ids themselves."""
+    from harness.pipeline.data import missing_counts, prepare_dataset, write_missing_list
+
+    ds = data.ds if data is not None else prepare_dataset(cfg.data)
+    counts = missing_counts(ds)
+    listed = out / "missing_videos.txt"
+    n = write_missing_list(ds, listed) if current().main else sum(counts.values())
+    return {
+        "policy": cfg.data.missing,
+        "count": n,
+        "test": counts.get(cfg.data.test_subset, 0),
+        "list": str(listed.resolve()) if n else None,
+    }
 
 
 def _finished_row(out: Path, run_key: str) -> dict | None:
@@ -282,6 +294,8 @@ def run_all(
             "ground_truth": str(cfg.data.annotations_path().resolve()),
             # undecodable videos skipped by a stage (data.skip_corrupt): absent from training or from the predictions
             "skipped_videos": skipped_videos(plan),
+            # annotated videos without a file (data.missing: skip = not evaluated, miss = scored as misses)
+            "missing_videos": missing_videos(cfg, out, data),
             # torchrun: the processes, and the items per optimiser step summed over them (the config's batch)
             "world_size": world.size,
             "global_batch": {

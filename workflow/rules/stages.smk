@@ -40,6 +40,9 @@ rule frames:
     params:
         key=to_dict(CFG.data),
         args=lofi_args("--json", command=["data", "prepare"]),
+        # everything checkable before training (data, labels, files, the sweep's weights; the device is each
+        # training job's own): this job runs before every training job (harness/pipeline/preflight.py)
+        check=lofi_args("--against-machine", "--no-device", command=["config", "check"]),
     log:
         f"{LOGS}/frames.log",
     benchmark:
@@ -51,7 +54,7 @@ rule frames:
         mem_mb=MEM_MB,
         runtime=RUNTIME,
     shell:
-        "lofi {params.args} --workers {threads} > {output:q} 2> {log:q}"
+        "lofi {params.check} > {log:q} 2>&1 && lofi {params.args} --workers {threads} > {output:q} 2>> {log:q}"
 
 
 rule track_init:
