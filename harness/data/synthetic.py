@@ -22,7 +22,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -88,11 +88,11 @@ class SynthProfile:
     # `colour-cue` control profile: texture scroll + the single-frame paleness above).
     cue: str = "flicker"
     # v4: a checker on the actor whose contrast switches on and off every flicker_frames / 2 frames inside the
-    # actions and holds (on or off, per gap) outside; per video one band: fine (4 px at 64^2, which the
-    # anti-aliased resize to 32^2 erases) or coarse (12 px, which survives every reduction)
-    flicker_periods: tuple[float, float] = (0.0625, 0.1875)
+    # actions and holds (on or off, per gap) outside; per video one band: fine (5 px at 64^2: the anti-aliased
+    # resize to 32^2 leaves ~1/4 of its flicker) or coarse (14 px: ~0.85 survives every reduction)
+    flicker_periods: tuple[float, float] = (0.078125, 0.21875)
     flicker_frames: int = 4
-    flicker_contrast: float = 0.8
+    flicker_contrast: float = 1.0
     # v4: at every annotated boundary the actor twitches (is displaced by this fraction of the side) for
     # twitch_frames frames: a brief event that marks the boundary to the frame
     twitch: float = 0.08
@@ -113,7 +113,7 @@ PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
             max_frames=48,
             num_clip_classes=4,
             clips_per_class=6,
-            clip_frames=16,
+            clip_frames=12,  # pre-training samples 2 frames 6 apart: the flicker always shows
             num_image_classes=4,
             images_per_class=8,
             flicker_periods=(0.125, 0.25),  # 4 / 8 px at 32^2: smoke is for CI, not for measuring
@@ -130,7 +130,7 @@ PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
             max_frames=128,
             num_clip_classes=8,
             clips_per_class=40,
-            clip_frames=16,
+            clip_frames=12,  # pre-training samples 2 frames 6 apart: the flicker always shows
             num_image_classes=8,
             images_per_class=100,
         ),
@@ -330,6 +330,9 @@ def _make_flat_classes(
         used.add((shape, colour))
         a = Appearance(shape, colour, "flat", "medium")
         targets.append(ActionClass(a.name, a, Motion(0.0)))
+    # ACP (Kinetics-like) classes come in pairs of one shape x colour: one whose coarse checker flickers all clip
+    # long, one whose checker holds still. Like Kinetics, where motion tells some classes apart, recognising them
+    # needs a motion detector, which the frozen encoder then brings to localisation, for the coarse band only.
     others: list[ActionClass] = []
     while len(others) < profile.num_clip_classes:
         shape, colour = SHAPES[rng.integers(len(SHAPES))], colours[rng.integers(len(colours))]
@@ -337,7 +340,8 @@ def _make_flat_classes(
             continue
         used.add((shape, colour))
         a = Appearance(shape, colour, "flat", "medium")
-        others.append(ActionClass(a.name, a, Motion(0.0)))
+        for flicker in (True, False)[: profile.num_clip_classes - len(others)]:
+            others.append(ActionClass(f"{a.name}-{'flicker' if flicker else 'still'}", a, Motion(float(flicker))))
     objects = [(s, t, p) for s in SHAPES for t in (*TEXTURES, "flat") for p in PERIOD_NAMES]
     image_classes = tuple(
         ImageClass(f"{s}-{t}-{p}", s, t, p)
@@ -754,10 +758,15 @@ def render_video(plan: SynthPlan, video: PlannedVideo) -> np.ndarray:
 
 
 def render_acp_clip(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
-    """A trimmed clip of an ACP class: the texture scrolls throughout (nothing to localise)."""
+    """A trimmed clip of an ACP class (nothing to localise). colour-cue: the texture scrolls throughout. v4: the
+    coarse checker flickers throughout (``flicker`` classes) or holds on or off (``still`` classes)."""
     p = plan.profile
+    cls = plan.class_by_name[item.label]
     env = np.ones(p.clip_frames)
-    return render_clip(numpy_rng(plan.seed, "synthetic", "clip", item.id), plan.class_by_name[item.label], env, p)
+    if p.cue == "flicker":
+        env = env * cls.motion.speed
+        p = replace(p, flicker_periods=(p.flicker_periods[-1],) * len(p.flicker_periods))
+    return render_clip(numpy_rng(plan.seed, "synthetic", "clip", item.id), cls, env, p)
 
 
 def render_image(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
