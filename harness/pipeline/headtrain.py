@@ -220,6 +220,7 @@ def run_head(
                 {k: v.float() for k, v in outputs.items()},
                 {k: v[idx].to(device) for k, v in targets.items()},
                 generator=gen,
+                pem_low_zero=hc.pem_low_zero,
             )
             return loss, {}
 

@@ -116,6 +116,7 @@ def run_lofi(
             {k: v.float() for k, v in outputs.items()},
             targets,
             generator=torch_generator(seed, "lofi-loss", epoch, step, micro),
+            pem_low_zero=cfg.head.pem_low_zero,
         )
         return loss, {}
 
