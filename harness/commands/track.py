@@ -29,11 +29,9 @@ from harness.experiment import ExperimentConfig
 
 def sweep_tracking_uri(cfg: ExperimentConfig) -> str:
     """Where a sweep's runs are logged (see the module docstring)."""
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(cfg.sweep.results).as_posix()}/mlflow.db"
+    from harness.tracking import store_uri, tracking_uri
+
+    return tracking_uri(cfg.tracking, default=store_uri(cfg.sweep.results))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -158,13 +156,14 @@ def _ui(args: argparse.Namespace) -> int:
 def server_command(args: argparse.Namespace) -> list[str]:
     """The `mlflow server` command line for ``lofi track server``'s arguments."""
     from harness.errors import ConfigError
+    from harness.tracking import store_uri
 
     results = Path("results")
     if args.config is not None:
         from harness.experiment import load_experiment
 
         results = Path(load_experiment(args.config, args.overrides).sweep.results)
-    backend = args.backend_store_uri or f"sqlite:///{results.as_posix()}/mlflow.db"
+    backend = args.backend_store_uri or store_uri(results)
     if "://" not in backend:
         raise ConfigError(
             f"--backend-store-uri {backend!r} is not a database URI; use e.g. sqlite:///results/mlflow.db or "
