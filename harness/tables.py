@@ -32,6 +32,7 @@ from tabulate import tabulate
 from harness.errors import LofiError
 from harness.io import atomic_path, write_text_atomic
 from harness.paper_results import PAPER, canonical_dataset, published
+from harness.pipeline.files import ROW
 from harness.stats import ALPHA, POWER, Comparison, RatioResult, mde_multiplier
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def load_rows(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            path = path / "row.json"
+            path = path / ROW
         try:
             row = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

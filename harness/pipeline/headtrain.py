@@ -20,6 +20,7 @@ from harness.io import write_json_atomic
 from harness.pipeline.data import StageData, dominant_label, stage_data, tal_targets
 from harness.pipeline.distributed import barrier, current, wrap
 from harness.pipeline.features import load_features
+from harness.pipeline.files import METRICS, results_file
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head
 from harness.pipeline.runtime import autocast, make_optimizer, mark_done, prepare, stage_done
@@ -163,7 +164,7 @@ def run_head(
         import json
 
         try:
-            return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            return json.loads((out / METRICS).read_text(encoding="utf-8"))
         except ValueError:
             raise LofiError(f"{out / 'metrics.json'}: corrupt; delete {out} to train the head again") from None
     out.mkdir(parents=True, exist_ok=True)
@@ -265,8 +266,8 @@ def run_head(
             )
             for kind, results in (("predictions", det), ("proposals", prop)):
                 if world.main:  # every rank predicts the same (its head is the same); one writes
-                    write_json_atomic(out / f"{kind}_{name}.json", _results_file(results), indent=None)
-                written.append(out / f"{kind}_{name}.json")
+                    write_json_atomic(out / results_file(kind, name), _results_file(results), indent=None)
+                written.append(out / results_file(kind, name))
             metrics[name] = evaluate_split(ds, subset, det, prop)
         test_m = metrics["testing"]
         result = {
@@ -284,18 +285,18 @@ def run_head(
         if not world.main:
             barrier()
             return result
-        write_json_atomic(out / "metrics.json", result)
+        write_json_atomic(out / METRICS, result)
         final = {f"mAP_{t:.2f}": m for t, m in zip(test_m["tiou_thresholds"], test_m["mAP"])}
         final.update({"average_mAP": test_m["average_mAP"], "val_average_mAP": metrics["validation"]["average_mAP"]})
         final.update({k.replace("@", "_"): v for k, v in test_m.items() if k.startswith("AR@") or k == "AUC"})
         tracker.log_metrics(final)
-        for f in ("metrics.json", "predictions_testing.json"):
+        for f in (METRICS, results_file("predictions", "testing")):
             tracker.log_artifact(out / f)
         mark_done(
             out,
             {"stage": "head", "head": hc.name, "seed": seed, "mlflow_run_id": tracker.run_id},
             key=key,
-            outputs=[*written, out / "metrics.json"],
+            outputs=[*written, out / METRICS],
         )
     barrier()
     return result

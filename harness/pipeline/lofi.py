@@ -18,6 +18,7 @@ from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
 from harness.pipeline.data import StageData, clip_loader, stage_data, tal_targets
 from harness.pipeline.distributed import barrier, current, unwrap, wrap
+from harness.pipeline.files import CHECKPOINT, ENCODER
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head, load_encoder
 from harness.pipeline.runtime import autocast, load_torch, make_optimizer, mark_done, prepare, save_torch, stage_done
@@ -49,7 +50,7 @@ def run_lofi(
     from heads.losses import tal_loss
 
     if stage_done(out, key) is not None:
-        return out / "encoder.pt"
+        return out / ENCODER
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
     data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
@@ -67,7 +68,7 @@ def run_lofi(
         opt_cfg,
     )
     start_epoch, history = 0, []
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / CHECKPOINT
     state = load_torch(ckpt) if ckpt.is_file() else None
     if state is not None and state.get("key") != key:  # written by another configuration: stale
         log.warning("LoFi: %s belongs to another configuration; starting from epoch 1", ckpt)
@@ -163,7 +164,7 @@ def run_lofi(
         if len(history) < opt_cfg.epochs:
             return ckpt  # stopped early by stop_after_epoch (tests)
         if world.main:
-            save_torch(out / "encoder.pt", {"encoder": unwrap(encoder).cpu().state_dict(), "name": cfg.encoder.name})
+            save_torch(out / ENCODER, {"encoder": unwrap(encoder).cpu().state_dict(), "name": cfg.encoder.name})
             mark_done(
                 out,
                 {
@@ -177,9 +178,9 @@ def run_lofi(
                     "world_size": world.size,
                 },
                 key=key,
-                outputs=[out / "encoder.pt"],
+                outputs=[out / ENCODER],
             )
     if world.main:
         ckpt.unlink(missing_ok=True)
     barrier()  # the other ranks read encoder.pt next
-    return out / "encoder.pt"
+    return out / ENCODER

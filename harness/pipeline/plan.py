@@ -37,11 +37,11 @@ from harness.config import evolve, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.modes import MODE_PLAN, MODES, PRETRAIN_MODES, ZEROED_MODES
+from harness.pipeline.files import DONE, ROW
 
 StageKind = Literal["pretrain", "lofi", "features", "classifier", "head"]
 
 BASELINE_MODE = "acp"  # the frozen-encoder pipeline every table compares against
-ROW = "row.json"
 
 
 def slug(name: str) -> str:
@@ -73,7 +73,7 @@ class Stage:
 
     @property
     def done(self) -> Path:
-        return self.folder / "done.json"
+        return self.folder / DONE
 
     def need(self, kind: StageKind, variant: str | None = None) -> Stage:
         for s in self.needs:

@@ -16,8 +16,9 @@ from harness.fidelity import fidelity_shape
 from harness.io import remove_orphans, write_json_atomic, write_text_atomic
 from harness.modes import ZEROED_MODES
 from harness.pipeline.distributed import barrier, current
+from harness.pipeline.files import DONE, ENCODER, METRICS, ROW, SCORES, results_file
 from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run, slug
-from harness.pipeline.runtime import DONE, Env, stage_done, start_stage
+from harness.pipeline.runtime import Env, stage_done, start_stage
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
 from harness.tracking import configuration_tags, git_commit, start_run
 
@@ -73,7 +74,7 @@ def run_stage(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> Path:
     """Run one planned stage (its upstream stages must be finished); returns the file or folder it produced."""
-    from harness.pipeline.classify import SCORES, run_class_scores
+    from harness.pipeline.classify import run_class_scores
     from harness.pipeline.features import run_features
     from harness.pipeline.lofi import run_lofi
     from harness.pipeline.pretrain import run_pretrain
@@ -84,13 +85,13 @@ def run_stage(
     start_stage(stage.folder)
     common = {"seed": stage.seed, "key": stage.key, "data": data}
     if stage.kind == "pretrain":
-        init = stage.needs[0].folder / "encoder.pt" if stage.needs else None
+        init = stage.needs[0].folder / ENCODER if stage.needs else None
         return run_pretrain(cfg, mode=stage.variant, out=stage.folder, init=init, parent_run_id=parent_run_id, **common)
     if stage.kind == "lofi":
         return run_lofi(
             cfg,
             cycle=stage.variant,
-            init=stage.needs[0].folder / "encoder.pt",
+            init=stage.needs[0].folder / ENCODER,
             out=stage.folder,
             parent_run_id=parent_run_id,
             **common,
@@ -98,21 +99,19 @@ def run_stage(
     if stage.kind == "features":
         return run_features(
             cfg,
-            encoder_checkpoint=stage.needs[0].folder / "encoder.pt",
+            encoder_checkpoint=stage.needs[0].folder / ENCODER,
             out=stage.folder,
             zeroed=stage.variant in ZEROED_MODES,
             **common,
         )
     if stage.kind == "classifier":
-        run_class_scores(cfg, checkpoint=stage.needs[0].folder / "encoder.pt", out=stage.folder, **common)
+        run_class_scores(cfg, checkpoint=stage.needs[0].folder / ENCODER, out=stage.folder, **common)
         return stage.folder / SCORES
     raise LofiError(f"{stage.name}: the head stage runs through lofi run (it writes the run's row)")
 
 
 def _class_scores_path(cfg: ExperimentConfig, plan: RunPlan) -> Path | None:
     """The video-level class scores the head fuses with (None: the run's own linear probe on its features)."""
-    from harness.pipeline.classify import SCORES
-
     cls = plan.get("classifier")
     if cls is not None:
         return cls.folder / SCORES
@@ -151,7 +150,7 @@ def skipped_videos(plan: RunPlan) -> list[str]:
 
 def _finished_row(out: Path, run_key: str) -> dict | None:
     """The run's row.json when it was written for ``run_key``; a corrupt one is an error naming it."""
-    path = out / "row.json"
+    path = out / ROW
     if not path.is_file():
         return None
     try:
@@ -239,7 +238,7 @@ def run_all(
         world = current()
         if world.main:
             write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
-            write_json_atomic(out / "metrics.json", {k: metrics[k] for k in metrics if k != "history"})
+            write_json_atomic(out / METRICS, {k: metrics[k] for k in metrics if k != "history"})
         fids = mode_fidelities(cfg, mode)
         cycle = MODE_PLAN[mode][1]
         L, size = (
@@ -275,9 +274,9 @@ def run_all(
             "val_average_mAP": metrics["validation"]["average_mAP"],
             **_memory(cfg, mode),
             **{f"time_{k}_s": v for k, v in times.items()},
-            "proposals": str((plan.head.folder / "proposals_testing.json").resolve()),
+            "proposals": str((plan.head.folder / results_file("proposals", "testing")).resolve()),
             "class_scores": str(scores.resolve()) if scores else None,
-            "predictions": str((plan.head.folder / "predictions_testing.json").resolve()),
+            "predictions": str((plan.head.folder / results_file("predictions", "testing")).resolve()),
             "ground_truth": str(cfg.data.annotations_path().resolve()),
             # undecodable videos skipped by a stage (data.skip_corrupt): absent from training or from the predictions
             "skipped_videos": skipped_videos(plan),
@@ -299,7 +298,7 @@ def run_all(
             }
         )
         if world.main:
-            write_json_atomic(out / "row.json", row)
+            write_json_atomic(out / ROW, row)
     barrier()
     log.info("%s seed %d: test average mAP %.4f (%s)", mode, seed, row["average_mAP"], out)
     return row
