@@ -24,6 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from harness.commands._options import add_config_options
 from harness.experiment import ExperimentConfig
 
 
@@ -52,8 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example:\n  lofi track init --config config/smoke.yaml --out results/smoke/mlflow_sweep.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    i.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-    _add_set(i)
+    add_config_options(i)
     i.add_argument("--out", required=True, type=Path, metavar="JSON", help="where to write the ids")
     i.set_defaults(func=_init)
     u = tsub.add_parser(
@@ -62,8 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Print the exact `mlflow ui --backend-store-uri ...` command for the "
         "config's store (run it from the project root).",
     )
-    u.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-    _add_set(u)
+    add_config_options(u)
     u.add_argument("--url", default="http://127.0.0.1:5000", help="the UI's address (default %(default)s)")
     u.set_defaults(func=_ui)
     s = tsub.add_parser(
@@ -77,8 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "/shared/mlartifacts --host 0.0.0.0 --workers 4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("--config", type=Path, metavar="FILE", help="experiment config: its sweep's store by default")
-    _add_set(s)
+    add_config_options(s, required=False, config_help="experiment config: its sweep's store by default")
     s.add_argument(
         "--backend-store-uri",
         default=None,
@@ -203,9 +201,3 @@ def _server(args: argparse.Namespace) -> int:
     # Become the server (no wrapper process): a scheduler's or a user's signal reaches mlflow itself.
     os.execv(cmd[0], cmd)
     return 0  # not reached
-
-
-def _add_set(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
-    )
