@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from harness.config import flatten, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, config_hash
@@ -71,7 +73,6 @@ def run_stage(
     *,
     data=None,
     parent_run_id: str = "",
-    on_epoch: Callable[[int, float], None] | None = None,
 ) -> Path:
     """Run one planned stage (its upstream stages must be finished); returns the file or folder it produced."""
     from harness.pipeline.classify import run_class_scores
@@ -237,7 +238,7 @@ def run_all(
             times["head"] = time.perf_counter() - t0
         world = current()
         if world.main:
-            write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
+            write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
             write_json_atomic(out / METRICS, {k: metrics[k] for k in metrics if k != "history"})
         fids = mode_fidelities(cfg, mode)
         cycle = MODE_PLAN[mode][1]
