@@ -72,7 +72,7 @@ def _write_if_changed(path, text):
     if p.is_file() and p.read_text(encoding="utf-8") == text:
         return  # same content: keep the mtime
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
+    tmp = p.with_name(f"{p.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(p)
 
