@@ -249,6 +249,26 @@ def test_config_and_set_options_are_the_shared_ones() -> None:
     assert spelled == ["_options.py"]
 
 
+def test_workflow_lint_reads_every_lint_title() -> None:
+    """scripts/lint_workflow.py (scripts/test.sh) parses `snakemake --lint`'s text; only its accepted titles pass."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lint_workflow", ROOT / "scripts" / "lint_workflow.py")
+    lint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lint)  # type: ignore[union-attr]
+    text = (
+        "Lints for snakefile /w/rules/common.smk:\n    * Path composition with '+' in line 75:\n      advice\n\n"
+        "Lints for rule data (line 9, /w/rules/stages.smk):\n"
+        "    * Specify a conda environment or container for each rule.:\n      advice\n"
+    )
+    found = lint.lint_titles(text)
+    assert found == [
+        ("snakefile /w/rules/common.smk", "Path composition with '+' in line 75"),
+        ("rule data (line 9, /w/rules/stages.smk)", "Specify a conda environment or container for each rule."),
+    ]
+    assert [t for _, t in found if t not in lint.ACCEPTED] == ["Path composition with '+' in line 75"]
+
+
 def test_track_ui_points_at_the_sweep_store() -> None:
     out = lofi("track", "ui", "--config", "config/smoke.yaml")
     assert out.returncode == 0, out.stderr
