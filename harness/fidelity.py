@@ -44,8 +44,3 @@ def fidelity_shape(full_snippets: int, full_size: int, r_t: float, r_s: float) -
     _check_ratio("r_t", r_t, full_snippets)
     _check_ratio("r_s", r_s, None)
     return max(1, round(full_snippets / r_t)), max(MIN_SIZE, round(full_size / r_s))
-
-
-# ==============================================================================================================
-# Fidelity schedules (lead) — below this line
-# ==============================================================================================================

@@ -13,6 +13,12 @@ vectorised over all proposals.
   sort by score; picked scores never increase, so keeping the first ``top_k`` picks is the same result.
 
 Ties in score: the earlier proposal (input order) is picked first.
+
+Deliberate difference from the published loops (BSN's ``Soft_NMS``, copied by BMN and G-TAD): they run ``while
+len(candidates) > 1``, so the last remaining candidate is never kept, and G-TAD's also stops once every remaining
+score is 0. Both only matter for a video with at most ``top_k`` candidates (the published loops then return one
+proposal fewer); here every candidate is a pick until ``top_k`` (a proposal the decoder found is not dropped for
+being the last one).
 """
 
 from __future__ import annotations

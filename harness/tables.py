@@ -33,6 +33,7 @@ from harness.errors import LofiError
 from harness.fidelity import PAPER_RATIOS, fidelity_shape
 from harness.io import atomic_path, write_text_atomic
 from harness.paper_results import PAPER, PAPER_SETTINGS, canonical_dataset, published
+from harness.pipeline.files import ROW
 from harness.schedule import CYCLE_ORDER
 from harness.stats import ALPHA, POWER, Comparison, RatioResult, mde_multiplier
 
@@ -103,7 +104,7 @@ def load_rows(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            path = path / "row.json"
+            path = path / ROW
         try:
             row = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

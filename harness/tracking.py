@@ -20,7 +20,15 @@ from typing import Any
 from harness.experiment import TrackingConfig
 
 log = logging.getLogger(__name__)
-DEFAULT_URI = "sqlite:///results/mlflow.db"
+STORE_FILE = "mlflow.db"
+
+
+def store_uri(results: str | os.PathLike[str] = "results") -> str:
+    """The SQLite store beside a results folder, ``sqlite:///<results>/mlflow.db``: the one place it is spelled."""
+    return f"sqlite:///{Path(results).as_posix()}/{STORE_FILE}"
+
+
+DEFAULT_URI = store_uri()
 _ILLEGAL = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
@@ -29,8 +37,9 @@ def legal_name(name: str) -> str:
     return _ILLEGAL.sub("_", name)
 
 
-def tracking_uri(cfg: TrackingConfig) -> str:
-    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+def tracking_uri(cfg: TrackingConfig, default: str = DEFAULT_URI) -> str:
+    """``tracking.uri`` if set, else ``$MLFLOW_TRACKING_URI``, else ``default``."""
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
 def git_commit(cwd: str | Path | None = None) -> str:

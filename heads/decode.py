@@ -12,7 +12,10 @@ cell ``[d, s]`` is the proposal ``[s / L, (s + d + 1) / L]`` whose end boundary 
   (``end_index < tscale``) and so can never propose a segment that reaches the end of the video; pass
   ``include_video_end=False`` for BMN's behaviour. Boundary e = L is always a candidate (as end anchor L - 1).
 - Score ``score="bmn"``: start[s] · end[e] · reg[d, s] · cls[d, s] (BMN: xmin · xmax · clr · reg);
-  ``score="map"``: reg · cls only.
+  ``score="map"``: reg · cls only, G-TAD's published score (its ActivityNet code keeps BMN's candidate rule and
+  drops ``e = L`` as BMN; its THUMOS-14 code takes every cell). The pipeline decodes every head with
+  ``score="bmn"`` and ``include_video_end=True`` (harness/pipeline/headtrain.py): one decoding for both heads, so
+  a table compares heads and encoders, not post-processing.
 - Times: ``[s / L · duration, e / L · duration]`` seconds, sorted by decreasing score. No NMS here
   (harness/postprocess.py).
 """

@@ -5,7 +5,14 @@ Structure of the published implementation (frostinassiky/gtad, ``gtad_lib/models
     x (B, D_in, L) ─ Conv1d(D_in→256, k=3, groups=4) ─ ReLU ─ GCNeXt ──► base (B, 256, L)
     base ─ GCNeXt ─ Conv1d(256→1) ─ sigmoid ──► start (B, L)        (idem for end, own GCNeXt)
     base ─ GCNeXt ──► feat ─ SGAlign ──► (B, 256·36, D, L)
-         ─ 1×1 512 ─ 1×1 128 ─ 3×3 128 ─ 3×3 128 ─ 1×1 2 ─ sigmoid ──► iou_map (B, 2, D, L)
+         ─ 1×1 512 ─ 1×1 128 ─ k×k 128 ─ k×k 128 ─ 1×1 2 ─ sigmoid ──► iou_map (B, 2, D, L)
+
+The localisation layers' kernel k (``kernel_2d``, padding (k − 1)/2) is the published code's ``kern_2d`` /
+``pad_2d``: 1 (padding 0) in its ActivityNet and HACS settings (branches ``anet`` and ``hacs``; the paper's
+"1-by-1 2D convolutions"), 3 (padding 1) in its THUMOS-14 settings (branch ``master``). The registered ``gtad``
+defaults to 1: 5,563,268 parameters at in_features = 400, the published ActivityNet network. The experiment
+config chooses it per dataset (``head.kernel_2d``: 1 in config/activitynet.yaml and config/hacs.yaml, 3 for the
+synthetic benchmark and THUMOS-14).
 
 SGAlign aligns two streams over each anchor's *expanded* region [s − r·n, s + d + r·n] (n = d + 1 snippets,
 r = 0.5): 32 bins of ``feat`` (the "inner" stream) and 4 bins of the mean of ``feat`` over each snippet's k
@@ -268,11 +275,14 @@ class GTAD(nn.Module):
         *,
         hidden_3d: int = 512,
         hidden_2d: int = 128,
+        kernel_2d: int = 1,
         fused_projection: bool = False,
     ) -> None:
         super().__init__()
         if in_features % 4 != 0:
             raise ValueError(f"gtad: in_features={in_features} must be divisible by 4 (the first conv has 4 groups)")
+        if kernel_2d < 1 or kernel_2d % 2 == 0:
+            raise ValueError(f"gtad: kernel_2d={kernel_2d} must be odd and >= 1 (the map keeps its (D, L) size)")
         self.in_features = in_features
         self.temporal_length = temporal_length
         self.max_duration = max_duration
@@ -294,11 +304,12 @@ class GTAD(nn.Module):
             context_samples=context_samples,
             context_ratio=context_ratio,
         )
+        pad = (kernel_2d - 1) // 2
         self.proposal = nn.Sequential(
             nn.Conv2d(hidden * self.align.samples, hidden_3d, kernel_size=1), nn.ReLU(inplace=True),
             nn.Conv2d(hidden_3d, hidden_2d, kernel_size=1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden_2d, hidden_2d, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden_2d, hidden_2d, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_2d, hidden_2d, kernel_size=kernel_2d, padding=pad), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_2d, hidden_2d, kernel_size=kernel_2d, padding=pad), nn.ReLU(inplace=True),
             nn.Conv2d(hidden_2d, 2, kernel_size=1), nn.Sigmoid(),
         )  # fmt: skip
 
@@ -333,9 +344,11 @@ def gtad(
     context_ratio: float = 0.5,
     hidden_3d: int = 512,
     hidden_2d: int = 128,
+    kernel_2d: int = 1,
     fused_projection: bool = False,
 ) -> GTAD:
-    """G-TAD with the published ActivityNet settings (5.83 M parameters at in_features=400)."""
+    """G-TAD with the published ActivityNet settings (5,563,268 parameters at in_features=400; ``kernel_2d=3``:
+    the THUMOS-14 settings' localisation layers, 5,825,412)."""
     return GTAD(
         in_features,
         temporal_length,
@@ -348,5 +361,6 @@ def gtad(
         context_ratio=context_ratio,
         hidden_3d=hidden_3d,
         hidden_2d=hidden_2d,
+        kernel_2d=kernel_2d,
         fused_projection=fused_projection,
     )

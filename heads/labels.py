@@ -1,11 +1,16 @@
 """Training targets for the BMN-layout heads (BMN and G-TAD), following BMN's label making.
 
 Conventions (fractions of the video, L snippets, gap 1/L):
-- Start / end *anchor* i (i = 0..L-1) is the boundary position i/L with the region ``[(i - 0.5)/L, (i + 0.5)/L]``
-  (BMN's ``anchor_xmin`` / ``anchor_xmax``). ``start[i]`` = max over ground truth of the IoA (intersection over
-  the anchor's length) of that region with the GT start's region ``[g_s - 1.5/L, g_s + 1.5/L]`` (BMN's
-  ``gt_len_small = 3 · gap``); ``end[i]`` likewise with the GT end. So ``start[i]`` says "boundary i/L is a start"
-  and ``end[i]`` says "boundary i/L is an end".
+- Start / end *anchor* i (i = 0..L-1) is the boundary position i/L with the region ``[(i - 0.5)/L, (i + 0.5)/L]``,
+  one gap wide and centred on the boundary. ``start[i]`` = max over ground truth of the IoA (intersection over
+  the anchor's length) of that region with the GT start's region ``[g_s - 1.5/L, g_s + 1.5/L]`` (BMN's and
+  G-TAD's ``gt_len_small = 3 · gap``); ``end[i]`` likewise with the GT end. So ``start[i]`` says "boundary i/L is a
+  start" and ``end[i]`` says "boundary i/L is an end".
+  Deliberate difference from the published BMN and G-TAD code: there ``anchor_xmin = gap · (i - 0.5)`` over
+  i = 0..L-1 but ``anchor_xmax = gap · (i + 0.5)`` over i = 1..L, so their anchor i is ``[(i - 0.5)/L, (i + 1.5)/L]``:
+  two gaps wide and centred half a gap *after* the boundary i/L that their decoding (and ours, heads/decode.py)
+  reads ``start[i]`` / ``end[i]`` as. The one-gap region labels the boundary the decoder uses; it changes which
+  snippets are positive (IoA > 0.5) near each GT boundary, not the proposal map.
 - Map cell ``[d, s]`` is the proposal ``[s/L, (s + d + 1)/L]``; ``iou_map[d, s]`` = max IoU with the GT; cells
   with ``s + d + 1 > L`` (ending past the video) are 0. Its end boundary index is ``e = s + d + 1``; the decoder
   reads the end probability of that boundary from ``end[min(e, L - 1)]`` (see heads/decode.py).

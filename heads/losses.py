@@ -9,9 +9,13 @@ All terms pool the whole batch (as BMN). Only valid map cells (s + d + 1 <= L) t
 - PEM regression: cells with IoU > 0.7 (high) all count; medium (0.3 < IoU <= 0.7) and low (IoU <= 0.3, valid)
   cells are each kept with probability ``min(1, #high / #medium)`` and ``min(1, #high / #low)``, so each group
   contributes about as many cells as the high group. Loss ``0.5 · Σ w (p - g)² / Σ w`` (BMN's value of
-  ``0.5 · sum(mse_loss(p·w, g·w)) / sum(w)``). No high cells → no sampled cells → 0. Deviation from BMN: BMN's
-  low group excludes cells with IoU exactly 0 (``gt > 0``); we include them (as G-TAD and as the task brief
-  says: "< 0.3 and valid"), so videos whose proposals mostly miss the action also teach "low".
+  ``0.5 · sum(mse_loss(p·w, g·w)) / sum(w)``). No high cells → no sampled cells → 0.
+  The low group's lower end is a switch, ``pem_low_zero``. The published code of both heads (BMN's
+  ``pem_reg_loss_func`` and G-TAD's, every branch) takes ``0 < IoU <= 0.3``: a cell that does not overlap the
+  action at all is never sampled. ``pem_low_zero=True`` (the default, and ``head.pem_low_zero``'s default: the
+  synthetic benchmark's tables were measured so) also samples IoU = 0 cells (6–11 % of this term, as measured
+  in issue 19). It was written as "G-TAD's" rule by mistake (from the G-TAD paper's "< 0.3"); the real-data
+  configs set ``head.pem_low_zero: false``, the published rule.
 - PEM classification: balanced BCE as TEM with positives IoU > 0.9 and negatives the other valid cells.
 
 Random sampling uses ``generator`` when given (a CPU ``torch.Generator``, e.g.
@@ -58,11 +62,18 @@ def _bernoulli_keep(
     return u < prob
 
 
-def pem_sample_mask(gt: torch.Tensor, valid: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bool like ``gt`` (B, D, L): all high cells, medium and low cells sampled to about the high count."""
+def pem_sample_mask(
+    gt: torch.Tensor, valid: torch.Tensor, *, generator: torch.Generator | None = None, low_zero: bool = True
+) -> torch.Tensor:
+    """Bool like ``gt`` (B, D, L): all high cells, medium and low cells sampled to about the high count.
+
+    ``low_zero``: the low group is IoU <= 0.3 (True) or 0 < IoU <= 0.3 (False, the published BMN and G-TAD code).
+    The random draws are the same either way."""
     high = (gt > HIGH_IOU) & valid
     medium = (gt > LOW_IOU) & (gt <= HIGH_IOU) & valid
     low = (gt <= LOW_IOU) & valid
+    if not low_zero:
+        low &= gt > 0
     num_h = high.sum().double()
     r_m = (num_h / medium.sum().clamp(min=1)).clamp(max=1.0)
     r_l = (num_h / low.sum().clamp(min=1)).clamp(max=1.0)
@@ -72,11 +83,16 @@ def pem_sample_mask(gt: torch.Tensor, valid: torch.Tensor, *, generator: torch.G
 
 
 def pem_reg_loss(
-    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, *, generator: torch.Generator | None = None
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    low_zero: bool = True,
 ) -> torch.Tensor:
     """Balanced-sampling MSE ``0.5 · Σ w (p - g)² / Σ w``; pred, gt (B, D, L), valid (D, L) bool."""
     gt = gt * valid
-    weights = pem_sample_mask(gt, valid, generator=generator).to(pred.dtype)
+    weights = pem_sample_mask(gt, valid, generator=generator, low_zero=low_zero).to(pred.dtype)
     return 0.5 * (weights * (pred - gt) ** 2).sum() / weights.sum().clamp(min=1.0)
 
 
@@ -92,12 +108,14 @@ def tal_loss(
     targets: dict[str, torch.Tensor],
     *,
     generator: torch.Generator | None = None,
+    pem_low_zero: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(TEM + 10 · PEM_reg + PEM_cls, {"tem", "pem_reg", "pem_cls"})`` for a batch.
 
     outputs: ``start`` (B, L), ``end`` (B, L), ``iou_map`` (B, 2, D, L) (channel 0 regression, 1 classification).
     targets: ``start`` (B, L), ``end`` (B, L), ``iou_map`` (B, D, L) (see heads/labels.py); unbatched targets of
     one video are accepted when B = 1. The parts are graph-attached tensors (call ``.item()`` to log them).
+    ``pem_low_zero``: whether the PEM regression's low group includes IoU = 0 cells (see the module docstring).
     """
     t_start, t_end, t_map = targets["start"], targets["end"], targets["iou_map"]
     if t_map.dim() == 2:
@@ -114,7 +132,7 @@ def tal_loss(
     valid = valid_map_mask(D, L, device=t_map.device)
 
     tem = tem_loss(outputs["start"], t_start) + tem_loss(outputs["end"], t_end)
-    reg = pem_reg_loss(pred_map[:, 0], t_map, valid, generator=generator)
+    reg = pem_reg_loss(pred_map[:, 0], t_map, valid, generator=generator, low_zero=pem_low_zero)
     cls = pem_cls_loss(pred_map[:, 1], t_map, valid)
     total = tem + PEM_REG_WEIGHT * reg + cls
     return total, {"tem": tem, "pem_reg": reg, "pem_cls": cls}

@@ -252,6 +252,28 @@ def test_video_weights_equal_literal_duplication(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ap_from_matches(m, np.ones(len(gt.video_ids))), ap_from_matches(m))
 
 
+def test_ground_truth_has_one_reader_with_segments_as_written(tmp_path: Path) -> None:
+    """The evaluator reads files through the data layer's reader; official-layout segments stay as written."""
+    from harness.data.annotations import read_annotations
+
+    db = {
+        "v1": {"subset": "validation", "duration": 10.0, "annotations": [ann(2, 10.5), ann(4, 4)]},
+        "v2": {"subset": "validation", "duration": 8.0, "annotations": [ann(1, 3)]},
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"database": db}))
+    gt = load_ground_truth(path)
+    assert gt.gt_segments.tolist() == [[2.0, 10.5], [4.0, 4.0], [1.0, 3.0]]  # no clip past the duration
+    assert read_annotations(path).videos["v1"].segments[0].end == 10.0  # the data layer's default clips
+    # the strict reader's checks now guard the evaluator too: a video listed twice, a reversed segment
+    path.write_text('{"database": {"v2": ' + json.dumps(db["v2"]) + ', "v2": ' + json.dumps(db["v2"]) + "}}")
+    with pytest.raises(AnnotationError, match="video v2: listed twice"):
+        load_ground_truth(path)
+    path.write_text(json.dumps({"database": {"v2": {**db["v2"], "annotations": [ann(3, 1)]}}}))
+    with pytest.raises(AnnotationError, match="starts after it ends"):
+        load_ground_truth(path)
+
+
 # ------------------------------------------------------------------------------------------------ proposals
 
 
@@ -331,7 +353,7 @@ def test_malformed_files(tmp_path: Path) -> None:
         load_predictions(tmp_path / "missing.json", gt)
     broken_gt = tmp_path / "broken_gt.json"
     broken_gt.write_text("[")
-    with pytest.raises(AnnotationError, match=r"broken_gt\.json: not valid JSON"):
+    with pytest.raises(AnnotationError, match=r"broken_gt\.json: line 1 column 2: malformed JSON"):
         load_ground_truth(broken_gt)
     with pytest.raises(AnnotationError, match="no video in subset 'testing'"):
         load_ground_truth(gt_file(tmp_path, {"v1": [ann(0, 10)]}), subset="testing")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,23 +196,61 @@ def test_rejects_wrong_input() -> None:
         _model()(torch.randn(2, 16, 8))
 
 
-def test_parameter_count_matches_published_architecture() -> None:
-    # Counted by hand from gtad_lib/models.py (in_features 400, hidden 256, bottleneck width 32 × 4 = 128):
-    conv_in = 400 // 4 * 3 * 256 + 256
+def _published_count(*, kern_2d: int, samples: int = 36, feat_dim: int = 400) -> int:
+    """G-TAD's parameters counted from the layer shapes of the published ``gtad_lib/models.py`` (branch ``anet``):
+    feat_dim 400, h_dim_1d 256, h_dim_2d 128, h_dim_3d 512, GCNeXt bottleneck 32 groups × 4 = 128, goi_style 1
+    (h_dim_goi = 256 × (32 + 4)), localisation convs ``kernel_size=kern_2d``."""
+    conv_in = feat_dim // 4 * 3 * 256 + 256
     temporal = (256 * 128 + 128) + (4 * 3 * 128 + 128) + (128 * 256 + 256)
     semantic = (512 * 128 + 128) + (4 * 128 + 128) + (128 * 256 + 256)
     heads = 2 * (256 + 1)
+    localisation = (
+        (256 * samples * 512 + 512) + (512 * 128 + 128) + 2 * (128 * 128 * kern_2d * kern_2d + 128) + (128 * 2 + 2)
+    )
+    return conv_in + 4 * (temporal + semantic) + heads + localisation
 
-    def proposal(samples: int) -> int:
-        return (256 * samples * 512 + 512) + (512 * 128 + 128) + 2 * (128 * 128 * 9 + 128) + (128 * 2 + 2)
 
-    expected = conv_in + 4 * (temporal + semantic) + heads + proposal(36)
-    assert expected == 5_825_412
-    model = GTAD(400, 100)
-    assert sum(p.numel() for p in model.parameters()) == expected
-    # The 9,495,428 in the published code's summary comment is this network with 64 samples per anchor.
-    wide = GTAD(400, 100, inner_samples=32, context_samples=32)
-    assert sum(p.numel() for p in wide.parameters()) == expected - proposal(36) + proposal(64) == 9_495_428
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_count_of_the_published_activitynet_network() -> None:
+    # The official ActivityNet (and HACS) settings: kern_2d = 1, pad_2d = 0 (opts.py of branches anet and hacs).
+    assert _published_count(kern_2d=1) == 5_563_268
+    assert _count(GTAD(400, 100)) == 5_563_268  # the class's and the registry's default
+    from heads import create_head
+
+    assert _count(create_head("gtad", in_features=400, temporal_length=100)) == 5_563_268
+    # THUMOS-14's settings (branch master: kern_2d = 3, pad_2d = 1) and this project's synthetic default
+    assert _count(GTAD(400, 100, kernel_2d=3)) == _published_count(kern_2d=3) == 5_825_412
+    # The 9,495,428 in the master branch's summary comment: 3×3 localisation and 64 samples per anchor.
+    wide = GTAD(400, 100, inner_samples=32, context_samples=32, kernel_2d=3)
+    assert _count(wide) == _published_count(kern_2d=3, samples=64) == 9_495_428
+
+
+@pytest.mark.parametrize(("config", "kernel"), [("activitynet", 1), ("hacs", 1), ("thumos14", 3), ("default", 3)])
+def test_config_sets_the_published_localisation_kernel(config: str, kernel: int) -> None:
+    from harness.experiment import load_experiment
+    from harness.pipeline.models import build_head
+
+    cfg = load_experiment(Path(__file__).resolve().parents[1] / "config" / f"{config}.yaml")
+    assert cfg.head.kernel_2d == kernel
+    head = build_head(cfg, "gtad", in_features=16, temporal_length=8)
+    convs = [m for m in head.proposal if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(1, 1), (1, 1), (kernel, kernel), (kernel, kernel), (1, 1)]
+    assert [c.padding for c in convs[2:4]] == [((kernel - 1) // 2,) * 2] * 2
+    if config in ("activitynet", "hacs"):  # the published network at the published input width
+        assert _count(build_head(cfg, "gtad", in_features=400, temporal_length=100)) == 5_563_268
+
+
+def test_even_localisation_kernel_is_refused() -> None:
+    from harness.config import ConfigError, from_dict
+    from harness.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match="must be odd"):
+        GTAD(16, 8, kernel_2d=2)
+    with pytest.raises(ConfigError, match=r"head\.kernel_2d = 2: even .*use an odd kernel"):
+        from_dict(ExperimentConfig, {"head": {"kernel_2d": 2}})
 
 
 def test_registered() -> None:

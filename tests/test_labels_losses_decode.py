@@ -138,6 +138,66 @@ def test_pem_sampling_balances_groups() -> None:
     assert abs(mean_m - high) < 1.5 and abs(mean_l - high) < 1.5
 
 
+def _published_pem_reg(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, u_m: torch.Tensor, u_l: torch.Tensor, *, low_zero: bool
+) -> float:
+    """The PEM regression as BMN's and G-TAD's ``pem_reg_loss_func`` computes it, written from its formula: groups
+    on the masked map, a medium (low) cell kept when its uniform draw v > 1 - #high / #medium (#low), here with
+    v = 1 - u so that the draws are the ones ``pem_sample_mask`` takes from the same generator."""
+    gt = gt * valid
+    high = gt > 0.7
+    medium = (gt <= 0.7) & (gt > 0.3)
+    low = (gt <= 0.3) & ((gt >= 0) if low_zero else (gt > 0)) & valid
+    r_m = high.sum() / medium.sum()
+    r_l = high.sum() / low.sum()
+    assert r_m < 1 and r_l < 1  # the regime where the published rule samples (r >= 1 selects outside the group)
+    weights = high.double() + ((medium * (1 - u_m)) > 1 - r_m).double() + ((low * (1 - u_l)) > 1 - r_l).double()
+    loss = torch.nn.functional.mse_loss(pred * weights, gt * weights)
+    return (0.5 * torch.sum(loss * torch.ones(*weights.shape, dtype=weights.dtype)) / torch.sum(weights)).item()
+
+
+@pytest.mark.parametrize("low_zero", [True, False])
+def test_pem_regression_against_the_published_rule(low_zero: bool) -> None:
+    L = 40
+    valid = valid_map_mask(L, L)
+    gt = make_targets_batch([[[0.3, 0.6]], [[0.05, 0.2], [0.7, 0.8]]], L, L)["iou_map"].double()
+    pred = torch.rand(gt.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    u_m, u_l = torch.rand(gt.shape, generator=g), torch.rand(gt.shape, generator=g)
+    want = _published_pem_reg(pred, gt, valid, u_m, u_l, low_zero=low_zero)
+    got = pem_reg_loss(pred, gt, valid, generator=torch.Generator().manual_seed(0), low_zero=low_zero)
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    # the default is this project's synthetic rule (IoU = 0 cells are "low"): what every existing number used
+    default = pem_reg_loss(pred, gt, valid, generator=torch.Generator().manual_seed(0))
+    assert (default.item() == got.item()) is low_zero
+
+
+def test_pem_low_zero_hand_case() -> None:
+    valid = valid_map_mask(2, 2)
+    gt = torch.tensor([[[0.95, 0.5], [0.0, 0.0]]])  # high, medium / IoU-0 valid cell, invalid
+    pred = torch.tensor([[[0.75, 0.5], [0.2, 0.9]]])
+    with_zero = pem_reg_loss(pred, gt, valid, low_zero=True).item()
+    without = pem_reg_loss(pred, gt, valid, low_zero=False).item()
+    assert with_zero == pytest.approx(0.5 * (0.2**2 + 0.2**2) / 3, rel=1e-5)
+    assert without == pytest.approx(0.5 * 0.2**2 / 2, rel=1e-5)  # the IoU-0 cell is in no group
+    outputs = {"start": torch.full((1, 2), 0.5), "end": torch.full((1, 2), 0.5), "iou_map": pred.expand(2, 2, 2)[None]}
+    targets = {"start": torch.tensor([1.0, 0.0]), "end": torch.tensor([0.0, 1.0]), "iou_map": gt[0]}
+    _, parts = tal_loss(outputs, targets, pem_low_zero=False)
+    assert parts["pem_reg"].item() == pytest.approx(without, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("config", "low_zero"), [("default", True), ("smoke", True), ("activitynet", False), ("hacs", False)]
+)
+def test_configs_choose_the_pem_low_group(config: str, low_zero: bool) -> None:
+    from pathlib import Path
+
+    from harness.experiment import load_experiment
+
+    cfg = load_experiment(Path(__file__).resolve().parents[1] / "config" / f"{config}.yaml")
+    assert cfg.head.pem_low_zero is low_zero
+
+
 def test_perfect_predictions_beat_random_and_reproducible() -> None:
     t = make_targets_batch([[[2 / 8, 5 / 8]], [[0.1, 0.9], [0.0, 0.2]]], L8, L8)
     gen = torch.Generator().manual_seed(1)

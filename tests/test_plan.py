@@ -35,6 +35,10 @@ def test_lofi_stage_reads_the_head_widths_but_not_the_final_heads_optimiser() ->
     assert changed("head.hidden=12") == {"lofi-long-seed0", "features-lofi-long-seed0", "head-seed0"}
     assert changed("head.optim.epochs=7") == {"head-seed0"}
     assert changed("post.sigma=0.5") == {"head-seed0"}
+    # the LoFi stage trains a G-TAD head with the same localisation kernel and PEM loss as the final head
+    lofi_and_after = {"lofi-long-seed0", "features-lofi-long-seed0", "head-seed0"}
+    assert changed("head.kernel_2d=1") == lofi_and_after
+    assert changed("head.pem_low_zero=false") == lofi_and_after
 
 
 def test_each_section_reruns_only_what_reads_it() -> None:

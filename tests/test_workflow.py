@@ -6,6 +6,7 @@ slow test runs the smoke workflow end to end into a temporary working directory.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -218,6 +219,54 @@ def test_config_show_applies_overrides() -> None:
     shown = yaml.safe_load(out.stdout)
     assert shown["lofi"]["optim"]["epochs"] == 7
     assert shown["head"]["max_duration"] == 0  # defaults filled in
+
+
+def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    out: dict[tuple[str, ...], object] = {path: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                out.update(_subcommands(child, (*path, name)))
+    return out
+
+
+def test_config_and_set_options_are_the_shared_ones() -> None:
+    """--config and --set are defined once (harness/commands/_options.py) and mean the same in every command."""
+    from harness.cli import build_parser
+
+    config_in, set_in = set(), set()
+    for path, parser in _subcommands(build_parser()).items():
+        for action in parser._actions:  # type: ignore[attr-defined]
+            if "--config" in action.option_strings:
+                assert (action.dest, action.metavar, action.type) == ("config", "FILE", None), path
+                config_in.add(path[0])
+            if "--set" in action.option_strings:
+                assert (action.dest, action.metavar, action.default) == ("overrides", "KEY=VALUE", []), path
+                set_in.add(path[0])
+    assert config_in == {"bench", "config", "data", "report", "run", "search", "stage", "track"}
+    assert set_in == config_in - {"bench"}
+    spelled = [p.name for p in (ROOT / "harness" / "commands").glob("*.py") if '"--config"' in p.read_text()]
+    assert spelled == ["_options.py"]
+
+
+def test_workflow_lint_reads_every_lint_title() -> None:
+    """scripts/lint_workflow.py (scripts/test.sh) parses `snakemake --lint`'s text; only its accepted titles pass."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lint_workflow", ROOT / "scripts" / "lint_workflow.py")
+    lint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lint)  # type: ignore[union-attr]
+    text = (
+        "Lints for snakefile /w/rules/common.smk:\n    * Path composition with '+' in line 75:\n      advice\n\n"
+        "Lints for rule data (line 9, /w/rules/stages.smk):\n"
+        "    * Specify a conda environment or container for each rule.:\n      advice\n"
+    )
+    found = lint.lint_titles(text)
+    assert found == [
+        ("snakefile /w/rules/common.smk", "Path composition with '+' in line 75"),
+        ("rule data (line 9, /w/rules/stages.smk)", "Specify a conda environment or container for each rule."),
+    ]
+    assert [t for _, t in found if t not in lint.ACCEPTED] == ["Path composition with '+' in line 75"]
 
 
 def test_track_ui_points_at_the_sweep_store() -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from harness.commands._options import add_config
 from harness.errors import ConfigError
 
 MEMORY_DESCRIPTION = """\
@@ -61,9 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     memory.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="run the forward under autocast")
     memory.add_argument("--json", action="store_true", help='print {"full": bytes, "S": .., "T": .., "ST": ..}')
-    memory.add_argument(
-        "--config",
-        default=None,
+    add_config(
+        memory,
+        required=False,
         help="take the head's widths from this experiment config (as the runs build it); default: the published head's",
     )
     memory.set_defaults(func=run_memory)
@@ -125,7 +126,7 @@ def _register_step(bench_sub: argparse._SubParsersAction) -> None:
     step.add_argument("--grad-checkpointing", action="store_true", help="checkpoint each encoder stage")
     step.add_argument("--compile", action="store_true", help="torch.compile the encoder")
     step.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
-    step.add_argument("--config", default=None, help="take the head's widths from this experiment config")
+    add_config(step, required=False, help="take the head's widths from this experiment config")
     step.add_argument("--json", type=Path, default=None, help="also write the rows as JSON to this file")
     step.set_defaults(func=run_step)
 

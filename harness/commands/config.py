@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from harness.commands._options import add_config_options
+
 EPILOG = """\
 examples:
   lofi config schema --out config/schema.json        regenerate the committed schema (a test compares them)
@@ -40,15 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("check", "check a config: types, ranges and cross-field rules (what `lofi run` checks)", _check),
     ):
         c = csub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        c.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-        c.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config value, e.g. --set lofi.optim.epochs=2 (repeatable)",
-        )
+        add_config_options(c)
         if name == "check":
             c.add_argument(
                 "--against-machine",
@@ -88,7 +82,7 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_config(path: Path, overrides: list[str] | None = None) -> None:
+def check_config(path: str | Path, overrides: list[str] | None = None) -> None:
     """Raise ConfigError (one line, naming the file and key) unless ``path`` is a valid experiment config.
 
     The same validator ``lofi run`` and the Snakefile use (harness.config.from_dict): types, ranges, cross-field

@@ -10,6 +10,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from harness.commands._options import add_config_options
 from harness.data.annotations import LAYOUTS, read_annotations
 from harness.data.model import SUBSETS, TALDataset
 from harness.errors import LofiError
@@ -183,8 +184,7 @@ def _register_prepare(data_sub: argparse._SubParsersAction) -> None:
         epilog=PREPARE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, help="experiment config (YAML)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    add_config_options(parser)
     parser.add_argument("--workers", type=int, default=1, help="videos decoded in parallel (default 1)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.set_defaults(func=_prepare)
@@ -226,7 +226,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    cfg = load_experiment(args.config, args.set).data
+    cfg = load_experiment(args.config, args.overrides).data
     ds = prepare_dataset(cfg)  # data.missing decided here: error, or the videos without a file left out
     frames = VideoFrames(cfg, cache_bytes=0)
     subsets = dict.fromkeys((cfg.train_subset, cfg.val_subset, cfg.test_subset))

@@ -6,18 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from harness.commands._options import add_config_options
 from harness.errors import LofiError
 from harness.experiment import load_experiment
 from harness.pipeline.plan import MODES, PRETRAIN_MODES
 from harness.schedule import CYCLES
 
-CONFIG_HELP = "experiment config (YAML, see config/); unknown keys are errors"
-SET_HELP = "override a config value, e.g. --set lofi.optim.epochs=2 (repeatable)"
-
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help=CONFIG_HELP)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    add_config_options(p)
     p.add_argument("--seed", type=int, default=0, help="the run's seed; every random stream derives from it")
     p.add_argument("--parent-run-id", default="", help="MLflow parent run (the sweep's)")
 

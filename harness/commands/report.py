@@ -7,6 +7,7 @@ import glob
 import json
 from pathlib import Path
 
+from harness.commands._options import add_config_options
 from harness.errors import LofiError
 from harness.modes import TABLE_KINDS as KINDS
 
@@ -73,20 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATTERN",
         help="recursive glob of row.json files, e.g. 'results/synthetic/**/row.json' (quote it)",
     )
-    t.add_argument(
-        "--config",
-        default=None,
-        metavar="FILE",
-        help="experiment config whose sweep.*_modes choose and order each table's rows and whose "
+    add_config_options(
+        t,
+        required=False,
+        config_help="experiment config whose sweep.*_modes choose and order each table's rows and whose "
         "sweep.control_seeds name the negative control's ACP runs (default: every mode in the runs)",
-    )
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a value of --config, e.g. --set sweep.ablation_modes=[acp,e2e-full] (repeatable)",
+        set_help="override a value of --config, e.g. --set sweep.ablation_modes=[acp,e2e-full] (repeatable)",
     )
     t.add_argument(
         "--ground-truth",

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.commands.pipeline import CONFIG_HELP, SET_HELP
+from harness.commands._options import add_config_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-report & done; wait   # 4 workers, one study",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, help=CONFIG_HELP)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    add_config_options(p)
     p.add_argument("--out", required=True, type=Path, help="search folder (trials/, shared/, optuna.db)")
     p.add_argument(
         "--trials", type=int, default=None, help="finished trials wanted in total (default sweep.optuna.trials)"

@@ -24,16 +24,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from harness.commands._options import add_config_options
 from harness.experiment import ExperimentConfig
 
 
 def sweep_tracking_uri(cfg: ExperimentConfig) -> str:
     """Where a sweep's runs are logged (see the module docstring)."""
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(cfg.sweep.results).as_posix()}/mlflow.db"
+    from harness.tracking import store_uri, tracking_uri
+
+    return tracking_uri(cfg.tracking, default=store_uri(cfg.sweep.results))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,8 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example:\n  lofi track init --config config/smoke.yaml --out results/smoke/mlflow_sweep.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    i.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-    _add_set(i)
+    add_config_options(i)
     i.add_argument("--out", required=True, type=Path, metavar="JSON", help="where to write the ids")
     i.set_defaults(func=_init)
     u = tsub.add_parser(
@@ -64,8 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Print the exact `mlflow ui --backend-store-uri ...` command for the "
         "config's store (run it from the project root).",
     )
-    u.add_argument("--config", required=True, type=Path, metavar="FILE", help="experiment config (YAML)")
-    _add_set(u)
+    add_config_options(u)
     u.add_argument("--url", default="http://127.0.0.1:5000", help="the UI's address (default %(default)s)")
     u.set_defaults(func=_ui)
     s = tsub.add_parser(
@@ -79,8 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "/shared/mlartifacts --host 0.0.0.0 --workers 4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("--config", type=Path, metavar="FILE", help="experiment config: its sweep's store by default")
-    _add_set(s)
+    add_config_options(s, required=False, config_help="experiment config: its sweep's store by default")
     s.add_argument(
         "--backend-store-uri",
         default=None,
@@ -158,13 +154,14 @@ def _ui(args: argparse.Namespace) -> int:
 def server_command(args: argparse.Namespace) -> list[str]:
     """The `mlflow server` command line for ``lofi track server``'s arguments."""
     from harness.errors import ConfigError
+    from harness.tracking import store_uri
 
     results = Path("results")
     if args.config is not None:
         from harness.experiment import load_experiment
 
         results = Path(load_experiment(args.config, args.overrides).sweep.results)
-    backend = args.backend_store_uri or f"sqlite:///{results.as_posix()}/mlflow.db"
+    backend = args.backend_store_uri or store_uri(results)
     if "://" not in backend:
         raise ConfigError(
             f"--backend-store-uri {backend!r} is not a database URI; use e.g. sqlite:///results/mlflow.db or "
@@ -204,9 +201,3 @@ def _server(args: argparse.Namespace) -> int:
     # Become the server (no wrapper process): a scheduler's or a user's signal reaches mlflow itself.
     os.execv(cmd[0], cmd)
     return 0  # not reached
-
-
-def _add_set(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
-    )

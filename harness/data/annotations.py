@@ -32,7 +32,9 @@ truth too, so instance counts and mAP stay comparable — and ONE warning says h
 and where; the counts are also in ``dataset.meta["repaired"]`` (``lofi data stats`` prints them). Strict mode
 (``clip_segments=False``: ``lofi data stats --strict``, ``data.clip_segments: false``) refuses such a segment with
 an ``AnnotationError`` instead — the check for files we generate ourselves, where it would be a bug. A segment
-whose start is after its end is an error in both modes.
+whose start is after its end is an error in both modes. The evaluator reads ground truth through the same
+readers (``read_ground_truth``), with official-layout segments kept as written (``as_written``): the official
+evaluator does not clip them, and clipping changes tIoUs.
 
 Video ids
 ---------
@@ -134,12 +136,15 @@ def _subset(name: Any, names: Mapping[str, str], file: Path, vid: str) -> str:
 
 
 def _check_segment(
-    file: Path, vid: str, start: float, end: float, label: str, duration: float, clip: bool
+    file: Path, vid: str, start: float, end: float, label: str, duration: float, clip: bool, as_written: bool = False
 ) -> tuple[Segment, str]:
-    """Validate one segment; returns it (clipped when allowed) and what was repaired: '', 'clipped' or 'zero'."""
+    """Validate one segment; returns it (clipped when allowed) and what was repaired: '', 'clipped' or 'zero'.
+    ``as_written``: the segment exactly as the file writes it, whatever the video's duration (the evaluator's)."""
     span = f"segment [{start:g}, {end:g}] ({label})"
     if start > end:
         raise _fail(file, vid, f"{span} starts after it ends", "swap its start and end")
+    if as_written:
+        return Segment(start, end, label), ""
     known = math.isfinite(duration)
     tol = FLOAT_TOLERANCE * duration if known else 0.0
     lo = min(max(start, 0.0), duration) if known else max(start, 0.0)
@@ -295,6 +300,7 @@ def _database_video(
     ambiguous_label: str | None,
     clip: bool,
     repaired: Repairs,
+    as_written: bool = False,
 ) -> Video:
     subset = _subset(_field(entry, "subset", file, vid), subsets, file, vid)
     if need_duration:
@@ -313,12 +319,12 @@ def _database_video(
         if not isinstance(label, str) or not label:
             raise _fail(file, vid, f"annotation {i} has label {label!r}", "give every annotation a non-empty label")
         start, end = _pair(file, vid, _field(ann, "segment", file, vid), f"annotation {i} segment", strings)
-        segment, how = _check_segment(file, vid, start, end, label, duration, clip)
+        segment, how = _check_segment(file, vid, start, end, label, duration, clip, as_written)
         repaired.add(vid, how, start, end, duration)
         (ambiguous if label == ambiguous_label else segments).append(segment)
     for i, raw in enumerate(entry.get("ambiguous") or []):
         start, end = _pair(file, vid, raw, f"ambiguous span {i}", strings)
-        segment, how = _check_segment(file, vid, start, end, AMBIGUOUS_LABEL, duration, clip)
+        segment, how = _check_segment(file, vid, start, end, AMBIGUOUS_LABEL, duration, clip, as_written)
         repaired.add(vid, how, start, end, duration)
         ambiguous.append(segment)
     fps = entry.get("fps")
@@ -346,6 +352,7 @@ def _read_database(
     need_duration: bool,
     ambiguous_label: str | None,
     clip: bool,
+    as_written: bool = False,
 ) -> TALDataset:
     database = _require_database(file, data, layout)
     repaired = Repairs()
@@ -360,6 +367,7 @@ def _read_database(
             ambiguous_label=ambiguous_label,
             clip=clip,
             repaired=repaired,
+            as_written=as_written,
         )
         for vid, entry in database.items()
     }
@@ -369,18 +377,27 @@ def _read_database(
     return _make_dataset(file, videos, layout, None, **meta)
 
 
-def read_activitynet_json(path: PathLike, *, clip_segments: bool = True) -> TALDataset:
-    """Read the official ActivityNet-1.3 (or HACS-v1.1) JSON layout."""
+def read_activitynet_json(path: PathLike, *, clip_segments: bool = True, as_written: bool = False) -> TALDataset:
+    """Read the official ActivityNet-1.3 (or HACS-v1.1) JSON layout.
+
+    ``as_written=True`` keeps every segment exactly as the file writes it (neither clipped to nor refused past its
+    video's duration; zero-length kept), as the official evaluator reads the ground truth: see
+    :func:`read_ground_truth`. Every other check (ids, subsets, labels, numbers, start <= end) still applies."""
     file = Path(path)
+    return _read_activitynet(file, _load_json(file), clip=clip_segments, as_written=as_written)
+
+
+def _read_activitynet(file: Path, data: Any, *, clip: bool, as_written: bool = False) -> TALDataset:
     return _read_database(
         file,
-        _load_json(file),
+        data,
         layout="activitynet",
         subsets=_ACTIVITYNET_SUBSETS,
         strings=False,
         need_duration=True,
         ambiguous_label=None,
-        clip=clip_segments,
+        clip=clip,
+        as_written=as_written,
     )
 
 
@@ -607,7 +624,7 @@ def _read_csv_header(file: Path) -> list[str]:
         raise _fail(file, None, f"cannot read the CSV ({exc})", "check the path and format") from None
 
 
-def _detect_json_layout(file: Path, data: Any) -> str:
+def _detect_json_layout(file: Path, data: Any, fix: str = f"pass --layout, one of {', '.join(LAYOUTS[1:])}") -> str:
     if isinstance(data, dict) and isinstance(data.get("database"), dict):
         entries = [e for e in data["database"].values() if isinstance(e, dict)]
         if entries and all("duration" not in e for e in entries):
@@ -621,7 +638,7 @@ def _detect_json_layout(file: Path, data: Any) -> str:
         file,
         None,
         "unrecognised annotation layout (no 'database' object, no BSN 'duration_second')",
-        f"pass --layout, one of {', '.join(LAYOUTS[1:])}",
+        fix,
     )
 
 
@@ -646,6 +663,29 @@ def read_annotations(
     if layout == "thumos14-json":
         return read_thumos14_json(file, clip_segments=clip_segments)
     return read_activitynet_json(file, clip_segments=clip_segments)
+
+
+def read_ground_truth(path: PathLike) -> TALDataset:
+    """The ground truth of an evaluation (``harness.evaluation.detection.load_ground_truth``'s one reader).
+
+    The official ActivityNet/HACS layout is read with its segments as written (``as_written``): the official
+    evaluator uses them raw, and clipping the 215 ActivityNet-1.3 segments that overshoot their video would change
+    tIoUs. Any other layout (THUMOS14 CSV/JSON, BSN) is read as ``read_annotations`` reads it (lenient mode); THUMOS
+    'Ambiguous' spans end up in ``Video.ambiguous``, which the evaluation ignores.
+    """
+    file = Path(path)
+    if file.suffix.lower() == ".csv":
+        return read_annotations(file)
+    data = _load_json(file)
+    layout = _detect_json_layout(
+        file,
+        data,
+        fix='pass the official ActivityNet layout {"database": {video_id: {"subset", "duration", "annotations"}}} '
+        "(or a THUMOS14 CSV/JSON or BSN anet_anno_action.json)",
+    )
+    if layout == "activitynet":
+        return _read_activitynet(file, data, clip=True, as_written=True)
+    return read_annotations(file, layout=layout)
 
 
 # --------------------------------------------------------------------------------------------------------------

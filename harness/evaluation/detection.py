@@ -6,8 +6,9 @@ Protocol (the official ActivityNet evaluator's, which the LoFi paper uses):
   subset's ground truth (sorted by name; the order does not change any number). THUMOS 'Ambiguous' spans are not
   ground truth: a :class:`~harness.data.model.TALDataset` keeps them in ``Video.ambiguous`` and they are ignored
   (files in THUMOS layouts are read by ``harness.data.annotations.read_annotations``, which puts them there).
-  Official-layout JSON files are read with their segments exactly as written, like the official evaluator
-  (``read_annotations`` would clip the 215 ActivityNet-1.3 segments that overshoot their video's duration).
+  Files are read by the data layer's reader, ``harness.data.annotations.read_ground_truth``: official-layout
+  JSON with its segments exactly as written, like the official evaluator (the data layer's default would clip
+  the 215 ActivityNet-1.3 segments that overshoot their video's duration).
 - Predictions: ``{"version", "results": {video_id: [{"label", "score", "segment": [s, e]}]}, "external_data"}``.
   A prediction whose video is not in the subset (``pred_video == -1``) or whose video has no ground truth of its
   class is a false positive. A label that is not an evaluated class is an error (the official code crashes with a
@@ -146,77 +147,6 @@ class DetectionResult:
 # Ground truth
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: file not found; pass an official ActivityNet-layout JSON") from None
-    except IsADirectoryError:
-        raise AnnotationError(f"{path}: is a folder; pass the annotation JSON file inside it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path}: not valid JSON ({exc}); pass an official ActivityNet-layout JSON") from None
-
-
-def _is_official_layout(data: Any) -> bool:
-    """ActivityNet/HACS layout: a ``database`` of videos that state their ``duration`` (THUMOS' JSON does not)."""
-    if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
-        return False
-    entries = [e for e in data["database"].values() if isinstance(e, dict)]
-    return not entries or any("duration" in e for e in entries)
-
-
-def _dataset_from_official(path: Path, data: Any) -> TALDataset:
-    """The official layout with segments exactly as written, as the official evaluator reads them.
-
-    ``harness.data.annotations.read_annotations`` would clip segments that overshoot the video's duration (215 in
-    ActivityNet-1.3), which changes tIoUs; the metric must use the raw values, so this reader keeps them.
-    """
-    from harness.data.model import Segment, Video
-
-    videos: dict[str, Video] = {}
-    for vid, info in data["database"].items():
-        try:
-            segments = []
-            for ann in info["annotations"]:
-                start, end = (float(x) for x in ann["segment"])
-                segments.append(Segment(start, end, str(ann["label"])))
-            duration = info.get("duration")
-            videos[vid] = Video(
-                id=vid,
-                subset=str(info["subset"]),
-                duration=math.nan if duration is None else float(duration),
-                segments=tuple(segments),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise AnnotationError(
-                f"{path}: video {vid}: malformed entry ({type(exc).__name__}: {exc}); each video needs "
-                '"subset" and "annotations": [{"segment": [start, end], "label": str}]'
-            ) from None
-    labels = {s.label for v in videos.values() for s in v.segments}
-    return TALDataset(name=path.stem, videos=videos, classes=tuple(sorted(labels)), source=str(path))
-
-
-def _read_dataset(path: Path) -> TALDataset:
-    """Official-layout JSON: read raw (see above). Other layouts (THUMOS14 CSV/JSON, BSN): ``read_annotations``
-    in its lenient mode for real files; THUMOS 'Ambiguous' spans end up in ``Video.ambiguous`` and are ignored."""
-    data = None if path.suffix.lower() == ".csv" else _load_json(path)
-    if data is not None and _is_official_layout(data):
-        return _dataset_from_official(path, data)
-    bsn = isinstance(data, dict) and data and all(isinstance(e, dict) and "duration_second" in e for e in data.values())
-    if data is not None and not bsn and not (isinstance(data, dict) and isinstance(data.get("database"), dict)):
-        raise AnnotationError(
-            f'{path}: no "database" object, so not an annotation file this command reads; pass the official '
-            'ActivityNet layout {"database": {video_id: {"subset", "duration", "annotations"}}} (or a THUMOS14 '
-            "CSV/JSON or BSN anet_anno_action.json)"
-        )
-    try:
-        from harness.data.annotations import read_annotations
-    except ImportError:  # the reader of the other layouts is not installed
-        raise AnnotationError(f'{path}: no "database" object; expected the official ActivityNet layout') from None
-    return read_annotations(path, clip_segments=True)
-
-
 def load_ground_truth(
     path_or_dataset: str | os.PathLike[str] | TALDataset,
     subset: str = "validation",
@@ -228,8 +158,10 @@ def load_ground_truth(
     if isinstance(path_or_dataset, TALDataset):
         dataset, source = path_or_dataset, path_or_dataset.source or path_or_dataset.name
     else:
+        from harness.data.annotations import read_ground_truth
+
         path = Path(path_or_dataset)
-        dataset, source = _read_dataset(path), str(path)
+        dataset, source = read_ground_truth(path), str(path)
     videos = [v for v in dataset.subset(subset) if v.id not in exclude] if exclude else dataset.subset(subset)
     if not videos:
         counts = dataset.subset_counts()

@@ -26,11 +26,11 @@ from harness.experiment import ExperimentConfig
 from harness.io import write_json_atomic
 from harness.pipeline.data import StageData, clip_loader, stage_data
 from harness.pipeline.distributed import barrier, current
+from harness.pipeline.files import SCORES
 from harness.pipeline.models import load_encoder
 from harness.pipeline.runtime import autocast, load_torch, mark_done, prepare, stage_done
 
 log = logging.getLogger(__name__)
-SCORES = "class_scores.json"
 
 
 @torch.no_grad()

@@ -20,11 +20,12 @@ from harness.io import write_json_atomic
 from harness.pipeline.data import StageData, dominant_label, stage_data, tal_targets
 from harness.pipeline.distributed import barrier, current, wrap
 from harness.pipeline.features import load_features
+from harness.pipeline.files import METRICS, results_file
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head
 from harness.pipeline.runtime import autocast, make_optimizer, mark_done, prepare, stage_done
 from harness.seeding import torch_generator
-from harness.tracking import start_run
+from harness.tracking import MlflowTracker, NullTracker, start_run
 
 log = logging.getLogger(__name__)
 
@@ -166,37 +167,19 @@ def run_head(
     ``on_epoch(epoch, validation average mAP)`` is called after every epoch (Optuna pruning raises from it).
     ``class_scores``: the shared video-level scores (``head.class_scores`` = finetuned or a path); None trains a
     linear probe on these features (``head.class_scores: features``). ``data``: the dataset (built when None)."""
-    from heads.losses import tal_loss
-
     if stage_done(out, key) is not None:
-        import json
-
-        try:
-            return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-        except ValueError:
-            raise LofiError(f"{out / 'metrics.json'}: corrupt; delete {out} to train the head again") from None
+        return _finished_metrics(out)
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
     ds = stage_data(cfg.data, data).ds
-    have = {p.stem for p in (features / "videos").glob("*.npy")}
-    split = {
-        s: [v for v in ds.subset(s) if v.id in have]
-        for s in (cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)
-    }
-    train, val, test = split[cfg.data.train_subset], split[cfg.data.val_subset], split[cfg.data.test_subset]
-    for subset, videos in split.items():
-        if not videos:  # every video of the split was skipped as undecodable: no metric would mean anything
-            raise LofiError(
-                f"{features}: no features for any video of subset '{subset}' (all skipped as undecodable?); "
-                "fix or replace the videos, then delete the features folder and re-run"
-            )
+    splits = _feature_splits(cfg, ds, features)
+    train, val = splits[cfg.data.train_subset], splits[cfg.data.val_subset]
     x_train = load_features(features, [v.id for v in train])
     L = x_train.shape[2]
-    D = min(L, cfg.head.max_duration or L)
-    targets = tal_targets(train, L, D)
-    hc, oc = cfg.head, cfg.head.optim
+    targets = tal_targets(train, L, min(L, cfg.head.max_duration or L))
+    hc = cfg.head
     head = build_head(cfg, hc.name, in_features=x_train.shape[1], temporal_length=L).to(device)
-    opt = make_optimizer(head.parameters(), oc)
+    opt = make_optimizer(head.parameters(), hc.optim)
     trained = wrap(head, device=device)  # DDP under torchrun; inference below uses the head itself
     world = current()
     cidx = ds.class_index()
@@ -219,102 +202,182 @@ def run_head(
         tags={"stage": "head", "head": hc.name, "seed": str(seed)},
     ) as tracker:
         classifier = None
-        if class_scores is None:
-            classifier = _train_classifier(
-                x_train,
-                torch.tensor([cidx[dominant_label(v)] for v in train]),
-                len(ds.classes),
-                hc.classifier_optim,
-                seed,
-                device,
-            )
+        if class_scores is None:  # head.class_scores: features, a linear probe on this run's features
+            labels = torch.tensor([cidx[dominant_label(v)] for v in train])
+            classifier = _train_classifier(x_train, labels, len(ds.classes), hc.classifier_optim, seed, device)
+
+        def scores_of(x: torch.Tensor, videos: list[Video]) -> np.ndarray:
+            return video_class_scores(cfg, classifier, class_scores, x, videos, ds.classes, device)
+
         x_val = load_features(features, [v.id for v in val])
-        s_val = video_class_scores(cfg, classifier, class_scores, x_val, val, ds.classes, device)
-
-        def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-            with autocast(device, cfg.runtime.amp):
-                outputs = trained(x_train[idx].to(device))
-            # the stream of the unaccumulated loop (no micro-batch offset) when a step is one micro-batch
-            gen = torch_generator(seed, "head-loss", epoch, step, *((micro,) if micro else ()))
-            loss, _ = tal_loss(
-                {k: v.float() for k, v in outputs.items()},
-                {k: v[idx].to(device) for k, v in targets.items()},
-                generator=gen,
-            )
-            return loss, {}
-
-        def validate(epoch: int) -> dict[str, float]:
-            if not hc.validate_every or (epoch + 1) % hc.validate_every:
-                return {}
-            det, prop = predict(cfg, head, s_val, x_val, val, ds.classes, device)
-            return {"val_average_mAP": evaluate_split(ds, cfg.data.val_subset, det, prop)["average_mAP"]}
-
-        def report(epoch: int, history: list[dict[str, float]]) -> None:
-            if on_epoch is not None and "val_average_mAP" in history[-1]:
-                on_epoch(epoch, history[-1]["val_average_mAP"])
-
-        history = fit(
-            opt,
-            train_step,
-            n_items=len(train),
-            optim=oc,
+        history = _fit_head(
+            cfg,
+            (head, trained, opt),
+            x_train,
+            targets,
+            validation=(x_val, scores_of(x_val, val), val),
+            ds=ds,
             seed=seed,
-            order_stream=("head-order",),
-            stage=f"head[{hc.name}]",
-            modules=(trained,),
-            validate=validate,
-            on_epoch_end=report,
+            device=device,
             tracker=tracker,
-            metric_prefix="head",
-            progress=cfg.runtime.progress,
+            on_epoch=on_epoch,
         )
         train_time = time.perf_counter() - t0
-        metrics: dict = {}
-        written = []
-        for name, subset, vids in (("validation", cfg.data.val_subset, val), ("testing", cfg.data.test_subset, test)):
-            x = load_features(features, [v.id for v in vids])
-            det, prop = predict(
-                cfg,
-                head,
-                video_class_scores(cfg, classifier, class_scores, x, vids, ds.classes, device),
-                x,
-                vids,
-                ds.classes,
-                device,
-            )
-            for kind, results in (("predictions", det), ("proposals", prop)):
-                if world.main:  # every rank predicts the same (its head is the same); one writes
-                    write_json_atomic(out / f"{kind}_{name}.json", _results_file(results), indent=None)
-                written.append(out / f"{kind}_{name}.json")
-            metrics[name] = evaluate_split(ds, subset, det, prop)
-        test_m = metrics["testing"]
-        result = {
-            "mAP": test_m["mAP"],
-            "average_mAP": test_m["average_mAP"],
-            "tiou_thresholds": test_m["tiou_thresholds"],
-            **{k: v for k, v in test_m.items() if k.startswith("AR@") or k == "AUC"},
-            "validation": metrics["validation"],
-            "testing": test_m,
-            "history": history,
-            "time_train_s": train_time,
-            "mlflow_run_id": tracker.run_id,
-            "world_size": world.size,
-        }
+        evaluated = (
+            ("validation", cfg.data.val_subset, val),
+            ("testing", cfg.data.test_subset, splits[cfg.data.test_subset]),
+        )
+        metrics, written = _predict_and_evaluate(cfg, head, ds, features, evaluated, scores_of, device, out)
+        result = _head_result(metrics, history, train_time, tracker.run_id, world.size)
         if not world.main:
             barrier()
             return result
-        write_json_atomic(out / "metrics.json", result)
-        final = {f"mAP_{t:.2f}": m for t, m in zip(test_m["tiou_thresholds"], test_m["mAP"])}
-        final.update({"average_mAP": test_m["average_mAP"], "val_average_mAP": metrics["validation"]["average_mAP"]})
-        final.update({k.replace("@", "_"): v for k, v in test_m.items() if k.startswith("AR@") or k == "AUC"})
-        tracker.log_metrics(final)
-        for f in ("metrics.json", "predictions_testing.json"):
-            tracker.log_artifact(out / f)
-        mark_done(
-            out,
-            {"stage": "head", "head": hc.name, "seed": seed, "mlflow_run_id": tracker.run_id},
-            key=key,
-            outputs=[*written, out / "metrics.json"],
-        )
+        _finish_head(out, key, result, written, tracker, info={"stage": "head", "head": hc.name, "seed": seed})
     barrier()
     return result
+
+
+def _finished_metrics(out: Path) -> dict:
+    """The metrics of a head stage finished with this key."""
+    import json
+
+    try:
+        return json.loads((out / METRICS).read_text(encoding="utf-8"))
+    except ValueError:
+        raise LofiError(f"{out / METRICS}: corrupt; delete {out} to train the head again") from None
+
+
+def _feature_splits(cfg: ExperimentConfig, ds: TALDataset, features: Path) -> dict[str, list[Video]]:
+    """The videos of the train, validation and test subsets that have features; an empty subset is an error."""
+    have = {p.stem for p in (features / "videos").glob("*.npy")}
+    split = {
+        s: [v for v in ds.subset(s) if v.id in have]
+        for s in (cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset)
+    }
+    for subset, videos in split.items():
+        if not videos:  # every video of the split was skipped as undecodable: no metric would mean anything
+            raise LofiError(
+                f"{features}: no features for any video of subset '{subset}' (all skipped as undecodable?); "
+                "fix or replace the videos, then delete the features folder and re-run"
+            )
+    return split
+
+
+def _fit_head(
+    cfg: ExperimentConfig,
+    model: tuple[nn.Module, nn.Module, torch.optim.Optimizer],
+    x_train: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    *,
+    validation: tuple[torch.Tensor, np.ndarray, list[Video]],
+    ds: TALDataset,
+    seed: int,
+    device: torch.device,
+    tracker: MlflowTracker | NullTracker,
+    on_epoch: Callable[[int, float], None] | None,
+) -> list[dict[str, float]]:
+    """The head's training loop (``fit``): ``model`` = (head, its DDP wrapper, optimiser); validation mAP after every
+    ``head.validate_every``-th epoch on ``validation`` = (features, class scores, videos). Returns the history."""
+    from heads.losses import tal_loss
+
+    head, trained, opt = model
+    x_val, s_val, val = validation
+    hc = cfg.head
+
+    def train_step(epoch: int, step: int, micro: int, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        with autocast(device, cfg.runtime.amp):
+            outputs = trained(x_train[idx].to(device))
+        # the stream of the unaccumulated loop (no micro-batch offset) when a step is one micro-batch
+        gen = torch_generator(seed, "head-loss", epoch, step, *((micro,) if micro else ()))
+        loss, _ = tal_loss(
+            {k: v.float() for k, v in outputs.items()},
+            {k: v[idx].to(device) for k, v in targets.items()},
+            generator=gen,
+            pem_low_zero=hc.pem_low_zero,
+        )
+        return loss, {}
+
+    def validate(epoch: int) -> dict[str, float]:
+        if not hc.validate_every or (epoch + 1) % hc.validate_every:
+            return {}
+        det, prop = predict(cfg, head, s_val, x_val, val, ds.classes, device)
+        return {"val_average_mAP": evaluate_split(ds, cfg.data.val_subset, det, prop)["average_mAP"]}
+
+    def report(epoch: int, history: list[dict[str, float]]) -> None:
+        if on_epoch is not None and "val_average_mAP" in history[-1]:
+            on_epoch(epoch, history[-1]["val_average_mAP"])
+
+    return fit(
+        opt,
+        train_step,
+        n_items=len(x_train),
+        optim=hc.optim,
+        seed=seed,
+        order_stream=("head-order",),
+        stage=f"head[{hc.name}]",
+        modules=(trained,),
+        validate=validate,
+        on_epoch_end=report,
+        tracker=tracker,
+        metric_prefix="head",
+        progress=cfg.runtime.progress,
+    )
+
+
+def _predict_and_evaluate(
+    cfg: ExperimentConfig,
+    head: nn.Module,
+    ds: TALDataset,
+    features: Path,
+    evaluated: tuple[tuple[str, str, list[Video]], ...],
+    scores_of: Callable[[torch.Tensor, list[Video]], np.ndarray],
+    device: torch.device,
+    out: Path,
+) -> tuple[dict[str, dict], list[Path]]:
+    """Predict every (name, subset, videos) in ``evaluated``, write its predictions and proposals (rank 0) and
+    evaluate them: ({name: metrics}, the files written)."""
+    metrics: dict[str, dict] = {}
+    written = []
+    for name, subset, vids in evaluated:
+        x = load_features(features, [v.id for v in vids])
+        det, prop = predict(cfg, head, scores_of(x, vids), x, vids, ds.classes, device)
+        for kind, results in (("predictions", det), ("proposals", prop)):
+            if current().main:  # every rank predicts the same (its head is the same); one writes
+                write_json_atomic(out / results_file(kind, name), _results_file(results), indent=None)
+            written.append(out / results_file(kind, name))
+        metrics[name] = evaluate_split(ds, subset, det, prop)
+    return metrics, written
+
+
+def _head_result(
+    metrics: dict[str, dict], history: list[dict[str, float]], train_time: float, run_id: str, world_size: int
+) -> dict:
+    """The head stage's ``metrics.json``: the test split's metrics at the top level, both splits in full."""
+    test_m = metrics["testing"]
+    return {
+        "mAP": test_m["mAP"],
+        "average_mAP": test_m["average_mAP"],
+        "tiou_thresholds": test_m["tiou_thresholds"],
+        **{k: v for k, v in test_m.items() if k.startswith("AR@") or k == "AUC"},
+        "validation": metrics["validation"],
+        "testing": test_m,
+        "history": history,
+        "time_train_s": train_time,
+        "mlflow_run_id": run_id,
+        "world_size": world_size,
+    }
+
+
+def _finish_head(
+    out: Path, key: str, result: dict, written: list[Path], tracker: MlflowTracker | NullTracker, info: dict
+) -> None:
+    """Rank 0: write ``metrics.json``, log the final metrics and files, and mark the stage done."""
+    write_json_atomic(out / METRICS, result)
+    test_m = result["testing"]
+    final = {f"mAP_{t:.2f}": m for t, m in zip(test_m["tiou_thresholds"], test_m["mAP"])}
+    final.update({"average_mAP": test_m["average_mAP"], "val_average_mAP": result["validation"]["average_mAP"]})
+    final.update({k.replace("@", "_"): v for k, v in test_m.items() if k.startswith("AR@") or k == "AUC"})
+    tracker.log_metrics(final)
+    for f in (METRICS, results_file("predictions", "testing")):
+        tracker.log_artifact(out / f)
+    mark_done(out, {**info, "mlflow_run_id": tracker.run_id}, key=key, outputs=[*written, out / METRICS])

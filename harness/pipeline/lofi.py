@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
-from harness.data.loader import ClipBatch, training_plan
+from harness.data.loader import ClipBatch, ClipLoader, training_plan
+from harness.data.model import Video
 from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
 from harness.pipeline.data import StageData, clip_loader, stage_data, tal_targets
 from harness.pipeline.distributed import barrier, current, unwrap, wrap
+from harness.pipeline.files import CHECKPOINT, ENCODER
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head, load_encoder
 from harness.pipeline.runtime import autocast, load_torch, make_optimizer, mark_done, prepare, save_torch, stage_done
@@ -46,93 +50,29 @@ def run_lofi(
     (``out/checkpoint.pt``) is resumed only by it. ``data``: the dataset and frame source (built here when None).
     ``stop_after_epoch`` ends the work early after that many epochs (tests use it to simulate a kill).
     """
-    from heads.losses import tal_loss
-
     if stage_done(out, key) is not None:
-        return out / "encoder.pt"
+        return out / ENCODER
     out.mkdir(parents=True, exist_ok=True)
     device = prepare(cfg.runtime, seed)
     data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
     wanted = data.ds.subset(cfg.data.train_subset)
     videos = data.frames.usable(wanted)
     skipped = sorted({v.id for v in wanted} - {v.id for v in videos})
-    fid, opt_cfg, lc = cfg.fidelity, cfg.lofi.optim, cfg.lofi
-
-    encoder = load_encoder(cfg, init).to(device)
-    head = build_head(cfg, lc.head, in_features=encoder.num_features, temporal_length=fid.snippets).to(device)
-    if device.type == "cuda":  # cuDNN's timed algorithm choice: faster convolutions, not bit-reproducible
-        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
-    opt = make_optimizer(
-        [{"params": encoder.parameters(), "lr": opt_cfg.lr * lc.encoder_lr_scale}, {"params": head.parameters()}],
-        opt_cfg,
-    )
-    start_epoch, history = 0, []
-    ckpt = out / "checkpoint.pt"
-    state = load_torch(ckpt) if ckpt.is_file() else None
-    if state is not None and state.get("key") != key:  # written by another configuration: stale
-        log.warning("LoFi: %s belongs to another configuration; starting from epoch 1", ckpt)
-        state = None
-    if state is not None:  # resume after a kill: the last finished epoch
-        encoder.load_state_dict(state["encoder"])
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        log.info("LoFi: resuming after epoch %d from %s", start_epoch, ckpt)
-
-    iters_per_epoch = (len(videos) + opt_cfg.batch_size - 1) // opt_cfg.batch_size
+    opt_cfg = cfg.lofi.optim
+    encoder, head, opt = _models(cfg, init, device)
+    ckpt = out / CHECKPOINT
+    start_epoch, history = _resume(ckpt, key, encoder, head, opt)
     world = current()
     encoder = wrap(encoder, device=device, sync_bn=cfg.runtime.sync_bn)  # DDP under torchrun
     head = wrap(head, device=device, sync_bn=cfg.runtime.sync_bn)
     # the compiled module shares the encoder's parameters; checkpoints are saved from unwrap(encoder)
     run_encoder = torch.compile(encoder) if cfg.runtime.compile else encoder
-
-    def shape(epoch: int, step: int) -> tuple[int, int]:
-        """(L, size) of the step's clips: the cycle's fidelity at (epoch, global iteration)."""
-        f = fidelity_at(
-            cycle,
-            epoch=epoch,
-            iteration=epoch * iters_per_epoch + step,
-            c_l=lc.c_l,
-            c_s=lc.c_s,
-            custom=(lc.r_t, lc.r_s),
-        )
-        return fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
-
-    plan = training_plan(
-        len(videos), opt_cfg, seed=seed, stream=("lofi-order",), shape=shape, rank=world.rank, world_size=world.size
-    )
-    loader = clip_loader(data.frames, videos, fid, plan, cfg.runtime, device)
-
-    def train_step(
-        epoch: int, step: int, micro: int, idx: torch.Tensor, batch: ClipBatch
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        L = batch.snippets
-        part = [videos[j] for j in idx.tolist()]
-        x = batch.to_device(device)
-        targets = {k: v.to(device) for k, v in tal_targets(part, L, min(L, cfg.head.max_duration or L)).items()}
-        with autocast(device, cfg.runtime.amp):
-            outputs = head(run_encoder(x).transpose(1, 2))  # encoder: (B, L, D)
-        loss, _ = tal_loss(
-            {k: v.float() for k, v in outputs.items()},
-            targets,
-            generator=torch_generator(seed, "lofi-loss", epoch, step, micro),
-        )
-        return loss, {}
+    loader = _loader(cfg, cycle, data, videos, seed=seed, device=device)
+    train_step = _train_step(cfg, seed, videos, lambda x: head(run_encoder(x).transpose(1, 2)), device)
 
     def save_checkpoint(epoch: int, history: list[dict[str, float]]) -> None:
-        if not world.main:
-            return
-        save_torch(
-            ckpt,
-            {
-                "encoder": unwrap(encoder).state_dict(),
-                "head": unwrap(head).state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "key": key,
-            },
-        )
+        if world.main:
+            save_torch(ckpt, _checkpoint(encoder, head, opt, epoch=epoch, history=history, key=key))
 
     t_start = time.perf_counter()
     with start_run(
@@ -162,23 +102,120 @@ def run_lofi(
         if len(history) < opt_cfg.epochs:
             return ckpt  # stopped early by stop_after_epoch (tests)
         if world.main:
-            save_torch(out / "encoder.pt", {"encoder": unwrap(encoder).cpu().state_dict(), "name": cfg.encoder.name})
-            mark_done(
-                out,
-                {
-                    "stage": "lofi",
-                    "cycle": cycle,
-                    "seed": seed,
-                    "history": history,
-                    "skipped_videos": skipped,
-                    "mlflow_run_id": tracker.run_id,
-                    "time_s": time.perf_counter() - t_start,
-                    "world_size": world.size,
-                },
-                key=key,
-                outputs=[out / "encoder.pt"],
-            )
+            save_torch(out / ENCODER, {"encoder": unwrap(encoder).cpu().state_dict(), "name": cfg.encoder.name})
+            info = {"stage": "lofi", "cycle": cycle, "seed": seed, "history": history, "skipped_videos": skipped}
+            info.update(mlflow_run_id=tracker.run_id, time_s=time.perf_counter() - t_start, world_size=world.size)
+            mark_done(out, info, key=key, outputs=[out / ENCODER])
     if world.main:
         ckpt.unlink(missing_ok=True)
     barrier()  # the other ranks read encoder.pt next
-    return out / "encoder.pt"
+    return out / ENCODER
+
+
+def _models(
+    cfg: ExperimentConfig, init: Path, device: torch.device
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """The encoder (from ``init``), a new ``lofi.head`` at full fidelity's L and their optimiser (the encoder's
+    learning rate scaled by ``lofi.encoder_lr_scale``)."""
+    lc = cfg.lofi
+    encoder = load_encoder(cfg, init).to(device)
+    head = build_head(cfg, lc.head, in_features=encoder.num_features, temporal_length=cfg.fidelity.snippets).to(device)
+    if device.type == "cuda":  # cuDNN's timed algorithm choice: faster convolutions, not bit-reproducible
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
+    opt = make_optimizer(
+        [{"params": encoder.parameters(), "lr": lc.optim.lr * lc.encoder_lr_scale}, {"params": head.parameters()}],
+        lc.optim,
+    )
+    return encoder, head, opt
+
+
+def _resume(
+    ckpt: Path, key: str, encoder: nn.Module, head: nn.Module, opt: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, float]]]:
+    """(first epoch to run, history so far): from the epoch checkpoint when it was written with ``key`` (a kill
+    after that epoch), loading the encoder, head and optimiser states; else (0, [])."""
+    state = load_torch(ckpt) if ckpt.is_file() else None
+    if state is not None and state.get("key") != key:  # written by another configuration: stale
+        log.warning("LoFi: %s belongs to another configuration; starting from epoch 1", ckpt)
+        state = None
+    if state is None:
+        return 0, []
+    encoder.load_state_dict(state["encoder"])
+    head.load_state_dict(state["head"])
+    opt.load_state_dict(state["optimizer"])
+    log.info("LoFi: resuming after epoch %d from %s", state["epoch"] + 1, ckpt)
+    return state["epoch"] + 1, state["history"]
+
+
+def _checkpoint(
+    encoder: nn.Module, head: nn.Module, opt: torch.optim.Optimizer, *, epoch: int, history: list, key: str
+) -> dict:
+    """What ``_resume`` reads back: the states after ``epoch`` and the key of the configuration that wrote them."""
+    return {
+        "encoder": unwrap(encoder).state_dict(),
+        "head": unwrap(head).state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "key": key,
+    }
+
+
+def _loader(
+    cfg: ExperimentConfig, cycle: str, data: StageData, videos: list[Video], *, seed: int, device: torch.device
+) -> ClipLoader:
+    """The stage's clips: this rank's share of each step, at the cycle's fidelity of that step."""
+    opt_cfg, world = cfg.lofi.optim, current()
+    shape = cycle_shape(cfg, cycle, iters_per_epoch=(len(videos) + opt_cfg.batch_size - 1) // opt_cfg.batch_size)
+    plan = training_plan(
+        len(videos), opt_cfg, seed=seed, stream=("lofi-order",), shape=shape, rank=world.rank, world_size=world.size
+    )
+    return clip_loader(data.frames, videos, cfg.fidelity, plan, cfg.runtime, device)
+
+
+def cycle_shape(cfg: ExperimentConfig, cycle: str, *, iters_per_epoch: int) -> Callable[[int, int], tuple[int, int]]:
+    """``shape(epoch, step) -> (L, size)``: the clips of a step at the cycle's fidelity for (epoch, global iteration)."""
+    fid, lc = cfg.fidelity, cfg.lofi
+
+    def shape(epoch: int, step: int) -> tuple[int, int]:
+        f = fidelity_at(
+            cycle,
+            epoch=epoch,
+            iteration=epoch * iters_per_epoch + step,
+            c_l=lc.c_l,
+            c_s=lc.c_s,
+            custom=(lc.r_t, lc.r_s),
+        )
+        return fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
+
+    return shape
+
+
+def _train_step(
+    cfg: ExperimentConfig,
+    seed: int,
+    videos: list[Video],
+    forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    device: torch.device,
+) -> Callable[..., tuple[torch.Tensor, dict[str, float]]]:
+    """One LoFi micro-batch: the clips to the device, encoder + head (``forward``), the TAL loss on its targets."""
+    from heads.losses import tal_loss
+
+    def train_step(
+        epoch: int, step: int, micro: int, idx: torch.Tensor, batch: ClipBatch
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        L = batch.snippets
+        part = [videos[j] for j in idx.tolist()]
+        x = batch.to_device(device)
+        targets = {k: v.to(device) for k, v in tal_targets(part, L, min(L, cfg.head.max_duration or L)).items()}
+        with autocast(device, cfg.runtime.amp):
+            outputs = forward(x)  # encoder: (B, L, D) -> head: (B, D, L)
+        loss, _ = tal_loss(
+            {k: v.float() for k, v in outputs.items()},
+            targets,
+            generator=torch_generator(seed, "lofi-loss", epoch, step, micro),
+            pem_low_zero=cfg.head.pem_low_zero,
+        )
+        return loss, {}
+
+    return train_step

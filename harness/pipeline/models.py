@@ -49,6 +49,7 @@ def head_kwargs(cfg: ExperimentConfig, name: str) -> dict[str, object]:
         kwargs[samples] = h.samples
     if name == "gtad":
         kwargs["fused_projection"] = h.fused_projection
+        kwargs["kernel_2d"] = h.kernel_2d
     return kwargs
 
 

@@ -39,11 +39,11 @@ from harness.config import evolve, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.modes import BN_RECALIBRATED_MODES, MODE_PLAN, MODES, PRETRAIN_MODES, ZEROED_MODES
+from harness.pipeline.files import DONE, ROW
 
 StageKind = Literal["pretrain", "lofi", "features", "classifier", "head"]
 
 BASELINE_MODE = "acp"  # the frozen-encoder pipeline every table compares against
-ROW = "row.json"
 BN_SUFFIX = "+bn"  # a features stage's variant: the LoFi encoder with BatchNorm re-estimated at full fidelity
 
 
@@ -76,7 +76,7 @@ class Stage:
 
     @property
     def done(self) -> Path:
-        return self.folder / "done.json"
+        return self.folder / DONE
 
     def need(self, kind: StageKind, variant: str | None = None) -> Stage:
         for s in self.needs:

@@ -23,6 +23,7 @@ from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
 from harness.pipeline.data import LabelledItem, StageData, VideoFrames, read_source_index, stage_data, video_file
 from harness.pipeline.distributed import barrier, current, wrap
+from harness.pipeline.files import ENCODER
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_encoder, load_encoder
 from harness.pipeline.runtime import make_optimizer, mark_done, prepare, save_torch, stage_done
@@ -159,7 +160,7 @@ def run_pretrain(
     if mode not in ("icp", "acp", "acp+"):
         raise LofiError(f"pre-training mode '{mode}' is unknown; use icp, acp or acp+")
     if stage_done(out, key) is not None:
-        return out / "encoder.pt"
+        return out / ENCODER
     if mode == "acp+" and init is None:
         raise LofiError("acp+ needs the ACP encoder: pass --init <acp stage>/encoder.pt (lofi run does this)")
     out.mkdir(parents=True, exist_ok=True)
@@ -212,7 +213,7 @@ def run_pretrain(
             state = {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name}
             if classifier is not None:  # kept so the ACP+ model can serve as the video-level classifier
                 state.update(classifier=classifier.cpu().state_dict(), classes=list(classes))
-            save_torch(out / "encoder.pt", state)
+            save_torch(out / ENCODER, state)
             mark_done(
                 out,
                 {
@@ -225,7 +226,7 @@ def run_pretrain(
                     "world_size": current().size,
                 },
                 key=key,
-                outputs=[out / "encoder.pt"],
+                outputs=[out / ENCODER],
             )
     barrier()  # the other ranks read encoder.pt next
-    return out / "encoder.pt"
+    return out / ENCODER

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from harness.config import flatten, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, config_hash
@@ -16,10 +18,12 @@ from harness.fidelity import fidelity_shape
 from harness.io import remove_orphans, write_json_atomic, write_text_atomic
 from harness.modes import ZEROED_MODES
 from harness.pipeline.distributed import barrier, current
+from harness.pipeline.files import DONE, ENCODER, METRICS, ROW, SCORES
 from harness.pipeline.plan import BN_SUFFIX, MODE_PLAN, RunPlan, Stage, plan_run, slug
-from harness.pipeline.runtime import DONE, Env, stage_done, start_stage
+from harness.pipeline.row import build_row
+from harness.pipeline.runtime import Env, stage_done, start_stage
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
-from harness.tracking import configuration_tags, git_commit, start_run
+from harness.tracking import MlflowTracker, NullTracker, configuration_tags, git_commit, start_run
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +74,9 @@ def run_stage(
     *,
     data=None,
     parent_run_id: str = "",
-    on_epoch: Callable[[int, float], None] | None = None,
 ) -> Path:
     """Run one planned stage (its upstream stages must be finished); returns the file or folder it produced."""
-    from harness.pipeline.classify import SCORES, run_class_scores
+    from harness.pipeline.classify import run_class_scores
     from harness.pipeline.features import run_features
     from harness.pipeline.lofi import run_lofi
     from harness.pipeline.pretrain import run_pretrain
@@ -84,13 +87,13 @@ def run_stage(
     start_stage(stage.folder)
     common = {"seed": stage.seed, "key": stage.key, "data": data}
     if stage.kind == "pretrain":
-        init = stage.needs[0].folder / "encoder.pt" if stage.needs else None
+        init = stage.needs[0].folder / ENCODER if stage.needs else None
         return run_pretrain(cfg, mode=stage.variant, out=stage.folder, init=init, parent_run_id=parent_run_id, **common)
     if stage.kind == "lofi":
         return run_lofi(
             cfg,
             cycle=stage.variant,
-            init=stage.needs[0].folder / "encoder.pt",
+            init=stage.needs[0].folder / ENCODER,
             out=stage.folder,
             parent_run_id=parent_run_id,
             **common,
@@ -98,22 +101,20 @@ def run_stage(
     if stage.kind == "features":
         return run_features(
             cfg,
-            encoder_checkpoint=stage.needs[0].folder / "encoder.pt",
+            encoder_checkpoint=stage.needs[0].folder / ENCODER,
             out=stage.folder,
             zeroed=stage.variant in ZEROED_MODES,
             bn_recalibrate=stage.variant.endswith(BN_SUFFIX),
             **common,
         )
     if stage.kind == "classifier":
-        run_class_scores(cfg, checkpoint=stage.needs[0].folder / "encoder.pt", out=stage.folder, **common)
+        run_class_scores(cfg, checkpoint=stage.needs[0].folder / ENCODER, out=stage.folder, **common)
         return stage.folder / SCORES
     raise LofiError(f"{stage.name}: the head stage runs through lofi run (it writes the run's row)")
 
 
 def _class_scores_path(cfg: ExperimentConfig, plan: RunPlan) -> Path | None:
     """The video-level class scores the head fuses with (None: the run's own linear probe on its features)."""
-    from harness.pipeline.classify import SCORES
-
     cls = plan.get("classifier")
     if cls is not None:
         return cls.folder / SCORES
@@ -164,7 +165,7 @@ def missing_videos(cfg: ExperimentConfig, out: Path, data) -> dict:
 
 def _finished_row(out: Path, run_key: str) -> dict | None:
     """The run's row.json when it was written for ``run_key``; a corrupt one is an error naming it."""
-    path = out / "row.json"
+    path = out / ROW
     if not path.is_file():
         return None
     try:
@@ -190,7 +191,6 @@ def run_all(
     """Run every stage of ``mode`` (reusing those finished with the same key) and write metrics.json and row.json
     into ``out``; shared stages live under ``stages_root`` (default ``out``, see harness/pipeline/plan.py)."""
     from harness.pipeline.data import load_stage_data
-    from harness.pipeline.headtrain import run_head
 
     plan = plan_run(cfg, mode=mode, seed=seed, run_dir=out, stages_root=stages_root)
     # Before any work: a finished stage of another configuration in the way stops here, naming its folder.
@@ -206,7 +206,6 @@ def run_all(
     data = load_stage_data(cfg.data, cache_bytes=cfg.runtime.cache_bytes) if todo else None
     out.mkdir(parents=True, exist_ok=True)
     remove_orphans(out)  # row.json / metrics.json temporaries of a killed run (the stages clean their own)
-    times: dict[str, float] = {}
     chash = config_hash(cfg, mode, seed)
     with start_run(
         cfg.tracking,
@@ -223,98 +222,94 @@ def run_all(
                 **{f"env.{k}": v for k, v in Env.capture().__dict__.items()},
             }
         )
-        pid = parent.run_id
-        for stage in todo:
-            if stage.kind == "head":
-                continue
-            t0 = time.perf_counter()
-            run_stage(cfg, stage, data=data, parent_run_id=pid)
-            times[f"pretrain_{slug(stage.variant)}" if stage.kind == "pretrain" else stage.kind] = (
-                time.perf_counter() - t0
-            )
+        times = _run_shared_stages(cfg, todo, data=data, parent_run_id=parent.run_id)
         scores = _class_scores_path(cfg, plan)
-        t0 = time.perf_counter()
-        if plan.head in todo:
-            start_stage(plan.head.folder)
-        metrics = run_head(
-            cfg,
-            features=plan.head.need("features").folder,
-            seed=seed,
-            out=plan.head.folder,
-            key=plan.head.key,
-            data=data,
-            parent_run_id=pid,
-            on_epoch=on_epoch,
-            class_scores=scores,
+        metrics = _run_final_head(
+            cfg, plan, todo, data=data, parent_run_id=parent.run_id, on_epoch=on_epoch, scores=scores, times=times
         )
-        if plan.head in todo:
-            times["head"] = time.perf_counter() - t0
         world = current()
         if world.main:
-            write_text_atomic(out / "config.yaml", __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False))
-            write_json_atomic(out / "metrics.json", {k: metrics[k] for k in metrics if k != "history"})
-        fids = mode_fidelities(cfg, mode)
-        cycle = MODE_PLAN[mode][1]
-        L, size = (
-            fidelity_shape(cfg.fidelity.snippets, cfg.fidelity.size, fids[0][1], fids[0][2])
-            if len(fids) == 1
-            else (None, None)
-        )
-        row = {
-            "dataset": cfg.data.name,
-            "encoder": cfg.encoder.name,
-            "head": cfg.head.name,
-            "lofi_head": cfg.lofi.head,
-            "mode": mode,
-            "cycle": cycle or "",
-            "fidelities": ",".join(f[0] for f in fids),
-            "r_t": fids[0][1] if len(fids) == 1 else None,
-            "r_s": fids[0][2] if len(fids) == 1 else None,
-            "L": L,
-            "size": size,
-            "full_L": cfg.fidelity.snippets,
-            "full_size": cfg.fidelity.size,
-            "seed": seed,
-            "split": cfg.data.test_subset,
-            "config": config_path,
-            "config_hash": chash,
-            "run_key": plan.key,
-            "stage_keys": {s.name: s.key for s in plan.stages},
-            "commit": git_commit(),
-            "mlflow_run_id": parent.run_id,
-            "average_mAP": metrics["average_mAP"],
-            **{f"mAP_{t:.2f}": m for t, m in zip(metrics["tiou_thresholds"], metrics["mAP"])},
-            **{k.replace("@", "_"): v for k, v in metrics.items() if k.startswith("AR@") or k == "AUC"},
-            "val_average_mAP": metrics["validation"]["average_mAP"],
-            **_memory(cfg, mode),
-            **{f"time_{k}_s": v for k, v in times.items()},
-            "proposals": str((plan.head.folder / "proposals_testing.json").resolve()),
-            "class_scores": str(scores.resolve()) if scores else None,
-            "predictions": str((plan.head.folder / "predictions_testing.json").resolve()),
-            "ground_truth": str(cfg.data.annotations_path().resolve()),
-            # undecodable videos skipped by a stage (data.skip_corrupt): absent from training or from the predictions
-            "skipped_videos": skipped_videos(plan),
-            # annotated videos without a file (data.missing: skip = not evaluated, miss = scored as misses)
-            "missing_videos": missing_videos(cfg, out, data),
-            # torchrun: the processes, and the items per optimiser step summed over them (the config's batch)
-            "world_size": world.size,
-            "global_batch": {
-                "pretrain": cfg.pretrain.optim.batch_size,
-                "lofi": cfg.lofi.optim.batch_size,
-                "head": cfg.head.optim.batch_size,
+            write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            write_json_atomic(out / METRICS, {k: metrics[k] for k in metrics if k != "history"})
+        row = build_row(
+            cfg,
+            plan,
+            fids=mode_fidelities(cfg, mode),
+            metrics=metrics,
+            memory=_memory(cfg, mode),
+            times=times,
+            scores=scores,
+            run={
+                "config": config_path,
+                "config_hash": chash,
+                "commit": git_commit(),
+                "mlflow_run_id": parent.run_id,
+                "skipped_videos": skipped_videos(plan),
+                "missing_videos": missing_videos(cfg, out, data),
+                "world_size": world.size,
             },
-        }
-        parent.set_tags(configuration_tags(row))  # the columns and filter of the MLflow compare view
-        parent.log_metrics(
-            {
-                k: v
-                for k, v in row.items()
-                if k.startswith(("mAP_", "average_mAP", "AR_", "AUC", "activation", "time_"))
-                and isinstance(v, (int, float))
-            }
-        )
-        if world.main:
-            write_json_atomic(out / "row.json", row)
+        ).to_dict()
+        _publish_row(parent, out / ROW, row, main=world.main)
     barrier()
     log.info("%s seed %d: test average mAP %.4f (%s)", mode, seed, row["average_mAP"], out)
     return row
+
+
+def _run_shared_stages(cfg: ExperimentConfig, todo: list[Stage], *, data, parent_run_id: str) -> dict[str, float]:
+    """Run the unfinished shared stages of a run, upstream first; their wall times by row name."""
+    times: dict[str, float] = {}
+    for stage in todo:
+        if stage.kind == "head":
+            continue
+        t0 = time.perf_counter()
+        run_stage(cfg, stage, data=data, parent_run_id=parent_run_id)
+        times[f"pretrain_{slug(stage.variant)}" if stage.kind == "pretrain" else stage.kind] = time.perf_counter() - t0
+    return times
+
+
+def _run_final_head(
+    cfg: ExperimentConfig,
+    plan: RunPlan,
+    todo: list[Stage],
+    *,
+    data,
+    parent_run_id: str,
+    on_epoch: Callable[[int, float], None] | None,
+    scores: Path | None,
+    times: dict[str, float],
+) -> dict:
+    """The run's head stage (its metrics; reused when finished with its key); adds its time to ``times``."""
+    from harness.pipeline.headtrain import run_head
+
+    t0 = time.perf_counter()
+    if plan.head in todo:
+        start_stage(plan.head.folder)
+    metrics = run_head(
+        cfg,
+        features=plan.head.need("features").folder,
+        seed=plan.seed,
+        out=plan.head.folder,
+        key=plan.head.key,
+        data=data,
+        parent_run_id=parent_run_id,
+        on_epoch=on_epoch,
+        class_scores=scores,
+    )
+    if plan.head in todo:
+        times["head"] = time.perf_counter() - t0
+    return metrics
+
+
+def _publish_row(parent: MlflowTracker | NullTracker, path: Path, row: dict, *, main: bool) -> None:
+    """Tag and log the run's MLflow parent from its row, and write ``row.json`` (rank 0)."""
+    parent.set_tags(configuration_tags(row))  # the columns and filter of the MLflow compare view
+    parent.log_metrics(
+        {
+            k: v
+            for k, v in row.items()
+            if k.startswith(("mAP_", "average_mAP", "AR_", "AUC", "activation", "time_"))
+            and isinstance(v, (int, float))
+        }
+    )
+    if main:
+        write_json_atomic(path, row)

@@ -17,9 +17,9 @@ import torch
 from harness.errors import LofiError
 from harness.experiment import OptimConfig, RuntimeConfig
 from harness.io import remove_orphans, write_bytes_atomic, write_json_atomic
+from harness.pipeline.files import DONE
 
 log = logging.getLogger(__name__)
-DONE = "done.json"
 
 
 def select_device(cfg: RuntimeConfig) -> torch.device:

@@ -72,7 +72,7 @@ def _write_if_changed(path, text):
     if p.is_file() and p.read_text(encoding="utf-8") == text:
         return  # same content: keep the mtime
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
+    tmp = p.with_name(f"{p.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(p)
 
@@ -113,8 +113,9 @@ try:
     }
     TABLE_RUNS["memory"] = TABLE_RUNS["ablation"]
     # where each gain comes from: the ablation's and the controls' runs on the sweep's seeds (the floor first)
-    TABLE_RUNS["strata"] = sweep_runs(CFG, ("blind", *CFG.sweep.ablation_modes, *CFG.sweep.control_modes),
-                                      encoders=ENCODERS[:1], heads=HEADS[:1])
+    TABLE_RUNS["strata"] = sweep_runs(
+        CFG, ("blind", *CFG.sweep.ablation_modes, *CFG.sweep.control_modes), encoders=ENCODERS[:1], heads=HEADS[:1]
+    )
     ALL_RUNS = list({str(r.plan.row): r for runs in TABLE_RUNS.values() for r in runs}.values())
     ALL_STAGES = unique_stages(ALL_RUNS)
 except LofiError as exc:

@@ -4,15 +4,19 @@ TABLES = [f"{R}/table_{k}.md" for k in TABLE_RUNS]
 # The ablation table is never read without its controls (is e2e-full ahead of ACP? where is the floor?): one rule
 # builds them together (with the strata: where each gain comes from), so `snakemake results/table_ablation.md` makes
 # the controls and the strata too.
-TABLE_JOBS = {"ablation": ("ablation", "controls", "strata"), "pretrain": ("pretrain",), "models": ("models",),
-              "memory": ("memory",)}
+TABLE_JOBS = {
+    "ablation": ("ablation", "controls", "strata"),
+    "pretrain": ("pretrain",),
+    "models": ("models",),
+    "memory": ("memory",),
+}
 
 
 rule all:
+    default_target: True
     input:
         TABLES,
         f"{R}/optuna_rt_rs.md",
-    default_target: True
 
 
 rule tables:
@@ -28,10 +32,10 @@ rule readme:
         f"{LOGS}/readme.log",
     benchmark:
         f"{BENCH}/readme.tsv"
-    params:
-        script=f"{workflow.basedir}/scripts/update_readme.py",
     resources:
         **LIGHT,
+    params:
+        script=f"{workflow.basedir}/scripts/update_readme.py",
     shell:
         "python {params.script:q} --readme README.md {input:q} > {log:q} 2>&1"
 
@@ -50,16 +54,27 @@ def table_rule(kind, kinds):
             rows=rows,
         output:
             [f"{R}/table_{k}.{ext}" for k in kinds for ext in ("md", "csv", "tex")],
-        params:
-            key=[CFG.sweep.n_boot, GROUND_TRUTH],
-            args=lofi_args("--ground-truth", GROUND_TRUTH, "--out", R, "--n-boot", CFG.sweep.n_boot, "--seed", 0,
-                           "--which", ",".join(kinds), *flags),
         log:
             f"{LOGS}/table_{kind}.log",
         benchmark:
             f"{BENCH}/table_{kind}.tsv"
         resources:
             **LIGHT,
+        params:
+            key=[CFG.sweep.n_boot, GROUND_TRUTH],
+            args=lofi_args(
+                "--ground-truth",
+                GROUND_TRUTH,
+                "--out",
+                R,
+                "--n-boot",
+                CFG.sweep.n_boot,
+                "--seed",
+                0,
+                "--which",
+                ",".join(kinds),
+                *flags,
+            ),
         shell:
             "lofi report tables --runs {input.rows:q} {params.args} > {log:q} 2>&1"
 
@@ -70,8 +85,10 @@ for _kind, _kinds in TABLE_JOBS.items():
 
 OPTUNA = CFG.sweep.optuna
 # what a trial reads (the custom LoFi stage's key, via the plan) and the search's own settings
-OPTUNA_KEY = [Planner(CFG, Path(R)).run("lofi-custom", OPTUNA.search_seed, Path(R)).key,
-              {k: v for k, v in to_dict(OPTUNA).items() if k != "workers"}]
+OPTUNA_KEY = [
+    Planner(CFG, Path(R)).run("lofi-custom", OPTUNA.search_seed, Path(R)).key,
+    {k: v for k, v in to_dict(OPTUNA).items() if k != "workers"},
+]
 # A worker runs its share of the trials; several workers split the study between them (they stop at exactly
 # sweep.optuna.trials finished trials together), so each asks for ceil(trials / workers) jobs' time and more.
 OPTUNA_RUNTIME = RUNTIME * (-(-OPTUNA.trials // OPTUNA.workers) + 1)
@@ -79,6 +96,7 @@ OPTUNA_WORKERS = [f"{R}/optuna/worker{k}.done" for k in range(OPTUNA.workers)] i
 
 
 def optuna_worker_rule(k):
+
     rule:
         name:
             f"optuna_worker{k}"
@@ -88,9 +106,6 @@ def optuna_worker_rule(k):
             sweep=ancient(SWEEP_JSON),
         output:
             touch(OPTUNA_WORKERS[k]),
-        params:
-            key=OPTUNA_KEY,
-            args=lofi_args("--out", f"{R}/optuna", "--no-report"),
         log:
             f"{LOGS}/optuna_worker{k}.log",
         benchmark:
@@ -100,6 +115,9 @@ def optuna_worker_rule(k):
             gpu=GPU,
             mem_mb=MEM_MB,
             runtime=OPTUNA_RUNTIME,
+        params:
+            key=OPTUNA_KEY,
+            args=lofi_args("--out", f"{R}/optuna", "--no-report"),
         shell:
             "lofi search {params.args} --set runtime.threads={threads} > {log:q} 2>&1"
 
@@ -118,9 +136,6 @@ rule optuna:
         workers=OPTUNA_WORKERS,
     output:
         f"{R}/optuna_rt_rs.md",
-    params:
-        key=OPTUNA_KEY,
-        args=lofi_args("--out", f"{R}/optuna", "--report", f"{R}/optuna_rt_rs.md"),
     log:
         f"{LOGS}/optuna.log",
     benchmark:
@@ -130,5 +145,8 @@ rule optuna:
         gpu=GPU,
         mem_mb=MEM_MB,
         runtime=OPTUNA_RUNTIME,
+    params:
+        key=OPTUNA_KEY,
+        args=lofi_args("--out", f"{R}/optuna", "--report", f"{R}/optuna_rt_rs.md"),
     shell:
         "lofi search {params.args} --set runtime.threads={threads} > {log:q} 2>&1"

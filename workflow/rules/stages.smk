@@ -9,10 +9,6 @@ if CFG.data.synthetic_profile:
     rule data:
         output:
             DATA_DONE,
-        params:
-            key=[CFG.data.synthetic_profile, CFG.data.synthetic_seed],
-            args=shlex.join(["--profile", CFG.data.synthetic_profile, "--seed", str(CFG.data.synthetic_seed),
-                             "--out", str(CFG.data.root)]),
         log:
             f"{LOGS}/data.log",
         benchmark:
@@ -21,6 +17,18 @@ if CFG.data.synthetic_profile:
         threads: min(workflow.cores, os.cpu_count() or 1, 8)
         resources:
             **LIGHT,
+        params:
+            key=[CFG.data.synthetic_profile, CFG.data.synthetic_seed],
+            args=shlex.join(
+                [
+                    "--profile",
+                    CFG.data.synthetic_profile,
+                    "--seed",
+                    str(CFG.data.synthetic_seed),
+                    "--out",
+                    str(CFG.data.root),
+                ]
+            ),
         shell:
             "lofi data synth {params.args} --jobs {threads} --no-progress > {log:q} 2>&1"
 
@@ -37,12 +45,6 @@ rule frames:
         DATA_DONE,
     output:
         FRAMES_DONE,
-    params:
-        key=to_dict(CFG.data),
-        args=lofi_args("--json", command=["data", "prepare"]),
-        # everything checkable before training (data, labels, files, the sweep's weights; the device is each
-        # training job's own): this job runs before every training job (harness/pipeline/preflight.py)
-        check=lofi_args("--against-machine", "--no-device", command=["config", "check"]),
     log:
         f"{LOGS}/frames.log",
     benchmark:
@@ -53,6 +55,12 @@ rule frames:
     resources:
         mem_mb=MEM_MB,
         runtime=RUNTIME,
+    params:
+        key=to_dict(CFG.data),
+        args=lofi_args("--json", command=["data", "prepare"]),
+        # everything checkable before training (data, labels, files, the sweep's weights; the device is each
+        # training job's own): this job runs before every training job (harness/pipeline/preflight.py)
+        check=lofi_args("--against-machine", "--no-device", command=["config", "check"]),
     shell:
         "lofi {params.check} > {log:q} 2>&1 && lofi {params.args} --workers {threads} > {output:q} 2>> {log:q}"
 
@@ -60,15 +68,15 @@ rule frames:
 rule track_init:
     output:
         SWEEP_JSON,
-    params:
-        key=to_dict(CFG.tracking),
-        args=lofi_args("--out", SWEEP_JSON),
     log:
         f"{LOGS}/track_init.log",
     benchmark:
         f"{BENCH}/track_init.tsv"
     resources:
         **LIGHT,
+    params:
+        key=to_dict(CFG.tracking),
+        args=lofi_args("--out", SWEEP_JSON),
     shell:
         "lofi track init {params.args} > {log:q} 2>&1"
 
@@ -97,12 +105,6 @@ def stage_rule(run, stage):
             needs=[str(s.done) for s in stage.needs],
         output:
             str(stage.done),
-        params:
-            key=stage.key,
-            args=lofi_args(*_stage_flag(stage), "--seed", stage.seed, "--set",
-                           f"encoder.name={run.encoder}", "--stages", sweep_root(CFG, run.encoder),
-                           command=[stage.kind]),
-            parent=parent_run,
         log:
             f"{LOGS}/{rel(folder)}.log",
         benchmark:
@@ -112,6 +114,19 @@ def stage_rule(run, stage):
             gpu=GPU,
             mem_mb=MEM_MB,
             runtime=RUNTIME,
+        params:
+            key=stage.key,
+            args=lofi_args(
+                *_stage_flag(stage),
+                "--seed",
+                stage.seed,
+                "--set",
+                f"encoder.name={run.encoder}",
+                "--stages",
+                sweep_root(CFG, run.encoder),
+                command=[stage.kind],
+            ),
+            parent=parent_run,
         shell:
             f"{LAUNCH} stage {{params.args}} --set"
             " runtime.threads={threads} --parent-run-id {params.parent:q} > {log:q} 2>&1"
@@ -130,12 +145,6 @@ def run_rule(run):
         output:
             row=str(plan.row),
             head=str(plan.head.done),
-        params:
-            key=plan.key,
-            args=lofi_args("--mode", plan.mode, "--seed", plan.seed, "--head", run.head, "--set",
-                           f"encoder.name={run.encoder}", "--stages", sweep_root(CFG, run.encoder),
-                           "--out", plan.run_dir),
-            parent=parent_run,
         log:
             f"{LOGS}/{rel(plan.run_dir)}.log",
         benchmark:
@@ -145,6 +154,23 @@ def run_rule(run):
             gpu=GPU,
             mem_mb=MEM_MB,
             runtime=RUNTIME,
+        params:
+            key=plan.key,
+            args=lofi_args(
+                "--mode",
+                plan.mode,
+                "--seed",
+                plan.seed,
+                "--head",
+                run.head,
+                "--set",
+                f"encoder.name={run.encoder}",
+                "--stages",
+                sweep_root(CFG, run.encoder),
+                "--out",
+                plan.run_dir,
+            ),
+            parent=parent_run,
         shell:
             f"{LAUNCH} run {{params.args}} --set"
             " runtime.threads={threads} --parent-run-id {params.parent:q} > {log:q} 2>&1"
