@@ -291,6 +291,9 @@ def test_update_readme_replaces_only_between_markers(tmp_path: Path) -> None:
     text = readme.read_text()
     assert text.startswith("intro\n<!-- tables:start -->\n") and text.endswith("<!-- tables:end -->\noutro\n")
     assert "old" not in text and text.count("| 1 | 2 |") == 1 and "at commit `" in text
+    from importlib.metadata import version
+
+    assert f"with torch {version('torch')}, Python " in text  # which torch made the numbers
 
 
 # ------------------------------------------------------------------------------------------------- end to end
