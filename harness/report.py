@@ -284,6 +284,21 @@ class _Tests:
             return {}
         return self._compare({m: rows[rows["mode"] == m] for m in present}, *purpose)
 
+    def compare_pairs(self, rows: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> list[Comparison]:
+        """Each (a, b) of ``pairs`` whose modes both ran: b against a (Δ = b − a), Holm across the pairs."""
+        present = set(rows["mode"])
+        out = []
+        for a, b in (p for p in pairs if p[0] in present and p[1] in present):
+            groups = {m: rows[rows["mode"] == m] for m in (a, b)}
+            runs, seeds = zip(*(self._runs(g) for g in groups.values()))
+            rng = numpy_rng(self.seed, "report", "pairs", a, b)
+            c = compare_to_baseline(
+                dict(zip(groups, runs)), dict(zip(groups, seeds)), a, n_boot=self.n_boot, n_perm=self.n_perm, rng=rng
+            )[b]
+            out.append(c)
+        adjusted = holm([c.p_value for c in out])
+        return [dataclasses.replace(c, p_adjusted=float(a)) for c, a in zip(out, adjusted)]
+
     def compare_controls(
         self, main: pd.DataFrame, negative: pd.DataFrame, modes: Sequence[str], *purpose: str
     ) -> dict[str, Comparison]:
@@ -357,7 +372,8 @@ def _strata(rows: pd.DataFrame, tests: _Tests, modes: Sequence[str], ground_trut
 
     used = rows[rows["mode"].isin(modes)]
     annotated, sizes = strata.annotate(used, tests.match if tests.enabled else None, ground_truth)
-    return strata.strata_table(annotated, modes, mode_label, sizes)
+    pairs = tests.compare_pairs(used, strata.FIDELITY_PAIRS) if tests.enabled else []
+    return strata.strata_table(annotated, modes, mode_label, sizes, pairs=pairs)
 
 
 def build_report(

@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # pandas is imported where tables are built: the generator im
 STRATA_FILE = "strata.json"
 TIOU_RANGES: Mapping[str, tuple[float, float]] = {"tIoU 0.50–0.70": (0.5, 0.7), "tIoU 0.75–0.95": (0.75, 0.95)}
 FLOOR = "blind"
+# the fidelity ablation's own question: do the spatial and the temporal reductions lose different amounts?
+FIDELITY_PAIRS: tuple[tuple[str, str], ...] = (("lofi-S", "lofi-T"), ("lofi-S", "lofi-ST"), ("lofi-ST", "lofi-T"))
 
 
 def strata_path(ground_truth: str | Path) -> Path:
@@ -122,10 +124,32 @@ def _cell(values: pd.Series) -> str:
     return f"{v.mean():.2f}" if len(v) < 2 else f"{v.mean():.2f} ± {v.std():.2f}"
 
 
-def strata_table(rows: pd.DataFrame, modes: Sequence[str], label: Callable[[str], str], sizes: Mapping[str, int]):
+def _pair_note(pairs: Sequence[Any], label: Callable[[str], str]) -> str:
+    """One sentence per fidelity pair: Δ (b − a) with its interval, Holm p and MDE, in points."""
+    if not pairs:
+        return ""
+    parts = [
+        f"{label(c.config)} − {label(c.baseline)} {100 * c.diff:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}], "
+        f"p (Holm) {c.p_adjusted:.3f}{' †' if c.p_adjusted < 0.05 else ''}, MDE {100 * c.mde:.2f}"
+        for c in pairs
+    ]
+    return (
+        "Fidelity pairs (paired bootstrap over test videos and seeds, permutation test, Holm over the pairs; "
+        "†: p (Holm) < 0.05): " + "; ".join(parts) + "."
+    )
+
+
+def strata_table(
+    rows: pd.DataFrame,
+    modes: Sequence[str],
+    label: Callable[[str], str],
+    sizes: Mapping[str, int],
+    *,
+    pairs: Sequence[Any] = (),
+):
     """Mean ± sd over seeds (%) of average mAP in each stratum, one row per mode in ``modes`` (the blind floor
     first), and each mode's gain over the floor per stratum in the numeric frame. ``sizes``: videos per stratum
-    column (shown in the header)."""
+    column (shown in the header). ``pairs``: ``harness.stats.Comparison`` of the fidelity pairs, noted below."""
     import pandas as pd
 
     from harness.tables import Table, _single, provenance
@@ -161,12 +185,13 @@ def strata_table(rows: pd.DataFrame, modes: Sequence[str], label: Callable[[str]
         "checker at 64², which the anti-aliased resize to 32² (r_s = 2) erases; coarse = a 12 px checker, which "
         "every reduction keeps (docs/synthetic.md). Each stratum's mAP re-evaluates the run's saved test "
         "predictions on its videos alone.",
+        _pair_note(pairs, label),
     )
     return Table(
         "strata",
         f"Strata: where each gain comes from — {dataset}, {encoder}, {head}",
         pd.DataFrame(display),
         pd.DataFrame(numeric),
-        notes,
+        tuple(n for n in notes if n),
         provenance(rows),
     )

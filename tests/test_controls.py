@@ -278,3 +278,51 @@ def test_help_documents_controls_mde_and_the_gain_share(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     for phrase in ("Controls table", "negative control", "class oracle", "MDE", "2.80", "share of the end-to-end gain"):
         assert phrase in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The strata table and the fidelity pairs
+
+
+def test_strata_table_from_a_sweep_and_pair_comparisons(control_runs, tmp_path: Path) -> None:
+    """The strata table as the workflow builds it: the floor first, a column per stratum of ``strata.json`` whose
+    values are the runs' mAP on those videos alone, and the pair comparison's Δ equal to the seed-mean difference
+    of the rows' own average mAPs (worked out from the rows, not from the comparison code)."""
+    from harness.report import _Matcher, _Tests
+    from harness.strata import stratum_column
+
+    root, runs = control_runs
+    gt = root / "annotations.json"
+    ids = sorted(json.loads(gt.read_text())["database"])
+    (root / "strata.json").write_text(json.dumps({"half": {"first": ids[:4], "second": ids[4:]}}))
+    try:
+        rows = load_rows(runs)
+        build_report(
+            rows,
+            out=tmp_path,
+            kinds=["strata"],
+            modes={"strata": ("blind", "acp", "lofi-long", "e2e-full")},
+            control_seeds=CONTROL_SEEDS,
+            n_boot=60,
+            seed=0,
+            plots=False,
+        )
+    finally:
+        (root / "strata.json").unlink()
+    text = (tmp_path / "table_strata.md").read_text()
+    cells = _cells(text)
+    assert [r[0] for r in cells[1:]] == ["Blind (zeroed features)", "ACP", "Long C-LoFi", "End-to-end (full fidelity)"]
+    assert any(h.startswith("first (half, 4 videos)") for h in cells[0])
+    numeric = pd.read_csv(tmp_path / "table_strata.csv").set_index("mode")
+    # e2e-full's detections are exact: 100 on every stratum whatever the class scores' errors allow
+    e2e = rows[rows["mode"] == "e2e-full"]
+    assert numeric.loc["e2e-full", "average_mAP_mean"] == pytest.approx(100 * e2e["average_mAP"].mean())
+    assert numeric.loc["e2e-full", f"{stratum_column('half', 'first')}_mean"] <= 100.0
+
+    main = rows[~rows["seed"].isin(CONTROL_SEEDS)]
+    tests = _Tests(_Matcher(None), 60, 60, 0, True)
+    (pair,) = tests.compare_pairs(main, [("acp", "e2e-full"), ("acp", "lofi-S")])  # lofi-S never ran: skipped
+    by_mode = main.groupby("mode")["average_mAP"].mean()
+    assert pair.config == "e2e-full" and pair.baseline == "acp"
+    assert pair.diff == pytest.approx(by_mode["e2e-full"] - by_mode["acp"], abs=1e-9)
+    assert pair.ci_low <= pair.diff <= pair.ci_high and pair.p_adjusted == pytest.approx(pair.p_value)
