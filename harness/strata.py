@@ -181,10 +181,10 @@ def strata_table(
         "all-zero features) first. A configuration whose gain over the floor sits in one stratum only learnt that "
         "part of the cue. tIoU 0.50–0.70 / 0.75–0.95: the mean mAP over those thresholds (all test videos); a gain at "
         "high tIoU alone is boundary precision.",
-        "Video strata (`strata.json` beside the annotations; the synthetic benchmark's flicker band): fine = a 4 px "
-        "checker at 64², which the anti-aliased resize to 32² (r_s = 2) erases; coarse = a 12 px checker, which "
-        "every reduction keeps (docs/synthetic.md). Each stratum's mAP re-evaluates the run's saved test "
-        "predictions on its videos alone.",
+        "Video strata (`strata.json` beside the annotations; the synthetic benchmark's flicker band): fine = the "
+        "checker the anti-aliased resize to r_s = 2 mostly erases, coarse = the one every reduction keeps (sizes and "
+        "measured attenuation: docs/synthetic.md). Each stratum's mAP re-evaluates the run's saved test predictions "
+        "on its videos alone.",
         _pair_note(pairs, label),
     )
     return Table(
