@@ -54,6 +54,7 @@ import numpy as np
 
 from harness.data.model import TALDataset
 from harness.errors import AnnotationError, PredictionError
+from harness.evaluation.fastread import FlatPredictions, read_flat
 from harness.io import loads_json_strict
 
 log = logging.getLogger(__name__)
@@ -291,15 +292,20 @@ def _diagnose_entry(entry: Any, class_index: Mapping[str, int] | None, subset: s
     return f"entry {entry!r} is malformed"
 
 
-def _read_predictions_json(source: str) -> Any:
-    """Parse a predictions file; a key written twice (a video's list, an entry's score) is an error, as in the
-    annotation reader: JSON would keep the last one silently."""
+def _read_predictions_bytes(source: str) -> bytes:
     try:
-        data, duplicate = loads_json_strict(Path(source).read_text(encoding="utf-8"))
+        return Path(source).read_bytes()
     except FileNotFoundError:
         raise PredictionError(f"{source}: file not found; pass the predictions JSON") from None
     except IsADirectoryError:
         raise PredictionError(f"{source}: is a folder; pass the predictions JSON file inside it") from None
+
+
+def _read_predictions_json(source: str, raw: bytes) -> Any:
+    """Parse a predictions file; a key written twice (a video's list, an entry's score) is an error, as in the
+    annotation reader: JSON would keep the last one silently."""
+    try:
+        data, duplicate = loads_json_strict(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PredictionError(f"{source}: not valid JSON ({exc}); write the official layout") from None
     if duplicate is not None:
@@ -310,42 +316,20 @@ def _read_predictions_json(source: str) -> Any:
     return data
 
 
-def load_predictions(
-    path_or_dict: str | os.PathLike[str] | Mapping[str, Any],
-    gt: DetectionGroundTruth,
-    *,
-    require_label: bool = True,
-) -> DetectionPredictions:
-    """Read an official-layout predictions file (or the already-parsed dict).
-
-    With ``require_label=False`` (proposals) labels are neither required nor checked.
-    Raises :class:`PredictionError` naming the file, the video and the problem: a malformed file, a key written
-    twice, an entry without label/score/segment, a segment that is not a pair of numbers, a non-finite score or
-    segment, start > end, an unknown label; and a *file* that cannot be what the user meant — an empty
-    ``results``, or one whose videos are all outside the ground truth's subset (mAP would be 0, reported as if
-    measured). An in-memory dict (a library caller's) keeps the metric's own answer for those (0) with a WARNING.
-    Some videos outside the subset (false positives) or ground-truth videos without predictions (misses) are
-    legitimate and get one WARNING with their counts.
-    """
-    if isinstance(path_or_dict, Mapping):
-        data: Any = path_or_dict
-        source = "<predictions>"
-    else:
-        source = str(path_or_dict)
-        data = _read_predictions_json(source)
+def _flatten(
+    data: Any, source: str, class_index: Mapping[str, int] | None, subset: str, *, from_file: bool
+) -> FlatPredictions:
+    """The entries of parsed predictions as flat arrays, checking each entry's keys and types."""
     if not isinstance(data, Mapping) or not isinstance(data.get("results"), Mapping):
         raise PredictionError(
             f'{source}: no "results" object; expected {{"version", "results": {{video_id: [entries]}}, '
             '"external_data"}'
         )
-    from_file = not isinstance(path_or_dict, Mapping)
     if not data["results"]:
         message = f'{source}: "results" is empty, so there is nothing to evaluate (mAP is 0 by definition)'
         if from_file:
             raise PredictionError(f"{message}; pass the predictions of a finished run")
         log.warning(message)
-    class_index = gt.class_index if require_label else None
-    video_index = gt.video_index
     starts: list[float] = []
     ends: list[float] = []
     scores: list[float] = []
@@ -374,13 +358,49 @@ def load_predictions(
                 if class_index is not None:
                     labels.append(class_index[entry["label"]])
         except (KeyError, TypeError, ValueError, IndexError):
-            problem = _diagnose_entry(entry, class_index, gt.subset)
+            problem = _diagnose_entry(entry, class_index, subset)
             raise PredictionError(f"{source}: video {_shown(vid)}: {problem}") from None
-    count_arr = np.asarray(counts, dtype=np.int64)
-    per_video = np.array([video_index.get(v, -1) for v in names], dtype=np.int64)
+    return FlatPredictions(
+        names=names,
+        counts=np.asarray(counts, dtype=np.int64),
+        score=np.asarray(scores, dtype=np.float64),
+        segments=np.column_stack([np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)]),
+        label=np.asarray(labels, dtype=np.int64) if class_index is not None else None,
+    )
+
+
+def load_predictions(
+    path_or_dict: str | os.PathLike[str] | Mapping[str, Any],
+    gt: DetectionGroundTruth,
+    *,
+    require_label: bool = True,
+) -> DetectionPredictions:
+    """Read an official-layout predictions file (or the already-parsed dict).
+
+    With ``require_label=False`` (proposals) labels are neither required nor checked.
+    Raises :class:`PredictionError` naming the file, the video and the problem: a malformed file, a key written
+    twice, an entry without label/score/segment, a segment that is not a pair of numbers, a non-finite score or
+    segment, start > end, an unknown label; and a *file* that cannot be what the user meant — an empty
+    ``results``, or one whose videos are all outside the ground truth's subset (mAP would be 0, reported as if
+    measured). An in-memory dict (a library caller's) keeps the metric's own answer for those (0) with a WARNING.
+    Some videos outside the subset (false positives) or ground-truth videos without predictions (misses) are
+    legitimate and get one WARNING with their counts.
+    """
+    class_index = gt.class_index if require_label else None
+    from_file = not isinstance(path_or_dict, Mapping)
+    if isinstance(path_or_dict, Mapping):
+        source = "<predictions>"
+        flat = _flatten(path_or_dict, source, class_index, gt.subset, from_file=False)
+    else:
+        source = str(path_or_dict)
+        raw = _read_predictions_bytes(source)
+        flat = read_flat(raw, class_index)  # None: the strict reader decides (and words any error)
+        if flat is None:
+            flat = _flatten(_read_predictions_json(source, raw), source, class_index, gt.subset, from_file=True)
+        del raw
+    names, count_arr, score, segments = flat.names, flat.counts, flat.score, flat.segments
+    per_video = np.array([gt.video_index.get(v, -1) for v in names], dtype=np.int64)
     video = np.repeat(per_video, count_arr)
-    score = np.asarray(scores, dtype=np.float64)
-    segments = np.column_stack([np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)])
     owner = np.repeat(np.arange(len(names)), count_arr)  # index into names, to name the video in errors
     checks = (
         (~np.isfinite(score), "score {0} is not finite; scores must be real numbers"),
@@ -423,7 +443,7 @@ def load_predictions(
             len(gt.video_ids),
             gt.subset,
         )
-    label = np.asarray(labels, dtype=np.int64) if class_index is not None else np.full(score.shape, -1, np.int64)
+    label = flat.label if flat.label is not None else np.full(score.shape, -1, np.int64)
     return DetectionPredictions(
         source=source, video=video, label=label, score=score, segments=segments, unknown_videos=unknown
     )
@@ -494,7 +514,7 @@ def match_detections(
         return _matches(gt, preds, thresholds, tp)
 
     # Rank of each (useful) prediction inside its (video, class) group: by score descending, ties in input order.
-    cand = np.unique(pair_p)
+    cand = pair_p[np.r_[True, pair_p[1:] != pair_p[:-1]]]  # np.unique: pair_p is sorted (group_pairs)
     order = np.lexsort((cand, -preds.score[cand], pred_key[cand]))
     cand = cand[order]
     keys = pred_key[cand]
@@ -588,10 +608,9 @@ def ap_from_matches(matches: DetectionMatches, video_weights: np.ndarray | Seque
     num_t = matches.tiou_thresholds.shape[0]
     num_c = matches.classes.shape[0]
     order, bounds, tp_sorted = _ranked(matches)
-    if video_weights is None:
+    if video_weights is None:  # weights are made per class below: (T, P) float64 twice is 400 MB at 2.6 M
         npos = np.bincount(matches.gt_class, minlength=num_c).astype(np.float64)
-        tpw = tp_sorted.astype(np.float64)
-        fpw = 1.0 - tpw
+        tpw = fpw = None
     else:
         w = np.asarray(video_weights, dtype=np.float64)
         if w.shape != (matches.video_ids.shape[0],):
@@ -609,7 +628,11 @@ def ap_from_matches(matches: DetectionMatches, video_weights: np.ndarray | Seque
             ap[:, c] = np.nan
             continue
         a, b = bounds[c], bounds[c + 1]
-        ap[:, c] = interpolated_ap(tpw[:, a:b], fpw[:, a:b], npos[c])
+        if tpw is None or fpw is None:
+            tp_c = tp_sorted[:, a:b].astype(np.float64)
+            ap[:, c] = interpolated_ap(tp_c, 1.0 - tp_c, npos[c])
+        else:
+            ap[:, c] = interpolated_ap(tpw[:, a:b], fpw[:, a:b], npos[c])
     return ap
 
 
