@@ -41,7 +41,8 @@ IDENTITY_KEYS = ("commit", "mlflow_run_id")
 PATH_KEYS = ("proposals", "class_scores", "predictions", "ground_truth", "config")
 BYTE_GLOBS = ("metrics.json", "predictions_*.json", "proposals_*.json", "*.npy")
 TABLE_GLOBS = ("table_*.md", "table_*.csv", "table_*.tex", "optuna_rt_rs.md")
-TIME_HEADER = re.compile(r"\(s\)|time", re.IGNORECASE)
+TIME_HEADER = re.compile(r"\(s\)|\btime\b|time_", re.IGNORECASE)  # "head (s)", "time_head_s"; not "H$\times$W"
+PROVENANCE = re.compile(r"(commit\(s\): |MLflow run id\(s\): |rows written |table generated )[^;\n]*")
 
 
 # ------------------------------------------------------------------------------------------------ running sweeps
@@ -90,21 +91,22 @@ def files(root: Path, patterns: tuple[str, ...], recursive: bool) -> dict[str, P
     return found
 
 
-def masked_table(text: str) -> str:
-    """The table with the cells of measured-time columns blanked (markdown/CSV/LaTeX rows split on | , &)."""
+def masked_table(text: str, suffix: str) -> str:
+    """The table with what differs between two runs of the same numbers blanked: the cells of measured-time
+    columns (markdown, CSV and LaTeX rows split on | , &) and the provenance's commits, MLflow run ids and dates."""
+    text = PROVENANCE.sub(lambda m: m.group(1) + "<masked>", text)
+    sep = {".md": "|", ".csv": ",", ".tex": "&"}.get(suffix)
     lines = text.splitlines()
-    for sep in ("|", ",", "&"):
-        header = next((i for i, line in enumerate(lines) if sep in line and TIME_HEADER.search(line)), None)
-        if header is None:
-            continue
-        cols = [i for i, cell in enumerate(lines[header].split(sep)) if TIME_HEADER.search(cell)]
-        width = len(lines[header].split(sep))
-        for i, line in enumerate(lines):
-            cells = line.split(sep)
-            if i != header and len(cells) == width:
-                lines[i] = sep.join("<time>" if k in cols else c for k, c in enumerate(cells))
-        return "\n".join(lines)
-    return text
+    header = next((i for i, line in enumerate(lines) if sep and sep in line and TIME_HEADER.search(line)), None)
+    if sep is None or header is None:
+        return text
+    cols = [i for i, cell in enumerate(lines[header].split(sep)) if TIME_HEADER.search(cell)]
+    width = len(lines[header].split(sep))
+    for i, line in enumerate(lines):
+        cells = line.split(sep)
+        if i != header and len(cells) == width:
+            lines[i] = sep.join("<time>" if k in cols else c for k, c in enumerate(cells))
+    return "\n".join(lines)
 
 
 def checkout_of(results: Path) -> Path:
@@ -146,7 +148,7 @@ def compare(a: Path, b: Path) -> list[str]:
     n_tables = n_rows = n_files = 0
     for rel, pa, pb in pairs(TABLE_GLOBS, recursive=False):
         n_tables += 1
-        if masked_table(pa.read_text()) != masked_table(pb.read_text()):
+        if masked_table(pa.read_text(), pa.suffix) != masked_table(pb.read_text(), pb.suffix):
             problems.append(f"{rel}: tables differ")
     for rel, pa, pb in pairs(("row.json",), recursive=True):
         n_rows += 1
