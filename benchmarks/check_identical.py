@@ -8,8 +8,8 @@ already exist. A change that is meant to speed things up must leave everything b
   (a header containing "(s)" or "time"), which are blanked in both before comparing;
 - every run's ``row.json``: every key, exactly (floats as written), except the run's identity and timing (``commit``,
   ``mlflow_run_id``, ``time_*``) and absolute paths, which are compared relative to the results folder;
-- every ``metrics.json``, ``predictions_*.json`` and ``proposals_*.json``, and every feature file (``.npy``)
-  of the stages, byte for byte.
+- every ``metrics.json`` (the same exceptions and throughputs ``*_per_s``, at any depth); every ``predictions_*.json`` and
+  ``proposals_*.json``, and every feature file (``.npy``) of the stages, byte for byte.
 
 It also prints each sweep's CPU time (user + system of the whole Snakemake command and its jobs, ``os.wait4``)
 and their ratio: on a shared machine the two sweeps run back to back, so read the ratio, not the seconds.
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("check_identical")
 IDENTITY_KEYS = ("commit", "mlflow_run_id")
 PATH_KEYS = ("proposals", "class_scores", "predictions", "ground_truth", "config")
-BYTE_GLOBS = ("metrics.json", "predictions_*.json", "proposals_*.json", "*.npy")
+BYTE_GLOBS = ("predictions_*.json", "proposals_*.json", "*.npy")
 TABLE_GLOBS = ("table_*.md", "table_*.csv", "table_*.tex", "optuna_rt_rs.md")
 TIME_HEADER = re.compile(r"\(s\)|\btime\b|time_", re.IGNORECASE)  # "head (s)", "time_head_s"; not "H$\times$W"
 PROVENANCE = re.compile(r"(commit\(s\): |MLflow run id\(s\): |rows written |table generated )[^;\n]*")
@@ -121,7 +121,7 @@ def row_view(row: dict[str, Any], results: Path) -> dict[str, Any]:
     base = checkout_of(results)
     out: dict[str, Any] = {}
     for key, value in row.items():
-        if key in IDENTITY_KEYS or (key.startswith("time_") and key.endswith("_s")):
+        if key in IDENTITY_KEYS or is_timing(key):
             continue
         if (
             key in PATH_KEYS
@@ -132,6 +132,20 @@ def row_view(row: dict[str, Any], results: Path) -> dict[str, Any]:
             value = str(Path(value).relative_to(base))
         out[key] = value
     return out
+
+
+def is_timing(key: str) -> bool:
+    """A measured time or throughput (``time_head_s``, ``items_per_s``): differs between runs of the same numbers."""
+    return (key.startswith("time_") and key.endswith("_s")) or key.endswith("_per_s")
+
+
+def without_identity(obj: Any) -> Any:
+    """A metrics.json without the run's identity and timing (``mlflow_run_id``, ``commit``, times), at any depth."""
+    if isinstance(obj, dict):
+        return {k: without_identity(v) for k, v in obj.items() if k not in IDENTITY_KEYS and not is_timing(k)}
+    if isinstance(obj, list):
+        return [without_identity(v) for v in obj]
+    return obj
 
 
 def compare(a: Path, b: Path) -> list[str]:
@@ -156,6 +170,10 @@ def compare(a: Path, b: Path) -> list[str]:
         for key in sorted(set(ra) | set(rb)):
             if ra.get(key, "<absent>") != rb.get(key, "<absent>"):
                 problems.append(f"{rel}: {key}: {ra.get(key, '<absent>')!r} != {rb.get(key, '<absent>')!r}")
+    for rel, pa, pb in pairs(("metrics.json",), recursive=True):
+        n_files += 1
+        if without_identity(json.loads(pa.read_text())) != without_identity(json.loads(pb.read_text())):
+            problems.append(f"{rel}: metrics differ")
     for rel, pa, pb in pairs(BYTE_GLOBS, recursive=True):
         n_files += 1
         if pa.read_bytes() != pb.read_bytes():
