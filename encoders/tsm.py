@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
-from encoders import register_encoder
+from encoders import declare_num_features, register_encoder
 from encoders.weights import WeightsError, create_timm_backbone, load_backbone_checkpoint
 from harness.errors import ConfigError
 
@@ -196,6 +196,7 @@ def _create_tsm_resnet(
 
 
 @register_encoder
+@declare_num_features(512)
 def tsm_resnet18(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """TSM-ResNet18, the paper's main encoder (D = 512)."""
     return _create_tsm_resnet(
@@ -204,6 +205,7 @@ def tsm_resnet18(pretrained: bool = False, checkpoint: PathLike | None = None, *
 
 
 @register_encoder
+@declare_num_features(512)
 def tsm_resnet34(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """TSM-ResNet34 (D = 512)."""
     return _create_tsm_resnet(
@@ -212,6 +214,7 @@ def tsm_resnet34(pretrained: bool = False, checkpoint: PathLike | None = None, *
 
 
 @register_encoder
+@declare_num_features(2048)
 def tsm_resnet50(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """TSM-ResNet50, Bottleneck blocks (D = 2048)."""
     return _create_tsm_resnet(
@@ -220,6 +223,7 @@ def tsm_resnet50(pretrained: bool = False, checkpoint: PathLike | None = None, *
 
 
 @register_encoder
+@declare_num_features(256)
 def tsm_resnet_mini(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """ResNet18 blocks, one per stage, half width (D = 256): CPU experiments on the synthetic benchmark."""
     arch = dict(layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_type="deep", stem_width=16)
@@ -229,6 +233,7 @@ def tsm_resnet_mini(pretrained: bool = False, checkpoint: PathLike | None = None
 
 
 @register_encoder
+@declare_num_features(128)
 def tsm_resnet_tiny(pretrained: bool = False, checkpoint: PathLike | None = None, **kwargs: Any) -> TSMEncoder:
     """ResNet18 blocks, one per stage, quarter width (D = 128, ~0.3M params): tests and CPU smoke runs."""
     arch = dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_type="deep", stem_width=8)

@@ -7,6 +7,7 @@ writer was killed: ``kill -9`` skips the cleanup below) from the live file of a 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -64,8 +65,22 @@ def loads_json_strict(text: str) -> tuple[Any, str | None]:
             obj[key] = value
         return obj
 
-    data = json.loads(text, object_pairs_hook=keep_duplicates)
+    with gc_paused():
+        data = json.loads(text, object_pairs_hook=keep_duplicates)
     return data, (duplicates[0] if duplicates else None)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: building millions of containers (a parsed JSON file) triggers
+    collections that each walk every container made so far, which doubles the parse time and frees nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -6,6 +6,7 @@ set. Metric names are made MLflow-legal here (``mAP@0.5`` → ``mAP_0.5``), once
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -42,8 +43,10 @@ def tracking_uri(cfg: TrackingConfig, default: str = DEFAULT_URI) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or default
 
 
+@functools.lru_cache(maxsize=8)
 def git_commit(cwd: str | Path | None = None) -> str:
-    """The commit of the checkout (with '+dirty' when it has changes), or 'unknown' outside git."""
+    """The commit of the checkout (with '+dirty' when it has changes), or 'unknown' outside git. Asked once per
+    process (a run records it twice; each ask is two git processes)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
         dirty = subprocess.run(

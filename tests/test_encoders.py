@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from encoders import create_encoder, list_encoders
+from encoders import create_encoder, encoder_num_features, list_encoders
 from encoders.tsm import TemporalShift, TSMEncoder, temporal_shift
 from encoders.weights import WeightsError, create_timm_backbone, load_backbone_checkpoint
 from harness.errors import ConfigError, LofiError
@@ -36,7 +36,7 @@ def test_registry_lists_every_variant() -> None:
 def test_every_encoder_shapes_gradients_and_determinism(name: str) -> None:
     torch.manual_seed(0)
     encoder = create_encoder(name)
-    assert encoder.num_features == EXPECTED_DIMS[name]
+    assert encoder.num_features == EXPECTED_DIMS[name] == encoder_num_features(name)  # the declared width
     x = _video(1, 2, 2, 32, 32)
     out = encoder(x)
     assert out.shape == (1, 2, EXPECTED_DIMS[name])

@@ -55,6 +55,7 @@ import numpy as np
 
 from harness.data.model import TALDataset
 from harness.errors import AnnotationError, PredictionError
+from harness.evaluation.fastread import FlatPredictions, read_flat
 from harness.io import loads_json_strict
 
 log = logging.getLogger(__name__)
@@ -227,15 +228,20 @@ def _diagnose_entry(entry: Any, class_index: Mapping[str, int] | None, subset: s
     return f"entry {entry!r} is malformed"
 
 
-def _read_predictions_json(source: str) -> Any:
-    """Parse a predictions file; a key written twice (a video's list, an entry's score) is an error, as in the
-    annotation reader: JSON would keep the last one silently."""
+def _read_predictions_bytes(source: str) -> bytes:
     try:
-        data, duplicate = loads_json_strict(Path(source).read_text(encoding="utf-8"))
+        return Path(source).read_bytes()
     except FileNotFoundError:
         raise PredictionError(f"{source}: file not found; pass the predictions JSON") from None
     except IsADirectoryError:
         raise PredictionError(f"{source}: is a folder; pass the predictions JSON file inside it") from None
+
+
+def _read_predictions_json(source: str, raw: bytes) -> Any:
+    """Parse a predictions file; a key written twice (a video's list, an entry's score) is an error, as in the
+    annotation reader: JSON would keep the last one silently."""
+    try:
+        data, duplicate = loads_json_strict(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PredictionError(f"{source}: not valid JSON ({exc}); write the official layout") from None
     if duplicate is not None:
@@ -244,6 +250,66 @@ def _read_predictions_json(source: str) -> Any:
             "write each video once under results, with all its entries in one list"
         )
     return data
+
+
+def _flatten(
+    data: Any,
+    source: str,
+    class_index: Mapping[str, int] | None,
+    subset: str,
+    *,
+    from_file: bool,
+    absent: dict[str, int] | None = None,
+) -> FlatPredictions:
+    """The entries of parsed predictions as flat arrays, checking each entry's keys and types. ``absent``: see
+    ``_label`` (labels of classes without instances counted there and given -1)."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("results"), Mapping):
+        raise PredictionError(
+            f'{source}: no "results" object; expected {{"version", "results": {{video_id: [entries]}}, '
+            '"external_data"}'
+        )
+    if not data["results"]:
+        message = f'{source}: "results" is empty, so there is nothing to evaluate (mAP is 0 by definition)'
+        if from_file:
+            raise PredictionError(f"{message}; pass the predictions of a finished run")
+        log.warning(message)
+    starts: list[float] = []
+    ends: list[float] = []
+    scores: list[float] = []
+    labels: list[int] = []
+    counts: list[int] = []
+    names: list[str] = []
+    for vid, entries in data["results"].items():
+        if not isinstance(entries, list):
+            raise PredictionError(
+                f"{source}: video {_shown(vid)}: results must be a list of entries, got {type(entries).__name__}"
+            )
+        names.append(vid)
+        counts.append(len(entries))
+        entry: Any = None
+        try:
+            for entry in entries:
+                seg = entry["segment"]
+                if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+                    raise TypeError  # "06" would unpack into two characters
+                s, e, score = seg[0], seg[1], entry["score"]
+                if not (_is_number(s) and _is_number(e) and _is_number(score)):
+                    raise TypeError  # strings and booleans are not numbers here
+                starts.append(float(s))
+                ends.append(float(e))
+                scores.append(float(score))
+                if class_index is not None:
+                    labels.append(_label(class_index, entry["label"], absent))
+        except (KeyError, TypeError, ValueError, IndexError):
+            problem = _diagnose_entry(entry, class_index, subset)
+            raise PredictionError(f"{source}: video {_shown(vid)}: {problem}") from None
+    return FlatPredictions(
+        names=names,
+        counts=np.asarray(counts, dtype=np.int64),
+        score=np.asarray(scores, dtype=np.float64),
+        segments=np.column_stack([np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)]),
+        label=np.asarray(labels, dtype=np.int64) if class_index is not None else None,
+    )
 
 
 def load_predictions(
@@ -268,61 +334,23 @@ def load_predictions(
     Some videos outside the subset (false positives) or ground-truth videos without predictions (misses) are
     legitimate and get one WARNING with their counts.
     """
+    class_index = gt.class_index if require_label else None
+    absent: dict[str, int] | None = {} if absent_labels == "drop" else None  # label -> predictions dropped
+    from_file = not isinstance(path_or_dict, Mapping)
     if isinstance(path_or_dict, Mapping):
-        data: Any = path_or_dict
         source = "<predictions>"
+        flat = _flatten(path_or_dict, source, class_index, gt.subset, from_file=False, absent=absent)
     else:
         source = str(path_or_dict)
-        data = _read_predictions_json(source)
-    if not isinstance(data, Mapping) or not isinstance(data.get("results"), Mapping):
-        raise PredictionError(
-            f'{source}: no "results" object; expected {{"version", "results": {{video_id: [entries]}}, '
-            '"external_data"}'
-        )
-    from_file = not isinstance(path_or_dict, Mapping)
-    if not data["results"]:
-        message = f'{source}: "results" is empty, so there is nothing to evaluate (mAP is 0 by definition)'
-        if from_file:
-            raise PredictionError(f"{message}; pass the predictions of a finished run")
-        log.warning(message)
-    class_index = gt.class_index if require_label else None
-    video_index = gt.video_index
-    starts: list[float] = []
-    ends: list[float] = []
-    scores: list[float] = []
-    labels: list[int] = []
-    counts: list[int] = []
-    names: list[str] = []
-    absent: dict[str, int] | None = {} if absent_labels == "drop" else None  # label -> predictions dropped
-    for vid, entries in data["results"].items():
-        if not isinstance(entries, list):
-            raise PredictionError(
-                f"{source}: video {_shown(vid)}: results must be a list of entries, got {type(entries).__name__}"
-            )
-        names.append(vid)
-        counts.append(len(entries))
-        entry: Any = None
-        try:
-            for entry in entries:
-                seg = entry["segment"]
-                if not isinstance(seg, (list, tuple)) or len(seg) != 2:
-                    raise TypeError  # "06" would unpack into two characters
-                s, e, score = seg[0], seg[1], entry["score"]
-                if not (_is_number(s) and _is_number(e) and _is_number(score)):
-                    raise TypeError  # strings and booleans are not numbers here
-                starts.append(float(s))
-                ends.append(float(e))
-                scores.append(float(score))
-                if class_index is not None:
-                    labels.append(_label(class_index, entry["label"], absent))
-        except (KeyError, TypeError, ValueError, IndexError):
-            problem = _diagnose_entry(entry, class_index, gt.subset)
-            raise PredictionError(f"{source}: video {_shown(vid)}: {problem}") from None
-    count_arr = np.asarray(counts, dtype=np.int64)
-    per_video = np.array([video_index.get(v, -1) for v in names], dtype=np.int64)
+        raw = _read_predictions_bytes(source)
+        flat = read_flat(raw, class_index)  # None (an unknown label among others): the strict reader decides
+        if flat is None:
+            data = _read_predictions_json(source, raw)
+            flat = _flatten(data, source, class_index, gt.subset, from_file=True, absent=absent)
+        del raw
+    names, count_arr, score, segments = flat.names, flat.counts, flat.score, flat.segments
+    per_video = np.array([gt.video_index.get(v, -1) for v in names], dtype=np.int64)
     video = np.repeat(per_video, count_arr)
-    score = np.asarray(scores, dtype=np.float64)
-    segments = np.column_stack([np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)])
     owner = np.repeat(np.arange(len(names)), count_arr)  # index into names, to name the video in errors
     checks = (
         (~np.isfinite(score), "score {0} is not finite; scores must be real numbers"),
@@ -365,7 +393,7 @@ def load_predictions(
             len(gt.video_ids),
             gt.subset,
         )
-    label = np.asarray(labels, dtype=np.int64) if class_index is not None else np.full(score.shape, -1, np.int64)
+    label = flat.label if flat.label is not None else np.full(score.shape, -1, np.int64)
     if absent:
         keep = label >= 0
         video, label, score, segments = video[keep], label[keep], score[keep], segments[keep]
@@ -457,7 +485,7 @@ def match_detections(
         return _matches(gt, preds, thresholds, tp)
 
     # Rank of each (useful) prediction inside its (video, class) group: by score descending, ties in input order.
-    cand = np.unique(pair_p)
+    cand = pair_p[np.r_[True, pair_p[1:] != pair_p[:-1]]]  # np.unique: pair_p is sorted (group_pairs)
     order = np.lexsort((cand, -preds.score[cand], pred_key[cand]))
     cand = cand[order]
     keys = pred_key[cand]
@@ -551,10 +579,9 @@ def ap_from_matches(matches: DetectionMatches, video_weights: np.ndarray | Seque
     num_t = matches.tiou_thresholds.shape[0]
     num_c = matches.classes.shape[0]
     order, bounds, tp_sorted = _ranked(matches)
-    if video_weights is None:
+    if video_weights is None:  # weights are made per class below: (T, P) float64 twice is 400 MB at 2.6 M
         npos = np.bincount(matches.gt_class, minlength=num_c).astype(np.float64)
-        tpw = tp_sorted.astype(np.float64)
-        fpw = 1.0 - tpw
+        tpw = fpw = None
     else:
         w = np.asarray(video_weights, dtype=np.float64)
         if w.shape != (matches.video_ids.shape[0],):
@@ -572,7 +599,11 @@ def ap_from_matches(matches: DetectionMatches, video_weights: np.ndarray | Seque
             ap[:, c] = np.nan
             continue
         a, b = bounds[c], bounds[c + 1]
-        ap[:, c] = interpolated_ap(tpw[:, a:b], fpw[:, a:b], npos[c])
+        if tpw is None or fpw is None:
+            tp_c = tp_sorted[:, a:b].astype(np.float64)
+            ap[:, c] = interpolated_ap(tp_c, 1.0 - tp_c, npos[c])
+        else:
+            ap[:, c] = interpolated_ap(tpw[:, a:b], fpw[:, a:b], npos[c])
     return ap
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from encoders import encoder_num_features
 from harness.data.loader import fixed_plan
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
@@ -112,7 +113,10 @@ def run_features(
     todo = [v for v in videos if not feature_path(out, v.id).is_file()]
     lo, hi = shard_bounds(len(todo), world)
     todo = todo[lo:hi]
-    encoder = load_encoder(cfg, encoder_checkpoint).to(device).eval()
+    # zeroed features need only the encoder's width: a declared one spares building the model (and importing timm)
+    declared = encoder_num_features(cfg.encoder.name) if zeroed else None
+    encoder = load_encoder(cfg, encoder_checkpoint).to(device).eval() if declared is None else None
+    num_features = declared if encoder is None else int(encoder.num_features)
     fid = cfg.fidelity
     if bn_recalibrate and not zeroed and todo:
         train = frames.usable(data.ds.subset(cfg.data.train_subset))
@@ -141,9 +145,10 @@ def run_features(
     ):
         if zeroed:
             part = [todo[r.item] for r in batch]
-            feats = np.zeros((len(part), fid.snippets, encoder.num_features), dtype=np.float32)
+            feats = np.zeros((len(part), fid.snippets, num_features), dtype=np.float32)
         else:
             part = [todo[i] for i in batch.items.tolist()]
+            assert encoder is not None
             x = batch.to_device(device)
             with autocast(device, cfg.runtime.amp):
                 feats = encoder(x).float().cpu().numpy()
@@ -162,7 +167,7 @@ def run_features(
             "videos": len(videos),
             "skipped_videos": sorted({v.id for v in wanted} - {v.id for v in videos}),
             "encoder_checkpoint": str(encoder_checkpoint),
-            "num_features": int(encoder.num_features),
+            "num_features": num_features,
             "bn_recalibrate": bool(bn_recalibrate),
             "time_s": time.perf_counter() - t0,
         },

@@ -1,0 +1,56 @@
+"""The start-up estimate of a sweep's CPU time (harness/cost.py) and its stored per-kind costs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.cost import KINDS, estimate_message, load_costs, rule_kind
+
+
+@pytest.mark.parametrize(
+    "rule,kind",
+    [
+        ("data", "data"),
+        ("frames", "frames"),
+        ("track_init", "track_init"),
+        ("pretrain_tsm_resnet_tiny_pretrain_acpplus_seed0", "pretrain"),
+        ("lofi_tsm_resnet_tiny_lofi_full_seed1", "lofi_full"),
+        ("lofi_tsm_resnet_tiny_lofi_long_seed1", "lofi"),
+        ("features_tsm_resnet_tiny_features_lofi_full_seed0", "features"),
+        ("classifier_tsm_resnet_tiny_classifier_seed10", "classifier"),
+        ("run_tsm_resnet_tiny_bmn_lofi_long_seed0", "run"),
+        ("table_ablation", "table"),
+        ("optuna_worker0", "optuna"),
+        ("all", None),
+        ("tables", None),
+    ],
+)
+def test_rule_kind(rule: str, kind: str | None) -> None:
+    assert rule_kind(rule) == kind
+
+
+def test_shipped_costs_name_known_kinds_and_reproduce_their_command() -> None:
+    costs = load_costs()
+    assert "default" in costs
+    for cost in costs.values():
+        assert set(cost.per_job) <= set(KINDS) and all(v > 0 for v in cost.per_job.values())
+    default = costs["default"]
+    # the 94 jobs of the measured command (issue 18's table) give back its 3,357 CPU-s
+    jobs = Counter(run=27, features=27, lofi_full=3, lofi=15, pretrain=12, classifier=6, data=1, frames=1, track_init=1)
+    jobs["table"] = 1  # not measured: counted as a head run
+    assert default.estimate(jobs) == pytest.approx(3357, rel=0.01)
+
+
+def test_estimate_message(tmp_path: Path) -> None:
+    path = tmp_path / "cost.json"
+    entry = {"measured": "box X", "cpu_s_per_job": {"run": 60.0, "data": 120.0}, "outside_cpu_s_per_job": 0.0}
+    path.write_text(json.dumps({"profiles": {"p": entry}}))
+    msg = estimate_message("p", Counter(run=2, data=1, optuna=1), cores=2, path=path)
+    assert "4 job(s)" in msg and "about 5 CPU-minutes" in msg and "2 minutes on 2" in msg and "box X" in msg
+    assert "not measured, counted as a head run: optuna" in msg
+    assert "no measured cost" in estimate_message(None, Counter(run=1), cores=2, path=path)
+    assert estimate_message("p", Counter(), cores=2, path=path) == "every job is finished"
