@@ -144,4 +144,3 @@ def lofi_args(*args, command=()):
     """Arguments of a `lofi [command...]` call: the resolved config first, every value shell-quoted (they come
     from the config, e.g. an encoder name)."""
     return shlex.join([*command, "--config", CONFIG_FILE, *[str(a) for a in args]])
-

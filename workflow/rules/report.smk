@@ -152,16 +152,15 @@ rule optuna:
         "lofi search {params.args} --set runtime.threads={threads} > {log:q} 2>&1"
 
 
-
 onstart:
     # Once, in the command the user typed, when the jobs to run are known (not in a dry run, nor in a cluster job).
     from collections import Counter
-
     from snakemake.logging import logger
-
     from harness.cost import estimate_message, rule_kind
 
     _jobs = Counter(rule_kind(job.rule.name) for job in workflow.dag.needrun_jobs())
     _jobs.pop(None, None)
-    logger.info("lofi-bench: " + estimate_message(
-        CFG.data.synthetic_profile, _jobs, min(workflow.cores or 1, os.cpu_count() or 1)))
+    logger.info(
+        "lofi-bench: "
+        + estimate_message(CFG.data.synthetic_profile, _jobs, min(workflow.cores or 1, os.cpu_count() or 1))
+    )
