@@ -5,7 +5,7 @@
 #   snakemake --cores 8 --resources gpu=4 all --configfile config/activitynet.yaml
 #   snakemake --cores 8 readme                                            tables -> README.md
 #   snakemake --profile profiles/local results/table_ablation.md           the same through a profile
-#   snakemake --profile profiles/slurm --configfile config/activitynet.yaml all   on a SLURM cluster (docs/cluster.md)
+#   snakemake all --profile profiles/slurm --configfile config/activitynet.yaml   on a SLURM cluster (docs/cluster.md)
 #
 # The rules live in workflow/rules/: common.smk (the config, validated once, and the sweep's stage plan),
 # stages.smk (one job per shared stage and per run), report.smk (tables, README, Optuna). Every path and rerun key
@@ -24,7 +24,8 @@ include: "workflow/rules/stages.smk"
 include: "workflow/rules/report.smk"
 
 
-# Aggregates and light bookkeeping run where Snakemake runs (on a cluster: the submitting node), never as jobs.
+# Aggregates and light bookkeeping run where Snakemake runs (on a cluster: the submitting node), never as jobs; the
+# generated table rules say so themselves (`localrule: True` in report.smk).
 localrules:
     all,
     tables,

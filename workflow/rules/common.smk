@@ -94,6 +94,11 @@ GPU = CFG.sweep.gpu_per_job
 MEM_MB = CFG.sweep.mem_mb_per_job
 RUNTIME = CFG.sweep.runtime_per_job  # minutes
 LIGHT = {"mem_mb": 2000, "runtime": 30}
+# Jobs that fan out over processes (rendering the synthetic data, decoding frames): at most 8, never more than
+# Snakemake's cores. Decided from `workflow.cores` alone, never from this machine's CPU count: on a cluster the
+# submitting process and the job read the same --cores (the executor passes it on), so the --cpus-per-task a job
+# asks for is the number of processes it starts, whatever the login node's and the compute node's CPU counts.
+FANOUT = min(workflow.cores, 8)
 # How a training job starts `lofi`: plain `lofi`, or e.g. torchrun with one process per GPU of the job.
 LAUNCH = CFG.sweep.launcher.format(gpus=GPU)
 GROUND_TRUTH = str(CFG.data.annotations_path())

@@ -58,6 +58,7 @@ def table_rule(kind, kinds):
             f"{LOGS}/table_{kind}.log",
         benchmark:
             f"{BENCH}/table_{kind}.tsv"
+        localrule: True
         resources:
             **LIGHT,
         params:

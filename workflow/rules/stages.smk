@@ -14,7 +14,7 @@ if CFG.data.synthetic_profile:
         benchmark:
             f"{BENCH}/data.tsv"
         # the first job, alone: every file is rendered in parallel (same bytes for any count; 2 processes: 1.99x)
-        threads: min(workflow.cores, os.cpu_count() or 1, 8)
+        threads: FANOUT
         resources:
             **LIGHT,
         params:
@@ -51,7 +51,7 @@ rule frames:
         f"{BENCH}/frames.tsv"
     # all cores of this machine (alone: it runs before every training job); on a cluster a job of its own, with a
     # training job's memory and time (decoding a real dataset takes hours) and no GPU
-    threads: min(workflow.cores, os.cpu_count() or 1, 8)
+    threads: FANOUT
     resources:
         mem_mb=MEM_MB,
         runtime=RUNTIME,
