@@ -86,7 +86,11 @@ def expected_ablation_jobs(config: Path) -> Counter:
         if cycle:
             pretrain.add(("acp", seed))
             lofi.add((cycle, seed))
-        features.add((mode if mode == "blind" else f"lofi-{cycle}" if cycle else pre, seed))
+        # a LoFi encoder with BatchNorm re-estimated at full fidelity (the "+bn" row, or lofi.bn_recalibrate for
+        # every LoFi row) is a features job of its own
+        recal = bool(cycle) and (cfg.lofi.bn_recalibrate or mode.endswith("+bn"))
+        source = mode if mode == "blind" else f"lofi-{cycle}" if cycle else pre
+        features.add((source + ("+bn" if recal else ""), seed))
     shared_classifier = cfg.head.class_scores == "finetuned"
     if shared_classifier:  # the ACP+ model (from ACP) scores every video once per seed
         pretrain |= {(p, s) for s in seeds for p in ("acp", "acp+")}
