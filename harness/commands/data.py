@@ -169,8 +169,10 @@ data.acp_source, once, in --workers processes, into the frame store data.store n
   prepared  each video re-encoded into data.cache_dir/store/ (H.264 at data.max_side, data.store_crf, a keyframe
             every data.store_gop frames, every frame kept); batches then decode only the frames they need
 The workflow runs this once before its training jobs, so parallel jobs never decode the same video twice.
-Resumable: finished videos are skipped. Prints one line: videos prepared, videos without a file (data.missing:
-error stops before any work, naming the file names tried; skip / miss list them in DATA.cache_dir/lists/) and
+Resumable: finished videos are skipped; each one kept is verified against its checksum first and rebuilt (with
+a warning) when damaged (docs/contracts.md § Stored artefacts). Prints one line: videos prepared, videos without
+a file (data.missing: error stops before any work, naming the file names tried; skip / miss list them in
+DATA.cache_dir/lists/) and
 undecodable ones (listed there too; they stop the command unless data.skip_corrupt is true). Exits with status 2
 when not a single video could be prepared.
 """
@@ -190,8 +192,10 @@ def _register_prepare(data_sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_prepare)
 
 
-def _prepare_one(job: tuple[str, Path, float, Any]) -> tuple[str, int, float, str]:
-    """(id, bytes in the store, seconds of video, error) of one video decoded into the store of ``cfg``."""
+def _prepare_one(job: tuple[str, Path, float, Any]) -> tuple[str, int, float, str, int]:
+    """(id, bytes in the store, seconds of video, error, damaged entries rebuilt) of one video decoded into the
+    store of ``cfg``. An entry already there is verified against its checksum first (rebuilt, with a warning,
+    when damaged)."""
     from harness.errors import VideoError
     from harness.pipeline.data import VideoFrames
 
@@ -200,11 +204,11 @@ def _prepare_one(job: tuple[str, Path, float, Any]) -> tuple[str, int, float, st
     try:
         if cfg.store == "prepared":
             entry, info = frames.prepare(source)
-            return vid, entry.stat().st_size, info.num_frames / info.fps, ""
+            return vid, entry.stat().st_size, info.num_frames / info.fps, "", 0
         frames.cache.get(source)
-        return vid, frames.cache.entry_path(source).stat().st_size, duration, ""
+        return vid, frames.cache.entry_path(source).stat().st_size, duration, "", frames.cache.repaired
     except VideoError as exc:
-        return vid, 0, 0.0, str(exc)
+        return vid, 0, 0.0, str(exc), frames.cache.repaired
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -237,9 +241,10 @@ def _prepare(args: argparse.Namespace) -> int:
         jobs += [(it.path.stem, it.path, 0.0, cfg) for it in read_source_index(cfg, cfg.acp_source, "clips")[1]]
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(tqdm(pool.map(_prepare_one, jobs, chunksize=4), total=len(jobs), desc="prepare", unit="video"))
-    failed = [(vid, err) for vid, _, _, err in results if err]
-    done = [(size, secs) for _, size, secs, err in results if not err]
-    prepared_targets = sum(1 for _, _, _, err in results[:n_target] if not err)
+    failed = [(vid, err) for vid, _, _, err, _ in results if err]
+    done = [(size, secs) for _, size, secs, err, _ in results if not err]
+    repaired = sum(r[4] for r in results)
+    prepared_targets = sum(1 for _, _, _, err, _ in results[:n_target] if not err)
     total = sum(size for size, _ in done)
     hours = sum(secs for _, secs in done) / 3600
     timed = sum(size for size, secs in done if secs > 0)  # ACP clips have no annotated duration: not in MB/hour
@@ -252,6 +257,7 @@ def _prepare(args: argparse.Namespace) -> int:
         "store": str(frames.store_dir() if cfg.store == "prepared" else cfg.cache_dir),
         "videos": len(done),
         "failed": len(failed),
+        "repaired": repaired,
         "missing": n_missing,
         "missing_policy": cfg.missing,
         "missing_list": str(lists / f"{cfg.name}-missing.txt") if n_missing else None,
@@ -280,6 +286,8 @@ def _prepare(args: argparse.Namespace) -> int:
     print(
         f"{summary['store']}: prepared {len(done)} videos, {total / 1e9:.2f} GB "
         f"({summary['mb_per_video']:.1f} MB per video, {summary['mb_per_hour']:.0f} MB per hour of video); "
-        f"{missing}{len(failed)} undecodable" + (f" (skipped; list: {undecodable})" if failed else "")
+        f"{missing}{len(failed)} undecodable"
+        + (f" (skipped; list: {undecodable})" if failed else "")
+        + (f"; {repaired} damaged entries found and rebuilt" if repaired else "")
     )
     return 0

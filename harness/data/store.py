@@ -4,7 +4,8 @@
 ``crf``) at the dataset's frame size (longer side at most ``max_side``, even dimensions as 4:2:0 needs), keeping
 every frame at the source's frame rate (so frame indices, and the sampler's ``stride``, mean what they mean on
 the source), without B-frames and with a keyframe every ``gop`` frames. A JSON sidecar records the frame count,
-frame rate and size, so sampling needs no probe. This is the field's practice (videos re-encoded to a fixed size
+frame rate and size, so sampling needs no probe, and the stored file's CRC-32, checked before a process first reads
+the entry (a damaged entry is re-encoded with a warning: H.264 can decode garbage bytes without an error). This is the field's practice (videos re-encoded to a fixed size
 before training) and costs a few MB per ActivityNet video instead of the hundreds of MB of decoded uint8 frames
 (figures: README, real data; ``benchmarks/bench_store.py``).
 
@@ -33,12 +34,13 @@ from av.video.reformatter import ColorRange
 
 from harness.data.video import _check_readable, _scaled_size, _video_stream, probe_video
 from harness.errors import VideoError
+from harness.integrity import file_crc32
 from harness.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-STORE_FORMAT = 1  # bump when the encoding changes, so old entries are ignored
+STORE_FORMAT = 2  # bump when the encoding changes, so old entries are ignored (2: the sidecar holds a CRC-32)
 
 _REPREPARE_HINT = "delete it and run `lofi data prepare` again"
 
@@ -64,6 +66,7 @@ class StoreInfo:
     gop: int
     source: str
     format: int = STORE_FORMAT
+    crc32: int = -1  # of the stored video file, checked once per process before it is read (-1: none recorded)
 
 
 def _even(n: int) -> int:
@@ -104,7 +107,11 @@ def prepare_video(source: PathLike, store_dir: PathLike, settings: StoreSettings
     entry = store_entry(store_dir, src, settings)
     info = load_info(entry)
     if info is not None:
-        return entry, info
+        if file_crc32(entry) == info.crc32:
+            return entry, info
+        # damaged after it was written (a torn copy, a bad block): H.264 may decode garbage without an error
+        log.warning("%s: checksum mismatch with its sidecar (the file was damaged); re-encoding %s", entry, src)
+        sidecar(entry).unlink(missing_ok=True)
     entry.parent.mkdir(parents=True, exist_ok=True)
     declared = probe_video(src)
     try:
@@ -151,7 +158,13 @@ def prepare_video(source: PathLike, store_dir: PathLike, settings: StoreSettings
         entry.unlink(missing_ok=True)
         raise VideoError(f"{src}: truncated, decoded {n} of {declared.num_frames} declared frames")
     info = StoreInfo(
-        num_frames=n, fps=float(rate), width=width, height=height, gop=settings.gop, source=str(src.resolve())
+        num_frames=n,
+        fps=float(rate),
+        width=width,
+        height=height,
+        gop=settings.gop,
+        source=str(src.resolve()),
+        crc32=file_crc32(entry),
     )
     write_json_atomic(sidecar(entry), asdict(info))  # last: an entry without it is unfinished
     return entry, info

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import ConfigError, VideoError
+from harness.integrity import IntegrityError, load_array, save_array
 from harness.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float) -> Path:
 # Decoded-frame cache
 # --------------------------------------------------------------------------------------------------------------
 
-_CACHE_FORMAT = 1  # bump when the stored layout or decoding changes, so old entries are ignored
+_CACHE_FORMAT = 2  # bump when the stored layout or decoding changes, so old entries are ignored (2: sealed files)
 
 
 def _cache_key(path: Path, size: int, mtime_ns: int, max_side: int) -> str:
@@ -248,8 +249,10 @@ class FrameCache:
 
     The disk key hashes (resolved path, size, mtime_ns, max_side), so rewriting the source invalidates its entry
     (stale files are simply never read again). Entries are written atomically: concurrent workers, threads or
-    processes, may decode the same video twice but never read a partial file. Returned arrays are read-only
-    because they are shared between callers.
+    processes, may decode the same video twice but never read a partial file. Entries are sealed
+    (``harness.integrity``: a CRC-32 trailer checked on every read from disk), so an entry damaged after it was
+    written (garbage pixels under an intact header) is decoded again with a warning, never read (``repaired``
+    counts them). Returned arrays are read-only because they are shared between callers.
     """
 
     def __init__(self, root: PathLike, max_side: int = 0, memory_bytes: int = 2**30) -> None:
@@ -262,6 +265,7 @@ class FrameCache:
         self.memory_hits = 0
         self.disk_hits = 0
         self.misses = 0
+        self.repaired = 0  # damaged disk entries decoded again
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -311,21 +315,23 @@ class FrameCache:
 
     def _load(self, entry: Path) -> np.ndarray | None:
         try:
-            frames = np.load(entry, allow_pickle=False)
+            frames = load_array(entry)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, EOFError) as exc:  # damaged by something outside this class: decode again
-            log.warning("%s: unreadable cache entry (%s); decoding the video again", entry, exc)
+        except (OSError, IntegrityError) as exc:  # damaged by something outside this class: decode again
+            log.warning("%s; decoding the video again", exc if isinstance(exc, IntegrityError) else f"{entry}: {exc}")
+            with self._lock:
+                self.repaired += 1
             return None
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
             log.warning("%s: cache entry has shape %s %s; decoding the video again", entry, frames.dtype, frames.shape)
+            with self._lock:
+                self.repaired += 1
             return None
         return frames
 
     def _store(self, entry: Path, frames: np.ndarray) -> None:
-        with atomic_path(entry) as tmp:
-            with open(tmp, "wb") as handle:  # a file handle: np.save would append ".npy" to a bare name
-                np.save(handle, frames, allow_pickle=False)
+        save_array(entry, frames)
 
     @property
     def held_bytes(self) -> int:

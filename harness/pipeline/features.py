@@ -16,7 +16,8 @@ from encoders import encoder_num_features
 from harness.data.loader import fixed_plan
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
-from harness.io import atomic_path, child_path, write_json_atomic
+from harness.integrity import IntegrityError, load_array, save_array
+from harness.io import child_path, write_json_atomic
 from harness.pipeline.data import StageData, clip_loader, stage_data
 from harness.pipeline.distributed import barrier, current, shard_bounds
 from harness.pipeline.models import load_encoder
@@ -153,8 +154,7 @@ def run_features(
             with autocast(device, cfg.runtime.amp):
                 feats = encoder(x).float().cpu().numpy()
         for v, f in zip(part, feats):
-            with atomic_path(feature_path(out, v.id)) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, f.astype(np.float32))
+            save_array(feature_path(out, v.id), f.astype(np.float32))  # sealed: a CRC-32 checked on load
     barrier()  # every share written
     if not world.main:
         barrier()
@@ -180,9 +180,11 @@ def run_features(
 
 def _load_one(path: Path) -> np.ndarray:
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError) as exc:  # truncated or not an .npy file (OSErrors go to the CLI's mapping)
-        raise LofiError(f"{path}: corrupt feature file ({exc}); delete {path.parent.parent} to extract again") from None
+        arr = load_array(path)  # checked against its checksum (OSErrors go to the CLI's mapping)
+    except IntegrityError as exc:
+        raise LofiError(
+            f"{path}: corrupt feature file ({exc.problem}); delete {path.parent.parent} to extract the features again"
+        ) from None
     if arr.ndim != 2:
         raise LofiError(f"{path}: features of shape {arr.shape}, expected (L, D); delete {path.parent.parent}")
     return arr

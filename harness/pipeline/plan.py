@@ -162,9 +162,21 @@ def _head_view(cfg: ExperimentConfig, *, final: bool) -> dict[str, Any]:
     return head
 
 
+# The layout of the files stages write: part of every key, so a change (2: features and checkpoints are sealed
+# files, harness/integrity.py) reruns the stages written before it instead of failing on their files.
+STAGE_FORMAT = 2
+
+
 def _key(kind: str, variant: str, seed: int, reads: dict[str, Any], needs: tuple[Stage, ...]) -> str:
     blob = json.dumps(
-        {"kind": kind, "variant": variant, "seed": seed, "reads": reads, "needs": [n.key for n in needs]},
+        {
+            "format": STAGE_FORMAT,
+            "kind": kind,
+            "variant": variant,
+            "seed": seed,
+            "reads": reads,
+            "needs": [n.key for n in needs],
+        },
         sort_keys=True,
         default=str,
     )

@@ -16,7 +16,8 @@ import torch
 
 from harness.errors import LofiError
 from harness.experiment import OptimConfig, RuntimeConfig
-from harness.io import remove_orphans, write_bytes_atomic, write_json_atomic
+from harness.integrity import IntegrityError, load_torch_sealed, save_torch_sealed
+from harness.io import remove_orphans, write_json_atomic
 from harness.pipeline.files import DONE
 
 log = logging.getLogger(__name__)
@@ -97,20 +98,25 @@ def start_stage(out: Path) -> None:
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    """Serialise in memory, then write with Python's file API: a full disk is an ``OSError`` naming the file and
-    ENOSPC (torch's own writer reports it as an opaque "unexpected pos" RuntimeError)."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_bytes_atomic(path, buffer.getbuffer())
+    """Serialise in memory, then write a sealed file (``harness.integrity``: a CRC-32 trailer checked on load) with
+    Python's file API: a full disk is an ``OSError`` naming the file and ENOSPC (torch's own writer reports it as
+    an opaque "unexpected pos" RuntimeError)."""
+    save_torch_sealed(path, obj)
 
 
 def load_torch(path: Path) -> Any:
+    """A checkpoint a stage of ours wrote, verified against its checksum first: a damaged file (a flipped byte
+    loads silently in ``torch.load``) stops with one line naming it."""
     if not path.is_file():
         raise LofiError(f"{path}: checkpoint not found; run the stage that writes it first")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_torch_sealed(path)
+    except IntegrityError as exc:
+        raise LofiError(
+            f"{path}: not a readable checkpoint ({exc.problem}); delete {path.parent} to recompute the stage"
+        ) from None
+    except OSError:
+        raise
     except Exception as exc:
         raise LofiError(
             f"{path}: not a readable checkpoint ({type(exc).__name__}); delete it and re-run the stage"

@@ -1,0 +1,144 @@
+"""The trust campaign one level up (issue 22): faults of a whole sweep — damaged stores, diverged runs, a tracking
+store lost mid-run, servers stopped, two sweeps on one folder. One test (or a few) per fault class; each asserts
+what the user sees (one line naming the culprit, or a WARNING and the correct result) and what is left on disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.cli import main
+from harness.data.testvideo import activitynet_like
+from harness.errors import LofiError
+from harness.integrity import TRAILER_BYTES, IntegrityError, load_array, read_sealed, save_array, write_sealed
+
+
+def _flip(path: Path, at: float = 0.6) -> None:
+    """Damage one payload byte of a file in place (its size, and a leading header, stay intact)."""
+    raw = bytearray(path.read_bytes())
+    i = int((len(raw) - TRAILER_BYTES) * at)
+    raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+
+
+# ------------------------------------------------------------------------------------------ sealed files
+def test_sealed_files_detect_damage_truncation_and_a_missing_trailer(tmp_path: Path) -> None:
+    arr = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    path = save_array(tmp_path / "a.npy", arr)
+    back = load_array(path)
+    assert np.array_equal(back, arr) and back.dtype == arr.dtype
+    assert np.array_equal(np.load(path), arr)  # still an .npy file for numpy (the trailer is ignored)
+    _flip(path)
+    with pytest.raises(IntegrityError, match=r"a\.npy: checksum mismatch"):
+        load_array(path)
+    cut = write_sealed(tmp_path / "cut.bin", b"x" * 100)
+    cut.write_bytes(cut.read_bytes()[:50])
+    with pytest.raises(IntegrityError, match="no checksum trailer"):
+        read_sealed(cut)
+    old = tmp_path / "old.npy"
+    np.save(old, arr)  # written without a trailer (an older version)
+    with pytest.raises(IntegrityError, match=r"old\.npy: no checksum trailer"):
+        load_array(old)
+
+
+# ------------------------------------------------------------------------------------------ frame store
+def _tiny_dataset(root: Path, store: str) -> Path:
+    (root / "videos").mkdir(parents=True)
+    database = {}
+    for vid, subset in (("a", "training"), ("b", "validation"), ("c", "testing")):
+        activitynet_like(root / "videos" / f"{vid}.mp4", 0.5, width=64, height=48, seed=len(database))
+        database[vid] = {"subset": subset, "duration": 0.5, "annotations": [{"segment": [0.1, 0.3], "label": "x"}]}
+    (root / "annotations.json").write_text(json.dumps({"database": database}))
+    config = root / "c.yaml"
+    config.write_text(
+        f"data: {{name: t, synthetic_profile: null, root: {root}, video_dir: videos, layout: activitynet, "
+        f"cache_dir: {root / 'cache'}, store: {store}, max_side: 32}}\n"
+    )
+    return config
+
+
+def test_a_frame_cache_entry_with_garbage_pixels_is_rebuilt_by_data_prepare(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's silent wrong result: an entry whose header is intact and whose pixels are garbage."""
+    config = _tiny_dataset(tmp_path, "decoded")
+    assert main(["data", "prepare", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["repaired"] == 0
+    entries = sorted((tmp_path / "cache").glob("*.npy"))
+    clean = {e: load_array(e).copy() for e in entries}
+    _flip(entries[1])
+    assert main(["data", "prepare", "--config", str(config), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["failed"], summary["repaired"]) == (0, 1)
+    for e in entries:  # every entry verified and equal to the clean decode
+        assert np.array_equal(load_array(e), clean[e])
+    # a training job's reader: the same WARNING (in-process here, so the log record can be read) and clean frames
+    from harness.data.video import FrameCache
+
+    cache = FrameCache(tmp_path / "cache", max_side=32)
+    video = tmp_path / "videos" / "b.mp4"
+    entry = cache.entry_path(video)
+    _flip(entry)
+    with caplog.at_level(logging.WARNING):
+        frames = cache.get(video)
+    assert cache.repaired == 1 and np.array_equal(frames, clean[entry])
+    assert any(str(entry) in r.getMessage() and "checksum mismatch" in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_prepared_store_entry_is_re_encoded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from harness.data.store import StoreSettings, prepare_video, read_frames
+
+    src = activitynet_like(tmp_path / "v.mp4", 1.0, width=64, height=48, seed=0)
+    settings = StoreSettings(max_side=32)
+    entry, info = prepare_video(src, tmp_path / "store", settings)
+    clean = read_frames(entry, info, np.arange(info.num_frames))
+    assert info.crc32 == zlib.crc32(entry.read_bytes())
+    _flip(entry, at=0.7)
+    with caplog.at_level(logging.WARNING):
+        again, info2 = prepare_video(src, tmp_path / "store", settings)
+    assert again == entry and info2.crc32 == zlib.crc32(entry.read_bytes())
+    assert any("checksum mismatch" in r.getMessage() and str(entry) in r.getMessage() for r in caplog.records)
+    assert np.array_equal(read_frames(entry, info2, np.arange(info2.num_frames)), clean)
+
+
+# ------------------------------------------------------------------------------------------ stage outputs
+def test_a_damaged_feature_file_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    from harness.pipeline.features import feature_path, load_features
+
+    out = tmp_path / "features"
+    for vid in ("a", "b"):
+        save_array(feature_path(out, vid), np.ones((4, 3), np.float32))
+    assert load_features(out, ["a", "b"]).shape == (2, 3, 4)
+    _flip(feature_path(out, "b"))
+    with pytest.raises(LofiError, match=r"b\.npy: corrupt feature file \(checksum mismatch.*delete .*features") as err:
+        load_features(out, ["a", "b"])
+    assert "\n" not in str(err.value)
+
+
+def test_a_damaged_checkpoint_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    from harness.pipeline.runtime import load_torch, save_torch
+
+    path = tmp_path / "stage" / "encoder.pt"
+    save_torch(path, {"encoder": {"w": torch.arange(1000.0)}})
+    assert torch.equal(load_torch(path)["encoder"]["w"], torch.arange(1000.0))
+    _flip(path)  # torch.load alone reads this file without a word (one weight changed)
+    with pytest.raises(LofiError, match=r"encoder\.pt: not a readable checkpoint \(checksum mismatch.*delete .*stage"):
+        load_torch(path)
+
+
+def test_the_stage_format_is_part_of_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages written before sealed files rerun (their key changed) instead of failing on an unsealed file."""
+    from harness.experiment import load_experiment
+    from harness.pipeline import plan
+
+    cfg = load_experiment(Path("config/smoke.yaml"), [])
+    before = [s.key for s in plan.plan_run(cfg, mode="acp", seed=0, run_dir=tmp_path).stages]
+    monkeypatch.setattr(plan, "STAGE_FORMAT", plan.STAGE_FORMAT - 1)
+    after = [s.key for s in plan.plan_run(cfg, mode="acp", seed=0, run_dir=tmp_path).stages]
+    assert len(before) == len(after) and all(a != b for a, b in zip(before, after))
