@@ -358,6 +358,10 @@ class RuntimeConfig(ConfigModel):
     # Speed switches for CUDA (kept off by default: see benchmarks/gpu_check.sh for their measured effect)
     cudnn_benchmark: Bool = False  # let cuDNN pick convolution algorithms by timing (not bit-reproducible)
     compile: Bool = False  # torch.compile the encoder (tens of seconds to compile per process)
+    # A run whose training diverged (harness/divergence.py: a stage's loss ends well above where it started, or the
+    # head's validation mAP collapses): "warn" writes its row flagged (`diverged`) with a one-line warning, "fail"
+    # stops the run with a one-line error before its row is written.
+    on_divergence: Literal["warn", "fail"] = "warn"
 
     fix_hints: ClassVar[dict[str, str]] = {
         "threads": "use 0 (torch's default) or a thread count",

@@ -365,11 +365,36 @@ def provenance(rows: pd.DataFrame) -> tuple[str, ...]:
     generated = _dt.datetime.now(tz=_dt.UTC).isoformat(timespec="seconds")
     skipped = skipped_note(rows)
     missing = missing_note(rows)
+    diverged = diverged_note(rows)
     return (
         f"Provenance: {len(rows)} run(s); commit(s): {listing('commit')}; config hash(es): {listing('config_hash')}; "
         f"MLflow run id(s): {listing('mlflow_run_id')}; rows written {span}; table generated {generated}.",
+        *([diverged] if diverged else []),
         *([missing] if missing else []),
         *([skipped] if skipped else []),
+    )
+
+
+DIVERGED_MARK = "⚠"  # after a configuration's label when one of its runs diverged
+
+
+def diverged_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose training diverged (``diverged`` non-empty; rows written before the column: none)."""
+    if "diverged" not in rows:
+        return rows.iloc[0:0]
+    return rows[rows["diverged"].fillna("").astype(str) != ""]
+
+
+def diverged_note(rows: pd.DataFrame) -> str:
+    """Which runs diverged and why (harness/divergence.py), from the rows' ``diverged``; "" if none."""
+    bad = diverged_runs(rows)
+    if bad.empty:
+        return ""
+    parts = [f"{r['mode']} seed {r['seed']}: {r['diverged']}" for _, r in bad.sort_values(["mode", "seed"]).iterrows()]
+    return (
+        f"{DIVERGED_MARK} Diverged runs (kept in the means; runtime.on_divergence=fail refuses them): "
+        + "; ".join(parts)
+        + "."
     )
 
 
@@ -455,7 +480,8 @@ def _mode_row(
     """Display cells, CSV numbers and the published source (if any; ``paper``: the table's settings match the
     paper's) of one mode's runs (one dataset/encoder/head)."""
     dataset, encoder, head = (_single(runs, c) for c in ("dataset", "encoder", "head"))
-    cells: dict[str, object] = {"Config": label}
+    n_diverged = len(diverged_runs(runs))
+    cells: dict[str, object] = {"Config": f"{label} {DIVERGED_MARK}{n_diverged}" if n_diverged else label}
     numbers: dict[str, object] = {
         "dataset": dataset,
         "encoder": encoder,
@@ -463,6 +489,7 @@ def _mode_row(
         "mode": mode,
         "config": label,
         "n_seeds": int(runs["seed"].nunique()),
+        "n_diverged": n_diverged,
     }
     if with_shape:
         cells["L"], cells["H×W"] = _shape_cells(runs)

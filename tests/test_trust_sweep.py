@@ -142,3 +142,51 @@ def test_the_stage_format_is_part_of_every_key(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(plan, "STAGE_FORMAT", plan.STAGE_FORMAT - 1)
     after = [s.key for s in plan.plan_run(cfg, mode="acp", seed=0, run_dir=tmp_path).stages]
     assert len(before) == len(after) and all(a != b for a, b in zip(before, after))
+
+
+# ------------------------------------------------------------------------------------------ divergence
+def test_divergence_thresholds() -> None:
+    from harness.divergence import LOSS_RISE, VAL_COLLAPSE, VAL_FLOOR, loss_rise, run_divergence, val_collapse
+
+    start = 4.0
+    assert "lofi loss rose" in loss_rise([{"loss": start}, {"loss": start * LOSS_RISE}], "lofi")
+    assert loss_rise([{"loss": start}, {"loss": start * LOSS_RISE * 0.99}], "lofi") == ""
+    assert loss_rise([{"loss": start}], "lofi") == ""  # one epoch: nothing to compare
+    best = VAL_FLOOR * 4
+    curve = [{"val_average_mAP": best}, {"val_average_mAP": best * 0.9}]
+    assert "collapsed" in val_collapse(curve, best * VAL_COLLAPSE * 0.99)
+    assert val_collapse(curve, best * VAL_COLLAPSE) == ""
+    noise = [{"val_average_mAP": VAL_FLOOR * 0.9}]
+    assert val_collapse(noise, 0.0) == ""  # below the floor: noise, not a collapse
+    both = run_divergence({"lofi": [{"loss": start}, {"loss": start * 2}]}, {"history": curve, "validation": {}})
+    assert both.startswith("lofi loss rose")
+
+
+def test_a_diverged_run_is_flagged_in_its_row_and_tables_or_refused(
+    tmp_path: Path,
+    tiny_overrides: list[str],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The issue's case: lofi.optim.lr=1000 makes the LoFi loss climb without a NaN."""
+    from harness.tables import DIVERGED_MARK, ablation_table, load_rows, to_markdown
+
+    base = ["run", "--config", "config/smoke.yaml", "--mode", "lofi-S", "--stages", str(tmp_path / "stages")]
+    sets = [a for o in [*tiny_overrides, "lofi.optim.lr=1000", "runtime.progress=false"] for a in ("--set", o)]
+    with caplog.at_level(logging.WARNING):
+        assert main([*base, "--out", str(tmp_path / "warn"), *sets]) == 0
+    row = json.loads((tmp_path / "warn" / "row.json").read_text())
+    assert row["diverged"].startswith("lofi") and "loss rose" in row["diverged"]
+    warnings = [r.getMessage() for r in caplog.records if "training diverged" in r.getMessage()]
+    assert len(warnings) == 1 and row["diverged"] in warnings[0]
+    text = to_markdown(ablation_table(load_rows([tmp_path / "warn"])))
+    assert f"{DIVERGED_MARK}1" in text and f"lofi-S seed 0: {row['diverged']}" in text
+    capsys.readouterr()
+    # the same run refused: the finished stages are reused, then one line and no row
+    fail = [*sets, "--set", "runtime.on_divergence=fail"]
+    assert main([*base, "--out", str(tmp_path / "fail"), *fail]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("lofi: error:") == 1 and "training diverged" in err
+    assert not (tmp_path / "fail" / "row.json").exists()
+    # and the flagged finished row is not handed back as a result under `fail` either
+    assert main([*base, "--out", str(tmp_path / "warn"), *fail]) == 2

@@ -63,6 +63,8 @@ class ResultRow:
     # torchrun: the processes, and the items per optimiser step summed over them (the config's batch)
     world_size: int = 1
     global_batch: dict[str, int] = field(default_factory=dict)
+    # why the run's training diverged (harness/divergence.py), "" when it did not; every table flags such runs
+    diverged: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The row as written to ``row.json``."""
@@ -111,7 +113,7 @@ def build_row(
     run: Mapping[str, Any],
 ) -> ResultRow:
     """The row of a finished run. ``run``: what only the running process knows (``config``, ``config_hash``,
-    ``commit``, ``mlflow_run_id``, ``skipped_videos``, ``missing_videos``, ``world_size``)."""
+    ``commit``, ``mlflow_run_id``, ``skipped_videos``, ``missing_videos``, ``world_size``, ``diverged``)."""
     head_dir = plan.head.folder
     return ResultRow(
         dataset=cfg.data.name,
@@ -143,6 +145,7 @@ def build_row(
         skipped_videos=list(run["skipped_videos"]),
         missing_videos=dict(run.get("missing_videos") or {}),
         world_size=run["world_size"],
+        diverged=str(run.get("diverged") or ""),
         global_batch={
             "pretrain": cfg.pretrain.optim.batch_size,
             "lofi": cfg.lofi.optim.batch_size,

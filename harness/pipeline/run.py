@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from harness.config import flatten, to_dict
+from harness.divergence import act_on_divergence, run_divergence, stage_history
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, config_hash
 from harness.fidelity import fidelity_shape
@@ -200,6 +201,9 @@ def run_all(
         row = _finished_row(out, plan.key)
         if row is not None:
             log.info("%s seed %d: already finished (%s)", mode, seed, out)
+            act_on_divergence(
+                str(row.get("diverged") or ""), policy=cfg.runtime.on_divergence, run=f"{mode} seed {seed} ({out})"
+            )
             return row
     # the dataset and frame source, built once for every stage; read before --out is created, so that a bad
     # annotation file leaves no trace
@@ -228,6 +232,10 @@ def run_all(
             cfg, plan, todo, data=data, parent_run_id=parent.run_id, on_epoch=on_epoch, scores=scores, times=times
         )
         world = current()
+        diverged = run_divergence(
+            {s.name: stage_history(s.folder) for s in plan.stages if s.kind != "head"}, metrics
+        )  # a flagged row, or (runtime.on_divergence=fail) a one-line error before the run's files are written
+        act_on_divergence(diverged, policy=cfg.runtime.on_divergence, run=f"{mode} seed {seed} ({out})")
         if world.main:
             write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
             write_json_atomic(out / METRICS, {k: metrics[k] for k in metrics if k != "history"})
@@ -247,6 +255,7 @@ def run_all(
                 "skipped_videos": skipped_videos(plan),
                 "missing_videos": missing_videos(cfg, out, data),
                 "world_size": world.size,
+                "diverged": diverged,
             },
         ).to_dict()
         _publish_row(parent, out / ROW, row, main=world.main)
