@@ -7,7 +7,7 @@ import glob
 import json
 from pathlib import Path
 
-from harness.commands._options import add_config_options
+from harness.commands._options import add_config, add_config_options
 from harness.errors import LofiError
 from harness.modes import TABLE_KINDS as KINDS
 
@@ -139,7 +139,7 @@ def _register_power(rsub: argparse._SubParsersAction) -> None:
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--halfwidth", type=float, metavar="H", help="target 95%% half-width of Δ, in points")
     goal.add_argument("--effect", type=float, metavar="D", help="Δ (points) to detect with 80%% power, alpha 0.05")
-    p.add_argument("--config", default=None, metavar="FILE", help="config whose sweep lists choose the modes")
+    add_config(p, required=False, help="config whose sweep lists choose the modes")
     p.add_argument("--ground-truth", metavar="GT", default=None, help="annotations JSON (default: each row's)")
     p.add_argument("--n-boot", type=int, default=1000, help="video resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
