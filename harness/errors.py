@@ -50,6 +50,13 @@ _OS_FIXES = {  # the fix; the system's own words (strerror) say what happened
 _STORE_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "optuna.exceptions", "optuna.storages")
 
 
+def is_store_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a tracking/search store (MLflow, its database or HTTP client, Optuna's storages)
+    or the operating system under it, rather than from our code."""
+    module = type(exc).__module__ or ""
+    return isinstance(exc, OSError) or module.startswith((*_STORE_MODULES, "requests", "urllib3"))
+
+
 def _os_message(exc: OSError) -> str:
     names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
     where = " -> ".join(names) if names else "(file not named by the system)"

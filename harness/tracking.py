@@ -2,6 +2,13 @@
 
 Default store: SQLite under ``results/`` (MLflow 3 deprecates file stores); ``MLFLOW_TRACKING_URI`` wins when
 set. Metric names are made MLflow-legal here (``mAP@0.5`` → ``mAP_0.5``), once, for every caller.
+
+Tracking never costs a result: the store is a copy of what a run writes into its own folder (row, metrics,
+predictions). When the store fails mid-run (the SQLite file deleted or made read-only, the server gone), the first failure
+is logged as one WARNING line naming the store and the cause (the traceback only at debug level, ``-vv``), tracking
+is off for the rest of the process, the run goes on, and its row records the failure (``tracking_error``);
+``lofi track sync RUN`` logs the run again from its files once the store is back. A store that fails before any
+work (at the process's first run) and ``lofi track init`` (the sweep's set-up) stay strict: one-line error.
 """
 
 from __future__ import annotations
@@ -72,35 +79,117 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
 
+_failure = ""  # the first tracking failure of this process, "" while tracking works
+_depth = 0  # runs open now in this process: a store failing while one is open fails mid-run
+
+
+def tracking_failure() -> str:
+    """The store and cause of this process's tracking failure ("" when none): the row's ``tracking_error``."""
+    return _failure
+
+
+def reset_tracking_failure() -> None:
+    """Forget a failure (done when the outermost open run ends, so the next run of the process tries again)."""
+    global _failure
+    _failure = ""
+
+
+def _cause(uri: str, exc: BaseException) -> str:
+    """Why the store failed, in words: for a SQLite file, whether it is gone or read-only (SQLite says "readonly
+    database" for both), else the error's own first line."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if not path.is_file():
+            return "the store file no longer exists (deleted or moved while the run was writing to it)"
+        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+            return "the store file or its folder is read-only"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def note_failure(uri: str, exc: BaseException) -> None:
+    """Record (once per process) and report, in one WARNING line, that the store at ``uri`` failed."""
+    global _failure
+    if _failure:
+        return
+    _failure = f"{uri}: {_cause(uri, exc)}"
+    log.warning(
+        "tracking stopped, %s; the run goes on and writes its own files (row.json: tracking_error); log it again "
+        "later with `lofi track sync RUN`",
+        _failure,
+    )
+    log.debug("traceback of the tracking failure", exc_info=exc)
+
+
+class _QuietStoreErrors(logging.Filter):
+    """MLflow's SQL store logs every database error at ERROR with its traceback (~300 lines for a deleted store file)
+    before raising it; ``note_failure`` reports it in one line, so the record is dropped unless logging is at debug
+    level (``-vv``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.exc_info is None and "exception is caught" not in record.getMessage()) or (
+            logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        )
+
+
+_STORE_LOGGERS = ("mlflow.store.db.utils",)  # the loggers of MLflow's that log store errors with tracebacks
+
+
+def _quiet_store_loggers() -> None:
+    for name in _STORE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietStoreErrors) for f in logger.filters):
+            logger.addFilter(_QuietStoreErrors())
+
+
 class MlflowTracker:
     """One MLflow run. ``MlflowClient.log_batch`` splits long lists into requests within the server's limits
     (100 params or tags, 1000 metrics each) and truncates values past MLflow's length limits with a warning; only
-    the names are ours to make legal."""
+    the names are ours to make legal. A store error in any call turns tracking off (``note_failure``)."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, uri: str = "", *, strict: bool = False) -> None:
         self._client = client
         self.run_id = run_id
+        self.uri = uri
+        self.strict = strict  # raise store errors instead (``lofi track init``)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        from harness.errors import is_store_error
+
+        if _failure and not self.strict:
+            return
+        try:
+            getattr(self._client, method)(*args, **kwargs)
+        except Exception as exc:
+            if self.strict or not is_store_error(exc):
+                raise
+            note_failure(self.uri, exc)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        self._client.log_batch(self.run_id, params=[Param(legal_name(k), str(v)) for k, v in params.items()])
+        self._call("log_batch", self.run_id, params=[Param(legal_name(k), str(v)) for k, v in params.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._client.log_batch(
-            self.run_id, metrics=[Metric(legal_name(k), float(v), now, step or 0) for k, v in metrics.items()]
+        self._call(
+            "log_batch",
+            self.run_id,
+            metrics=[Metric(legal_name(k), float(v), now, step or 0) for k, v in metrics.items()],
         )
 
     def log_artifact(self, path: str | Path) -> None:
-        self._client.log_artifact(self.run_id, str(path))
+        self._call("log_artifact", self.run_id, str(path))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self._client.log_batch(self.run_id, tags=[RunTag(legal_name(k), str(v)) for k, v in tags.items()])
+        self._call("log_batch", self.run_id, tags=[RunTag(legal_name(k), str(v)) for k, v in tags.items()])
+
+    def terminate(self, status: str) -> None:
+        self._call("set_terminated", self.run_id, status=status)
 
 
 # MLflow 3's UI opens an experiment by its recorded type: without this tag it guesses "GenAI" (traces, tokens) for
@@ -122,6 +211,38 @@ def configuration_tags(row: Mapping[str, Any]) -> dict[str, str]:
     tags = {"kind": CONFIGURATION_KIND}
     tags.update({k: "" if row.get(k) is None else str(row[k]) for k in COMPARE_TAGS if k in row})
     return tags
+
+
+ROW_METRIC_PREFIXES = ("mAP_", "average_mAP", "AR_", "AUC", "activation", "time_")
+
+
+def row_metrics(row: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a run's row that its MLflow run carries as metrics (final test metrics, memory, times)."""
+    return {
+        k: v
+        for k, v in row.items()
+        if k.startswith(ROW_METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def sync_run(
+    cfg: TrackingConfig, *, row: Mapping[str, Any], params: Mapping[str, Any], metrics: Mapping[str, Any], files=()
+) -> str:
+    """Log a finished run again from its own files (``lofi track sync RUN``): a new MLflow run with the config as
+    params, the row's configuration tags and metrics, the head's per-epoch history and ``files`` as artifacts.
+    Strict: a store that still fails is an error. Returns the new run's id."""
+    run_name = f"{row.get('dataset')}/{row.get('encoder')}/{row.get('head')}/{row.get('mode')}/seed{row.get('seed')}"
+    tags = {"mode": str(row.get("mode")), "seed": str(row.get("seed")), "config_hash": str(row.get("config_hash"))}
+    with start_run(cfg, run_name=run_name, tags={**tags, "synced": "true"}, strict=True) as run:
+        run.log_params(params)
+        run.set_tags(configuration_tags(row))
+        run.log_metrics(row_metrics(row))
+        for epoch, values in enumerate(metrics.get("history") or []):
+            numbers = {f"head_{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+            run.log_metrics(numbers, step=epoch)
+        for f in files:
+            run.log_artifact(f)
+    return run.run_id
 
 
 def compare_view_state() -> dict[str, Any]:
@@ -200,28 +321,49 @@ def start_run(
     run_name: str,
     parent_run_id: str = "",
     tags: Mapping[str, str] | None = None,
+    strict: bool = False,
 ) -> Iterator[NullTracker | MlflowTracker]:
     """A tracked run (child of ``parent_run_id`` when given); marks it FAILED if the body raises. Under torchrun
-    only rank 0 logs."""
+    only rank 0 logs. A store that fails mid-run (while another run of this process is open, e.g. a stage inside
+    its configuration's run, or during the body) gives a ``NullTracker`` after one WARNING line (module
+    docstring); one that fails as the outermost run opens, before any work, or with ``strict`` (``lofi track
+    init``, ``lofi track sync``) raises (one line at the CLI)."""
+    global _depth
+    from harness.errors import is_store_error
     from harness.pipeline.distributed import current
 
-    if not cfg.enabled or not current().main:
+    if not cfg.enabled or not current().main or (_failure and not strict):
         yield NullTracker()
         return
     from mlflow.tracking import MlflowClient
 
     # MLflow logs its own migrations at INFO on first use; keep our output readable.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    exp_id = ensure_experiment(cfg)
-    client = MlflowClient(tracking_uri=tracking_uri(cfg))
-    all_tags = dict(tags or {})
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, run_name=run_name, tags={legal_name(k): str(v) for k, v in all_tags.items()})
-    tracker = MlflowTracker(client, run.info.run_id)
+    _quiet_store_loggers()
+    uri = tracking_uri(cfg)
     try:
-        yield tracker
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
-        raise
-    client.set_terminated(run.info.run_id, status="FINISHED")
+        exp_id = ensure_experiment(cfg)
+        client = MlflowClient(tracking_uri=uri)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags={legal_name(k): str(v) for k, v in all_tags.items()})
+    except Exception as exc:
+        if strict or not _depth or not is_store_error(exc):
+            raise  # before any work: one line (harness.errors.user_message), fix the store and start again
+        note_failure(uri, exc)
+        yield NullTracker()
+        return
+    tracker = MlflowTracker(client, run.info.run_id, uri, strict=strict)
+    _depth += 1
+    try:
+        try:
+            yield tracker
+        except BaseException:
+            tracker.terminate("FAILED")
+            raise
+        tracker.terminate("FINISHED")
+    finally:
+        _depth -= 1
+        if not _depth:
+            reset_tracking_failure()

@@ -8,6 +8,7 @@ import json
 import logging
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -190,3 +191,118 @@ def test_a_diverged_run_is_flagged_in_its_row_and_tables_or_refused(
     assert not (tmp_path / "fail" / "row.json").exists()
     # and the flagged finished row is not handed back as a result under `fail` either
     assert main([*base, "--out", str(tmp_path / "warn"), *fail]) == 2
+
+
+# ------------------------------------------------------------------------------------------ tracking store lost
+_DELETE_STORE_AT_HEAD = """
+import sys
+from pathlib import Path
+from typing import Any
+
+import harness.pipeline.headtrain as headtrain
+from harness.cli import main
+
+store, original = Path(sys.argv[1]), headtrain.run_head
+
+
+def run_head(*args, **kwargs):  # the store vanishes as the head stage starts
+    store.unlink()
+    return original(*args, **kwargs)
+
+
+headtrain.run_head = run_head
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_tracking_store_deleted_mid_run_costs_one_line_and_no_result(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import reset_tracking_failure
+
+    store = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    overrides = [o for o in tiny_overrides if not o.startswith("tracking.")]
+    overrides += [f"tracking.uri={uri}", "tracking.experiment=t", "runtime.progress=false"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    run = tmp_path / "run"
+    argv = ["run", "--config", "config/smoke.yaml", "--mode", "acp", "--out", str(run), *sets]
+    proc = subprocess.run(
+        [sys.executable, "-c", _DELETE_STORE_AT_HEAD, str(store), *argv], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[:6000]
+    lines = [line for line in proc.stderr.splitlines() if "tracking stopped" in line]
+    assert len(lines) == 1 and str(store) in lines[0] and "no longer exists" in lines[0], proc.stderr[-3000:]
+    row = json.loads((run / "row.json").read_text())  # the result is kept: row, metrics, predictions
+    assert "no longer exists" in row["tracking_error"]
+    assert (run / "metrics.json").is_file() and (run / "head" / "predictions_testing.json").is_file()
+    # re-synced later, from the run's own files, into the (new) store
+    reset_tracking_failure()
+    assert main(["track", "sync", str(run)]) == 0
+    synced = json.loads((run / "row.json").read_text())
+    assert synced["tracking_error"] == "" and synced["mlflow_run_id"] != row["mlflow_run_id"]
+    logged = MlflowClient(tracking_uri=uri).get_run(synced["mlflow_run_id"])
+    assert logged.data.metrics["average_mAP"] == pytest.approx(row["average_mAP"])
+    assert logged.data.params["mode"] == "acp" and logged.data.tags["kind"] == "configuration"
+
+
+# ------------------------------------------------------------------------------------------ servers stop cleanly
+def _server_group(log: Path, proc: Any, timeout: float = 60.0) -> int:
+    """The process group `lofi track server` reports for mlflow (its log line)."""
+    import re
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"as process group (\d+)", log.read_text())
+        if found:
+            return int(found.group(1))
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    raise AssertionError(log.read_text())
+
+
+@pytest.mark.parametrize(("when", "sig"), [("at-once", "SIGTERM"), ("answering", "SIGINT")])
+def test_track_server_leaves_no_process_behind(tmp_path: Path, when: str, sig: str) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from harness.procgroup import group_members
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "harness.cli", "track", "server", "--port", str(port)]
+    cmd += ["--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination", str(tmp_path)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        pgid = _server_group(log, proc)
+        if when == "answering":
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                    time.sleep(0.3)
+            assert len(group_members(pgid)) > 1  # a tree: mlflow and its workers
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(timeout=60) == 128 + getattr(signal, sig)
+        assert group_members(pgid) == [], log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

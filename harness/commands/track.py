@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -65,6 +64,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_options(u)
     u.add_argument("--url", default="http://127.0.0.1:5000", help="the UI's address (default %(default)s)")
     u.set_defaults(func=_ui)
+    y = tsub.add_parser(
+        "sync",
+        help="log a finished run again from its own files (after the tracking store failed during it)",
+        description="Log RUN (a run folder holding row.json, metrics.json, config.yaml) into the MLflow store as a "
+        "new run: its config as params, its row's tags and metrics, the head's per-epoch history, metrics.json and "
+        "the test predictions as artifacts; then record the new run id in RUN/row.json and clear its "
+        "tracking_error. The store: --config's sweep store (default: RUN/config.yaml's), as `lofi track init`.",
+        epilog="example:\n  lofi track sync results/synthetic/tsm_resnet_tiny/gtad/lofi-S/seed0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    y.add_argument("run", type=Path, metavar="RUN", help="the run folder (its row.json)")
+    add_config_options(y, required=False, config_help="experiment config naming the store (default RUN/config.yaml)")
+    y.set_defaults(func=_sync)
     s = tsub.add_parser(
         "server",
         help="start an MLflow tracking server for many parallel workers",
@@ -123,12 +135,44 @@ def _init(args: argparse.Namespace) -> int:
             tracking,
             run_name=f"sweep {cfg.data.name} {cfg.sweep.results}",
             tags={"kind": "sweep", "config": str(args.config), "commit": git_commit()},
+            strict=True,  # the sweep's set-up: a store that does not work is an error before any job starts
         ) as run:
             run.log_params(flatten(to_dict(cfg)))
         info = {"experiment_id": prepare_experiment(tracking), "sweep_run_id": run.run_id, "tracking_uri": uri}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, info)
     print(json.dumps(info))
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from harness.config import evolve, flatten, to_dict
+    from harness.errors import LofiError
+    from harness.experiment import load_experiment
+    from harness.io import write_json_atomic
+    from harness.pipeline.files import METRICS, ROW, results_file
+    from harness.tracking import sync_run
+
+    row_path, metrics_path = args.run / ROW, args.run / METRICS
+    for f in (row_path, metrics_path):
+        if not f.is_file():
+            raise LofiError(f"{f}: not found; pass the folder of a finished run (lofi run --out)")
+    try:
+        row, metrics = (json.loads(f.read_text(encoding="utf-8")) for f in (row_path, metrics_path))
+    except ValueError as exc:
+        raise LofiError(f"{args.run}: unreadable row.json or metrics.json ({exc}); re-run the run") from None
+    cfg = load_experiment(args.config or args.run / "config.yaml", args.overrides)
+    if not cfg.tracking.enabled:
+        raise LofiError(
+            f"{args.config or args.run / 'config.yaml'}: tracking.enabled is false; pass --set tracking.enabled=true"
+        )
+    tracking = evolve(cfg.tracking, uri=sweep_tracking_uri(cfg))
+    predictions = args.run / "head" / results_file("predictions", "testing")
+    files = [f for f in (metrics_path, predictions) if f.is_file()]
+    params = {**flatten(to_dict(cfg)), "mode": row.get("mode"), "seed": row.get("seed"), "commit": row.get("commit")}
+    run_id = sync_run(tracking, row=row, params=params, metrics=metrics, files=files)
+    write_json_atomic(row_path, {**row, "mlflow_run_id": run_id, "tracking_error": ""})
+    print(f"{args.run}: logged as MLflow run {run_id} in {tracking.uri}")
     return 0
 
 
@@ -198,6 +242,8 @@ def _server(args: argparse.Namespace) -> int:
     if args.print_only:
         return 0
     print(f"workers: export MLFLOW_TRACKING_URI=http://{args.host}:{args.port}", flush=True)
-    # Become the server (no wrapper process): a scheduler's or a user's signal reaches mlflow itself.
-    os.execv(cmd[0], cmd)
-    return 0  # not reached
+    # mlflow server is a tree (uvicorn, a job runner, its consumers): run it as one process group and stop all of
+    # it on SIGTERM/SIGINT/SIGHUP (harness/procgroup.py); exec-ing mlflow left the consumers orphaned
+    from harness.procgroup import run_group
+
+    return run_group(cmd)

@@ -65,6 +65,8 @@ class ResultRow:
     global_batch: dict[str, int] = field(default_factory=dict)
     # why the run's training diverged (harness/divergence.py), "" when it did not; every table flags such runs
     diverged: str = ""
+    # the tracking store's failure during the run ("" when it logged everything); `lofi track sync RUN` re-logs it
+    tracking_error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The row as written to ``row.json``."""
@@ -113,7 +115,8 @@ def build_row(
     run: Mapping[str, Any],
 ) -> ResultRow:
     """The row of a finished run. ``run``: what only the running process knows (``config``, ``config_hash``,
-    ``commit``, ``mlflow_run_id``, ``skipped_videos``, ``missing_videos``, ``world_size``, ``diverged``)."""
+    ``commit``, ``mlflow_run_id``, ``skipped_videos``, ``missing_videos``, ``world_size``, ``diverged``,
+    ``tracking_error``)."""
     head_dir = plan.head.folder
     return ResultRow(
         dataset=cfg.data.name,
@@ -146,6 +149,7 @@ def build_row(
         missing_videos=dict(run.get("missing_videos") or {}),
         world_size=run["world_size"],
         diverged=str(run.get("diverged") or ""),
+        tracking_error=str(run.get("tracking_error") or ""),
         global_batch={
             "pretrain": cfg.pretrain.optim.batch_size,
             "lofi": cfg.lofi.optim.batch_size,

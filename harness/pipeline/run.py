@@ -24,7 +24,15 @@ from harness.pipeline.plan import BN_SUFFIX, MODE_PLAN, RunPlan, Stage, plan_run
 from harness.pipeline.row import build_row
 from harness.pipeline.runtime import Env, stage_done, start_stage
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
-from harness.tracking import MlflowTracker, NullTracker, configuration_tags, git_commit, start_run
+from harness.tracking import (
+    MlflowTracker,
+    NullTracker,
+    configuration_tags,
+    git_commit,
+    row_metrics,
+    start_run,
+    tracking_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +264,7 @@ def run_all(
                 "missing_videos": missing_videos(cfg, out, data),
                 "world_size": world.size,
                 "diverged": diverged,
+                "tracking_error": tracking_failure(),
             },
         ).to_dict()
         _publish_row(parent, out / ROW, row, main=world.main)
@@ -312,13 +321,7 @@ def _run_final_head(
 def _publish_row(parent: MlflowTracker | NullTracker, path: Path, row: dict, *, main: bool) -> None:
     """Tag and log the run's MLflow parent from its row, and write ``row.json`` (rank 0)."""
     parent.set_tags(configuration_tags(row))  # the columns and filter of the MLflow compare view
-    parent.log_metrics(
-        {
-            k: v
-            for k, v in row.items()
-            if k.startswith(("mAP_", "average_mAP", "AR_", "AUC", "activation", "time_"))
-            and isinstance(v, (int, float))
-        }
-    )
+    parent.log_metrics(row_metrics(row))
     if main:
+        row["tracking_error"] = tracking_failure()  # the logging above may have been the store's first failure
         write_json_atomic(path, row)
