@@ -417,6 +417,11 @@ class SweepConfig(ConfigModel):
     # The command that runs a training job's `lofi` subcommand; {gpus} = gpu_per_job. For one process per GPU:
     # "torchrun --standalone --nproc_per_node {gpus} -m harness.cli"
     launcher: Name = "lofi"
+    # On a cluster: a seed's stage and run jobs join the Snakemake group `stages` and go to the scheduler as one job
+    # (one submission, one status poll, one Snakefile parse instead of one per stage), inside which they run in
+    # order and in parallel up to --cores; `--group-components stages=N` packs N seeds into one job. For sweeps of
+    # short jobs (the synthetic benchmark); off for hours-long stages. No effect without a cluster executor.
+    cluster_group: Bool = False
     optuna: OptunaConfig = Field(default_factory=OptunaConfig)
 
     @model_validator(mode="after")

@@ -48,8 +48,9 @@ def _default_copy(tmp_path: Path, **sweep: object) -> Path:
 def _jobs(dry_run: str) -> list[dict[str, str]]:
     """The job blocks of a dry run: rule name, resources (name -> value), threads, shell command."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \S+:\n)", dry_run)[1:]:
-        name = re.match(r"(?:local)?rule (\S+):", block).group(1)
+    # a job of a group (sweep.cluster_group) is printed indented under its group
+    for block in re.split(r"\n(?= *(?:local)?rule \S+:\n)", dry_run)[1:]:
+        name = re.match(r" *(?:local)?rule (\S+):", block).group(1)
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
         threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
         shell = re.search(r"^Shell command: (.*)$", block, re.M)

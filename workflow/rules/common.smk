@@ -99,6 +99,9 @@ LIGHT = {"mem_mb": 2000, "runtime": 30}
 # submitting process and the job read the same --cores (the executor passes it on), so the --cpus-per-task a job
 # asks for is the number of processes it starts, whatever the login node's and the compute node's CPU counts.
 FANOUT = min(workflow.cores, 8)
+# sweep.cluster_group: every stage and run job in one Snakemake group, so that on a cluster a seed's jobs (a connected
+# part of the graph) are one submission; `--group-components stages=N` packs N seeds. Local runs ignore groups.
+GROUP = "stages" if CFG.sweep.cluster_group else None
 # How a training job starts `lofi`: plain `lofi`, or e.g. torchrun with one process per GPU of the job.
 LAUNCH = CFG.sweep.launcher.format(gpus=GPU)
 GROUND_TRUTH = str(CFG.data.annotations_path())

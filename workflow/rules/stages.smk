@@ -109,6 +109,8 @@ def stage_rule(run, stage):
             f"{LOGS}/{rel(folder)}.log",
         benchmark:
             f"{BENCH}/{rel(folder)}.tsv"
+        group:
+            GROUP
         threads: THREADS
         resources:
             gpu=GPU,
@@ -149,6 +151,8 @@ def run_rule(run):
             f"{LOGS}/{rel(plan.run_dir)}.log",
         benchmark:
             f"{BENCH}/{rel(plan.run_dir)}.tsv"
+        group:
+            GROUP
         threads: THREADS
         resources:
             gpu=GPU,
