@@ -13,7 +13,7 @@ import pytest
 from harness.errors import LofiError
 from harness.experiment import load_experiment
 from harness.pipeline.plan import MODE_PLAN, MODES, plan_run, sweep_runs, unique_stages
-from harness.pipeline.runtime import mark_done, stage_done
+from harness.pipeline.stage import mark_done, stage_done
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "config" / "smoke.yaml"

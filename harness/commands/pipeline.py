@@ -9,8 +9,7 @@ from pathlib import Path
 from harness.commands._options import add_config_options
 from harness.errors import LofiError
 from harness.experiment import load_experiment
-from harness.pipeline.plan import MODES, PRETRAIN_MODES
-from harness.schedule import CYCLES
+from harness.pipeline.plan import MODES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -50,22 +49,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", type=Path, default=None, help=STAGES_HELP)
     p.set_defaults(func=_run)
 
+    from harness.pipeline.stages import shared_stages
+
+    kinds = shared_stages()
     st = sub.add_parser(
         "stage",
-        help="run one shared stage alone (pretrain, lofi, features, classifier)",
+        help=f"run one shared stage alone ({', '.join(k.name for k in kinds)})",
         description="One stage of the plan (harness/pipeline/plan.py): its folder under --stages and "
         "its key come from the config, its upstream stages must be finished. The workflow's rules "
-        "call these so that shared stages are computed once; the final head runs in `lofi run`.",
+        "call these so that shared stages are computed once; the final head runs in `lofi run`. "
+        "The stage kinds are declared in harness/pipeline/stages.py.",
     )
     ss = st.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    a = ss.add_parser("pretrain", help="ICP / ACP / ACP+ classification pre-training -> encoder.pt")
-    a.add_argument("--mode", required=True, choices=PRETRAIN_MODES)
-    b = ss.add_parser("lofi", help="encoder + head end-to-end at low fidelity, from the ACP encoder -> encoder.pt")
-    b.add_argument("--cycle", required=True, choices=CYCLES)
-    c = ss.add_parser("features", help="a mode's frozen encoder -> full-fidelity features (one .npy per video)")
-    c.add_argument("--mode", required=True, choices=MODES, help="the mode whose encoder is used")
-    e = ss.add_parser("classifier", help="video-level class scores of every video from the ACP+ model")
-    for q in (a, b, c, e):
+    for kind in kinds:  # one subcommand per declared stage kind, with the option that picks its variant
+        q = ss.add_parser(kind.name, help=kind.summary)
+        if kind.option is not None:
+            q.add_argument(kind.option.flag, required=True, choices=kind.option.choices, help=kind.option.help or None)
         _common(q)
         q.add_argument("--stages", required=True, type=Path, help=STAGES_HELP.replace(" (default: --out)", ""))
         q.set_defaults(func=_stage)
@@ -123,27 +122,17 @@ def _stage(args: argparse.Namespace) -> int:
     from harness.pipeline import distributed
     from harness.pipeline.plan import Planner
     from harness.pipeline.run import run_stage
-    from harness.pipeline.runtime import stage_done
+    from harness.pipeline.stages import spec_of
 
     cfg = _cfg(args)
-    planner = Planner(cfg, args.stages)
-    if args.stage == "pretrain":
-        stage = planner.pretrain(args.mode, args.seed)
-    elif args.stage == "lofi":
-        stage = planner.lofi(args.cycle, args.seed)
-    elif args.stage == "features":
-        stage = planner.features(args.mode, args.seed)
-    else:
-        stage = planner.classifier(args.seed)
-        if stage is None:
-            raise LofiError(
-                f"head.class_scores={cfg.head.class_scores!r}: no shared classifier stage to run "
-                "(only head.class_scores: finetuned has one)"
-            )
+    spec = spec_of(args.stage)
+    variant = getattr(args, spec.option.dest) if spec.option is not None else ""
+    stage = Planner(cfg, args.stages).stage(spec.name, variant, args.seed)
+    if stage is None:
+        raise LofiError(spec.unavailable.format(cfg=cfg) or f"{spec.name}: no such stage in this config's plan")
     world = distributed.init_from_env(cfg.runtime.device)  # under torchrun: one process of N
     try:
-        if stage_done(stage.folder, stage.key) is None:
-            run_stage(cfg, stage, parent_run_id=args.parent_run_id)
+        run_stage(cfg, stage, parent_run_id=args.parent_run_id)  # reused when finished with its key
     finally:
         distributed.shutdown()
     if not world.main:

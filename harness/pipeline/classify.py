@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,49 +21,33 @@ from tqdm import tqdm
 
 from harness.data.loader import fixed_plan
 from harness.errors import LofiError
-from harness.experiment import ExperimentConfig
 from harness.io import write_json_atomic
-from harness.pipeline.data import StageData, clip_loader, stage_data
-from harness.pipeline.distributed import barrier, current
-from harness.pipeline.files import SCORES
+from harness.pipeline.data import clip_loader
+from harness.pipeline.files import ENCODER, SCORES
 from harness.pipeline.models import load_encoder
-from harness.pipeline.runtime import autocast, load_torch, mark_done, prepare, stage_done
+from harness.pipeline.runtime import autocast, load_torch
+from harness.pipeline.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def run_class_scores(
-    cfg: ExperimentConfig,
-    *,
-    checkpoint: Path,
-    out: Path,
-    key: str,
-    seed: int = 0,
-    data: StageData | None = None,
-    batch_size: int = 8,
-) -> Path:
-    """Score every video of the three subsets with the classifier saved in ``checkpoint`` (an ACP+ encoder.pt);
-    reuses a stage finished with ``key`` (the stage plan's). ``data``: dataset and frame source (built when None).
-    Under torchrun rank 0 scores every video (one pass of inference) while the others wait."""
-    if stage_done(out, key) is not None:
-        return out / SCORES
-    if not current().main:
-        barrier()
-        return out / SCORES
-    device = prepare(cfg.runtime, seed)
+def run(ctx: StageContext, batch_size: int = 8) -> StageResult:
+    """The classifier stage: score every video of the three subsets with the classifier the ACP+ stage saved in
+    its ``encoder.pt`` (declared ``main_only``: under torchrun rank 0 alone runs this one pass of inference)."""
+    cfg, device = ctx.cfg, ctx.device
+    checkpoint = ctx.input("pretrain", "acp+") / ENCODER
     state = load_torch(checkpoint)
     if "classifier" not in state:
         raise LofiError(f"{checkpoint}: holds no classifier; pass the ACP+ stage's encoder.pt")
-    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
-    ds = data.ds
+    ds = ctx.data.ds
     if list(state["classes"]) != list(ds.classes):
         raise LofiError(f"{checkpoint}: its classes differ from the dataset's; re-run the ACP+ stage on this dataset")
     encoder = load_encoder(cfg, checkpoint).to(device).eval()
     classifier = nn.Linear(encoder.num_features, len(ds.classes))
     classifier.load_state_dict(state["classifier"])
     classifier.to(device).eval()
-    frames = data.frames
+    frames = ctx.data.frames
     videos = frames.usable(
         [
             v
@@ -74,7 +57,6 @@ def run_class_scores(
     )
     fid = cfg.fidelity
     scores: dict[str, list[float]] = {}
-    t0 = time.perf_counter()
     plan = fixed_plan(len(videos), batch_size, snippets=fid.snippets, size=fid.size)
     loader = clip_loader(frames, videos, fid, plan, cfg.runtime, device)
     n_batches = (len(videos) + batch_size - 1) // batch_size
@@ -87,20 +69,8 @@ def run_class_scores(
             probs = classifier(encoder(x)).float().softmax(dim=-1).mean(dim=1)  # (B, C): snippet average
         for v, p in zip(part, probs.cpu().numpy()):
             scores[v.id] = [float(x) for x in p]
-    write_json_atomic(out / SCORES, {"classes": list(ds.classes), "scores": scores}, indent=None)
-    mark_done(
-        out,
-        {
-            "stage": "class_scores",
-            "checkpoint": str(checkpoint),
-            "videos": len(scores),
-            "time_s": time.perf_counter() - t0,
-        },
-        key=key,
-        outputs=[out / SCORES],
-    )
-    barrier()
-    return out / SCORES
+    write_json_atomic(ctx.out / SCORES, {"classes": list(ds.classes), "scores": scores}, indent=None)
+    return StageResult([ctx.out / SCORES], {"checkpoint": str(checkpoint), "videos": len(scores)})
 
 
 def load_class_scores(path: Path, classes: tuple[str, ...], video_ids: list[str]) -> np.ndarray:

@@ -14,14 +14,18 @@ from tqdm import tqdm
 
 from encoders import encoder_num_features
 from harness.data.loader import fixed_plan
+from harness.data.model import Video
 from harness.errors import LofiError
-from harness.experiment import ExperimentConfig
 from harness.integrity import IntegrityError, load_array, save_array
 from harness.io import child_path, write_json_atomic
-from harness.pipeline.data import StageData, clip_loader, stage_data
+from harness.modes import ZEROED_MODES
+from harness.pipeline.data import clip_loader
 from harness.pipeline.distributed import barrier, current, shard_bounds
+from harness.pipeline.files import ENCODER
 from harness.pipeline.models import load_encoder
-from harness.pipeline.runtime import autocast, mark_done, prepare, stage_done
+from harness.pipeline.plan import BN_SUFFIX
+from harness.pipeline.runtime import autocast
+from harness.pipeline.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -65,42 +69,54 @@ IN_PROGRESS = "in_progress.json"  # the key of an unfinished extraction: its fil
 
 
 @torch.no_grad()
-def run_features(
-    cfg: ExperimentConfig,
-    *,
-    encoder_checkpoint: Path,
-    out: Path,
-    key: str,
-    seed: int = 0,
-    data: StageData | None = None,
-    batch_size: int = 8,
-    zeroed: bool = False,
-    bn_recalibrate: bool = False,
-) -> Path:
-    """Extract (L, D) float32 features for every video of the three subsets into ``out/videos/<id>.npy``.
+def run(ctx: StageContext, batch_size: int = 8) -> StageResult:
+    """The features stage: (L, D) float32 features of every video of the three subsets into
+    ``videos/<id>.npy``, extracted at full fidelity with the upstream stage's encoder.
 
-    Reuses a stage finished with ``key`` (the stage plan's); an interrupted extraction resumes per video, only with
-    the same ``key`` (else every video is extracted again). ``data``: the dataset and frame source (built when None).
-    ``zeroed``: write all-zero features of the encoder's shape instead (the blind control; nothing is decoded).
-    ``bn_recalibrate``: first re-estimate the encoder's BatchNorm statistics on the training videos at full
-    fidelity (``recalibrate_batchnorm``; every rank on every training video, so all ranks hold the same encoder).
-    Under torchrun each rank extracts a contiguous share of the videos still to do into the same folder; rank 0
-    marks the stage done once every rank has finished."""
-    if stage_done(out, key) is not None:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    device = prepare(cfg.runtime, seed)
-    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
+    An interrupted extraction resumes per video, only with the same key (``in_progress.json``; else every video
+    is extracted again). Variants: the blind control (``ZEROED_MODES``) writes all-zero features of the encoder's
+    shape (nothing decoded); ``+bn`` first re-estimates the encoder's BatchNorm statistics on the training videos
+    at full fidelity (``recalibrate_batchnorm``; every rank on every training video, so all ranks hold the same
+    encoder). Under torchrun each rank extracts a contiguous share of the videos still to do into the folder."""
+    cfg, out, data = ctx.cfg, ctx.out, ctx.data
+    zeroed = ctx.stage.variant in ZEROED_MODES
+    bn_recalibrate = ctx.stage.variant.endswith(BN_SUFFIX)
+    encoder_checkpoint = ctx.stage.needs[0].folder / ENCODER
     wanted = [
         v
         for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
         for v in data.ds.subset(s)
     ]
     videos = data.frames.usable(wanted)
-    frames = data.frames
-    marker = out / IN_PROGRESS
+    marker = _claim(out, ctx.key)
     world = current()
-    if world.main:
+    todo = [v for v in videos if not feature_path(out, v.id).is_file()]
+    lo, hi = shard_bounds(len(todo), world)
+    todo = todo[lo:hi]
+    # zeroed features need only the encoder's width: a declared one spares building the model (and importing timm)
+    declared = encoder_num_features(cfg.encoder.name) if zeroed else None
+    encoder = load_encoder(cfg, encoder_checkpoint).to(ctx.device).eval() if declared is None else None
+    num_features = declared if encoder is None else int(encoder.num_features)
+    if bn_recalibrate and not zeroed and todo:
+        assert encoder is not None
+        _recalibrate(ctx, encoder, batch_size)
+    _extract(ctx, todo, None if zeroed else encoder, num_features, batch_size)
+    barrier()  # every share written
+    info = {
+        "videos": len(videos),
+        "skipped_videos": sorted({v.id for v in wanted} - {v.id for v in videos}),
+        "encoder_checkpoint": str(encoder_checkpoint),
+        "num_features": num_features,
+        "bn_recalibrate": bool(bn_recalibrate),
+    }
+    return StageResult([feature_path(out, v.id) for v in videos], info, temporaries=(marker,))
+
+
+def _claim(out: Path, key: str) -> Path:
+    """The folder's progress marker for ``key``: feature files of another key's unfinished extraction are removed
+    first (rank 0); every rank then sees the same files still to do."""
+    marker = out / IN_PROGRESS
+    if current().main:
         resumable = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key
         stale = [] if resumable else sorted((out / "videos").glob("*.npy"))
         if stale:  # the head takes every file in the folder: none may survive from another configuration
@@ -110,72 +126,56 @@ def run_features(
             for f in stale:
                 f.unlink()
         write_json_atomic(marker, {"key": key})
-    barrier()  # every rank sees the same files still to do
-    todo = [v for v in videos if not feature_path(out, v.id).is_file()]
-    lo, hi = shard_bounds(len(todo), world)
-    todo = todo[lo:hi]
-    # zeroed features need only the encoder's width: a declared one spares building the model (and importing timm)
-    declared = encoder_num_features(cfg.encoder.name) if zeroed else None
-    encoder = load_encoder(cfg, encoder_checkpoint).to(device).eval() if declared is None else None
-    num_features = declared if encoder is None else int(encoder.num_features)
-    fid = cfg.fidelity
-    if bn_recalibrate and not zeroed and todo:
-        train = frames.usable(data.ds.subset(cfg.data.train_subset))
-        t_bn = time.perf_counter()
-        recal_plan = fixed_plan(len(train), batch_size, snippets=fid.snippets, size=fid.size)
+    barrier()
+    return marker
 
-        loader = clip_loader(frames, train, fid, recal_plan, cfg.runtime, device).epoch(0)
-        with autocast(device, cfg.runtime.amp):
-            n = recalibrate_batchnorm(encoder, (b.to_device(device) for b in loader))
-        encoder.eval()
-        log.info(
-            "features: BatchNorm statistics re-estimated on %d training videos (%d batches) at %d x %d² in %.1f s",
-            len(train),
-            n,
-            fid.snippets,
-            fid.size,
-            time.perf_counter() - t_bn,
-        )
-    t0 = time.perf_counter()
+
+def _recalibrate(ctx: StageContext, encoder: torch.nn.Module, batch_size: int) -> None:
+    """Re-estimate the encoder's BatchNorm statistics on the training videos at full fidelity, then eval mode."""
+    cfg, fid, frames = ctx.cfg, ctx.cfg.fidelity, ctx.data.frames
+    train = frames.usable(ctx.data.ds.subset(cfg.data.train_subset))
+    t_bn = time.perf_counter()
+    recal_plan = fixed_plan(len(train), batch_size, snippets=fid.snippets, size=fid.size)
+    loader = clip_loader(frames, train, fid, recal_plan, cfg.runtime, ctx.device).epoch(0)
+    with autocast(ctx.device, cfg.runtime.amp):
+        n = recalibrate_batchnorm(encoder, (b.to_device(ctx.device) for b in loader))
+    encoder.eval()
+    log.info(
+        "features: BatchNorm statistics re-estimated on %d training videos (%d batches) at %d x %d² in %.1f s",
+        len(train),
+        n,
+        fid.snippets,
+        fid.size,
+        time.perf_counter() - t_bn,
+    )
+
+
+def _extract(
+    ctx: StageContext, todo: list[Video], encoder: torch.nn.Module | None, num_features: int, batch_size: int
+) -> None:
+    """Write this rank's share of features, one ``.npy`` per video (all zeros when ``encoder`` is None)."""
+    cfg, fid, device = ctx.cfg, ctx.cfg.fidelity, ctx.device
     plan = fixed_plan(len(todo), batch_size, snippets=fid.snippets, size=fid.size)
     # zeroed features decode nothing: the plan's batches without a loader
-    batches = clip_loader(frames, todo, fid, plan, cfg.runtime, device).epoch(0) if not zeroed else iter(plan(0))
+    batches = (
+        clip_loader(ctx.data.frames, todo, fid, plan, cfg.runtime, device).epoch(0)
+        if encoder is not None
+        else iter(plan(0))
+    )
     n_batches = (len(todo) + batch_size - 1) // batch_size
     for batch in tqdm(
         batches, total=n_batches, desc="features", unit="batch", disable=not cfg.runtime.progress, leave=False
     ):
-        if zeroed:
+        if encoder is None:
             part = [todo[r.item] for r in batch]
             feats = np.zeros((len(part), fid.snippets, num_features), dtype=np.float32)
         else:
             part = [todo[i] for i in batch.items.tolist()]
-            assert encoder is not None
             x = batch.to_device(device)
             with autocast(device, cfg.runtime.amp):
                 feats = encoder(x).float().cpu().numpy()
         for v, f in zip(part, feats):
-            save_array(feature_path(out, v.id), f.astype(np.float32))  # sealed: a CRC-32 checked on load
-    barrier()  # every share written
-    if not world.main:
-        barrier()
-        return out
-    marker.unlink()
-    mark_done(
-        out,
-        {
-            "stage": "features",
-            "videos": len(videos),
-            "skipped_videos": sorted({v.id for v in wanted} - {v.id for v in videos}),
-            "encoder_checkpoint": str(encoder_checkpoint),
-            "num_features": num_features,
-            "bn_recalibrate": bool(bn_recalibrate),
-            "time_s": time.perf_counter() - t0,
-        },
-        key=key,
-        outputs=[feature_path(out, v.id) for v in videos],
-    )
-    barrier()
-    return out
+            save_array(feature_path(ctx.out, v.id), f.astype(np.float32))  # sealed: a CRC-32 checked on load
 
 
 def _load_one(path: Path) -> np.ndarray:

@@ -17,15 +17,17 @@ from harness.data.model import TALDataset, Video
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
 from harness.io import write_json_atomic
-from harness.pipeline.data import StageData, dominant_label, stage_data, tal_targets
-from harness.pipeline.distributed import barrier, current, wrap
+from harness.pipeline.data import dominant_label, tal_targets
+from harness.pipeline.distributed import current, wrap
 from harness.pipeline.features import load_features
-from harness.pipeline.files import METRICS, results_file
+from harness.pipeline.files import METRICS, SCORES, results_file
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head
-from harness.pipeline.runtime import autocast, make_optimizer, mark_done, prepare, stage_done
+from harness.pipeline.plan import Stage
+from harness.pipeline.runtime import autocast, make_optimizer
+from harness.pipeline.stage import StageContext, StageResult
 from harness.seeding import torch_generator
-from harness.tracking import MlflowTracker, NullTracker, start_run
+from harness.tracking import MlflowTracker, NullTracker
 
 log = logging.getLogger(__name__)
 
@@ -149,29 +151,24 @@ def video_class_scores(
         return classifier(feats.to(device)).softmax(dim=1).float().cpu().numpy()
 
 
-def run_head(
-    cfg: ExperimentConfig,
-    *,
-    features: Path,
-    seed: int,
-    out: Path,
-    key: str,
-    data: StageData | None = None,
-    parent_run_id: str = "",
-    on_epoch: Callable[[int, float], None] | None = None,
-    class_scores: Path | None = None,
-) -> dict:
-    """Train ``cfg.head.name`` from scratch on ``features``; write predictions and ``metrics.json``; reuses a stage
-    finished with ``key`` (the stage plan's) and returns its metrics.
+def class_scores_file(cfg: ExperimentConfig, head: Stage) -> Path | None:
+    """The video-level class scores a head fuses with: the classifier stage's (``head.class_scores: finetuned``),
+    a given file, or None: the run's own linear probe on its features (``head.class_scores: features``)."""
+    cls = next((s for s in head.needs if s.kind == "classifier"), None)
+    if cls is not None:
+        return cls.folder / SCORES
+    return None if cfg.head.class_scores == "features" else Path(cfg.head.class_scores)
 
-    ``on_epoch(epoch, validation average mAP)`` is called after every epoch (Optuna pruning raises from it).
-    ``class_scores``: the shared video-level scores (``head.class_scores`` = finetuned or a path); None trains a
-    linear probe on these features (``head.class_scores: features``). ``data``: the dataset (built when None)."""
-    if stage_done(out, key) is not None:
-        return _finished_metrics(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = prepare(cfg.runtime, seed)
-    ds = stage_data(cfg.data, data).ds
+
+def run(ctx: StageContext) -> StageResult:
+    """The head stage: train ``head.name`` from scratch on the features stage's features, predict the validation
+    and test subsets, write the predictions, proposals and ``metrics.json`` (the test split's metrics at the top).
+
+    ``ctx.on_epoch(epoch, validation average mAP)`` is called after every validated epoch (Optuna prunes there)."""
+    cfg, device, seed = ctx.cfg, ctx.device, ctx.seed
+    features = ctx.input("features")
+    class_scores = class_scores_file(cfg, ctx.stage)
+    ds = ctx.data.ds
     splits = _feature_splits(cfg, ds, features)
     train, val = splits[cfg.data.train_subset], splits[cfg.data.val_subset]
     x_train = load_features(features, [v.id for v in train])
@@ -181,11 +178,47 @@ def run_head(
     head = build_head(cfg, hc.name, in_features=x_train.shape[1], temporal_length=L).to(device)
     opt = make_optimizer(head.parameters(), hc.optim)
     trained = wrap(head, device=device)  # DDP under torchrun; inference below uses the head itself
-    world = current()
-    cidx = ds.class_index()
+    _log_absent_classes(cfg, ds)
+    t0 = time.perf_counter()
+    classifier = None
+    if class_scores is None:  # head.class_scores: features, a linear probe on this run's features
+        cidx = ds.class_index()
+        labels = torch.tensor([cidx[dominant_label(v)] for v in train])
+        classifier = _train_classifier(x_train, labels, len(ds.classes), hc.classifier_optim, seed, device)
+
+    def scores_of(x: torch.Tensor, videos: list[Video]) -> np.ndarray:
+        return video_class_scores(cfg, classifier, class_scores, x, videos, ds.classes, device)
+
+    x_val = load_features(features, [v.id for v in val])
+    history = _fit_head(
+        cfg,
+        (head, trained, opt),
+        x_train,
+        targets,
+        validation=(x_val, scores_of(x_val, val), val),
+        ds=ds,
+        seed=seed,
+        device=device,
+        tracker=ctx.tracker,
+        on_epoch=ctx.on_epoch,
+    )
+    train_time = time.perf_counter() - t0
+    evaluated = (
+        ("validation", cfg.data.val_subset, val),
+        ("testing", cfg.data.test_subset, splits[cfg.data.test_subset]),
+    )
+    metrics, written = _predict_and_evaluate(cfg, head, ds, features, evaluated, scores_of, device, ctx.out)
+    result = _head_result(metrics, history, train_time, ctx.tracker.run_id, current().size)
+    if current().main:
+        _publish(ctx.out, result, ctx.tracker)
+    return StageResult([*written, ctx.out / METRICS], {"head": hc.name})
+
+
+def _log_absent_classes(cfg: ExperimentConfig, ds: TALDataset) -> None:
+    """Say once per stage (not once per validation) which classes the evaluated subsets lack."""
     for subset in dict.fromkeys((cfg.data.val_subset, cfg.data.test_subset)):
         absent = absent_classes(ds, subset)
-        if absent:  # once per stage, not once per validation
+        if absent:
             log.info(
                 "subset '%s' has no instance of %d of %d classes (%s): they have no AP there, and predictions of "
                 "them are left out of its mAP",
@@ -194,51 +227,10 @@ def run_head(
                 len(ds.classes),
                 ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else ""),
             )
-    t0 = time.perf_counter()
-    with start_run(
-        cfg.tracking,
-        run_name=f"head-{hc.name}-seed{seed}",
-        parent_run_id=parent_run_id,
-        tags={"stage": "head", "head": hc.name, "seed": str(seed)},
-    ) as tracker:
-        classifier = None
-        if class_scores is None:  # head.class_scores: features, a linear probe on this run's features
-            labels = torch.tensor([cidx[dominant_label(v)] for v in train])
-            classifier = _train_classifier(x_train, labels, len(ds.classes), hc.classifier_optim, seed, device)
-
-        def scores_of(x: torch.Tensor, videos: list[Video]) -> np.ndarray:
-            return video_class_scores(cfg, classifier, class_scores, x, videos, ds.classes, device)
-
-        x_val = load_features(features, [v.id for v in val])
-        history = _fit_head(
-            cfg,
-            (head, trained, opt),
-            x_train,
-            targets,
-            validation=(x_val, scores_of(x_val, val), val),
-            ds=ds,
-            seed=seed,
-            device=device,
-            tracker=tracker,
-            on_epoch=on_epoch,
-        )
-        train_time = time.perf_counter() - t0
-        evaluated = (
-            ("validation", cfg.data.val_subset, val),
-            ("testing", cfg.data.test_subset, splits[cfg.data.test_subset]),
-        )
-        metrics, written = _predict_and_evaluate(cfg, head, ds, features, evaluated, scores_of, device, out)
-        result = _head_result(metrics, history, train_time, tracker.run_id, world.size)
-        if not world.main:
-            barrier()
-            return result
-        _finish_head(out, key, result, written, tracker, info={"stage": "head", "head": hc.name, "seed": seed})
-    barrier()
-    return result
 
 
-def _finished_metrics(out: Path) -> dict:
-    """The metrics of a head stage finished with this key."""
+def finished_metrics(out: Path) -> dict:
+    """The metrics of a finished head stage (its ``metrics.json``)."""
     import json
 
     try:
@@ -368,10 +360,8 @@ def _head_result(
     }
 
 
-def _finish_head(
-    out: Path, key: str, result: dict, written: list[Path], tracker: MlflowTracker | NullTracker, info: dict
-) -> None:
-    """Rank 0: write ``metrics.json``, log the final metrics and files, and mark the stage done."""
+def _publish(out: Path, result: dict, tracker: MlflowTracker | NullTracker) -> None:
+    """Rank 0: write ``metrics.json`` and log the final metrics and files to the stage's MLflow run."""
     write_json_atomic(out / METRICS, result)
     test_m = result["testing"]
     final = {f"mAP_{t:.2f}": m for t, m in zip(test_m["tiou_thresholds"], test_m["mAP"])}
@@ -380,4 +370,3 @@ def _finish_head(
     tracker.log_metrics(final)
     for f in (METRICS, results_file("predictions", "testing")):
         tracker.log_artifact(out / f)
-    mark_done(out, {**info, "mlflow_run_id": tracker.run_id}, key=key, outputs=[*written, out / METRICS])

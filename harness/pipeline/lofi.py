@@ -8,7 +8,6 @@ samples clips at that shape, forwards encoder and head and returns the TAL loss.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,97 +18,63 @@ from harness.data.loader import ClipBatch, ClipLoader, training_plan
 from harness.data.model import Video
 from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
-from harness.pipeline.data import StageData, clip_loader, stage_data, tal_targets
-from harness.pipeline.distributed import barrier, current, unwrap, wrap
+from harness.pipeline.data import StageData, clip_loader, tal_targets
+from harness.pipeline.distributed import current, unwrap, wrap
 from harness.pipeline.files import CHECKPOINT, ENCODER
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_head, load_encoder
-from harness.pipeline.runtime import autocast, load_torch, make_optimizer, mark_done, prepare, save_torch, stage_done
+from harness.pipeline.runtime import autocast, load_torch, make_optimizer, save_torch
+from harness.pipeline.stage import StageContext, StageResult
 from harness.schedule import fidelity_at
 from harness.seeding import torch_generator
-from harness.tracking import start_run
 
 log = logging.getLogger(__name__)
 
 
-def run_lofi(
-    cfg: ExperimentConfig,
-    *,
-    cycle: str,
-    seed: int,
-    init: Path,
-    out: Path,
-    key: str,
-    data: StageData | None = None,
-    parent_run_id: str = "",
-    stop_after_epoch: int | None = None,
-) -> Path:
-    """Train encoder + head at low fidelity from the pre-trained encoder ``init``; write ``out/encoder.pt``.
-
-    ``key``: the stage plan's key; a finished stage is reused only with it, and the epoch checkpoint
-    (``out/checkpoint.pt``) is resumed only by it. ``data``: the dataset and frame source (built here when None).
-    ``stop_after_epoch`` ends the work early after that many epochs (tests use it to simulate a kill).
-    """
-    if stage_done(out, key) is not None:
-        return out / ENCODER
-    out.mkdir(parents=True, exist_ok=True)
-    device = prepare(cfg.runtime, seed)
-    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
-    wanted = data.ds.subset(cfg.data.train_subset)
-    videos = data.frames.usable(wanted)
+def run(ctx: StageContext) -> StageResult:
+    """The LoFi stage (variant: the cycle): train encoder + head at low fidelity from the ACP encoder and write
+    ``encoder.pt``. An epoch checkpoint (``checkpoint.pt``, written with the stage's key) is resumed only by the
+    same key, and removed once the stage is done."""
+    cfg, cycle, seed, device = ctx.cfg, ctx.stage.variant, ctx.seed, ctx.device
+    wanted = ctx.data.ds.subset(cfg.data.train_subset)
+    videos = ctx.data.frames.usable(wanted)
     skipped = sorted({v.id for v in wanted} - {v.id for v in videos})
-    opt_cfg = cfg.lofi.optim
-    encoder, head, opt = _models(cfg, init, device)
-    ckpt = out / CHECKPOINT
-    start_epoch, history = _resume(ckpt, key, encoder, head, opt)
+    encoder, head, opt = _models(cfg, ctx.input("pretrain") / ENCODER, device)
+    ckpt = ctx.out / CHECKPOINT
+    start_epoch, history = _resume(ckpt, ctx.key, encoder, head, opt)
     world = current()
     encoder = wrap(encoder, device=device, sync_bn=cfg.runtime.sync_bn)  # DDP under torchrun
     head = wrap(head, device=device, sync_bn=cfg.runtime.sync_bn)
     # the compiled module shares the encoder's parameters; checkpoints are saved from unwrap(encoder)
     run_encoder = torch.compile(encoder) if cfg.runtime.compile else encoder
-    loader = _loader(cfg, cycle, data, videos, seed=seed, device=device)
+    loader = _loader(cfg, cycle, ctx.data, videos, seed=seed, device=device)
     train_step = _train_step(cfg, seed, videos, lambda x: head(run_encoder(x).transpose(1, 2)), device)
 
     def save_checkpoint(epoch: int, history: list[dict[str, float]]) -> None:
         if world.main:
-            save_torch(ckpt, _checkpoint(encoder, head, opt, epoch=epoch, history=history, key=key))
+            save_torch(ckpt, _checkpoint(encoder, head, opt, epoch=epoch, history=history, key=ctx.key))
 
-    t_start = time.perf_counter()
-    with start_run(
-        cfg.tracking,
-        run_name=f"lofi-{cycle}-seed{seed}",
-        parent_run_id=parent_run_id,
-        tags={"stage": "lofi", "cycle": cycle, "seed": str(seed)},
-    ) as tracker:
-        history = fit(
-            opt,
-            train_step,
-            n_items=len(videos),
-            optim=opt_cfg,
-            seed=seed,
-            order_stream=("lofi-order",),
-            stage=f"LoFi[{cycle}]",
-            modules=(encoder, head),
-            start_epoch=start_epoch,
-            stop_epoch=stop_after_epoch,
-            history=history,
-            on_epoch_end=save_checkpoint,
-            tracker=tracker,
-            metric_prefix="lofi",
-            progress=cfg.runtime.progress,
-            loader=loader,
-        )
-        if len(history) < opt_cfg.epochs:
-            return ckpt  # stopped early by stop_after_epoch (tests)
-        if world.main:
-            save_torch(out / ENCODER, {"encoder": unwrap(encoder).cpu().state_dict(), "name": cfg.encoder.name})
-            info = {"stage": "lofi", "cycle": cycle, "seed": seed, "history": history, "skipped_videos": skipped}
-            info.update(mlflow_run_id=tracker.run_id, time_s=time.perf_counter() - t_start, world_size=world.size)
-            mark_done(out, info, key=key, outputs=[out / ENCODER])
+    history = fit(
+        opt,
+        train_step,
+        n_items=len(videos),
+        optim=cfg.lofi.optim,
+        seed=seed,
+        order_stream=("lofi-order",),
+        stage=f"LoFi[{cycle}]",
+        modules=(encoder, head),
+        start_epoch=start_epoch,
+        history=history,
+        on_epoch_end=save_checkpoint,
+        tracker=ctx.tracker,
+        metric_prefix="lofi",
+        progress=cfg.runtime.progress,
+        loader=loader,
+    )
     if world.main:
-        ckpt.unlink(missing_ok=True)
-    barrier()  # the other ranks read encoder.pt next
-    return out / ENCODER
+        save_torch(ctx.out / ENCODER, {"encoder": unwrap(encoder).cpu().state_dict(), "name": cfg.encoder.name})
+    info = {"cycle": cycle, "history": history, "skipped_videos": skipped}
+    return StageResult(outputs=[ctx.out / ENCODER], info=info, temporaries=(ckpt,))
 
 
 def _models(

@@ -5,7 +5,7 @@ config sections and upstream stages each stage reads, and from those its key.
 from here. A stage's key is a hash of exactly what it reads: its kind, variant and seed, the config sections it
 reads (minus keys that cannot change its outputs) and the keys of the stages it reads from. So a changed config
 value changes the key of every stage that depends on it and of nothing else, and a finished stage (its
-``done.json`` records the key) is never reused for another key (see ``runtime.stage_done``).
+``done.json`` records the key) is never reused for another key (see ``stage.stage_done``).
 
 Not part of any key: ``runtime`` (device, threads, progress: how a stage runs, not what it computes — the thread
 count does change float reductions in the last bits, see docs/architecture.md), ``tracking``, ``sweep``,
@@ -33,23 +33,20 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from harness.config import evolve, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.modes import BN_RECALIBRATED_MODES, MODE_PLAN, MODES, PRETRAIN_MODES, ZEROED_MODES
 from harness.pipeline.files import DONE, ROW
+from harness.pipeline.stage import slug
+from harness.pipeline.stages import STAGES, spec_of
 
-StageKind = Literal["pretrain", "lofi", "features", "classifier", "head"]
+StageKind = str  # a name in the stage registry (harness/pipeline/stages.py)
 
 BASELINE_MODE = "acp"  # the frozen-encoder pipeline every table compares against
 BN_SUFFIX = "+bn"  # a features stage's variant: the LoFi encoder with BatchNorm re-estimated at full fidelity
-
-
-def slug(name: str) -> str:
-    """A file-name-safe spelling of a mode or pre-training name: acp+ -> acpplus."""
-    return name.replace("+", "plus")
 
 
 def check_mode(mode: str) -> None:
@@ -214,6 +211,24 @@ class Planner:
     ) -> Stage:
         return Stage(kind, variant, seed, folder, _key(kind, variant, seed, reads, needs), needs)
 
+    def stage(self, kind: str, variant: str, seed: int) -> Stage | None:
+        """The stage of ``kind`` (a registered stage kind) for ``variant`` (its CLI option's value) and ``seed``."""
+        spec = spec_of(kind)
+        return spec.plan(self, variant, seed) if spec.plan is not None else self.generic(kind, variant, seed)
+
+    def generic(self, kind: str, variant: str, seed: int) -> Stage:
+        """A stage planned from its declaration alone: ``R/<kind>[/<variant>]/seed<S>``, keyed by the config sections
+        it declares (``reads``) and its upstream stages (``needs``)."""
+        memo = (kind, variant, seed)
+        if memo not in self._memo:
+            spec = spec_of(kind)
+            folder = self.root / kind / slug(variant) if variant else self.root / kind
+            reads = _sections(self.cfg, spec.reads)
+            self._memo[memo] = self._stage(
+                kind, variant, seed, folder / f"seed{seed}", reads, spec.needs(self, variant, seed)
+            )
+        return self._memo[memo]
+
     def pretrain(self, mode: str, seed: int) -> Stage:
         memo = ("pretrain", mode, seed)
         if memo not in self._memo:
@@ -294,6 +309,8 @@ class Planner:
         if self.cfg.head.class_scores not in ("finetuned", "features"):  # an external scores file: its content counts
             reads["class_scores_file"] = _file_identity(Path(self.cfg.head.class_scores))
         needs = (feats,) + ((cls,) if cls is not None else ())
+        # generic stages every head reads (none of the built-in kinds: their keys stay as they were)
+        needs += tuple(self.generic(s.name, "", seed) for s in STAGES.values() if s.read_by_head)
         head = Stage("head", "", seed, Path(run_dir) / "head", _key("head", mode, seed, reads, needs), needs)
         run_key = _key("run", mode, seed, {"lofi_head": self.cfg.lofi.head}, (head,))
         return RunPlan(mode, seed, self.cfg.head.name, Path(run_dir), head, run_key)
@@ -369,7 +386,7 @@ def unique_stages(runs: list[SweepRun]) -> list[tuple[SweepRun, Stage]]:
     out = []
     for r in runs:
         for s in r.plan.stages:
-            if s.kind == "head":
+            if not spec_of(s.kind).shared:
                 continue
             if s.folder in seen:
                 if seen[s.folder].key != s.key:

@@ -10,7 +10,6 @@ leave ``data.icp_source`` / ``data.acp_source`` empty and set ``encoder.pretrain
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,13 @@ from tqdm import tqdm
 
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
-from harness.pipeline.data import LabelledItem, StageData, VideoFrames, read_source_index, stage_data, video_file
-from harness.pipeline.distributed import barrier, current, wrap
+from harness.pipeline.data import LabelledItem, StageData, VideoFrames, read_source_index, video_file
+from harness.pipeline.distributed import current, wrap
 from harness.pipeline.files import ENCODER
 from harness.pipeline.fit import fit
 from harness.pipeline.models import build_encoder, load_encoder
-from harness.pipeline.runtime import make_optimizer, mark_done, prepare, save_torch, stage_done
-from harness.tracking import start_run
+from harness.pipeline.runtime import make_optimizer, save_torch
+from harness.pipeline.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -141,92 +140,44 @@ def train_classification(
     return history, classifier
 
 
-def run_pretrain(
-    cfg: ExperimentConfig,
-    *,
-    mode: str,
-    seed: int,
-    out: Path,
-    key: str,
-    init: Path | None = None,
-    data: StageData | None = None,
-    parent_run_id: str = "",
-) -> Path:
-    """Pre-train the encoder (mode icp | acp | acp+) and write ``out/encoder.pt``; reuses a stage finished with
-    ``key`` (the stage plan's).
+def run(ctx: StageContext) -> StageResult:
+    """The pretrain stage (variant icp | acp | acp+): train the encoder, or load published weights, and write
+    ``encoder.pt`` (with the classifier and its classes when one was trained). For acp+ the ACP stage's encoder is
+    fine-tuned; the synthetic benchmark's pre-training sources come with the data."""
+    mode = ctx.stage.variant
+    encoder, classifier, classes, history = _train(ctx, mode)
+    out = ctx.out / ENCODER
+    if current().main:
+        state = {"encoder": encoder.cpu().state_dict(), "name": ctx.cfg.encoder.name}
+        if classifier is not None:  # kept so the ACP+ model can serve as the video-level classifier
+            state.update(classifier=classifier.cpu().state_dict(), classes=list(classes))
+        save_torch(out, state)
+    return StageResult(outputs=[out], info={"mode": mode, "history": history})
 
-    ``init``: for acp+, the ACP encoder to fine-tune. ``data``: the dataset and frame source (built here when None;
-    the synthetic benchmark and its pre-training sources are generated on first use)."""
-    if mode not in ("icp", "acp", "acp+"):
-        raise LofiError(f"pre-training mode '{mode}' is unknown; use icp, acp or acp+")
-    if stage_done(out, key) is not None:
-        return out / ENCODER
-    if mode == "acp+" and init is None:
-        raise LofiError("acp+ needs the ACP encoder: pass --init <acp stage>/encoder.pt (lofi run does this)")
-    out.mkdir(parents=True, exist_ok=True)
-    device = prepare(cfg.runtime, seed)
-    data = stage_data(cfg.data, data, cache_bytes=cfg.runtime.cache_bytes)
+
+def _train(ctx: StageContext, mode: str) -> tuple[nn.Module, nn.Module | None, list[str], list[dict[str, float]]]:
+    """(encoder, classifier or None, its classes, history): ACP+ fine-tunes the ACP encoder on the target's
+    segments; ICP/ACP train from scratch on their source, or start from published weights when it is empty."""
+    cfg = ctx.cfg
     source = cfg.data.icp_source if mode == "icp" else cfg.data.acp_source
-    with start_run(
-        cfg.tracking,
-        run_name=f"pretrain-{mode}-seed{seed}",
-        parent_run_id=parent_run_id,
-        tags={"stage": "pretrain", "mode": mode, "seed": str(seed)},
-    ) as tracker:
-        t0 = time.perf_counter()
-        if mode == "acp+":
-            encoder = load_encoder(cfg, init)
-            classes, clips, labels = _load_items(cfg, mode, data)
-            history, classifier = train_classification(
-                encoder,
-                clips,
-                labels,
-                len(classes),
-                cfg.pretrain.finetune,
-                seed=seed,
-                stage="acp+",
-                device=device,
-                progress=cfg.runtime.progress,
-                tracker=tracker,
-                sync_bn=cfg.runtime.sync_bn,
-            )
-        elif not source:  # real data: start from published weights instead of training
-            encoder = build_encoder(cfg, from_weights=True, mode=mode)
-            history, classifier, classes = [], None, []
-        else:
-            encoder = build_encoder(cfg, from_weights=False)
-            classes, clips, labels = _load_items(cfg, mode, data)
-            history, classifier = train_classification(
-                encoder,
-                clips,
-                labels,
-                len(classes),
-                cfg.pretrain.optim,
-                seed=seed,
-                stage=mode,
-                device=device,
-                progress=cfg.runtime.progress,
-                tracker=tracker,
-                sync_bn=cfg.runtime.sync_bn,
-            )
-        if current().main:
-            state = {"encoder": encoder.cpu().state_dict(), "name": cfg.encoder.name}
-            if classifier is not None:  # kept so the ACP+ model can serve as the video-level classifier
-                state.update(classifier=classifier.cpu().state_dict(), classes=list(classes))
-            save_torch(out / ENCODER, state)
-            mark_done(
-                out,
-                {
-                    "stage": "pretrain",
-                    "mode": mode,
-                    "seed": seed,
-                    "history": history,
-                    "time_s": time.perf_counter() - t0,
-                    "mlflow_run_id": tracker.run_id,
-                    "world_size": current().size,
-                },
-                key=key,
-                outputs=[out / ENCODER],
-            )
-    barrier()  # the other ranks read encoder.pt next
-    return out / ENCODER
+    if mode == "acp+":
+        encoder, optim = load_encoder(cfg, ctx.input("pretrain", "acp") / ENCODER), cfg.pretrain.finetune
+    elif not source:  # real data: start from published weights instead of training
+        return build_encoder(cfg, from_weights=True, mode=mode), None, [], []
+    else:
+        encoder, optim = build_encoder(cfg, from_weights=False), cfg.pretrain.optim
+    classes, clips, labels = _load_items(cfg, mode, ctx.data)
+    history, classifier = train_classification(
+        encoder,
+        clips,
+        labels,
+        len(classes),
+        optim,
+        seed=ctx.seed,
+        stage=mode,
+        device=ctx.device,
+        progress=cfg.runtime.progress,
+        tracker=ctx.tracker,
+        sync_bn=cfg.runtime.sync_bn,
+    )
+    return encoder, classifier, classes, history

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -17,12 +18,13 @@ from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, config_hash
 from harness.fidelity import fidelity_shape
 from harness.io import remove_orphans, write_json_atomic, write_text_atomic
-from harness.modes import ZEROED_MODES
 from harness.pipeline.distributed import barrier, current
-from harness.pipeline.files import DONE, ENCODER, METRICS, ROW, SCORES
-from harness.pipeline.plan import BN_SUFFIX, MODE_PLAN, RunPlan, Stage, plan_run, slug
+from harness.pipeline.files import DONE, METRICS, ROW
+from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run
 from harness.pipeline.row import build_row
-from harness.pipeline.runtime import Env, stage_done, start_stage
+from harness.pipeline.runtime import Env
+from harness.pipeline.stage import execute, stage_done
+from harness.pipeline.stages import spec_of
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
 from harness.tracking import (
     MlflowTracker,
@@ -33,6 +35,9 @@ from harness.tracking import (
     start_run,
     tracking_failure,
 )
+
+if TYPE_CHECKING:
+    from harness.pipeline.data import StageData
 
 log = logging.getLogger(__name__)
 
@@ -81,53 +86,20 @@ def run_stage(
     cfg: ExperimentConfig,
     stage: Stage,
     *,
-    data=None,
+    data: StageData | None = None,
     parent_run_id: str = "",
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> Path:
-    """Run one planned stage (its upstream stages must be finished); returns the file or folder it produced."""
-    from harness.pipeline.classify import run_class_scores
-    from harness.pipeline.features import run_features
-    from harness.pipeline.lofi import run_lofi
-    from harness.pipeline.pretrain import run_pretrain
-
-    for up in stage.needs:
-        if stage_done(up.folder, up.key) is None:
-            raise LofiError(f"{up.folder}: stage {up.name} is not finished; run it first (lofi run runs every stage)")
-    start_stage(stage.folder)
-    common = {"seed": stage.seed, "key": stage.key, "data": data}
-    if stage.kind == "pretrain":
-        init = stage.needs[0].folder / ENCODER if stage.needs else None
-        return run_pretrain(cfg, mode=stage.variant, out=stage.folder, init=init, parent_run_id=parent_run_id, **common)
-    if stage.kind == "lofi":
-        return run_lofi(
-            cfg,
-            cycle=stage.variant,
-            init=stage.needs[0].folder / ENCODER,
-            out=stage.folder,
-            parent_run_id=parent_run_id,
-            **common,
-        )
-    if stage.kind == "features":
-        return run_features(
-            cfg,
-            encoder_checkpoint=stage.needs[0].folder / ENCODER,
-            out=stage.folder,
-            zeroed=stage.variant in ZEROED_MODES,
-            bn_recalibrate=stage.variant.endswith(BN_SUFFIX),
-            **common,
-        )
-    if stage.kind == "classifier":
-        run_class_scores(cfg, checkpoint=stage.needs[0].folder / ENCODER, out=stage.folder, **common)
-        return stage.folder / SCORES
-    raise LofiError(f"{stage.name}: the head stage runs through lofi run (it writes the run's row)")
+    """Run one planned stage of any registered kind (reused when finished with its key; its upstream stages must
+    be finished) through the protocol's shared steps (``harness.pipeline.stage.execute``); returns its main output."""
+    return execute(spec_of(stage.kind), cfg, stage, data=data, parent_run_id=parent_run_id, on_epoch=on_epoch)
 
 
 def _class_scores_path(cfg: ExperimentConfig, plan: RunPlan) -> Path | None:
     """The video-level class scores the head fuses with (None: the run's own linear probe on its features)."""
-    cls = plan.get("classifier")
-    if cls is not None:
-        return cls.folder / SCORES
-    return None if cfg.head.class_scores == "features" else Path(cfg.head.class_scores)
+    from harness.pipeline.headtrain import class_scores_file
+
+    return class_scores_file(cfg, plan.head)
 
 
 def check_inputs(cfg: ExperimentConfig, plan: RunPlan, todo: list[Stage]) -> None:
@@ -144,7 +116,7 @@ def skipped_videos(plan: RunPlan) -> list[str]:
     """The videos a run's stages skipped as undecodable (``data.skip_corrupt``), from their ``done.json``."""
     skipped: set[str] = set()
     for stage in plan.stages:
-        if stage.kind == "head":
+        if not spec_of(stage.kind).shared:
             continue
         try:
             info = json.loads((stage.folder / DONE).read_text(encoding="utf-8"))
@@ -200,6 +172,7 @@ def run_all(
     """Run every stage of ``mode`` (reusing those finished with the same key) and write metrics.json and row.json
     into ``out``; shared stages live under ``stages_root`` (default ``out``, see harness/pipeline/plan.py)."""
     from harness.pipeline.data import load_stage_data
+    from harness.pipeline.headtrain import finished_metrics
 
     plan = plan_run(cfg, mode=mode, seed=seed, run_dir=out, stages_root=stages_root)
     # Before any work: a finished stage of another configuration in the way stops here, naming its folder.
@@ -234,11 +207,9 @@ def run_all(
                 **{f"env.{k}": v for k, v in Env.capture().__dict__.items()},
             }
         )
-        times = _run_shared_stages(cfg, todo, data=data, parent_run_id=parent.run_id)
+        times = _run_stages(cfg, todo, data=data, parent_run_id=parent.run_id, on_epoch=on_epoch)
         scores = _class_scores_path(cfg, plan)
-        metrics = _run_final_head(
-            cfg, plan, todo, data=data, parent_run_id=parent.run_id, on_epoch=on_epoch, scores=scores, times=times
-        )
+        metrics = finished_metrics(plan.head.folder)
         world = current()
         diverged = run_divergence(
             {s.name: stage_history(s.folder) for s in plan.stages if s.kind != "head"}, metrics
@@ -273,49 +244,21 @@ def run_all(
     return row
 
 
-def _run_shared_stages(cfg: ExperimentConfig, todo: list[Stage], *, data, parent_run_id: str) -> dict[str, float]:
-    """Run the unfinished shared stages of a run, upstream first; their wall times by row name."""
-    times: dict[str, float] = {}
-    for stage in todo:
-        if stage.kind == "head":
-            continue
-        t0 = time.perf_counter()
-        run_stage(cfg, stage, data=data, parent_run_id=parent_run_id)
-        times[f"pretrain_{slug(stage.variant)}" if stage.kind == "pretrain" else stage.kind] = time.perf_counter() - t0
-    return times
-
-
-def _run_final_head(
+def _run_stages(
     cfg: ExperimentConfig,
-    plan: RunPlan,
     todo: list[Stage],
     *,
-    data,
+    data: StageData | None,
     parent_run_id: str,
     on_epoch: Callable[[int, float], None] | None,
-    scores: Path | None,
-    times: dict[str, float],
-) -> dict:
-    """The run's head stage (its metrics; reused when finished with its key); adds its time to ``times``."""
-    from harness.pipeline.headtrain import run_head
-
-    t0 = time.perf_counter()
-    if plan.head in todo:
-        start_stage(plan.head.folder)
-    metrics = run_head(
-        cfg,
-        features=plan.head.need("features").folder,
-        seed=plan.seed,
-        out=plan.head.folder,
-        key=plan.head.key,
-        data=data,
-        parent_run_id=parent_run_id,
-        on_epoch=on_epoch,
-        class_scores=scores,
-    )
-    if plan.head in todo:
-        times["head"] = time.perf_counter() - t0
-    return metrics
+) -> dict[str, float]:
+    """Run a run's unfinished stages, upstream first (the head last); their wall times by the row's column."""
+    times: dict[str, float] = {}
+    for stage in todo:
+        t0 = time.perf_counter()
+        run_stage(cfg, stage, data=data, parent_run_id=parent_run_id, on_epoch=on_epoch)
+        times[spec_of(stage.kind).time_column(stage)] = time.perf_counter() - t0
+    return times
 
 
 def _publish_row(parent: MlflowTracker | NullTracker, path: Path, row: dict, *, main: bool) -> None:

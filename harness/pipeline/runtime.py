@@ -1,12 +1,11 @@
-"""Run-time plumbing shared by the stages: device choice, threads, stage markers, checkpoints, lr schedule."""
+"""Run-time plumbing shared by the stages: device choice, threads, checkpoints, lr schedule (stage markers:
+``harness/pipeline/stage.py``)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import platform
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,6 @@ import torch
 from harness.errors import LofiError
 from harness.experiment import OptimConfig, RuntimeConfig
 from harness.integrity import IntegrityError, load_torch_sealed, save_torch_sealed
-from harness.io import remove_orphans, write_json_atomic
-from harness.pipeline.files import DONE
 
 log = logging.getLogger(__name__)
 
@@ -46,55 +43,6 @@ def prepare(cfg: RuntimeConfig, seed: int) -> torch.device:
 def autocast(device: torch.device, enabled: bool):  # -> context manager
     """bf16 autocast on CUDA; a no-op elsewhere (CPU bf16 is slower than fp32 on most CPUs)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
-def _fingerprint(path: Path) -> dict[str, int]:
-    st = path.stat()
-    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def stage_done(out: Path, key: str) -> dict[str, Any] | None:
-    """The stage's ``done.json`` when ``out`` holds a finished stage made with ``key``, else None.
-
-    A finished stage is never reused for another key, and never when a file it produced is gone or was rewritten
-    since (size and mtime recorded at the end of the stage): both stop with a one-line error, so old results are
-    not reported under a new config and nothing finished is overwritten silently."""
-    p = out / DONE
-    if not p.is_file():
-        return None
-    try:
-        info = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise LofiError(f"{p}: unreadable stage marker; delete the folder {out} to recompute the stage") from None
-    if not isinstance(info, dict) or not isinstance(info.get("outputs", {}), dict):
-        raise LofiError(f"{p}: not a stage marker written by lofi; delete the folder {out} to recompute the stage")
-    if info.get("key") != key:
-        raise LofiError(
-            f"{out}: finished by another configuration (stage key {info.get('key')}, "
-            f"wanted {key}); use another --out or delete {out} to recompute it"
-        )
-    for rel, fp in (info.get("outputs") or {}).items():
-        f = out / rel
-        if not f.resolve().is_relative_to(out.resolve()):
-            raise LofiError(f"{p}: lists {rel!r}, outside the stage folder; delete {out} to recompute the stage")
-        if not f.is_file() or _fingerprint(f) != fp:
-            raise LofiError(f"{f}: output of a finished stage is missing or changed; delete {out} to recompute it")
-    return info
-
-
-def mark_done(out: Path, info: dict[str, Any], *, key: str, outputs: Iterable[Path] = ()) -> None:
-    """Write ``done.json`` last: the stage's key, the files it produced (relative, with size and mtime) and ``info``."""
-    files = {str(Path(f).relative_to(out)): _fingerprint(Path(f)) for f in outputs}
-    write_json_atomic(
-        out / DONE, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "key": key, **info, "outputs": files}
-    )
-
-
-def start_stage(out: Path) -> None:
-    """The first step of a stage that will run: its folder exists, and temporary files that a killed run left in it
-    (``kill -9`` skips the atomic writers' cleanup) are removed; a concurrent writer's live ones are kept."""
-    out.mkdir(parents=True, exist_ok=True)
-    remove_orphans(out)
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -26,7 +26,8 @@ from harness.commands.track import sweep_tracking_uri
 from harness.config import evolve, from_dict, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
-from harness.pipeline.plan import Planner, features_mode, slug, sweep_root, sweep_runs, unique_stages
+from harness.pipeline.plan import Planner, slug, sweep_root, sweep_runs, unique_stages
+from harness.pipeline.stages import cli_args as stage_cli_args
 
 _cli_files = [str(f) for f in workflow.config_settings.configfiles]
 if _cli_files:

@@ -81,16 +81,6 @@ rule track_init:
         "lofi track init {params.args} > {log:q} 2>&1"
 
 
-def _stage_flag(stage):
-    if stage.kind == "pretrain":
-        return ["--mode", stage.variant]
-    if stage.kind == "lofi":
-        return ["--cycle", stage.variant]
-    if stage.kind == "features":
-        return ["--mode", features_mode(stage)]
-    return []
-
-
 def stage_rule(run, stage):
     """The job of one shared stage (the config of `run`, a run that needs it: same encoder)."""
     folder = str(stage.folder)
@@ -119,7 +109,7 @@ def stage_rule(run, stage):
         params:
             key=stage.key,
             args=lofi_args(
-                *_stage_flag(stage),
+                *stage_cli_args(stage),  # the declared option (harness/pipeline/stages.py)
                 "--seed",
                 stage.seed,
                 "--set",
