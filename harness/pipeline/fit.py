@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -91,70 +92,12 @@ def fit(
     """
     history = list(history)
     end = optim.epochs if stop_epoch is None else min(optim.epochs, stop_epoch)
-    bs = optim.batch_size
-    n_steps = (n_items + bs - 1) // bs
-    world = current()
+    epoch_loop = _EpochLoop(optimizer, step_fn, n_items, optim, seed, order_stream, stage, modules, progress, loader)
     for epoch in range(start_epoch, end):
         for m in modules:
             m.train()
         lr = set_lr(optimizer, epoch, optim)
-        order = epoch_order(n_items, seed=seed, stream=order_stream, epoch=epoch)
-        # this rank's micro-batches of every step (one process: the whole batch in `accumulate` parts)
-        steps = step_batches(order, bs, optim.accumulate, rank=world.rank, world_size=world.size)
-        batches = iter(loader.epoch(epoch)) if loader is not None else None
-        t0, total, seen, sums, waited = time.perf_counter(), 0.0, 0.0, {}, 0.0
-        bar = tqdm(
-            range(n_steps),
-            desc=f"{stage} epoch {epoch + 1}/{optim.epochs}",
-            disable=not progress or not world.main,
-            leave=False,
-        )
-        for step in bar:
-            global_n = min(bs, n_items - step * bs)  # the step's batch, summed over ranks
-            micros = steps[step]
-            optimizer.zero_grad(set_to_none=True)
-            for k, mb in enumerate(micros):
-                idx = torch.from_numpy(mb.items)
-                with no_sync(modules, k < len(micros) - 1):  # DDP all-reduces once, after the step's last one
-                    if batches is None:
-                        loss, extra = step_fn(epoch, step, mb.position, idx)
-                    else:
-                        t_wait = time.perf_counter()
-                        data = next(batches)
-                        waited += time.perf_counter() - t_wait
-                        if (data.epoch, data.step, data.micro) != (epoch, step, mb.position) or not torch.equal(
-                            data.items, idx
-                        ):
-                            raise RuntimeError(
-                                f"{stage}: the loader's plan differs from the loop's order at step {step}"
-                            )
-                        loss, extra = step_fn(epoch, step, mb.position, idx, data)
-                    check_finite(loss, stage=stage, epoch=epoch, step=step)
-                    # the step's gradient is that of the batch's mean loss, whatever the split into micro-batches
-                    # and ranks (DDP averages over ranks, hence × world size); unscaled when the micro-batch is
-                    # the batch: (1/n)·n is not exactly 1 in float32 for every n
-                    if len(idx) == global_n and not world.distributed:
-                        loss.backward()
-                    else:
-                        (loss * (mb.weight * len(idx) * world.size / global_n)).backward()
-                total += mb.weight * loss.item() * len(idx)
-                seen += mb.weight * len(idx)
-                for name, v in extra.items():
-                    sums[name] = sums.get(name, 0.0) + mb.weight * v
-            optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if world.distributed:  # every rank records the global means
-            names = sorted(sums)
-            total, seen, *rest = all_sum([total, seen, *(sums[k] for k in names)])
-            sums = dict(zip(names, rest))
-        if batches is not None:
-            log.debug("%s epoch %d: %.2f s waiting for the loader", stage, epoch + 1, waited)
-        row = {
-            "loss": total / max(seen, 1),
-            **{k: v / max(seen, 1) for k, v in sums.items()},
-            "lr": lr,
-            "items_per_s": seen / (time.perf_counter() - t0),
-        }
+        row = _epoch_row(epoch_loop.train(epoch), lr, stage=stage, epoch=epoch, timed_loader=loader is not None)
         if validate is not None:
             row.update(validate(epoch))
         history.append(row)
@@ -166,3 +109,103 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
     return history
+
+
+@dataclass
+class _EpochSums:
+    """One epoch's running sums on this rank: loss × items, items, the step function's other sums, time."""
+
+    t0: float
+    total: float = 0.0
+    seen: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)
+    waited: float = 0.0  # seconds spent waiting for the loader
+
+    def add(self, weight: float, loss: float, n: int, extra: dict[str, float]) -> None:
+        self.total += weight * loss * n
+        self.seen += weight * n
+        for name, v in extra.items():
+            self.sums[name] = self.sums.get(name, 0.0) + weight * v
+
+
+@dataclass(frozen=True)
+class _EpochLoop:
+    """The optimiser steps of one epoch (``train``): what ``fit`` was given, minus the per-epoch bookkeeping."""
+
+    optimizer: torch.optim.Optimizer
+    step_fn: StepFn | LoaderStepFn
+    n_items: int
+    optim: OptimConfig
+    seed: int
+    order_stream: tuple[str, ...]
+    stage: str
+    modules: Sequence[nn.Module]
+    progress: bool
+    loader: Any
+
+    def train(self, epoch: int) -> _EpochSums:
+        bs, world, optim = self.optim.batch_size, current(), self.optim
+        n_steps = (self.n_items + bs - 1) // bs
+        order = epoch_order(self.n_items, seed=self.seed, stream=self.order_stream, epoch=epoch)
+        # this rank's micro-batches of every step (one process: the whole batch in `accumulate` parts)
+        steps = step_batches(order, bs, optim.accumulate, rank=world.rank, world_size=world.size)
+        batches = iter(self.loader.epoch(epoch)) if self.loader is not None else None
+        acc = _EpochSums(t0=time.perf_counter())
+        bar = tqdm(
+            range(n_steps),
+            desc=f"{self.stage} epoch {epoch + 1}/{optim.epochs}",
+            disable=not self.progress or not world.main,
+            leave=False,
+        )
+        for step in bar:
+            global_n = min(bs, self.n_items - step * bs)  # the step's batch, summed over ranks
+            micros = steps[step]
+            self.optimizer.zero_grad(set_to_none=True)
+            for k, mb in enumerate(micros):
+                idx = torch.from_numpy(mb.items)
+                with no_sync(self.modules, k < len(micros) - 1):  # DDP all-reduces once, after the step's last one
+                    if batches is None:
+                        loss, extra = self.step_fn(epoch, step, mb.position, idx)
+                    else:
+                        data = self._next_batch(batches, acc, epoch, step, mb.position, idx)
+                        loss, extra = self.step_fn(epoch, step, mb.position, idx, data)
+                    check_finite(loss, stage=self.stage, epoch=epoch, step=step)
+                    # the step's gradient is that of the batch's mean loss, whatever the split into micro-batches
+                    # and ranks (DDP averages over ranks, hence × world size); unscaled when the micro-batch is
+                    # the batch: (1/n)·n is not exactly 1 in float32 for every n
+                    if len(idx) == global_n and not world.distributed:
+                        loss.backward()
+                    else:
+                        (loss * (mb.weight * len(idx) * world.size / global_n)).backward()
+                acc.add(mb.weight, loss.item(), len(idx), extra)
+            self.optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        return acc
+
+    def _next_batch(
+        self, batches: Iterator[Any], acc: _EpochSums, epoch: int, step: int, micro: int, idx: torch.Tensor
+    ) -> Any:
+        """The loader's next batch, checked against the loop's own (epoch, step, micro, items)."""
+        t_wait = time.perf_counter()
+        data = next(batches)
+        acc.waited += time.perf_counter() - t_wait
+        if (data.epoch, data.step, data.micro) != (epoch, step, micro) or not torch.equal(data.items, idx):
+            raise RuntimeError(f"{self.stage}: the loader's plan differs from the loop's order at step {step}")
+        return data
+
+
+def _epoch_row(acc: _EpochSums, lr: float, *, stage: str, epoch: int, timed_loader: bool) -> dict[str, float]:
+    """The epoch's history row: means over every rank's items, the lr and the throughput."""
+    total, seen, sums = acc.total, acc.seen, acc.sums
+    if current().distributed:  # every rank records the global means
+        names = sorted(sums)
+        total, seen, *rest = all_sum([total, seen, *(sums[k] for k in names)])
+        sums = dict(zip(names, rest))
+    if timed_loader:
+        log.debug("%s epoch %d: %.2f s waiting for the loader", stage, epoch + 1, acc.waited)
+    return {
+        "loss": total / max(seen, 1),
+        **{k: v / max(seen, 1) for k, v in sums.items()},
+        "lr": lr,
+        "items_per_s": seen / (time.perf_counter() - acc.t0),
+    }
