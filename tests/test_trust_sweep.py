@@ -202,15 +202,15 @@ from typing import Any
 import harness.pipeline.headtrain as headtrain
 from harness.cli import main
 
-store, original = Path(sys.argv[1]), headtrain.run_head
+store, original = Path(sys.argv[1]), headtrain.run
 
 
-def run_head(*args, **kwargs):  # the store vanishes as the head stage starts
+def run(ctx):  # the store vanishes as the head stage's work starts (its runner: harness/pipeline/stages.py)
     store.unlink()
-    return original(*args, **kwargs)
+    return original(ctx)
 
 
-headtrain.run_head = run_head
+headtrain.run = run
 sys.exit(main(sys.argv[2:]))
 """
 

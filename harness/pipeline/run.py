@@ -198,22 +198,13 @@ def run_all(
         parent_run_id=parent_run_id,
         tags={"mode": mode, "seed": str(seed), "config_hash": chash},
     ) as parent:
-        parent.log_params(
-            {
-                **flatten(to_dict(cfg)),
-                "mode": mode,
-                "seed": seed,
-                "commit": git_commit(),
-                **{f"env.{k}": v for k, v in Env.capture().__dict__.items()},
-            }
-        )
+        parent.log_params(_run_params(cfg, mode, seed))
         times = _run_stages(cfg, todo, data=data, parent_run_id=parent.run_id, on_epoch=on_epoch)
         scores = _class_scores_path(cfg, plan)
         metrics = finished_metrics(plan.head.folder)
         world = current()
-        diverged = run_divergence(
-            {s.name: stage_history(s.folder) for s in plan.stages if s.kind != "head"}, metrics
-        )  # a flagged row, or (runtime.on_divergence=fail) a one-line error before the run's files are written
+        # a flagged row, or (runtime.on_divergence=fail) a one-line error before the run's files are written
+        diverged = run_divergence({s.name: stage_history(s.folder) for s in plan.stages if s.kind != "head"}, metrics)
         act_on_divergence(diverged, policy=cfg.runtime.on_divergence, run=f"{mode} seed {seed} ({out})")
         if world.main:
             write_text_atomic(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -242,6 +233,17 @@ def run_all(
     barrier()
     log.info("%s seed %d: test average mAP %.4f (%s)", mode, seed, row["average_mAP"], out)
     return row
+
+
+def _run_params(cfg: ExperimentConfig, mode: str, seed: int) -> dict:
+    """The parameters of a run's MLflow parent: the flattened config, mode, seed, commit and environment."""
+    return {
+        **flatten(to_dict(cfg)),
+        "mode": mode,
+        "seed": seed,
+        "commit": git_commit(),
+        **{f"env.{k}": v for k, v in Env.capture().__dict__.items()},
+    }
 
 
 def _run_stages(
