@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pandas as pd
 from harness.errors import LofiError
 from harness.experiment import SweepConfig
 from harness.modes import TABLE_KINDS
+from harness.pipeline.files import plot_files
 from harness.seeding import numpy_rng
 from harness.stats import (
     Comparison,
@@ -79,10 +79,6 @@ def infer_control_seeds(rows: pd.DataFrame) -> tuple[int, ...]:
     if not others:
         return ()
     return tuple(sorted({int(s) for s in rows.loc[rows["mode"] == BASELINE, "seed"]} - others))
-
-
-def _slug(*parts: Any) -> str:
-    return "_".join(re.sub(r"[^A-Za-z0-9._+-]+", "-", str(p)) for p in parts)
 
 
 class _Matcher:
@@ -439,11 +435,11 @@ def build_report(
         if "strata" in kinds and shown("strata", sub):
             per_kind["strata"].append(_strata(sub, tests, shown("strata", sub), ground_truth))
         if plots:
-            slug = _slug(dataset, encoder, head)
+            tiou_png, memory_png = plot_files(out, dataset, encoder, head)
             written.append(
                 figures.plot_map_vs_tiou(
                     sub,
-                    out / f"plot_map_vs_tiou_{slug}.png",
+                    tiou_png,
                     modes=plot_modes,
                     title=f"mAP vs tIoU — {dataset}, {encoder}, {head}",
                 )
@@ -451,7 +447,7 @@ def build_report(
             written.append(
                 figures.plot_map_vs_memory(
                     sub,
-                    out / f"plot_map_vs_memory_{slug}.png",
+                    memory_png,
                     modes=plot_modes,
                     title=f"avg mAP vs activation memory — {dataset}, {encoder}, {head}",
                 )

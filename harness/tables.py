@@ -16,6 +16,7 @@ floor, the positive control (e2e-full), the negative control (ACP on other seeds
 from __future__ import annotations
 
 import datetime as _dt
+import html
 import json
 import logging
 import math
@@ -1034,16 +1035,34 @@ def to_latex(table: Table) -> str:
     )
 
 
+def to_html(table: Table) -> str:
+    """The Markdown table as an HTML fragment (tabulate ``html``: cells escaped): title, table, notes, provenance.
+    What `snakemake --report` shows inline."""
+    body = tabulate(table.display, headers="keys", tablefmt="html", showindex=False, disable_numparse=True)
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in (*table.notes, *table.provenance) if n)
+    return f"<h3>{html.escape(table.title)}</h3>\n{body}\n{notes}\n"
+
+
+_HTML_PAGE = (
+    '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>'
+    "body{{font-family:sans-serif;font-size:14px}} table{{border-collapse:collapse}}"
+    " td,th{{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}} p{{max-width:70em}}"
+    "</style></head><body>\n{body}</body></html>\n"
+)
+
+
 def write_tables(tables: Sequence[Table], out: str | os.PathLike[str], stem: str) -> list[Path]:
-    """Write ``stem``.md / .csv / .tex (one section per table, one CSV for all), each atomically."""
+    """Write ``stem``.md / .csv / .tex / .html (one section per table, one CSV for all), each atomically."""
     if not tables:
         raise TableError(f"nothing to write for {stem}")
     out = Path(out)
     md = write_text_atomic(out / f"{stem}.md", "\n".join(to_markdown(t) for t in tables))
     tex = write_text_atomic(out / f"{stem}.tex", "\n".join(to_latex(t) for t in tables))
+    page = _HTML_PAGE.format(title=html.escape(tables[0].title), body="".join(to_html(t) for t in tables))
+    html_file = write_text_atomic(out / f"{stem}.html", page)
     numeric = pd.concat([t.numeric for t in tables], ignore_index=True)
     csv = out / f"{stem}.csv"
     with atomic_path(csv) as tmp:
         numeric.to_csv(tmp, index=False)
-    log.info("wrote %s, %s, %s", md, csv, tex)
-    return [md, csv, tex]
+    log.info("wrote %s, %s, %s, %s", md, csv, tex, html_file)
+    return [md, csv, tex, html_file]

@@ -3,11 +3,11 @@
 
 Everything lives in one folder: its own munge key and socket, ``slurm.conf`` (no accounting database: the executor
 plugin polls with ``squeue``, and finished jobs stay visible for ``MinJobAge`` seconds), state, spool, logs and pid
-files, and free ports. ``SLURM_CONF`` in the returned environment points the clients (``sbatch``, ``squeue``) at it;
-the one file outside the folder is a link ``/etc/slurm/slurm.conf`` to it, made only where no such file exists and
-removed on exit: snakemake-executor-plugin-slurm-jobstep (0.6) drops ``SLURM_CONF`` from the environment of the
-``srun`` it starts inside a job, so ``srun`` must find the config at its default path. Every daemon started here
-is stopped by its pid on exit.
+files, and free ports; nothing outside it is touched, so two clusters can run side by side. ``SLURM_CONF`` in the
+returned environment points the clients (``sbatch``, ``squeue``) at it, and ``PATH`` starts with the folder's
+``bin/``, whose ``srun`` sets ``SLURM_CONF`` again before running the real one: snakemake-executor-plugin-slurm-jobstep
+(0.6) drops every ``SLURM_*`` variable but the job's ids from the environment of the ``srun`` it starts inside a
+job, and without it ``srun`` looks for ``/etc/slurm/slurm.conf``. Every daemon started here is stopped by its pid.
 
     with one_node_cluster(tmp_path / "slurm") as env:
         subprocess.run(["sbatch", "--wrap", "hostname"], env=env)
@@ -40,9 +40,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue")
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "srun", "sinfo")
 PARTITION = "debug"
-DEFAULT_CONF = Path("/etc/slurm/slurm.conf")  # where srun looks without SLURM_CONF
 
 
 def _missing() -> list[str]:
@@ -73,8 +72,6 @@ def why_not() -> str | None:
     """Why a one-node cluster cannot start here (None: it can). Installs the packages when root."""
     if os.geteuid() != 0:
         return "a one-node SLURM needs root (slurmd starts jobs as their user)"
-    if DEFAULT_CONF.exists() or DEFAULT_CONF.is_symlink():
-        return f"{DEFAULT_CONF} exists: this machine has a SLURM of its own, which this test leaves alone"
     return ensure_installed()
 
 
@@ -183,13 +180,16 @@ def one_node_cluster(root: Path, min_job_age: int = 300) -> Iterator[dict[str, s
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     conf = write_config(root, min_job_age)
-    env = {**os.environ, "SLURM_CONF": str(conf)}
+    bin_dir = root / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    srun = bin_dir / "srun"  # the config for the srun a job's Snakemake starts (see the module's docstring)
+    srun.write_text(f'#!/bin/sh\nSLURM_CONF="{conf}" exec {shutil.which("srun")} "$@"\n')
+    srun.chmod(0o755)
+    env = {**os.environ, "SLURM_CONF": str(conf), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     key = root / "munge.key"
     key.write_bytes(os.urandom(128))
     key.chmod(0o600)
     pids: list[tuple[int, str]] = []
-    DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
-    DEFAULT_CONF.symlink_to(conf)  # fails if a config exists: never replaced
     try:
         munged = ["munged", "--force", f"--key-file={key}", f"--socket={root / 'munge.socket'}"]
         munged += [f"--pid-file={root / 'munged.pid'}", f"--log-file={root / 'munged.log'}"]
@@ -202,8 +202,6 @@ def one_node_cluster(root: Path, min_job_age: int = 300) -> Iterator[dict[str, s
     finally:
         for pid, what in reversed(pids):
             _stop(pid, what)
-        if DEFAULT_CONF.is_symlink() and DEFAULT_CONF.resolve() == conf.resolve():
-            DEFAULT_CONF.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ annotations.json files written into tmp_path. None of these numbers is a measure
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,7 @@ def test_ablation_table_rows_columns_and_values(fixture_runs: Path) -> None:
 
 def test_outputs_parse_and_round_trip(fixture_runs: Path, tmp_path: Path) -> None:
     table = ablation_table(_rows(fixture_runs, "synthetic"), modes=ABLATION)
-    md, csv, tex = write_tables([table], tmp_path, "table_ablation")
+    md, csv, tex, page = write_tables([table], tmp_path, "table_ablation")
     cells = _markdown_table(md.read_text())
     assert cells[0][:2] == ["Config", "L"] and len(cells) == 7
     assert all(len(r) == len(cells[0]) for r in cells)
@@ -191,6 +192,8 @@ def test_outputs_parse_and_round_trip(fixture_runs: Path, tmp_path: Path) -> Non
     latex = tex.read_text()
     assert latex.index(r"\toprule") < latex.index(r"\midrule") < latex.index(r"\bottomrule")
     assert r"$\pm$" in latex and "fixturecommit" in latex
+    shown = page.read_text()  # the page `snakemake --report` shows: the same cells, escaped, and the footnotes
+    assert shown.count("<tr>") == len(cells) and re.search(r"<th>\s*Config\s*</th>", shown) and "fixturecommit" in shown
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 

@@ -28,6 +28,7 @@ from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.pipeline.plan import Planner, slug, sweep_root, sweep_runs, unique_stages
 from harness.pipeline.stages import cli_args as stage_cli_args
+from harness.pipeline.files import plot_files
 
 _cli_files = [str(f) for f in workflow.config_settings.configfiles]
 if _cli_files:
@@ -99,7 +100,10 @@ LIGHT = {"mem_mb": 2000, "runtime": 30}
 # Snakemake's cores. Decided from `workflow.cores` alone, never from this machine's CPU count: on a cluster the
 # submitting process and the job read the same --cores (the executor passes it on), so the --cpus-per-task a job
 # asks for is the number of processes it starts, whatever the login node's and the compute node's CPU counts.
-FANOUT = min(workflow.cores, 8)
+try:
+    FANOUT = min(workflow.cores, 8)
+except WorkflowError:  # no --cores where no job runs (--report): any count will do
+    FANOUT = 8
 # sweep.cluster_group: every stage and run job in one Snakemake group, so that on a cluster a seed's jobs (a connected
 # part of the graph) are one submission; `--group-components stages=N` packs N seeds. Local runs ignore groups.
 GROUP = "stages" if CFG.sweep.cluster_group else None

@@ -12,6 +12,42 @@ TABLE_JOBS = {
 }
 
 
+# `snakemake --report results/report.html`: the table files and plots below are flagged report(), with captions
+# under workflow/report/; Snakemake adds every job's run time (its statistics page).
+REPORT = f"{workflow.basedir}/workflow/report"
+TABLE_TITLES = {
+    "ablation": "1 LoFi configurations",
+    "controls": "2 Controls",
+    "strata": "3 Strata",
+    "pretrain": "4 Pre-training methods",
+    "models": "5 Encoders x heads",
+    "memory": "6 Activation memory",
+}
+
+
+def in_report(path, caption, **flags):
+    """``report(path, ...)`` (a function: Snakemake's parser reads a line starting with `report` as the directive)."""
+    return report(path, caption=f"{REPORT}/{caption}", **flags)
+
+
+def table_outputs(kinds):
+    """The files of one table job; the page (with its footnotes) and the CSV (every column) go into the report."""
+    files = []
+    for k in kinds:
+        files += [f"{R}/table_{k}.md", f"{R}/table_{k}.tex"]
+        for ext in ("html", "csv"):
+            labels = {"table": TABLE_TITLES[k], "file": ext}
+            files.append(
+                in_report(
+                    f"{R}/table_{k}.{ext}", "table.rst", category="Tables", subcategory=TABLE_TITLES[k], labels=labels
+                )
+            )
+    if "ablation" in kinds:  # the one report that draws plots (see table_rule)
+        for path, what in zip(plot_files(Path(R), DATASET, ENCODERS[0], HEADS[0]), ("mAP vs tIoU", "mAP vs memory")):
+            files.append(in_report(str(path), "plot.rst", category="Plots", labels={"plot": what}))
+    return files
+
+
 rule all:
     default_target: True
     input:
@@ -53,7 +89,7 @@ def table_rule(kind, kinds):
         input:
             rows=rows,
         output:
-            [f"{R}/table_{k}.{ext}" for k in kinds for ext in ("md", "csv", "tex")],
+            table_outputs(kinds),
         log:
             f"{LOGS}/table_{kind}.log",
         benchmark:
