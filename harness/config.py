@@ -237,11 +237,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found; pass an existing YAML file (see config/)")
     try:
-        data = yaml_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" (line {line + 1})" if line is not None else ""
         raise ConfigError(f"{p}: not valid YAML{at}; fix the syntax") from None
+    if data is None:  # an empty (or comments-only) file: a truncated copy or the wrong file, not "all defaults"
+        raise ConfigError(
+            f"{p}: the config file is empty; pass the intended file (e.g. config/default.yaml), or write {{}} in it "
+            "to run every default on purpose"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
     return data

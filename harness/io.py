@@ -39,7 +39,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             yield tmp_path
         except OSError as exc:
-            if exc.filename is None:  # a failed write() names no file: name the output (the CLI prints it)
+            # a failed write() names no file, a writer that opened the temporary (PyAV) names that hidden file:
+            # name the output the user knows instead (the CLI prints it)
+            if exc.filename is None or str(exc.filename) == str(tmp_path):
                 raise OSError(exc.errno, exc.strerror, str(target)) from exc
             raise
         # mkstemp creates 0600 files; give outputs the permissions an ordinary file would get

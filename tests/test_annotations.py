@@ -274,9 +274,21 @@ def test_clip_segments_clips_and_warns_once(tmp_path: Path, caplog: pytest.LogCa
     assert len(caplog.records) == 1
     # clipped: [-0.25,3], [8,10.5], [1,4.2], [5,6]; zero-length kept: [2,2]
     _assert_one_line(
-        caplog.records[0].getMessage(), str(path), "clipped 4", "kept 1 zero-length", "a [8, 10.5] by 0.5 s"
+        caplog.records[0].getMessage(),
+        str(path),
+        "clipped 4",
+        "kept 1 zero-length",
+        "a [8, 10.5] ends 0.5 s past the end",
     )
-    assert ds.meta["repaired"] == {"clipped": 4, "zero_length": 1, "max_overshoot_s": 2.0}  # b's [5, 6]: 6 - 4
+    assert ds.meta["repaired"] == {  # b's [5, 6]: 6 - 4; one starts before 0 ([-0.25, 3]), three end past the end
+        "clipped": 4,
+        "zero_length": 1,
+        "max_overshoot_s": 2.0,
+        "before_start": 1,
+        "max_before_start_s": 0.25,
+        "past_end": 3,
+        "max_past_end_s": 2.0,
+    }
 
 
 def test_reversed_segment_is_an_error_even_when_clipping(tmp_path: Path) -> None:
@@ -467,7 +479,15 @@ def test_cli_stats_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         "videos": {"training": 2, "validation": 1, "testing": 1},
         "instances": 4,
         "classes": 2,
-        "repaired": {"clipped": 0, "zero_length": 0, "max_overshoot_s": 0.0},
+        "repaired": {
+            "clipped": 0,
+            "zero_length": 0,
+            "max_overshoot_s": 0.0,
+            "before_start": 0,
+            "max_before_start_s": 0.0,
+            "past_end": 0,
+            "max_past_end_s": 0.0,
+        },
     }
 
 
@@ -476,7 +496,7 @@ def test_cli_stats_table_and_clip_flag(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["-q", "data", "stats", "--annotations", str(path), "--clip-segments"]) == 0
     out = capsys.readouterr().out
     assert "validation" in out and "classes: 1" in out and "| subset" in out
-    assert "clipped to their video: 1 segment(s) (at most 1 s past the end)" in out
+    assert "clipped to their video: 1 segment(s) (1 ending past the end (by up to 1 s))" in out
 
 
 def test_cli_stats_bad_file_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -317,7 +317,15 @@ def test_overshooting_segments_load_clipped_and_reported(box: Sandbox, capsys: p
     path = box.write("gt.json", anet({"v": video(segments=[(1, 10.25), (3, 3)]), "w": video(segments=[(-0.5, 2)])}))
     code, out, _ = cli(capsys, "data", "stats", "--annotations", path, "--json")
     assert code == 0
-    assert json.loads(out)["repaired"] == {"clipped": 2, "zero_length": 1, "max_overshoot_s": 0.5}
+    assert json.loads(out)["repaired"] == {
+        "clipped": 2,
+        "zero_length": 1,
+        "max_overshoot_s": 0.5,
+        "before_start": 1,
+        "max_before_start_s": 0.5,
+        "past_end": 1,
+        "max_past_end_s": 0.25,
+    }
     refused(*cli(capsys, "data", "stats", "--annotations", path, "--strict")[::2], "video v:", "outside the video")
 
 

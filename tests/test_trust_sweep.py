@@ -306,3 +306,108 @@ def test_track_server_leaves_no_process_behind(tmp_path: Path, when: str, sig: s
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ------------------------------------------------------------------------------------------ concurrent sweeps
+def test_a_second_sweep_on_the_same_results_folder_is_refused_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from harness.sweeplock import LOCK_FILE, acquire
+
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "config/smoke.yaml").read_text())
+    results = tmp_path / "results"
+    data["sweep"]["results"] = str(results)
+    data["data"]["root"] = str(tmp_path / "data")
+    config = tmp_path / "smoke.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    first = acquire(results, command="snakemake --cores 2 (the first sweep)")  # the first sweep, running
+    try:
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--cores", "1"]
+        conf = ["--configfile", str(config)]  # last: --configfile takes every word after it
+        # a target no rule makes: were the lock not taken, snakemake would stop at once anyway
+        target = str(results / "config.resolved.yaml")
+        second = subprocess.run([*cmd, target, *conf], cwd=root, capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0
+        text = second.stdout + second.stderr
+        lines = [line for line in text.splitlines() if "another sweep is running" in line]
+        assert len(lines) == 1 and f"pid {os.getpid()}" in lines[0] and "the first sweep" in lines[0], text
+        assert "rerun-incomplete" not in text and "Traceback" not in text and "--unlock" not in text
+        assert not (results / "config.resolved.yaml").exists()  # refused before it touched the folder
+        # a dry run only reads: allowed while the sweep runs
+        dry = subprocess.run([*cmd, "-n", "all", *conf], cwd=root, capture_output=True, text=True, timeout=300)
+        assert dry.returncode == 0, dry.stderr[-2000:]
+    finally:
+        first.close()
+    # the kernel releases the lock when its holder dies, however it dies: no stale lock after kill -9
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from harness.sweeplock import acquire; acquire({str(results)!r}); input()"],
+        stdin=subprocess.PIPE,
+        cwd=root,
+    )
+    deadline = __import__("time").monotonic() + 60
+    while str(holder.pid) not in (results / LOCK_FILE).read_text():
+        assert __import__("time").monotonic() < deadline
+        __import__("time").sleep(0.05)
+    holder.kill()
+    holder.wait()
+    acquire(results, command="after kill -9").close()
+
+
+# ------------------------------------------------------------------------------------------ smaller items
+def test_a_write_that_fails_names_the_file_the_user_knows(tmp_path: Path) -> None:
+    """A real fault (ulimit -f, as a full disk): PyAV names the hidden temporary; the error names the video."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, numpy as np\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "from harness.data.video import write_video\n"
+        "from harness.errors import user_message\n"
+        "try:\n"
+        "    write_video(sys.argv[1], np.random.default_rng(0).integers(0, 255, (30, 64, 64, 3), np.uint8), 8)\n"
+        "except OSError as exc:\n"
+        "    print(user_message(exc))\n"
+    )
+    target = tmp_path / "video.mp4"
+    out = subprocess.run([sys.executable, "-c", "import sys\n" + script, str(target)], capture_output=True, text=True)
+    assert out.stdout.startswith(f"{target}: File too large"), out.stdout + out.stderr
+    assert not target.exists() and list(tmp_path.iterdir()) == []  # nothing half-written left
+
+
+def test_a_segment_starting_before_zero_is_reported_as_such(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from harness.data.annotations import read_annotations
+
+    early, late, duration = 3.0, 0.5, 10.0
+    database = {
+        "a": {"subset": "validation", "duration": duration, "annotations": [{"segment": [-early, 4.0], "label": "x"}]},
+        "b": {
+            "subset": "validation",
+            "duration": duration,
+            "annotations": [{"segment": [6, duration + late], "label": "x"}],
+        },
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"database": database}))
+    with caplog.at_level(logging.WARNING):
+        repaired = read_annotations(path).meta["repaired"]
+    assert (repaired["before_start"], repaired["max_before_start_s"]) == (1, early)
+    assert (repaired["past_end"], repaired["max_past_end_s"]) == (1, late)
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert f"starts {early:.3g} s before 0" in message and f"ends {late:.3g} s past the end" in message
+
+
+def test_an_empty_config_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    assert main(["config", "check", "--config", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("lofi: error:") == 1 and str(empty) in err and "empty" in err
+    (tmp_path / "defaults.yaml").write_text("{}\n")  # every default, on purpose
+    assert main(["config", "check", "--config", str(tmp_path / "defaults.yaml")]) == 0

@@ -28,7 +28,7 @@ zero-length ones kept, as the official evaluator tolerates them; both are counte
 them instead.
 
 --json prints {"videos": {subset: n}, "instances": n, "classes": n, "repaired": {"clipped": n, "zero_length": n,
-"max_overshoot_s": s}}.
+"max_overshoot_s": s, "before_start": n, "max_before_start_s": s, "past_end": n, "max_past_end_s": s}}.
 """
 
 
@@ -86,6 +86,18 @@ def dataset_stats(dataset: TALDataset) -> dict[str, Any]:
     return out
 
 
+def _clip_sides(repaired: dict[str, Any]) -> str:
+    """Where clipped segments lay: "2 starting before 0 s (by up to 3 s), 1 ending past the end (by up to 0.5 s)"."""
+    sides = []
+    if repaired.get("before_start"):
+        sides.append(
+            f"{repaired['before_start']} starting before 0 s (by up to {repaired['max_before_start_s']:.3g} s)"
+        )
+    if repaired.get("past_end"):
+        sides.append(f"{repaired['past_end']} ending past the end (by up to {repaired['max_past_end_s']:.3g} s)")
+    return ", ".join(sides) or f"at most {repaired['max_overshoot_s']:.3g} s outside"
+
+
 def _stats_table(dataset: TALDataset) -> str:
     rows = []
     for subset in SUBSETS:
@@ -100,8 +112,8 @@ def _stats_table(dataset: TALDataset) -> str:
     repaired = dataset.meta.get("repaired")
     if isinstance(repaired, dict) and (repaired["clipped"] or repaired["zero_length"]):
         text += (
-            f"\nclipped to their video: {repaired['clipped']} segment(s) (at most {repaired['max_overshoot_s']:.3g} s "
-            f"past the end); zero-length segments kept: {repaired['zero_length']} (--strict refuses both)"
+            f"\nclipped to their video: {repaired['clipped']} segment(s) ({_clip_sides(repaired)}); "
+            f"zero-length segments kept: {repaired['zero_length']} (--strict refuses both)"
         )
     return text
 

@@ -165,28 +165,45 @@ class Repairs:
 
     def __init__(self) -> None:
         self.clipped: list[tuple[str, float, float, float]] = []  # (video, start, end, overshoot in seconds)
+        self._durations: list[float] = []  # the video duration of each clipped segment
         self.zero = 0
 
     def add(self, vid: str, how: str, start: float, end: float, duration: float) -> None:
         if how == "clipped":
             over = max(-start, end - duration if math.isfinite(duration) else 0.0)
             self.clipped.append((vid, start, end, over))
+            self._durations.append(duration)
         elif how == "zero":
             self.zero += 1
 
     def summary(self) -> dict[str, Any]:
+        """Counts: ``clipped`` (``before_start`` of them started before 0 s, ``past_end`` ended after the video;
+        a segment may do both), the largest overshoot on either side and on each, ``zero_length``."""
         worst = max((c[3] for c in self.clipped), default=0.0)
-        return {"clipped": len(self.clipped), "zero_length": self.zero, "max_overshoot_s": worst}
+        early = [-s for _, s, _, _ in self.clipped if s < 0]
+        late = [e - d for e, d in self._ends() if e > d]
+        return {
+            "clipped": len(self.clipped),
+            "zero_length": self.zero,
+            "max_overshoot_s": worst,
+            "before_start": len(early),
+            "max_before_start_s": max(early, default=0.0),
+            "past_end": len(late),
+            "max_past_end_s": max(late, default=0.0),
+        }
+
+    def _ends(self) -> list[tuple[float, float]]:
+        return [(e, d) for e, d in zip((c[2] for c in self.clipped), self._durations) if math.isfinite(d)]
 
     def warn(self, file: Path | str) -> None:
         if not self.clipped and not self.zero:
             return
         examples = "; ".join(
-            f"{vid} [{s:g}, {e:g}] by {o:.3g} s"
+            f"{vid} [{s:g}, {e:g}] " + (f"starts {-s:.3g} s before 0" if s < 0 else f"ends {o:.3g} s past the end")
             for vid, s, e, o in sorted(self.clipped, key=lambda c: -c[3])[:REPAIR_EXAMPLES]
         )
         log.warning(
-            "%s: clipped %d segment(s) to their video's [0, duration] (largest overshoots: %s) and kept %d "
+            "%s: clipped %d segment(s) to their video's [0, duration] (largest: %s) and kept %d "
             "zero-length segment(s), as the official ActivityNet evaluation does; strict mode "
             "(data.clip_segments: false, lofi data stats --strict) refuses them instead",
             file,

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,7 @@ from harness.experiment import ExperimentConfig
 from harness.pipeline.plan import Planner, slug, sweep_root, sweep_runs, unique_stages
 from harness.pipeline.stages import cli_args as stage_cli_args
 from harness.pipeline.files import plot_files
+from harness.sweeplock import acquire as acquire_sweep_lock
 
 _cli_files = [str(f) for f in workflow.config_settings.configfiles]
 if _cli_files:
@@ -67,6 +69,28 @@ except LofiError as exc:
 
 R = CFG.sweep.results.rstrip("/")
 CONFIG_FILE = f"{R}/config.resolved.yaml"
+
+
+def _runs_jobs(argv):
+    """Whether this snakemake invocation runs jobs (not a dry run, lint, unlock, listing, graph or report)."""
+    from snakemake.cli import get_argument_parser
+
+    try:
+        args, _ = get_argument_parser().parse_known_args(argv)
+    except SystemExit:  # not snakemake's command line (the API): take the lock
+        return True
+    quiet_modes = ("dryrun", "lint", "unlock", "summary", "detailed_summary", "list_rules", "list_target_rules")
+    quiet_modes += ("dag", "rulegraph", "filegraph", "d3dag", "report", "cleanup_metadata", "list_changes")
+    return not any(getattr(args, m, None) for m in quiet_modes)
+
+
+# One sweep per results folder (harness/sweeplock.py), taken before Snakemake checks any file and before the
+# resolved config below is rewritten; held until this process ends. Jobs (remote/subprocess) never take it.
+if workflow.is_main_process and _runs_jobs(sys.argv[1:]):
+    try:
+        SWEEP_LOCK = acquire_sweep_lock(R)
+    except LofiError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
 def _write_if_changed(path, text):
