@@ -50,7 +50,7 @@ def snippet_labels(video, num_snippets: int, fps: float, num_frames: int) -> tup
 def extract(cfg, checkpoint: Path, videos) -> dict[str, np.ndarray]:
     import torch
 
-    from harness.pipeline.data import VideoFrames
+    from harness.data.frames import VideoFrames
     from harness.pipeline.models import load_encoder
 
     torch.set_num_threads(max(1, cfg.runtime.threads))

@@ -1,6 +1,6 @@
 """Divergence is a result: a run whose training went wrong without a NaN is flagged, not reported as a normal row.
 
-A NaN or infinite loss stops a stage at once (``runtime.check_finite``). A finite loss that climbs, or a head
+A NaN or infinite loss stops a stage at once (``fit.check_finite``). A finite loss that climbs, or a head
 whose validation mAP falls apart, used to give an ordinary-looking row (``lofi.optim.lr=1000``: the LoFi loss rose
 15.67 → 22.27 and the row showed mAP 0.109 against 0.150, without a word). The rules, on a stage's per-epoch
 history (``harness.pipeline.fit``), thresholds below:

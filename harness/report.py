@@ -143,9 +143,9 @@ def _missing(value: Any) -> bool:
 
 def ground_truth_classes(ground_truth: str | Path, subset: str) -> dict[str, str]:
     """Each ``subset`` video's class as the pipeline's classifier learns it: the label covering most of the video
-    (``harness.pipeline.data.dominant_label``; videos without instances have none)."""
+    (``harness.pipeline.targets.dominant_label``; videos without instances have none)."""
     from harness.data.annotations import read_annotations
-    from harness.pipeline.data import dominant_label
+    from harness.pipeline.targets import dominant_label
 
     dataset = read_annotations(ground_truth, clip_segments=True)
     return {v.id: dominant_label(v) for v in dataset.subset(subset) if v.segments}

@@ -12,8 +12,7 @@ import torch.nn as nn
 
 from harness.errors import LofiError
 from harness.experiment import OptimConfig, PostConfig
-from harness.pipeline.fit import fit
-from harness.pipeline.runtime import make_optimizer
+from harness.pipeline.fit import fit, make_optimizer
 from harness.seeding import numpy_rng
 
 N, DIM = 19, 3  # 19 items: the last batch of 8 is short, so micro-batches of unequal size are exercised

@@ -20,8 +20,7 @@ from harness.data.store import StoreSettings, prepare_video, read_frames
 from harness.data.testvideo import activitynet_like
 from harness.data.video import decode_video, sample_snippets, write_video
 from harness.experiment import OptimConfig
-from harness.pipeline.fit import fit
-from harness.pipeline.runtime import make_optimizer
+from harness.pipeline.fit import fit, make_optimizer
 
 
 def _videos(tmp_path: Path, n: int = 5) -> list[np.ndarray]:
@@ -248,8 +247,10 @@ def test_data_prepare_fills_the_decoded_cache_with_videos_and_acp_clips(
     import json
 
     from harness.cli import main
+    from harness.data.frames import VideoFrames, video_file
+    from harness.data.sources import read_source_index
     from harness.experiment import load_experiment
-    from harness.pipeline.data import VideoFrames, prepare_dataset, read_source_index, video_file
+    from harness.pipeline.data import prepare_dataset
 
     config = tmp_path / "c.yaml"
     config.write_text(

@@ -240,8 +240,9 @@ def test_class_scores_are_shared_and_alternatives_work(tmp_path, tiny_overrides)
 def test_corrupt_video_stops_with_its_name_or_is_skipped_and_counted(smoke_root, tiny_overrides, tmp_path):
     import shutil
 
+    from harness.data.frames import VideoFrames, video_file
     from harness.errors import LofiError
-    from harness.pipeline.data import VideoFrames, prepare_dataset, video_file
+    from harness.pipeline.data import prepare_dataset
 
     root = tmp_path / "data"
     shutil.copytree(smoke_root, root)

@@ -208,8 +208,8 @@ def _prepare_one(job: tuple[str, Path, float, Any]) -> tuple[str, int, float, st
     """(id, bytes in the store, seconds of video, error, damaged entries rebuilt) of one video decoded into the
     store of ``cfg``. An entry already there is verified against its checksum first (rebuilt, with a warning,
     when damaged)."""
+    from harness.data.frames import VideoFrames
     from harness.errors import VideoError
-    from harness.pipeline.data import VideoFrames
 
     vid, source, duration, cfg = job
     frames = VideoFrames(cfg, cache_bytes=0)  # a worker only fills the store, it never reads a video again
@@ -228,17 +228,12 @@ def _prepare(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from harness.data.frames import VideoFrames, video_file
+    from harness.data.sources import read_source_index
     from harness.errors import ConfigError, LofiError
     from harness.experiment import load_experiment
     from harness.io import write_text_atomic
-    from harness.pipeline.data import (
-        VideoFrames,
-        absent_videos,
-        prepare_dataset,
-        read_source_index,
-        video_file,
-        write_missing_list,
-    )
+    from harness.pipeline.data import absent_videos, prepare_dataset, write_missing_list
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")

@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from harness.data.frames import clip_loader
 from harness.data.loader import fixed_plan
 from harness.errors import LofiError
 from harness.io import write_json_atomic
-from harness.pipeline.data import clip_loader
 from harness.pipeline.files import ENCODER, SCORES
 from harness.pipeline.models import load_encoder
 from harness.pipeline.runtime import autocast, load_torch

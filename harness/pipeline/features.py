@@ -13,13 +13,13 @@ import torch
 from tqdm import tqdm
 
 from encoders import encoder_num_features
+from harness.data.frames import clip_loader
 from harness.data.loader import fixed_plan
 from harness.data.model import Video
 from harness.errors import LofiError
 from harness.integrity import IntegrityError, load_array, save_array
 from harness.io import child_path, write_json_atomic
 from harness.modes import ZEROED_MODES
-from harness.pipeline.data import clip_loader
 from harness.pipeline.distributed import barrier, current, shard_bounds
 from harness.pipeline.files import ENCODER
 from harness.pipeline.models import load_encoder

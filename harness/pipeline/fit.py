@@ -6,7 +6,7 @@ NaN check, backward scaled to the step's batch), step; per epoch record a row (m
 means, lr, throughput, ``validate``'s metrics), log it, call ``on_epoch_end``. What a stage trains and on what
 is all in ``step_fn``; there is no trainer object.
 
-The lr is ``runtime.set_lr``, a step decay computed from the epoch alone, not ``timm.scheduler.StepLRScheduler``:
+The lr is ``set_lr``, a step decay computed from the epoch alone, not ``timm.scheduler.StepLRScheduler``:
 timm computes the same ``lr · gamma ** (epoch // step_size)`` but keeps its base values in the optimiser's param
 groups and follows an ``step(epoch + 1)``-at-epoch-end convention, whereas a pure function of the epoch needs
 nothing restored on resume and is tested without an optimiser.
@@ -25,8 +25,9 @@ summed over ranks, so every rank records the same history.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +36,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from harness.data.loader import epoch_order, step_batches
+from harness.errors import LofiError
 from harness.experiment import OptimConfig
 from harness.pipeline.distributed import all_sum, current, no_sync
-from harness.pipeline.runtime import check_finite, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,11 @@ def fit(
     """Train for epochs ``start_epoch`` … ``min(optim.epochs, stop_epoch) - 1``; returns ``history`` plus one row
     per epoch run: ``{"loss", <sums' means>, "lr", "items_per_s", <validate's metrics>}``.
 
-    - ``optimizer``: built by the stage (``runtime.make_optimizer(params, optim)``; restored on resume).
+    - ``optimizer``: built by the stage (``make_optimizer(params, optim)``; restored on resume).
     - ``optim``: lr schedule (``lr``, ``step_size``, ``gamma``), ``epochs``, ``batch_size`` (items per optimiser
       step) and ``accumulate`` (micro-batches per step, each of ``max(1, batch_size // accumulate)`` items).
     - ``order_stream``: names the order's random stream, e.g. ``("lofi-order",)``; keep a stage's name stable.
-    - ``stage``: names the stage in the NaN error (``runtime.check_finite``), the progress bar and the log.
+    - ``stage``: names the stage in the NaN error (``check_finite``), the progress bar and the log.
     - ``modules``: put in train mode at the start of every epoch (``validate`` may switch them to eval).
     - ``stop_epoch``: end after that epoch count although the schedule counts to ``optim.epochs`` (a kill).
     - ``validate(epoch)``: metrics measured after the epoch's training, added to its row before it is logged.
@@ -209,3 +210,33 @@ def _epoch_row(acc: _EpochSums, lr: float, *, stage: str, epoch: int, timed_load
         "lr": lr,
         "items_per_s": seen / (time.perf_counter() - acc.t0),
     }
+
+
+# ------------------------------------------------------------------------------ optimiser, learning rate, NaN check
+def make_optimizer(
+    params: Iterable[dict[str, Any]] | Iterable[torch.nn.Parameter], cfg: OptimConfig
+) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def step_lr(base_lr: float, epoch: int, step_size: int, gamma: float) -> float:
+    """Step decay as a pure function of the epoch (so resuming needs no scheduler state)."""
+    return base_lr * gamma ** (epoch // max(1, step_size))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, epoch: int, cfg: OptimConfig) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = step_lr(group.setdefault("base_lr", group["lr"]), epoch, cfg.step_size, cfg.gamma)
+    return optimizer.param_groups[0]["lr"]
+
+
+def check_finite(loss: torch.Tensor, *, stage: str, epoch: int, step: int) -> None:
+    if not math.isfinite(float(loss.detach())):
+        raise LofiError(
+            f"{stage}: loss is {float(loss.detach())} at epoch {epoch} step {step}; lower the learning rate "
+            "or check the inputs (the last finished epoch's checkpoint is kept)"
+        )

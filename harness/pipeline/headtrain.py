@@ -17,15 +17,15 @@ from harness.data.model import TALDataset, Video
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
 from harness.io import write_json_atomic
-from harness.pipeline.data import dominant_label, tal_targets
 from harness.pipeline.distributed import current, wrap
 from harness.pipeline.features import load_features
 from harness.pipeline.files import METRICS, SCORES, results_file
-from harness.pipeline.fit import fit
+from harness.pipeline.fit import fit, make_optimizer
 from harness.pipeline.models import build_head
 from harness.pipeline.plan import Stage
-from harness.pipeline.runtime import autocast, make_optimizer
+from harness.pipeline.runtime import autocast
 from harness.pipeline.stage import StageContext, StageResult
+from harness.pipeline.targets import dominant_label, tal_targets
 from harness.seeding import torch_generator
 from harness.tracking import MlflowTracker, NullTracker
 

@@ -14,17 +14,19 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from harness.data.frames import clip_loader
 from harness.data.loader import ClipBatch, ClipLoader, training_plan
 from harness.data.model import Video
 from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
-from harness.pipeline.data import StageData, clip_loader, tal_targets
+from harness.pipeline.data import StageData
 from harness.pipeline.distributed import current, unwrap, wrap
 from harness.pipeline.files import CHECKPOINT, ENCODER
-from harness.pipeline.fit import fit
+from harness.pipeline.fit import fit, make_optimizer
 from harness.pipeline.models import build_head, load_encoder
-from harness.pipeline.runtime import autocast, load_torch, make_optimizer, save_torch
+from harness.pipeline.runtime import autocast, load_torch, save_torch
 from harness.pipeline.stage import StageContext, StageResult
+from harness.pipeline.targets import tal_targets
 from harness.schedule import fidelity_at
 from harness.seeding import torch_generator
 

@@ -18,14 +18,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from harness.data.frames import VideoFrames, video_file
+from harness.data.sources import LabelledItem, read_source_index
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, OptimConfig
-from harness.pipeline.data import LabelledItem, StageData, VideoFrames, read_source_index, video_file
+from harness.pipeline.data import StageData
 from harness.pipeline.distributed import current, wrap
 from harness.pipeline.files import ENCODER
-from harness.pipeline.fit import fit
+from harness.pipeline.fit import fit, make_optimizer
 from harness.pipeline.models import build_encoder, load_encoder
-from harness.pipeline.runtime import make_optimizer, save_torch
+from harness.pipeline.runtime import save_torch
 from harness.pipeline.stage import StageContext, StageResult
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,10 @@
-"""Run-time plumbing shared by the stages: device choice, threads, checkpoints, lr schedule (stage markers:
-``harness/pipeline/stage.py``)."""
+"""Run-time plumbing shared by the stages: device choice, threads, autocast, checkpoints, the environment record
+(stage markers: ``harness/pipeline/stage.py``; optimiser, lr and the NaN check: ``harness/pipeline/fit.py``)."""
 
 from __future__ import annotations
 
 import logging
-import math
 import platform
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import torch
 
 from harness.errors import LofiError
-from harness.experiment import OptimConfig, RuntimeConfig
+from harness.experiment import RuntimeConfig
 from harness.integrity import IntegrityError, load_torch_sealed, save_torch_sealed
 
 log = logging.getLogger(__name__)
@@ -69,35 +67,6 @@ def load_torch(path: Path) -> Any:
         raise LofiError(
             f"{path}: not a readable checkpoint ({type(exc).__name__}); delete it and re-run the stage"
         ) from None
-
-
-def make_optimizer(
-    params: Iterable[dict[str, Any]] | Iterable[torch.nn.Parameter], cfg: OptimConfig
-) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def step_lr(base_lr: float, epoch: int, step_size: int, gamma: float) -> float:
-    """Step decay as a pure function of the epoch (so resuming needs no scheduler state)."""
-    return base_lr * gamma ** (epoch // max(1, step_size))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, epoch: int, cfg: OptimConfig) -> float:
-    for group in optimizer.param_groups:
-        group["lr"] = step_lr(group.setdefault("base_lr", group["lr"]), epoch, cfg.step_size, cfg.gamma)
-    return optimizer.param_groups[0]["lr"]
-
-
-def check_finite(loss: torch.Tensor, *, stage: str, epoch: int, step: int) -> None:
-    if not math.isfinite(float(loss.detach())):
-        raise LofiError(
-            f"{stage}: loss is {float(loss.detach())} at epoch {epoch} step {step}; lower the learning rate "
-            "or check the inputs (the last finished epoch's checkpoint is kept)"
-        )
 
 
 @dataclass(frozen=True)
