@@ -2,6 +2,7 @@
 checkpoint, checked on every read) cost, as a share of a sweep's CPU.
 
     python benchmarks/bench_integrity.py [--config config/default.yaml] [--sample-mb 128] [--repeats 5]
+    python benchmarks/bench_integrity.py --run lofi-S --config config/smoke.yaml --set data.root=DIR ...
 
 1. **Per byte, against a baseline in the same process**: the CPU time (``time.process_time``) to write and read
    back arrays of the profile's frame-store shape sealed (``save_array``/``load_array``) and plain
@@ -13,6 +14,10 @@ checkpoint, checked on every read) cost, as a share of a sweep's CPU.
    checkpoints are a few MB beside it and counted at the same per-byte cost.
 3. **The ratio**: (2) × (1) over the default sweep's CPU (``<results>/table_ablation.md``), estimated from the per-job costs measured on a finished sweep
    (``harness/data/job_cost.json``, ``harness.cost``) and the job counts of a dry run of the real workflow.
+
+``--run MODE``: instead, one whole run (``run_all``: every stage, frames decoded into a fresh cache, loading in
+the training process) with every CRC-32 computation of ``harness.integrity`` timed: the checks' CPU over the
+run's CPU, both from ``time.process_time`` in this one process.
 
 Nothing here is typed by hand: shapes come from ``harness.data.synthetic.PROFILES``, job counts from Snakemake,
 costs from the measured table.
@@ -91,12 +96,54 @@ def cpu_per_byte(arrays: list[np.ndarray], folder: Path, repeats: int) -> tuple[
     return statistics.median(extra_w), statistics.median(extra_r), statistics.median(plain)
 
 
+class _TimedZlib:
+    """``zlib`` with its ``crc32`` timed (CPU seconds and bytes), put in place of ``harness.integrity.zlib``."""
+
+    def __init__(self) -> None:
+        import zlib
+
+        self._zlib = zlib
+        self.cpu = 0.0
+        self.bytes = 0
+
+    def crc32(self, data, value: int = 0) -> int:
+        t0 = time.process_time()
+        out = self._zlib.crc32(data, value)
+        self.cpu += time.process_time() - t0
+        self.bytes += memoryview(data).nbytes
+        return out
+
+
+def run_share(config: Path, overrides: list[str], mode: str) -> None:
+    """One run of ``mode`` in this process: the CRC-32 CPU over the run's CPU."""
+    import harness.integrity as integrity
+    from harness.pipeline.run import run_all
+
+    timed = _TimedZlib()
+    integrity.zlib = timed  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = [f"data.cache_dir={tmp}/frames", "runtime.workers=0", "tracking.enabled=false"]
+        cfg = load_experiment(config, [*overrides, *extra])
+        t0 = time.process_time()
+        run_all(cfg, mode=mode, seed=0, out=Path(tmp) / "run")
+        total = time.process_time() - t0
+    print(
+        f"{mode} on {config} (one process, fresh frame cache): CRC-32 {timed.cpu:.3f} CPU-s over "
+        f"{timed.bytes / 1e6:.0f} MB of {total:.1f} CPU-s for the run = {timed.cpu / total:.2%}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "default.yaml")
     parser.add_argument("--sample-mb", type=float, default=128.0, help="arrays written/read per round (MB)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--run", metavar="MODE", help="measure one whole run of MODE instead (see above)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    if args.run:
+        run_share(args.config, args.overrides, args.run)
+        return 0
     cfg = load_experiment(args.config)
     profile = PROFILES[cfg.data.synthetic_profile]
     frame = profile.frame_size * profile.frame_size * 3
