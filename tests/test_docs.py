@@ -69,6 +69,11 @@ HOW: list[tuple[str, str, str]] = [
         "skip",
         REAL_DATA,
     ),
+    (
+        r"snakemake \S+ --report \S+|python scripts/check_report\.py .*",
+        "skip",
+        "needs a finished sweep: tests/test_workflow.py's smoke end-to-end test builds and checks its report",
+    ),
     (r"lofi track server .*", "dry", "a server: --print-only prints the mlflow command it would start"),
     (r"snakemake .*", "dry", "the whole sweep takes hours: its plan"),
     (r"lofi .*|mkdir -p .*|cat > cluster\.yaml <<'EOF'\n.*|P=\".*\"", "run", "quick"),

@@ -7,8 +7,10 @@ slow test runs the smoke workflow end to end into a temporary working directory.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -354,3 +356,20 @@ def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
             "table_ablation": 1,
         }
     )
+
+    # The workflow's own report (README § The report): one page holding every table and plot of the job, checked
+    # in headless Chromium by scripts/check_report.py where Chromium, its driver and selenium are installed.
+    page = tmp_path / "results/report.html"
+    out = snakemake(*args, "--report", str(page))
+    assert out.returncode == 0, out.stderr[-3000:]
+    from harness.pipeline.files import plot_files
+
+    tables = [f"table_{k}.html" for k in ("ablation", "controls", "strata")]  # the ablation job's tables
+    plots = [p.name for p in plot_files(Path("."), cfg.data.name, cfg.sweep.encoders[0], cfg.sweep.heads[0])]
+    html = page.read_text()
+    assert [name for name in tables + plots if name not in html] == []
+    if shutil.which("chromedriver") and importlib.util.find_spec("selenium"):
+        check = [sys.executable, str(ROOT / "scripts/check_report.py"), str(page), "--results", str(page.parent)]
+        done = subprocess.run(check, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stderr.count(" shown") == len(tables) + len(plots)
