@@ -2,7 +2,7 @@
 #
 #   snakemake --cores 8 results/table_ablation.md                         the default (synthetic) benchmark
 #   snakemake --cores 2 results/smoke/table_ablation.md --configfile config/smoke.yaml
-#   snakemake --cores 8 --resources gpu=4 all --configfile config/activitynet.yaml
+#   snakemake all --cores 8 --resources gpu=4 --configfile config/activitynet.yaml
 #   snakemake --cores 8 readme                                            tables -> README.md
 #   snakemake --profile profiles/local results/table_ablation.md           the same through a profile
 #   snakemake all --profile profiles/slurm --configfile config/activitynet.yaml   on a SLURM cluster (docs/cluster.md)

@@ -6,7 +6,8 @@
 Each variant runs the target from scratch in a folder of its own (the checkout's Snakefile, the config's results
 and data under that folder), one after the other, on this machine: `local` = `--profile profiles/local`;
 `slurm-jobs` = `--profile profiles/slurm` with `sweep.cluster_group: false` (one SLURM job per stage);
-`slurm-grouped` = the same with `sweep.cluster_group: true` (a seed's stages in one job). The SLURM variants add
+`slurm-grouped` = the same with `sweep.cluster_group: true` (a seed's stages in one job); `slurm-before` = as
+`slurm-jobs` with the plugin's default first status check (40 s), i.e. profiles/slurm before issue 20. The SLURM variants add
 `--cores N` (this machine's CPUs: the one node's size) and `--slurm-status-command squeue` (no accounting
 database); everything else comes from the profiles. The JSON holds each variant's wall seconds, its SLURM job count
 and its ratio to `local`; the ratios are the figures to quote (machine load moves all variants).
@@ -57,6 +58,8 @@ def run_variant(name: str, target: str, configfile: Path, folder: Path, env: dic
     else:
         cmd += ["--profile", str(ROOT / "profiles/slurm"), "--configfile", str(config)]
         cmd += ["--cores", str(os.cpu_count() or 1), "--slurm-status-command", "squeue"]
+        if name == "slurm-before":
+            cmd += ["--slurm-init-seconds-before-status-checks", "40"]
     t0 = time.monotonic()
     out = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
