@@ -420,7 +420,9 @@ class SweepConfig(ConfigModel):
     # On a cluster: a seed's stage and run jobs join the Snakemake group `stages` and go to the scheduler as one job
     # (one submission, one status poll, one Snakefile parse instead of one per stage), inside which they run in
     # order and in parallel up to --cores; `--group-components stages=N` packs N seeds into one job. For sweeps of
-    # short jobs (the synthetic benchmark); off for hours-long stages. No effect without a cluster executor.
+    # short jobs; off for hours-long stages. No effect without a cluster executor. Snakemake 9.27 with the SLURM
+    # plugin 2.8 cannot submit a group whose job-script name passes 255 bytes (more than ~4 stage rules per seed
+    # with this workflow's rule names): the submission hangs (docs/cluster.md); hence off in every shipped config.
     cluster_group: Bool = False
     optuna: OptunaConfig = Field(default_factory=OptunaConfig)
 

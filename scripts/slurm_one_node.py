@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no one-node SLURM here: %s", problem)
         return 2
     root = args.dir or Path(tempfile.mkdtemp(prefix="slurm-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`, `kill`: still stop the daemons
     try:
         with one_node_cluster(root) as env:
             log.info("one-node SLURM up in %s (SLURM_CONF=%s)", root, env["SLURM_CONF"])

@@ -26,7 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = "results/table_pretrain.md"
 # the smoke config cut to one table of one head, mode and seed, at the fewest epochs, tracking off
 TINY = {
-    "sweep": {"results": "results", "heads": ["gtad"], "seeds": [0], "pretrain_modes": ["acp"], "n_boot": 10},
+    # one seed's five stage jobs as one group job (sweep.cluster_group; a group of five fits the job-script name)
+    "sweep": {
+        "results": "results",
+        "heads": ["gtad"],
+        "seeds": [0],
+        "pretrain_modes": ["acp"],
+        "n_boot": 10,
+        "cluster_group": True,
+    },
     "head": {"optim": {"epochs": 1}, "classifier_optim": {"epochs": 1}},
     "tracking": {"enabled": False},
 }
@@ -118,7 +126,7 @@ def test_a_table_through_sbatch_equals_the_local_profiles(tmp_path: Path) -> Non
     submitted = sorted(p.name for p in (remote / ".snakemake/slurm_logs").iterdir())
     assert len(submitted) == len(ids)
     # the data and frames jobs on their own; the seed's five stages (pretrain acp, acp+, features, classifier, the
-    # run's head) in one group job (sweep.cluster_group in config/smoke.yaml); the table and tracking set-up local
+    # run's head) in one group job (sweep.cluster_group); the table and tracking set-up local
     assert {s for s in submitted if s.startswith("rule_")} == {"rule_data", "rule_frames"}, submitted
     groups = [s for s in submitted if s.startswith("group_stages")]
     assert len(groups) == 1 and groups[0].count("seed0") == 5, groups
