@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from harness.errors import LofiError
+
 log = logging.getLogger(__name__)
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
@@ -83,6 +85,20 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (None when there is no file); unreadable or not an object is a one-line error
+    naming the file, ``what`` it should be and the ``fix``."""
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise LofiError(f"{path}: unreadable {what}; {fix}") from None
+    if not isinstance(obj, dict):
+        raise LofiError(f"{path}: not a {what} written by lofi; {fix}")
+    return obj
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

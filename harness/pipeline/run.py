@@ -14,10 +14,9 @@ import yaml
 
 from harness.config import flatten, to_dict
 from harness.divergence import act_on_divergence, run_divergence, stage_history
-from harness.errors import LofiError
 from harness.experiment import ExperimentConfig, config_hash
 from harness.fidelity import fidelity_shape
-from harness.io import remove_orphans, write_json_atomic, write_text_atomic
+from harness.io import read_json_object, remove_orphans, write_json_atomic, write_text_atomic
 from harness.pipeline.distributed import barrier, current
 from harness.pipeline.files import DONE, METRICS, ROW
 from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run
@@ -146,16 +145,8 @@ def missing_videos(cfg: ExperimentConfig, out: Path, data) -> dict:
 
 def _finished_row(out: Path, run_key: str) -> dict | None:
     """The run's row.json when it was written for ``run_key``; a corrupt one is an error naming it."""
-    path = out / ROW
-    if not path.is_file():
-        return None
-    try:
-        row = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise LofiError(f"{path}: unreadable results row; delete it and re-run (finished stages are kept)") from None
-    if not isinstance(row, dict):
-        raise LofiError(f"{path}: not a results row written by lofi; delete it and re-run")
-    return row if row.get("run_key") == run_key else None
+    row = read_json_object(out / ROW, "results row", "delete it and re-run (finished stages are kept)")
+    return row if row is not None and row.get("run_key") == run_key else None
 
 
 def run_all(

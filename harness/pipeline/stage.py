@@ -13,7 +13,6 @@ This module imports no torch at import time: the workflow and ``lofi --help`` re
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import LofiError
-from harness.io import remove_orphans, write_json_atomic
+from harness.io import read_json_object, remove_orphans, write_json_atomic
 from harness.pipeline.files import DONE
 
 if TYPE_CHECKING:
@@ -174,13 +173,10 @@ def stage_done(out: Path, key: str) -> dict[str, Any] | None:
     since (size and mtime recorded at the end of the stage): both stop with a one-line error, so old results are
     not reported under a new config and nothing finished is overwritten silently."""
     p = out / DONE
-    if not p.is_file():
+    info = read_json_object(p, "stage marker", f"delete the folder {out} to recompute the stage")
+    if info is None:
         return None
-    try:
-        info = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise LofiError(f"{p}: unreadable stage marker; delete the folder {out} to recompute the stage") from None
-    if not isinstance(info, dict) or not isinstance(info.get("outputs", {}), dict):
+    if not isinstance(info.get("outputs", {}), dict):
         raise LofiError(f"{p}: not a stage marker written by lofi; delete the folder {out} to recompute the stage")
     if info.get("key") != key:
         raise LofiError(
