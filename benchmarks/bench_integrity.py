@@ -13,7 +13,7 @@ checkpoint, checked on every read) cost, as a share of a sweep's CPU.
    (each job is its own process; a job reads an entry once, its in-memory LRU serves the rest); features and
    checkpoints are a few MB beside it and counted at the same per-byte cost.
 3. **The ratio**: (2) × (1) over the default sweep's CPU (``<results>/table_ablation.md``), estimated from the per-job costs measured on a finished sweep
-   (``harness/data/job_cost.json``, ``harness.cost``) and the job counts of a dry run of the real workflow.
+   (``harness/data/job_cost.json``, ``harness.bench.cost``) and the job counts of a dry run of the real workflow.
 
 ``--run MODE``: instead, one whole run (``run_all``: every stage, frames decoded into a fresh cache, loading in
 the training process) with every CRC-32 computation of ``harness.integrity`` timed: the checks' CPU over the
@@ -40,7 +40,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.cost import load_costs, rule_kind
+from harness.bench.cost import load_costs, rule_kind
 from harness.data.synthetic import PROFILES
 from harness.experiment import load_experiment
 from harness.integrity import load_array, save_array

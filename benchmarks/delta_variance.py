@@ -1,4 +1,4 @@
-"""Split the width of each Δ vs ACP into its video and seed parts: a wrapper around ``harness.power``.
+"""Split the width of each Δ vs ACP into its video and seed parts: a wrapper around ``harness.report.power``.
 
 Kept for the commands quoted in docs/synthetic.md; it is `lofi report power` (same arguments), e.g.
     python benchmarks/delta_variance.py results/ [--halfwidth 1.0 | --effect 0.5] [--n-boot 1000]

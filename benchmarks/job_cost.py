@@ -1,7 +1,7 @@
 """Measure the CPU cost per kind of job of a finished sweep and store it for the workflow's start-up estimate.
 
 Reads Snakemake's ``benchmark:`` files of a results folder (``cpu_time`` per job), averages them per kind
-(``harness.cost.KINDS``), and spreads the rest of the whole command's CPU time (user + system, e.g. from
+(``harness.bench.cost.KINDS``), and spreads the rest of the whole command's CPU time (user + system, e.g. from
 ``/usr/bin/time``; Snakemake itself and what its sampling misses) evenly over the jobs, so that the estimate of the
 same sweep equals the command's measured CPU time. Writes the entry of one synthetic profile into
 ``harness/data/job_cost.json``.
@@ -19,7 +19,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from harness.cost import COST_FILE, KINDS
+from harness.bench.cost import COST_FILE, KINDS
 
 log = logging.getLogger("job_cost")
 

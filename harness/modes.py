@@ -30,6 +30,6 @@ ZEROED_MODES: frozenset[str] = frozenset({"blind"})
 # whatever lofi.bn_recalibrate says (the resolution-mismatch row of the ablation).
 BN_RECALIBRATED_MODES: frozenset[str] = frozenset({"lofi-S+bn"})
 
-# The tables a report can build (`lofi report tables --which`); here, not in harness.report, so that the CLI
+# The tables a report can build (`lofi report tables --which`); here, not in harness.report.build, so that the CLI
 # lists them without importing pandas and scipy on every command.
 TABLE_KINDS: tuple[str, ...] = ("ablation", "pretrain", "models", "memory", "controls", "strata")

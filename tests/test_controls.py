@@ -1,4 +1,4 @@
-"""The controls table (harness.tables.controls_table via harness.report.build_report), the class oracle and the
+"""The controls table (harness.report.tables.controls_table via harness.report.build.build_report), the class oracle and the
 classifier's top-1 accuracy, on TEST FIXTURES: made-up annotations, proposals, class scores, predictions and
 row.json files written into tmp_path. None of these numbers is a measured result."""
 
@@ -16,8 +16,8 @@ from harness.cli import main
 from harness.evaluation.detection import evaluate_detection, load_ground_truth
 from harness.experiment import SweepConfig
 from harness.postprocess import fuse_with_classes
-from harness.report import build_report, classifier_top1, ground_truth_classes, oracle_average_map, table_modes
-from harness.tables import NEGATIVE, NO_GAIN, SHARE_COLUMN, controls_table, load_rows
+from harness.report.build import build_report, classifier_top1, ground_truth_classes, oracle_average_map, table_modes
+from harness.report.tables import NEGATIVE, NO_GAIN, SHARE_COLUMN, controls_table, load_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("jump", "run")
@@ -288,8 +288,8 @@ def test_strata_table_from_a_sweep_and_pair_comparisons(control_runs, tmp_path: 
     """The strata table as the workflow builds it: the floor first, a column per stratum of ``strata.json`` whose
     values are the runs' mAP on those videos alone, and the pair comparison's Δ equal to the seed-mean difference
     of the rows' own average mAPs (worked out from the rows, not from the comparison code)."""
-    from harness.report import _Matcher, _Tests
-    from harness.strata import stratum_column
+    from harness.report.build import _Matcher, _Tests
+    from harness.report.strata import stratum_column
 
     root, runs = control_runs
     gt = root / "annotations.json"

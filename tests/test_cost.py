@@ -1,4 +1,4 @@
-"""The start-up estimate of a sweep's CPU time (harness/cost.py) and its stored per-kind costs."""
+"""The start-up estimate of a sweep's CPU time (harness/bench/cost.py) and its stored per-kind costs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cost import KINDS, estimate_message, load_costs, rule_kind
+from harness.bench.cost import KINDS, estimate_message, load_costs, rule_kind
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import torch.nn as nn
 
 import heads
 from encoders import create_encoder
+from harness.bench.memory import measure_fidelities, measure_step_memory, track_saved_tensors
 from harness.cli import main
-from harness.memory import measure_fidelities, measure_step_memory, track_saved_tensors
 
 
 class DummyHead(nn.Module):

@@ -1,4 +1,4 @@
-"""`lofi report power` (harness.power) on CONSTRUCTED cases with known variance components: per-video per-seed
+"""`lofi report power` (harness.report.power) on CONSTRUCTED cases with known variance components: per-video per-seed
 scores Δ[v, s] = μ + a[v] + b[s] with chosen sd(a) and sd(b). Every expected number below is worked out by hand
 (in the comments) from those components, not by the code under test."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.power import (
+from harness.report.power import (
     Decomposition,
     cheapest_design,
     continuous_optimum,
@@ -22,7 +22,7 @@ from harness.power import (
     video_weights,
     videos_needed,
 )
-from harness.stats import StatsError
+from harness.report.stats import StatsError
 
 N_VIDEOS, N_SEEDS, N_BOOT = 2000, 4, 4000
 SD_VIDEO, SD_SEED, MU = 10.0, 2.0, 3.0

@@ -25,10 +25,10 @@ import yaml
 from optuna.trial import TrialState, create_trial
 from test_workflow import expected_ablation_jobs, job_counts
 
-from harness import search as S
 from harness.config import evolve
 from harness.experiment import ExperimentConfig, TrackingConfig
-from harness.search_storage import WORKER_ATTR, fail_dead_trials
+from harness.search import study as S
+from harness.search.storage import WORKER_ATTR, fail_dead_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = Path(__file__).resolve().parent / "_scaleout_workers.py"

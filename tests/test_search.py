@@ -1,4 +1,4 @@
-"""Optuna search over (r_t, r_s) (harness.search) and its report (harness.search_report): seeding, resume, stale
+"""Optuna search over (r_t, r_s) (harness.search.study) and its report (harness.search.summary): seeding, resume, stale
 trials, pruning, failures, multi-objective, report.
 
 The real chain takes minutes per trial, so all but the last test inject a cheap deterministic objective; the
@@ -18,13 +18,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness import search as S
-from harness import search_report as SR
 from harness.config import evolve
 from harness.errors import ConfigError, LofiError
 from harness.experiment import ExperimentConfig, OptunaConfig, TrackingConfig
 from harness.fidelity import fidelity_shape
 from harness.pipeline.plan import plan_run
+from harness.search import study as S
+from harness.search import summary as SR
 
 REPO = Path(__file__).resolve().parents[1]
 

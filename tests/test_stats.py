@@ -1,4 +1,4 @@
-"""harness.stats against hand-worked values and the real evaluator (harness.evaluation.detection).
+"""harness.report.stats against hand-worked values and the real evaluator (harness.evaluation.detection).
 
 All ground truth and predictions below are TEST FIXTURES made up in code; none is a measured result.
 """
@@ -18,7 +18,7 @@ from harness.evaluation.detection import (
     load_predictions,
     match_detections,
 )
-from harness.stats import (
+from harness.report.stats import (
     BootstrapResult,
     StatsError,
     _permutation_pairs,

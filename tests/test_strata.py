@@ -1,4 +1,4 @@
-"""The strata breakdown (harness.strata) against a case worked out by hand, and its table."""
+"""The strata breakdown (harness.report.strata) against a case worked out by hand, and its table."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import strata
 from harness.errors import LofiError
 from harness.evaluation.detection import load_ground_truth, load_predictions, match_detections
+from harness.report import strata
 
 
 def _ground_truth(tmp_path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""harness.tables / plots / `lofi report tables` on TEST FIXTURES: made-up row.json, predictions.json and
+"""harness.report.tables / plots / `lofi report tables` on TEST FIXTURES: made-up row.json, predictions.json and
 annotations.json files written into tmp_path. None of these numbers is a measured result."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 from harness.cli import main
 from harness.experiment import SweepConfig
 from harness.modes import MODES
-from harness.paper_results import PUBLISHED, canonical_dataset, published
-from harness.report import build_report, table_modes
-from harness.stats import Comparison, RatioResult, minimum_detectable_effect
-from harness.tables import (
+from harness.report.build import build_report, table_modes
+from harness.report.paper_results import PUBLISHED, canonical_dataset, published
+from harness.report.stats import Comparison, RatioResult, minimum_detectable_effect
+from harness.report.tables import (
     MODE_LABELS,
     NO_GAIN,
     SHARE_COLUMN,

@@ -136,7 +136,7 @@ def run_step(args: argparse.Namespace) -> int:
 
     import torch
 
-    from harness.pipeline.stepbench import bench_step, generated_store, rows_json, rows_table
+    from harness.bench.step import bench_step, generated_store, rows_json, rows_table
 
     for flag in ("snippets", "frames", "stride", "size", "batch", "videos", "steps", "repeats"):
         if getattr(args, flag) < 1:
@@ -196,7 +196,7 @@ def run_memory(args: argparse.Namespace) -> int:
     import torch
     from tabulate import tabulate
 
-    from harness.memory import measure_fidelities
+    from harness.bench.memory import measure_fidelities
 
     for flag in ("snippets", "size", "frames", "batch"):
         if getattr(args, flag) < 1:

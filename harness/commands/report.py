@@ -1,4 +1,4 @@
-"""`lofi report tables`: parses the arguments and calls ``harness.report.build_report``."""
+"""`lofi report tables`: parses the arguments and calls ``harness.report.build.build_report``."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 POWER_EPILOG = """\
-what it computes (harness/power.py):
+what it computes (harness/report/power.py):
   for every mode against ACP (with --config: sweep.ablation_modes and sweep.control_modes; else every mode) and
   the negative control (ACP on the control seeds), the Δ of seed-mean average mAP split into a video part (1.96 x
   sd of Δ over resamples of the test videos, seeds fixed) and a seed part (1.96 x sd(per-seed Δ) / sqrt(seeds));
@@ -150,8 +150,8 @@ def _register_power(rsub: argparse._SubParsersAction) -> None:
 
 
 def _run_power(args: argparse.Namespace) -> int:
-    from harness.power import format_power, sweep_decompositions, target_se
-    from harness.tables import load_rows
+    from harness.report.power import format_power, sweep_decompositions, target_se
+    from harness.report.tables import load_rows
 
     paths = sorted(glob.glob(str(args.results / "**" / "row.json"), recursive=True))
     if not paths:
@@ -192,8 +192,8 @@ def _run_power(args: argparse.Namespace) -> int:
 
 def _run_tables(args: argparse.Namespace) -> int:
     from harness.experiment import load_experiment
-    from harness.report import build_report, table_modes
-    from harness.tables import load_rows
+    from harness.report.build import build_report, table_modes
+    from harness.report.tables import load_rows
 
     if args.overrides and not args.config:
         raise LofiError("--set needs --config (it overrides a value of that config)")

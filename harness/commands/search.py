@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from harness.experiment import load_experiment
-    from harness.search import PrunerOptions, run_study
-    from harness.search_report import best_trial, write_report
+    from harness.search.study import PrunerOptions, run_study
+    from harness.search.summary import best_trial, write_report
 
     cfg = load_experiment(args.config, list(args.overrides))
     result = run_study(

@@ -32,8 +32,8 @@ import numpy as np
 from harness import __version__
 from harness.errors import LofiError
 from harness.io import atomic_path, write_json_atomic
+from harness.report.strata import STRATA_FILE
 from harness.seeding import numpy_rng
-from harness.strata import STRATA_FILE
 
 if TYPE_CHECKING:
     from harness.data.model import TALDataset

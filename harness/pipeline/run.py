@@ -60,7 +60,7 @@ def _memory(cfg: ExperimentConfig, mode: str) -> dict[str, float]:
 
     Counted on the meta device: shapes only, nothing allocated, so a full-fidelity step that would not fit the
     machine (TSM-R18 at 100 × 8 × 224² keeps ~20 GB per video) is still measured."""
-    from harness.memory import measure_step_memory
+    from harness.bench.memory import measure_step_memory
     from harness.pipeline.models import build_encoder, build_head
 
     fid = cfg.fidelity

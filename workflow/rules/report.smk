@@ -193,7 +193,7 @@ onstart:
     # Once, in the command the user typed, when the jobs to run are known (not in a dry run, nor in a cluster job).
     from collections import Counter
     from snakemake.logging import logger
-    from harness.cost import estimate_message, rule_kind
+    from harness.bench.cost import estimate_message, rule_kind
 
     _jobs = Counter(rule_kind(job.rule.name) for job in workflow.dag.needrun_jobs())
     _jobs.pop(None, None)

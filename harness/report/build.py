@@ -1,7 +1,7 @@
 """The tables and plots of finished runs, with significance: what `lofi report tables` does, as a library.
 
-``build_report(rows, kinds=..., out=..., modes=...)`` groups the tidy rows (``harness.tables.load_rows``) by
-dataset, encoder and head, compares every mode with ACP on the runs' saved predictions (``harness.stats``: paired
+``build_report(rows, kinds=..., out=..., modes=...)`` groups the tidy rows (``harness.report.tables.load_rows``) by
+dataset, encoder and head, compares every mode with ACP on the runs' saved predictions (``harness.report.stats``: paired
 bootstrap interval and permutation test over videos, Holm within each table) and writes
 ``table_<kind>.md/.csv/.tex`` plus the plots. Which modes each table shows comes from ``modes`` — in a sweep the
 config's ``sweep.*_modes`` (``table_modes``) — or, without it, every mode the rows hold.
@@ -10,7 +10,7 @@ The controls table (``kind="controls"``) adds, per run, the class oracle (``orac
 proposals labelled with the ground-truth video class) and the classifier's top-1 accuracy (``classifier_top1``),
 and compares blind, e2e-full and ACP on ``control_seeds`` (the negative control) with ACP. ACP runs on the control
 seeds appear in no other table. The ablation table gets each configuration's share of the end-to-end gain
-(``harness.stats.share_of_gain``) when e2e-full is among its rows.
+(``harness.report.stats.share_of_gain``) when e2e-full is among its rows.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from harness.errors import LofiError
 from harness.experiment import SweepConfig
 from harness.modes import TABLE_KINDS
 from harness.pipeline.files import plot_files
-from harness.seeding import numpy_rng
-from harness.stats import (
+from harness.report.stats import (
     Comparison,
     RatioResult,
     compare_to_baseline,
@@ -38,7 +37,7 @@ from harness.stats import (
     share_of_gain,
     weighted_metric,
 )
-from harness.tables import (
+from harness.report.tables import (
     BASELINE,
     NEGATIVE,
     ORACLE_COLUMN,
@@ -54,6 +53,7 @@ from harness.tables import (
     split_control_seeds,
     write_tables,
 )
+from harness.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
 KINDS: tuple[str, ...] = TABLE_KINDS
@@ -363,8 +363,8 @@ def _controls(
 def _strata(rows: pd.DataFrame, tests: _Tests, modes: Sequence[str], ground_truth: str | None) -> Table:
     """The strata table of one dataset/encoder/head: tIoU ranges always, video strata when the runs' predictions
     can be re-evaluated (not with --no-stats) and the dataset ships ``strata.json``."""
-    from harness import strata
-    from harness.tables import mode_label
+    from harness.report import strata
+    from harness.report.tables import mode_label
 
     used = rows[rows["mode"].isin(modes)]
     annotated, sizes = strata.annotate(used, tests.match if tests.enabled else None, ground_truth)
@@ -412,7 +412,7 @@ def build_report(
         return order_modes(sub["mode"], modes.get(kind))
 
     if plots:
-        from harness import plots as figures  # matplotlib: imported only when drawing
+        from harness.report import plots as figures  # matplotlib: imported only when drawing
     # the plots show every mode the requested tables show, in their order (None: every mode in the rows)
     plot_modes = list(dict.fromkeys(m for k in kinds for m in modes[k])) if all(k in modes for k in kinds) else None
 

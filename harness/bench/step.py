@@ -1,6 +1,6 @@
 """`lofi bench step`: the cost of one LoFi training step per fidelity and precision, alone and fed by the loader.
 
-For each fidelity (full, S, T, ST: ``harness.memory.fidelity_shapes``) and precision (fp32, bf16 autocast):
+For each fidelity (full, S, T, ST: ``harness.bench.memory.fidelity_shapes``) and precision (fp32, bf16 autocast):
 
 1. **step**: ``warmup`` + ``repeats`` training steps (encoder + head + TAL loss + backward + SGD step) on one
    batch already on the device; median seconds, videos/s and frames/s (B·L·F / step), peak device memory
@@ -141,10 +141,10 @@ def bench_step(
     """The table's rows (see the module docstring). ``full_batch``: the batch at full fidelity (default
     ``batch``; the paper's batch 16 does not fit one GPU at full fidelity)."""
     from encoders import create_encoder
+    from harness.bench.memory import fidelity_shapes
     from harness.data.loader import ClipDataset, ClipLoader, training_plan
     from harness.data.store import read_frames
     from harness.experiment import OptimConfig
-    from harness.memory import fidelity_shapes
     from heads import create_head
 
     dev = torch.device(device)

@@ -6,7 +6,7 @@ Two kinds of strata:
   from each row's per-threshold mAP. A gain at high tIoU only is a gain in boundary precision.
 - **video strata** (datasets that ship ``strata.json`` beside their annotations, e.g. the synthetic benchmark):
   ``{"dimension": {"stratum": [video ids]}}``; each stratum's average mAP re-evaluates the run's saved test
-  predictions on that stratum's videos alone (``harness.stats.weighted_metric`` with 0/1 video weights: exactly
+  predictions on that stratum's videos alone (``harness.report.stats.weighted_metric`` with 0/1 video weights: exactly
   the evaluator's mAP on the subset). The synthetic benchmark's dimension is the flicker's ``cue band`` (fine:
   erased by the r_s = 2 resize; coarse: kept), so a reader sees which part of the cue a configuration learnt.
 """
@@ -69,7 +69,7 @@ def video_strata_metrics(
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Average mAP (fraction) of one run's matched test predictions on each stratum's videos (NaN: no video of the
     stratum in the split), and the number of the split's videos in each stratum."""
-    from harness.stats import weighted_metric
+    from harness.report.stats import weighted_metric
 
     ids = np.asarray(matches.video_ids, dtype=object)
     values, sizes = {}, {}
@@ -149,10 +149,10 @@ def strata_table(
 ):
     """Mean ± sd over seeds (%) of average mAP in each stratum, one row per mode in ``modes`` (the blind floor
     first), and each mode's gain over the floor per stratum in the numeric frame. ``sizes``: videos per stratum
-    column (shown in the header). ``pairs``: ``harness.stats.Comparison`` of the fidelity pairs, noted below."""
+    column (shown in the header). ``pairs``: ``harness.report.stats.Comparison`` of the fidelity pairs, noted below."""
     import pandas as pd
 
-    from harness.tables import Table, _single, provenance
+    from harness.report.tables import Table, _single, provenance
 
     if rows.empty:
         raise LofiError("no rows for the strata table")

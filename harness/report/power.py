@@ -1,7 +1,7 @@
 """How many test videos and seeds a comparison needs: the video and seed parts of a Δ's interval, and the size of
 a run that narrows it to a target half-width or detects a given Δ with 80 % power (`lofi report power`).
 
-The tables' Δ interval (``harness.stats.joint_bootstrap``) resamples test videos and seeds together. Here it is
+The tables' Δ interval (``harness.report.stats.joint_bootstrap``) resamples test videos and seeds together. Here it is
 split in two (values in mAP points):
 
 * **video part**: the sd of the seed-mean Δ over resamples of the test videos with the seeds fixed (the same video
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.stats import norm
 
-from harness.stats import StatsError, bootstrap_se, mde_multiplier
+from harness.report.stats import StatsError, bootstrap_se, mde_multiplier
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -207,10 +207,10 @@ def sweep_decompositions(
 ) -> dict[tuple[str, str, str], list[Decomposition]]:
     """Every mode of ``modes`` (default: every mode present) against ACP, and the negative control (ACP on
     ``control_seeds``), per (dataset, encoder, head): each run's saved predictions are re-evaluated on the same
-    video resamples (``harness.stats.weighted_metric``, as the tables do)."""
-    from harness.report import _Matcher, infer_control_seeds
+    video resamples (``harness.report.stats.weighted_metric``, as the tables do)."""
+    from harness.report.build import _Matcher, infer_control_seeds
+    from harness.report.tables import BASELINE, NEGATIVE, mode_label, order_modes, split_control_seeds
     from harness.seeding import numpy_rng
-    from harness.tables import BASELINE, NEGATIVE, mode_label, order_modes, split_control_seeds
 
     match = _Matcher(ground_truth)
     seeds_neg = tuple(control_seeds) if control_seeds is not None else infer_control_seeds(rows)
@@ -249,7 +249,7 @@ def _seed_values(
     runs: pd.DataFrame, match: Callable[[pd.Series], Any], weights: np.ndarray
 ) -> tuple[list[int], np.ndarray]:
     """(seeds, (1 + n_boot, seeds) average mAP in points on the original videos and every resample)."""
-    from harness.stats import weighted_metric
+    from harness.report.stats import weighted_metric
 
     runs = runs.sort_values("seed")
     values = [weighted_metric(match(r), weights) * 100 for _, r in runs.iterrows()]

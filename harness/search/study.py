@@ -1,10 +1,10 @@
-"""Optuna search over the LoFi ratios (r_t, r_s): a seeded, resumable, pruned study (its report: ``harness.search_report``).
+"""Optuna search over the LoFi ratios (r_t, r_s): a seeded, resumable, pruned study (its report: ``harness.search.summary``).
 
 Each trial runs the full chain in ``lofi-custom`` mode with ``lofi.r_t``/``lofi.r_s`` set, sharing one ACP
 pre-training folder across trials, and is scored on the VALIDATION split only (``val_average_mAP``); the test
 split is read once, for the re-runs of the best ratios with fresh seeds in the report.
 
-Storage, workers and resume (Optuna 5; ``harness.search_storage``):
+Storage, workers and resume (Optuna 5; ``harness.search.storage``):
 - The study lives in its own storage, separate from MLflow's store: a journal file by default (``OUT/optuna.journal``,
   Optuna's recommendation for many processes on a shared filesystem), or an RDB URL. Any number of processes
   (``lofi search`` calls, Snakemake jobs) may work on one study.
@@ -16,7 +16,7 @@ Storage, workers and resume (Optuna 5; ``harness.search_storage``):
   recorded FAIL with the user attribute ``surplus`` and no parameters, and not counted. Trial numbers are handed
   out atomically by the storage, so two workers racing for the last slot cannot both take it. A worker that finds
   the remaining slots held by RUNNING trials of other workers waits for them (and takes over a slot whose worker
-  died: ``search_storage.fail_dead_trials``).
+  died: ``storage.fail_dead_trials``).
 - Each trial's randomness is seeded with ``derive_seed(sampler_seed, "trial", number)`` (``TrialSeededSampler``):
   one worker replays the same study for the same seed, a resumed study does not replay its start-up points, and
   parallel workers (distinct trial numbers) never draw the same start-up point. TPE's constant liar keeps parallel
@@ -41,7 +41,7 @@ from harness.config import evolve, to_dict
 from harness.errors import ConfigError, LofiError
 from harness.experiment import ExperimentConfig, OptunaConfig, TrackingConfig, config_hash
 from harness.fidelity import fidelity_shape
-from harness.search_storage import default_storage, fail_dead_trials, heartbeat, open_storage
+from harness.search.storage import default_storage, fail_dead_trials, heartbeat, open_storage
 from harness.seeding import derive_seed
 from harness.tracking import git_commit, start_run
 
@@ -414,7 +414,7 @@ def _completed(study: optuna.Study) -> list[FrozenTrial]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Re-runs of the best ratios (for the report, harness.search_report)
+# Re-runs of the best ratios (for the report, harness.search.summary)
 # ----------------------------------------------------------------------------------------------------------------
 
 

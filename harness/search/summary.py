@@ -1,4 +1,4 @@
-"""The report of an Optuna search over (r_t, r_s) (``harness.search``): ranked trials, the best ratios re-run with
+"""The report of an Optuna search over (r_t, r_s) (``harness.search.study``): ranked trials, the best ratios re-run with
 fresh seeds on the test split, contour and importance plots, provenance. Every number comes from the study or the
 runs' rows.
 
@@ -25,7 +25,7 @@ from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
 from harness.fidelity import fidelity_shape
 from harness.io import atomic_path, write_text_atomic
-from harness.search import (
+from harness.search.study import (
     _PACKAGE_DIR,
     MEMORY_KEY,
     TEST_KEY,
@@ -87,7 +87,7 @@ class SeedNoise:
     @property
     def sd(self) -> float:
         """Sample sd (ddof=1) over the seeds; NaN for fewer than two."""
-        from harness.stats import mean_sd
+        from harness.report.stats import mean_sd
 
         return mean_sd(self.values)[1]
 
@@ -96,7 +96,7 @@ class SeedNoise:
         """Minimum detectable difference between two trials, each one run on one seed, 80% power at two-sided
         alpha = 0.05: (z_0.975 + z_0.80) x sqrt(2) x sd (the difference of two independent single runs has sd
         sqrt(2) x sd)."""
-        from harness.stats import minimum_detectable_effect
+        from harness.report.stats import minimum_detectable_effect
 
         return minimum_detectable_effect(math.sqrt(2.0) * self.sd)
 
@@ -224,7 +224,7 @@ def _noise_text(study: optuna.Study, noise: SeedNoise, search_seed: int) -> str:
     best = float(best_trial(study).values[0])
     ranked = [val_map(t) for t in ranked_trials(study)]
     within = sum(1 for v in ranked if v is not None and best - v <= noise.mde)
-    from harness.stats import mde_multiplier
+    from harness.report.stats import mde_multiplier
 
     return (
         f"Seed noise: the best ratios' validation average mAP over {len(noise.values)} seeds ({source}): {values}; "
@@ -250,7 +250,7 @@ def render_report(
     """The Markdown report: every number comes from the study or the rows."""
     from tabulate import tabulate
 
-    from harness.stats import mean_sd
+    from harness.report.stats import mean_sd
 
     study, o, fid = result.study, cfg.sweep.optuna, cfg.fidelity
     lines = [f"# Optuna search over (r_t, r_s): {cfg.data.name} / {cfg.encoder.name} / {cfg.head.name}", ""]

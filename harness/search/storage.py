@@ -1,4 +1,4 @@
-"""Where an Optuna study lives, and how many workers share it (``harness.search`` runs the trials).
+"""Where an Optuna study lives, and how many workers share it (``harness.search.study`` runs the trials).
 
 Storage: a journal file by default (``OUT/optuna.journal``, Optuna's ``JournalStorage`` + ``JournalFileBackend``):
 the storage Optuna recommends for many processes on a shared filesystem (it appends under a file lock, where SQLite

@@ -1,10 +1,10 @@
 """Paper-style tables built from the tidy per-run rows (``row.json``), with seeds and significance.
 
-Every number in a table comes from the rows (and from ``harness.stats`` comparisons computed on the runs' saved
+Every number in a table comes from the rows (and from ``harness.report.stats`` comparisons computed on the runs' saved
 predictions); provenance (commits, config hashes, MLflow run ids, dates) is taken from the rows as well. A table is
 written three ways, each atomically: Markdown (tabulate ``github``), CSV (the numbers, machine-readable) and LaTeX
 (tabulate ``latex_booktabs``). Which modes a table shows, in which order, is the caller's ``modes`` argument (the
-config's ``sweep.*_modes``); without it, every mode the rows hold. Published numbers (``harness.paper_results``)
+config's ``sweep.*_modes``); without it, every mode the rows hold. Published numbers (``harness.report.paper_results``)
 are put beside measured ones only for the datasets the paper used; for synthetic data they never share a column
 with measurements.
 
@@ -33,10 +33,10 @@ from tabulate import tabulate
 from harness.errors import LofiError
 from harness.fidelity import PAPER_RATIOS, fidelity_shape
 from harness.io import atomic_path, write_text_atomic
-from harness.paper_results import PAPER, PAPER_SETTINGS, canonical_dataset, published
 from harness.pipeline.files import ROW
+from harness.report.paper_results import PAPER, PAPER_SETTINGS, canonical_dataset, published
+from harness.report.stats import ALPHA, POWER, Comparison, RatioResult, mde_multiplier
 from harness.schedule import CYCLE_ORDER
-from harness.stats import ALPHA, POWER, Comparison, RatioResult, mde_multiplier
 
 log = logging.getLogger(__name__)
 
@@ -630,7 +630,7 @@ def ablation_table(
 
     One row per mode in ``modes`` that the rows hold, in that order (``None``: every mode present, canonical
     order); ``stats`` maps a mode to its comparison with ACP. ``shares`` maps a mode to its share of the
-    end-to-end gain (``harness.stats.share_of_gain``); the column is shown when e2e-full is among the rows, as
+    end-to-end gain (``harness.report.stats.share_of_gain``); the column is shown when e2e-full is among the rows, as
     "n/a (no end-to-end gain)" when e2e-full's Δ interval does not lie above 0."""
     return _config_table(
         "ablation",
@@ -840,7 +840,7 @@ CONTROL_ROLES: dict[str, str] = {
     REFERENCE: "positive control",
     NEGATIVE: "negative control",
 }
-ORACLE_COLUMN = "oracle_average_mAP"  # per row: average mAP with the ground-truth class (``harness.report``)
+ORACLE_COLUMN = "oracle_average_mAP"  # per row: average mAP with the ground-truth class (``harness.report.build``)
 TOP1_COLUMN = "class_top1"  # per row: the video-level classifier's top-1 accuracy on the test split
 
 
@@ -907,7 +907,7 @@ def controls_table(
     """What the benchmark can see (one dataset, encoder and head): a row per mode in ``modes`` (the config's
     ``sweep.control_modes``: blind, acp, e2e-full) on the sweep's seeds, plus the negative control, ACP on
     ``control_seeds``. ``stats`` maps "blind", "e2e-full" and ``NEGATIVE`` to their comparison with ACP (Holm
-    across them). Rows carrying ``oracle_average_mAP`` / ``class_top1`` (``harness.report`` adds them from each
+    across them). Rows carrying ``oracle_average_mAP`` / ``class_top1`` (``harness.report.build`` adds them from each
     run's proposals and class scores) fill the class-oracle columns."""
     if rows.empty:
         raise TableError("no rows for the controls table")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-COST_FILE = Path(__file__).with_name("data") / "job_cost.json"
+COST_FILE = Path(__file__).parents[1] / "data" / "job_cost.json"
 KINDS = (
     "data",
     "frames",

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.io import atomic_path
-from harness.tables import THRESHOLD_COLUMNS, TableError, _relative_memory, mode_label, order_modes
+from harness.report.tables import THRESHOLD_COLUMNS, TableError, _relative_memory, mode_label, order_modes
 
 log = logging.getLogger(__name__)
 
