@@ -1,4 +1,4 @@
-"""The controls table (harness.report.tables.controls_table via harness.report.build.build_report), the class oracle and the
+"""The controls table (harness.report.controls.controls_table via harness.report.build.build_report), the class oracle and the
 classifier's top-1 accuracy, on TEST FIXTURES: made-up annotations, proposals, class scores, predictions and
 row.json files written into tmp_path. None of these numbers is a measured result."""
 
@@ -17,7 +17,9 @@ from harness.evaluation.detection import evaluate_detection, load_ground_truth
 from harness.experiment import SweepConfig
 from harness.postprocess import fuse_with_classes
 from harness.report.build import build_report, classifier_top1, ground_truth_classes, oracle_average_map, table_modes
-from harness.report.tables import NEGATIVE, NO_GAIN, SHARE_COLUMN, controls_table, load_rows
+from harness.report.controls import controls_table
+from harness.report.rows import NEGATIVE, load_rows
+from harness.report.tables import NO_GAIN, SHARE_COLUMN
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("jump", "run")

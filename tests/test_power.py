@@ -22,7 +22,7 @@ from harness.report.power import (
     video_weights,
     videos_needed,
 )
-from harness.report.stats import StatsError
+from harness.report.weighted_ap import StatsError
 
 N_VIDEOS, N_SEEDS, N_BOOT = 2000, 4, 4000
 SD_VIDEO, SD_SEED, MU = 10.0, 2.0, 3.0

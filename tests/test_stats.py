@@ -20,7 +20,6 @@ from harness.evaluation.detection import (
 )
 from harness.report.stats import (
     BootstrapResult,
-    StatsError,
     _permutation_pairs,
     holm,
     joint_bootstrap,
@@ -30,8 +29,8 @@ from harness.report.stats import (
     paired_bootstrap,
     paired_permutation_test,
     share_of_gain,
-    weighted_metric,
 )
+from harness.report.weighted_ap import StatsError, weighted_metric
 
 CLASSES = ("jump", "run", "swim")
 

@@ -15,23 +15,12 @@ from harness.cli import main
 from harness.experiment import SweepConfig
 from harness.modes import MODES
 from harness.report.build import build_report, table_modes
+from harness.report.notes import mde_note
 from harness.report.paper_results import PUBLISHED, canonical_dataset, published
+from harness.report.rows import MODE_LABELS, TableError, load_rows
 from harness.report.stats import Comparison, RatioResult, minimum_detectable_effect
-from harness.report.tables import (
-    MODE_LABELS,
-    NO_GAIN,
-    SHARE_COLUMN,
-    TableError,
-    ablation_table,
-    load_rows,
-    mde_note,
-    memory_table,
-    models_table,
-    pretrain_table,
-    to_latex,
-    to_markdown,
-    write_tables,
-)
+from harness.report.tables import NO_GAIN, SHARE_COLUMN, ablation_table, memory_table, models_table, pretrain_table
+from harness.report.writers import to_latex, to_markdown, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATION, PRETRAIN = SweepConfig().ablation_modes, SweepConfig().pretrain_modes  # the config's default rows

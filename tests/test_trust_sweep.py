@@ -170,7 +170,10 @@ def test_a_diverged_run_is_flagged_in_its_row_and_tables_or_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The issue's case: lofi.optim.lr=1000 makes the LoFi loss climb without a NaN."""
-    from harness.report.tables import DIVERGED_MARK, ablation_table, load_rows, to_markdown
+    from harness.report.notes import DIVERGED_MARK
+    from harness.report.rows import load_rows
+    from harness.report.tables import ablation_table
+    from harness.report.writers import to_markdown
 
     base = ["run", "--config", "config/smoke.yaml", "--mode", "lofi-S", "--stages", str(tmp_path / "stages")]
     sets = [a for o in [*tiny_overrides, "lofi.optim.lr=1000", "runtime.progress=false"] for a in ("--set", o)]

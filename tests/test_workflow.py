@@ -312,7 +312,7 @@ def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-4000:]
     md = (tmp_path / target).read_text()
     cfg = load_experiment(config)
-    from harness.report.tables import MODE_LABELS, SHOWN_METRICS
+    from harness.report.rows import MODE_LABELS, SHOWN_METRICS
 
     labels = MODE_LABELS
     for mode in cfg.sweep.ablation_modes:

@@ -151,7 +151,7 @@ def _register_power(rsub: argparse._SubParsersAction) -> None:
 
 def _run_power(args: argparse.Namespace) -> int:
     from harness.report.power import format_power, sweep_decompositions, target_se
-    from harness.report.tables import load_rows
+    from harness.report.rows import load_rows
 
     paths = sorted(glob.glob(str(args.results / "**" / "row.json"), recursive=True))
     if not paths:
@@ -193,7 +193,7 @@ def _run_power(args: argparse.Namespace) -> int:
 def _run_tables(args: argparse.Namespace) -> int:
     from harness.experiment import load_experiment
     from harness.report.build import build_report, table_modes
-    from harness.report.tables import load_rows
+    from harness.report.rows import load_rows
 
     if args.overrides and not args.config:
         raise LofiError("--set needs --config (it overrides a value of that config)")

@@ -1,5 +1,5 @@
 """The tidy results row of one run (``row.json``): a typed model, built once by ``run_all`` from the run's config,
-plan and metrics; every table and plot reads these rows (``harness/report/tables.py``).
+plan and metrics; every table and plot reads these rows (``harness/report/rows.py`` reads them).
 
 ``to_dict`` gives the flat JSON object, key for key and in the order the row has always had: the per-threshold mAPs
 (``mAP_0.50`` … ``mAP_0.95``), the proposal metrics (``AR_1`` … ``AR_100``, ``AUC``) and the stage times

@@ -1,6 +1,6 @@
 """The tables and plots of finished runs, with significance: what `lofi report tables` does, as a library.
 
-``build_report(rows, kinds=..., out=..., modes=...)`` groups the tidy rows (``harness.report.tables.load_rows``) by
+``build_report(rows, kinds=..., out=..., modes=...)`` groups the tidy rows (``harness.report.rows.load_rows``) by
 dataset, encoder and head, compares every mode with ACP on the runs' saved predictions (``harness.report.stats``: paired
 bootstrap interval and permutation test over videos, Holm within each table) and writes
 ``table_<kind>.md/.csv/.tex`` plus the plots. Which modes each table shows comes from ``modes`` — in a sweep the
@@ -28,6 +28,8 @@ from harness.errors import LofiError
 from harness.experiment import SweepConfig
 from harness.modes import TABLE_KINDS
 from harness.pipeline.files import plot_files
+from harness.report.controls import ORACLE_COLUMN, TOP1_COLUMN, controls_table, split_control_seeds
+from harness.report.rows import BASELINE, NEGATIVE, REFERENCE, Table, order_modes
 from harness.report.stats import (
     Comparison,
     RatioResult,
@@ -35,24 +37,10 @@ from harness.report.stats import (
     holm,
     joint_bootstrap,
     share_of_gain,
-    weighted_metric,
 )
-from harness.report.tables import (
-    BASELINE,
-    NEGATIVE,
-    ORACLE_COLUMN,
-    REFERENCE,
-    TOP1_COLUMN,
-    Table,
-    ablation_table,
-    controls_table,
-    memory_table,
-    models_table,
-    order_modes,
-    pretrain_table,
-    split_control_seeds,
-    write_tables,
-)
+from harness.report.tables import ablation_table, memory_table, models_table, pretrain_table
+from harness.report.weighted_ap import weighted_metric
+from harness.report.writers import write_tables
 from harness.seeding import numpy_rng
 
 log = logging.getLogger(__name__)
@@ -364,7 +352,7 @@ def _strata(rows: pd.DataFrame, tests: _Tests, modes: Sequence[str], ground_trut
     """The strata table of one dataset/encoder/head: tIoU ranges always, video strata when the runs' predictions
     can be re-evaluated (not with --no-stats) and the dataset ships ``strata.json``."""
     from harness.report import strata
-    from harness.report.tables import mode_label
+    from harness.report.rows import mode_label
 
     used = rows[rows["mode"].isin(modes)]
     annotated, sizes = strata.annotate(used, tests.match if tests.enabled else None, ground_truth)

@@ -70,7 +70,7 @@ PUBLISHED: tuple[PublishedResult, ...] = (
 REAL_DATASETS: tuple[str, ...] = (_ANET, _HACS)
 # The settings every published number was measured with, as results rows record them (G-TAD protocol: full
 # fidelity L = 100 snippets at 224², reported on the validation subset). A run with other settings is not
-# comparable: the tables then show no published number beside it (harness.report.tables.paper_mismatch).
+# comparable: the tables then show no published number beside it (harness.report.notes.paper_mismatch).
 PAPER_SETTINGS: Mapping[str, object] = MappingProxyType({"full_L": 100, "full_size": 224, "split": "validation"})
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from harness.io import atomic_path
-from harness.report.tables import THRESHOLD_COLUMNS, TableError, _relative_memory, mode_label, order_modes
+from harness.report.cells import relative_memory
+from harness.report.rows import THRESHOLD_COLUMNS, TableError, mode_label, order_modes
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def plot_map_vs_memory(
         runs = rows[rows["mode"] == mode]
         values = runs["average_mAP"].astype("float64") * 100.0
         mean, sd = values.mean(), (values.std() if len(values) > 1 else 0.0)
-        rel = _relative_memory(runs)
+        rel = relative_memory(runs)
         label = mode_label(mode)
         if mode in REFERENCE_LINES or np.isnan(rel):  # a reference level, not a point
             style = REFERENCE_LINES.get(mode, {"color": "gray", "ls": "--"})

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.stats import norm
 
-from harness.report.stats import StatsError, bootstrap_se, mde_multiplier
+from harness.report.stats import bootstrap_se, mde_multiplier
+from harness.report.weighted_ap import StatsError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -207,9 +208,10 @@ def sweep_decompositions(
 ) -> dict[tuple[str, str, str], list[Decomposition]]:
     """Every mode of ``modes`` (default: every mode present) against ACP, and the negative control (ACP on
     ``control_seeds``), per (dataset, encoder, head): each run's saved predictions are re-evaluated on the same
-    video resamples (``harness.report.stats.weighted_metric``, as the tables do)."""
+    video resamples (``harness.report.weighted_ap.weighted_metric``, as the tables do)."""
     from harness.report.build import _Matcher, infer_control_seeds
-    from harness.report.tables import BASELINE, NEGATIVE, mode_label, order_modes, split_control_seeds
+    from harness.report.controls import split_control_seeds
+    from harness.report.rows import BASELINE, NEGATIVE, mode_label, order_modes
     from harness.seeding import numpy_rng
 
     match = _Matcher(ground_truth)
@@ -249,7 +251,7 @@ def _seed_values(
     runs: pd.DataFrame, match: Callable[[pd.Series], Any], weights: np.ndarray
 ) -> tuple[list[int], np.ndarray]:
     """(seeds, (1 + n_boot, seeds) average mAP in points on the original videos and every resample)."""
-    from harness.report.stats import weighted_metric
+    from harness.report.weighted_ap import weighted_metric
 
     runs = runs.sort_values("seed")
     values = [weighted_metric(match(r), weights) * 100 for _, r in runs.iterrows()]

@@ -6,7 +6,7 @@ Two kinds of strata:
   from each row's per-threshold mAP. A gain at high tIoU only is a gain in boundary precision.
 - **video strata** (datasets that ship ``strata.json`` beside their annotations, e.g. the synthetic benchmark):
   ``{"dimension": {"stratum": [video ids]}}``; each stratum's average mAP re-evaluates the run's saved test
-  predictions on that stratum's videos alone (``harness.report.stats.weighted_metric`` with 0/1 video weights: exactly
+  predictions on that stratum's videos alone (``harness.report.weighted_ap.weighted_metric`` with 0/1 video weights: exactly
   the evaluator's mAP on the subset). The synthetic benchmark's dimension is the flicker's ``cue band`` (fine:
   erased by the r_s = 2 resize; coarse: kept), so a reader sees which part of the cue a configuration learnt.
 """
@@ -69,7 +69,7 @@ def video_strata_metrics(
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Average mAP (fraction) of one run's matched test predictions on each stratum's videos (NaN: no video of the
     stratum in the split), and the number of the split's videos in each stratum."""
-    from harness.report.stats import weighted_metric
+    from harness.report.weighted_ap import weighted_metric
 
     ids = np.asarray(matches.video_ids, dtype=object)
     values, sizes = {}, {}
@@ -152,11 +152,12 @@ def strata_table(
     column (shown in the header). ``pairs``: ``harness.report.stats.Comparison`` of the fidelity pairs, noted below."""
     import pandas as pd
 
-    from harness.report.tables import Table, _single, provenance
+    from harness.report.notes import provenance
+    from harness.report.rows import Table, single_value
 
     if rows.empty:
         raise LofiError("no rows for the strata table")
-    dataset, encoder, head = (_single(rows, c) for c in ("dataset", "encoder", "head"))
+    dataset, encoder, head = (single_value(rows, c) for c in ("dataset", "encoder", "head"))
     columns = [c for c in rows.columns if c.startswith("stratum:")] + list(TIOU_RANGES)
     header = {c: (f"{c.split(':')[2]} ({c.split(':')[1]}, {sizes[c]} videos)" if c in sizes else c) for c in columns}
     floor = rows[rows["mode"] == FLOOR]
