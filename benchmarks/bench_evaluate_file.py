@@ -72,8 +72,9 @@ def run_cli(pythonpath: Path, gt: Path, pred: Path) -> dict[str, Any]:
 
 def compare_readers(gt_path: Path, pred: Path) -> tuple[bool, float, float]:
     """Fast and strict readers on the same bytes, in this process: identical arrays, and each one's CPU time."""
-    from harness.evaluation.detection import _flatten, _read_predictions_json, load_ground_truth
+    from harness.evaluation.detection import load_ground_truth
     from harness.evaluation.fastread import read_flat
+    from harness.evaluation.predictions import _flatten, _read_predictions_json
 
     gt = load_ground_truth(gt_path)
     raw = pred.read_bytes()

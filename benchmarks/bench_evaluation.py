@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.evaluation.detection import evaluate_detection, load_ground_truth, load_predictions
+from harness.evaluation.detection import evaluate_detection, load_ground_truth
+from harness.evaluation.predictions import load_predictions
 from harness.evaluation.proposals import evaluate_proposals
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the slow oracle is a test helper

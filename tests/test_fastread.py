@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from harness.errors import PredictionError
-from harness.evaluation import detection, load_ground_truth, load_predictions
+from harness.evaluation import detection, load_ground_truth, load_predictions, predictions
 from harness.evaluation.fastread import read_flat
 
 CLASSES = ("A", "B:c", "Long jump")
@@ -51,7 +51,7 @@ def both(
     fast = outcome(path, gt, labels)
     took_fast = read_flat(path.read_bytes(), gt.class_index if labels else None) is not None
     with monkeypatch.context() as m:
-        m.setattr(detection, "read_flat", lambda data, class_index: None)
+        m.setattr(predictions, "read_flat", lambda data, class_index: None)
         strict = outcome(path, gt, labels)
     return fast, strict, took_fast
 
@@ -186,5 +186,5 @@ def test_invalid_utf8_gets_the_strict_readers_answer(
         assert read_flat(raw, gt.class_index) is None
         fast = outcome(path, gt, True)
         with monkeypatch.context() as m:
-            m.setattr(detection, "read_flat", lambda data, class_index: None)
+            m.setattr(predictions, "read_flat", lambda data, class_index: None)
             assert fast == outcome(path, gt, True) and "not valid JSON" in fast

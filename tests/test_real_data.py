@@ -66,7 +66,8 @@ def test_the_pipeline_evaluates_the_real_holdout_whose_class_set_is_incomplete(
     """ActivityNet's 10% holdout lacks 4 of the 200 classes; the head's predictions of them have no AP there and do
     not stop the run. A user's predictions file with such a label is still refused."""
     from harness.errors import PredictionError
-    from harness.evaluation.detection import load_ground_truth, load_predictions
+    from harness.evaluation.detection import load_ground_truth
+    from harness.evaluation.predictions import load_predictions
     from harness.pipeline.headtrain import absent_classes, evaluate_split
 
     ds = _holdout_dataset()
@@ -75,7 +76,7 @@ def test_the_pipeline_evaluates_the_real_holdout_whose_class_set_is_incomplete(
     assert absent_classes(ds, "holdout") == ABSENT_FROM_HOLDOUT
     props = {v.id: [{"label": "proposal", "score": 1.0, "segment": [0.0, v.duration]}] for v in holdout}
     plain = evaluate_split(ds, "holdout", _as_predictions(holdout), props)
-    with caplog.at_level(logging.DEBUG, logger="harness.evaluation.detection"):
+    with caplog.at_level(logging.DEBUG, logger="harness.evaluation.predictions"):
         mixed = evaluate_split(ds, "holdout", _as_predictions(holdout, "Brushing teeth"), props)
     assert mixed["mAP"] == plain["mAP"] and plain["average_mAP"] > 0.9  # dropped: not a single number moves
     assert any("965 prediction(s) of 1 class(es)" in r.getMessage() for r in caplog.records)

@@ -15,9 +15,9 @@ from harness.evaluation.detection import (
     ap_from_matches,
     evaluate_detection,
     load_ground_truth,
-    load_predictions,
     match_detections,
 )
+from harness.evaluation.predictions import load_predictions
 from harness.report.stats import (
     BootstrapResult,
     _permutation_pairs,

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from harness.errors import LofiError
-from harness.evaluation.detection import load_ground_truth, load_predictions, match_detections
+from harness.evaluation.detection import load_ground_truth, match_detections
+from harness.evaluation.predictions import load_predictions
 from harness.report import strata
 
 

@@ -10,7 +10,8 @@ from typing import Any
 from tabulate import tabulate
 
 from harness.errors import LofiError
-from harness.evaluation.detection import evaluate_detection, load_ground_truth, load_predictions
+from harness.evaluation.detection import evaluate_detection, load_ground_truth
+from harness.evaluation.predictions import load_predictions
 from harness.evaluation.proposals import evaluate_proposals
 
 DETECTION_HELP = """\

@@ -32,12 +32,11 @@ from harness.errors import PredictionError
 from harness.evaluation.detection import (
     TIOU_THRESHOLDS,
     DetectionGroundTruth,
-    DetectionPredictions,
     group_pairs,
     load_ground_truth,
-    load_predictions,
     segment_tiou,
 )
+from harness.evaluation.predictions import DetectionPredictions, load_predictions
 
 log = logging.getLogger(__name__)
 

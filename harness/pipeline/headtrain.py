@@ -118,7 +118,8 @@ def absent_classes(ds: TALDataset, subset: str) -> list[str]:
 def evaluate_split(ds: TALDataset, subset: str, detections: dict, proposals: dict) -> dict:
     """Metrics of the pipeline's own predictions on ``subset``: a predicted class without instances in the
     subset has no AP and does not stop the run (``absent_labels="drop"``; a user's file is read strictly)."""
-    from harness.evaluation.detection import evaluate_detection, load_ground_truth, load_predictions
+    from harness.evaluation.detection import evaluate_detection, load_ground_truth
+    from harness.evaluation.predictions import load_predictions
     from harness.evaluation.proposals import evaluate_proposals
 
     gt = load_ground_truth(ds, subset=subset)

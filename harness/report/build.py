@@ -78,7 +78,8 @@ class _Matcher:
         self._matches: dict[str, Any] = {}
 
     def __call__(self, row: pd.Series) -> Any:
-        from harness.evaluation.detection import load_ground_truth, load_predictions, match_detections
+        from harness.evaluation.detection import load_ground_truth, match_detections
+        from harness.evaluation.predictions import load_predictions
 
         key = str(row["row_path"])
         if key not in self._matches:
@@ -144,7 +145,8 @@ def oracle_average_map(proposals: str | Path | Mapping[str, Any], gt: Any, label
     one-hot class scores fused as the pipeline fuses the classifier's (``fuse_with_classes``, top-1 class), so
     every proposal keeps its score and gets the right label. ``gt``: the ``DetectionGroundTruth`` of the split;
     videos without a ground-truth class get no detection."""
-    from harness.evaluation.detection import evaluate_detection, load_predictions
+    from harness.evaluation.detection import evaluate_detection
+    from harness.evaluation.predictions import load_predictions
     from harness.postprocess import fuse_with_classes
 
     props = load_predictions(proposals, gt, require_label=False)
