@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -331,36 +332,8 @@ class GTAD(nn.Module):
 
 
 @register_head
-def gtad(
-    *,
-    in_features: int,
-    temporal_length: int,
-    max_duration: int | None = None,
-    hidden: int = 256,
-    k: int = 3,
-    groups: int = 32,
-    inner_samples: int = 32,
-    context_samples: int = 4,
-    context_ratio: float = 0.5,
-    hidden_3d: int = 512,
-    hidden_2d: int = 128,
-    kernel_2d: int = 1,
-    fused_projection: bool = False,
-) -> GTAD:
+def gtad(**kwargs: Any) -> GTAD:
     """G-TAD with the published ActivityNet settings (5,563,268 parameters at in_features=400; ``kernel_2d=3``:
-    the THUMOS-14 settings' localisation layers, 5,825,412)."""
-    return GTAD(
-        in_features,
-        temporal_length,
-        max_duration=max_duration,
-        hidden=hidden,
-        k=k,
-        groups=groups,
-        inner_samples=inner_samples,
-        context_samples=context_samples,
-        context_ratio=context_ratio,
-        hidden_3d=hidden_3d,
-        hidden_2d=hidden_2d,
-        kernel_2d=kernel_2d,
-        fused_projection=fused_projection,
-    )
+    the THUMOS-14 settings' localisation layers, 5,825,412); keyword arguments as :class:`GTAD` (``in_features``,
+    ``temporal_length`` required)."""
+    return GTAD(**kwargs)
