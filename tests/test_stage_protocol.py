@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,3 +81,77 @@ def test_toy_stage_runs_through_lofi_stage_and_lofi_run(
     row = run_all(cfg, mode="acp", seed=0, out=tmp_path / "run", stages_root=tmp_path / "st")
     assert (tmp_path / "st/toy/seed0/toy.txt").read_text() == (tmp_path / "alone/toy/seed0/toy.txt").read_text()
     assert "time_toy_s" in row and row["stage_keys"]["toy-seed0"] == printed["key"]
+
+
+# What a stage may read of the config without it being in its key: how and where it runs, not what it computes
+# (docs/architecture.md § The stage plan).
+NOT_IN_KEYS = ("runtime", "tracking", "sweep", "head.validate_every", "data.cache_dir")
+
+
+class _Recorder:
+    """The config as a runner sees it, noting every field it reads (``section.field...``; models are descended)."""
+
+    def __init__(self, obj: object, path: str, seen: set[str]) -> None:
+        self._obj, self._path, self._seen = obj, path, seen
+
+    def __getattr__(self, name: str) -> object:
+        from pydantic import BaseModel
+
+        value = getattr(self._obj, name)
+        path = f"{self._path}.{name}" if self._path else name
+        if isinstance(value, BaseModel):
+            return _Recorder(value, path, self._seen)
+        self._seen.add(path)
+        return value
+
+
+def _fields(reads: dict, prefix: str = "") -> Iterator[str]:
+    for name, value in reads.items():
+        path = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, dict) and name != "videos":
+            yield from _fields(value, path)
+        else:
+            yield path
+
+
+@pytest.mark.parametrize("mode", ["icp", "lofi-short", "lofi-custom"])
+def test_every_runner_reads_only_what_its_key_holds(
+    mode: str, tiny_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner gets the whole config (``ctx.cfg``); a field it reads outside its stage's key would let a changed
+    value reuse a stale stage. Every built-in kind runs here (pre-training ICP, ACP and ACP+, LoFi, features, the
+    classifier, the head) with a config that records what each reads; the LoFi cycles read different keys."""
+    import harness.pipeline.plan as plan
+    import harness.pipeline.stage as stage_module
+    from harness.pipeline.run import run_all
+
+    reads_of_key: dict[str, set[str]] = {}  # stage key -> the fields it hashes
+    real_key, real_context = plan._key, stage_module.StageContext
+
+    def key(kind: str, variant: str, seed: int, reads: dict, needs: tuple) -> str:
+        k = real_key(kind, variant, seed, reads, needs)
+        reads_of_key[k] = set(_fields(json.loads(json.dumps(reads, default=str))))
+        return k
+
+    seen: dict[str, tuple[set[str], set[str]]] = {}  # stage name -> (fields read, fields in its key)
+
+    def context(cfg: object, stage: Any, *args: object) -> StageContext:
+        read: set[str] = set()
+        seen[f"{stage.kind} {stage.variant}".strip()] = (read, reads_of_key[stage.key])
+        return real_context(_Recorder(cfg, "", read), stage, *args)
+
+    monkeypatch.setattr(plan, "_key", key)
+    monkeypatch.setattr(stage_module, "StageContext", context)
+    cfg = load_experiment(SMOKE, [*tiny_overrides, "lofi.r_t=2", "lofi.r_s=1.0"])
+    run_all(cfg, mode=mode, seed=0, out=tmp_path / "run", stages_root=tmp_path / "st")
+
+    kinds = {name.split()[0] for name in seen}
+    assert kinds == {"pretrain", "features", "classifier", "head"} | ({"lofi"} if mode.startswith("lofi") else set())
+    for name, (read, in_key) in seen.items():
+        outside = sorted(
+            f
+            for f in read
+            if not f.startswith(NOT_IN_KEYS)
+            and not any(f == r or f.startswith(f"{r}.") or r.startswith(f"{f}.") for r in in_key)
+        )
+        assert not outside, f"stage {name} reads {outside}, which its key does not hold (harness/pipeline/plan.py)"

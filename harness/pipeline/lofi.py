@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -143,16 +144,17 @@ def _loader(
 def cycle_shape(cfg: ExperimentConfig, cycle: str, *, iters_per_epoch: int) -> Callable[[int, int], tuple[int, int]]:
     """``shape(epoch, step) -> (L, size)``: the clips of a step at the cycle's fidelity for (epoch, global iteration)."""
     fid, lc = cfg.fidelity, cfg.lofi
+    # the cycle's own settings only: the others are in no key of this cycle's stage (plan._lofi_view)
+    settings: dict[str, Any] = {}
+    if cycle == "long":
+        settings["c_l"] = lc.c_l
+    elif cycle == "short":
+        settings["c_s"] = lc.c_s
+    elif cycle == "custom":
+        settings["custom"] = (lc.r_t, lc.r_s)
 
     def shape(epoch: int, step: int) -> tuple[int, int]:
-        f = fidelity_at(
-            cycle,
-            epoch=epoch,
-            iteration=epoch * iters_per_epoch + step,
-            c_l=lc.c_l,
-            c_s=lc.c_s,
-            custom=(lc.r_t, lc.r_s),
-        )
+        f = fidelity_at(cycle, epoch=epoch, iteration=epoch * iters_per_epoch + step, **settings)
         return fidelity_shape(fid.snippets, fid.size, f.r_t, f.r_s)
 
     return shape
