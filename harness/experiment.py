@@ -108,7 +108,8 @@ class ConfigModel(BaseModel):
 # ---------------------------------------------------------------------------------------------- the sections
 class DataConfig(ConfigModel):
     name: Ident = "synthetic"  # the dataset's name in tables: synthetic | activitynet | hacs | thumos14
-    # Synthetic benchmark: generated into `root` on first use when `synthetic_profile` is set.
+    # Synthetic benchmark: generated into `root` when `synthetic_profile` is set, by `lofi data synth` (the workflow's
+    # data job) or by `lofi run` / `lofi search` before their first stage; a stage alone (`lofi stage`) never generates.
     synthetic_profile: Str | None = "smoke"
     synthetic_seed: Seed = 0
     root: Path = Path("data/synthetic-smoke")  # folder holding annotations and videos

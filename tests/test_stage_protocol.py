@@ -155,3 +155,17 @@ def test_every_runner_reads_only_what_its_key_holds(
             and not any(f == r or f.startswith(f"{r}.") or r.startswith(f"{f}.") for r in in_key)
         )
         assert not outside, f"stage {name} reads {outside}, which its key does not hold (harness/pipeline/plan.py)"
+
+
+def test_a_stage_alone_does_not_generate_data(
+    tiny_overrides: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Data is prepared by commands (`lofi data synth`, the workflow's data job, `lofi run` before its first stage),
+    never inside a stage: `lofi stage` on a data root without the benchmark stops with the command to run."""
+    empty = tmp_path / "no-data"
+    sets = [a for o in [*tiny_overrides, f"data.root={empty}"] for a in ("--set", o)]
+    args = ["stage", "pretrain", "--mode", "acp", "--config", str(SMOKE), *sets, "--stages", str(tmp_path / "st")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "a stage does not generate data" in err and f"lofi data synth --profile smoke --seed 0 --out {empty}" in err
+    assert not empty.exists() and not (tmp_path / "st/pretrain/acp/seed0/done.json").exists()

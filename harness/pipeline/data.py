@@ -1,6 +1,7 @@
 """From a DataConfig to the dataset a stage reads: annotations read (the synthetic benchmark generated first when
-the config names a profile), the validation subset held out, every video's file found and ``data.missing`` applied;
-and ``StageData``, the dataset with its frame source, built once per process.
+the config names a profile, by a command's data step, never by a stage), the validation subset held out, every
+video's file found and ``data.missing`` applied; and ``StageData``, the dataset with its frame source, built once per
+process.
 
 Elsewhere: the frame source and its loader (``harness/data/frames.py``), TAL targets and video labels
 (``harness/pipeline/targets.py``), pre-training source indexes (``harness/data/sources.py``)."""
@@ -21,24 +22,37 @@ from harness.experiment import DataConfig
 log = logging.getLogger(__name__)
 
 
-def prepare_dataset(cfg: DataConfig) -> TALDataset:
+def prepare_dataset(cfg: DataConfig, *, generate: bool = True) -> TALDataset:
     """Read the annotations (generating the synthetic benchmark first when the config asks for it), hold out the
     validation subset, find every video's file and apply ``data.missing`` to those without one.
+
+    ``generate=False`` is a stage's data step (``lofi stage``, a workflow job): data is prepared by commands only
+    (``lofi data synth``, the workflow's data job; ``lofi run`` and ``lofi search`` before their first stage), so an
+    incomplete synthetic benchmark is an error naming the command; a complete one is still checked to be the
+    config's profile and seed.
 
     Everything a run can get wrong about its data stops here, before any training: no annotation file, an empty
     subset, a validation or test subset without a single labelled instance (ActivityNet's ``testing``), video
     files under another name (the error says which names were tried)."""
     if cfg.synthetic_profile:
-        from harness.data.synthetic import generate
+        from harness.data.synthetic import generate as generate_benchmark
 
         if not (cfg.root / "manifest.json").is_file():
+            if not generate:
+                raise LofiError(
+                    f"data.root={cfg.root}: no complete synthetic benchmark (profile {cfg.synthetic_profile}, seed "
+                    f"{cfg.synthetic_seed}), and a stage does not generate data; run `lofi data synth --profile "
+                    f"{cfg.synthetic_profile} --seed {cfg.synthetic_seed} --out {cfg.root}` first (the workflow's "
+                    "data job does; `lofi run` does it before its first stage)"
+                )
             log.info(
                 "generating the synthetic benchmark (profile %s, seed %d) into %s",
                 cfg.synthetic_profile,
                 cfg.synthetic_seed,
                 cfg.root,
             )
-        generate(cfg.synthetic_profile, cfg.synthetic_seed, cfg.root)  # no-op when complete
+        # complete: writes nothing, only checks that the folder holds this profile and seed
+        generate_benchmark(cfg.synthetic_profile, cfg.synthetic_seed, cfg.root)
     return _with_durations(cfg, *_fingerprint(cfg))
 
 
@@ -241,17 +255,18 @@ class StageData:
     frames: VideoFrames
 
 
-def load_stage_data(cfg: DataConfig, *, cache_bytes: int = 2**30) -> StageData:
-    """Read (or generate) the dataset and open its frame source: what every stage starts from. ``cache_bytes``:
-    the in-memory frame cache's budget (``runtime.cache_bytes``)."""
-    ds = prepare_dataset(cfg)
+def load_stage_data(cfg: DataConfig, *, cache_bytes: int = 2**30, generate: bool = True) -> StageData:
+    """Read (or, with ``generate``, generate) the dataset and open its frame source: what every stage starts from.
+    ``cache_bytes``: the in-memory frame cache's budget (``runtime.cache_bytes``)."""
+    ds = prepare_dataset(cfg, generate=generate)
     return StageData(cfg, ds, VideoFrames(cfg, cache_bytes=cache_bytes, absent=absent_videos(ds)))
 
 
 def stage_data(cfg: DataConfig, data: StageData | None, *, cache_bytes: int = 2**30) -> StageData:
-    """``data`` when given (it must have been built from ``cfg``), else a new one (a stage run alone)."""
+    """``data`` when given (it must have been built from ``cfg``), else a new one (a stage run alone: the data must
+    have been prepared by a command, ``prepare_dataset(generate=False)``)."""
     if data is None:
-        return load_stage_data(cfg, cache_bytes=cache_bytes)
+        return load_stage_data(cfg, cache_bytes=cache_bytes, generate=False)
     if data.cfg != cfg:
         raise LofiError(
             f"stage data built for data.root={data.cfg.root} differs from this stage's data config "
