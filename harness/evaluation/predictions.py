@@ -10,7 +10,7 @@ import json
 import logging
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -197,6 +197,31 @@ def load_predictions(
     per_video = np.array([gt.video_index.get(v, -1) for v in names], dtype=np.int64)
     video = np.repeat(per_video, count_arr)
     owner = np.repeat(np.arange(len(names)), count_arr)  # index into names, to name the video in errors
+    _check_values(source, owner, names, score, segments)
+    unknown = _check_videos(source, names, per_video, gt, from_file=from_file)
+    label = flat.label if flat.label is not None else np.full(score.shape, -1, np.int64)
+    if absent:
+        keep = label >= 0
+        video, label, score, segments = video[keep], label[keep], score[keep], segments[keep]
+        log.debug(
+            "%s: %d prediction(s) of %d class(es) without instances in the %r ground truth (e.g. %r) dropped: "
+            "such a class has no AP",
+            source,
+            sum(absent.values()),
+            len(absent),
+            gt.subset,
+            sorted(absent)[0],
+        )
+    return DetectionPredictions(
+        source=source, video=video, label=label, score=score, segments=segments, unknown_videos=unknown
+    )
+
+
+def _check_values(
+    source: str, owner: np.ndarray, names: Sequence[str], score: np.ndarray, segments: np.ndarray
+) -> None:
+    """Every score and segment finite, every segment [start, end] with start <= end; else the first bad one's
+    video (``names[owner[i]]``) and problem."""
     checks = (
         (~np.isfinite(score), "score {0} is not finite; scores must be real numbers"),
         (~np.isfinite(segments).all(axis=1), "segment {1} is not finite"),
@@ -208,6 +233,13 @@ def load_predictions(
             i = int(idx[0])
             msg = template.format(score[i], segments[i].tolist())
             raise PredictionError(f"{source}: video {_shown(names[owner[i]])}: {msg}")
+
+
+def _check_videos(
+    source: str, names: Sequence[str], per_video: np.ndarray, gt: DetectionGroundTruth, *, from_file: bool
+) -> tuple[str, ...]:
+    """The predicted videos outside the ground truth's subset (false positives; all of them in a file: an error),
+    with one WARNING for those and one for ground-truth videos without a prediction (misses)."""
     unknown = tuple(v for v, k in zip(names, per_video) if k < 0)
     if names and len(unknown) == len(names):
         message = (
@@ -238,22 +270,7 @@ def load_predictions(
             len(gt.video_ids),
             gt.subset,
         )
-    label = flat.label if flat.label is not None else np.full(score.shape, -1, np.int64)
-    if absent:
-        keep = label >= 0
-        video, label, score, segments = video[keep], label[keep], score[keep], segments[keep]
-        log.debug(
-            "%s: %d prediction(s) of %d class(es) without instances in the %r ground truth (e.g. %r) dropped: "
-            "such a class has no AP",
-            source,
-            sum(absent.values()),
-            len(absent),
-            gt.subset,
-            sorted(absent)[0],
-        )
-    return DetectionPredictions(
-        source=source, video=video, label=label, score=score, segments=segments, unknown_videos=unknown
-    )
+    return unknown
 
 
 def _label(class_index: Mapping[str, int], label: Any, absent: dict[str, int] | None) -> int:

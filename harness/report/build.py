@@ -362,6 +362,28 @@ def _strata(rows: pd.DataFrame, tests: _Tests, modes: Sequence[str], ground_trut
     return strata.strata_table(annotated, modes, mode_label, sizes, pairs=pairs)
 
 
+def _check_request(kinds: Sequence[str], n_boot: int, n_perm: int | None) -> None:
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise LofiError(f"unknown table(s) {unknown or '(none)'}; use a subset of {', '.join(KINDS)}")
+    if n_boot < 1 or (n_perm is not None and n_perm < 1):
+        raise LofiError("--n-boot and --n-perm must be at least 1")
+
+
+def _draw(sub: pd.DataFrame, out: Path, group: tuple[str, str, str], modes: list[str] | None) -> list[Path]:
+    """The two figures of one (dataset, encoder, head) group: mAP vs tIoU, average mAP vs activation memory."""
+    from harness.report import plots as figures  # matplotlib: imported only when drawing
+
+    dataset, encoder, head = group
+    tiou_png, memory_png = plot_files(out, dataset, encoder, head)
+    return [
+        figures.plot_map_vs_tiou(sub, tiou_png, modes=modes, title=f"mAP vs tIoU — {dataset}, {encoder}, {head}"),
+        figures.plot_map_vs_memory(
+            sub, memory_png, modes=modes, title=f"avg mAP vs activation memory — {dataset}, {encoder}, {head}"
+        ),
+    ]
+
+
 def build_report(
     rows: pd.DataFrame,
     *,
@@ -385,11 +407,7 @@ def build_report(
     ``control_seeds`` (``cfg.sweep.control_seeds``): the seeds of the negative control, whose ACP runs only the
     controls table shows (None: the seeds only ACP ran, ``infer_control_seeds``). ``step_bench``: ``lofi bench step
     --json`` rows whose peak memory, step time and frames/s the memory table shows. Returns the written paths."""
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise LofiError(f"unknown table(s) {unknown or '(none)'}; use a subset of {', '.join(KINDS)}")
-    if n_boot < 1 or (n_perm is not None and n_perm < 1):
-        raise LofiError("--n-boot and --n-perm must be at least 1")
+    _check_request(kinds, n_boot, n_perm)
     modes = dict(modes or {})
     out = Path(out)
     tests = _Tests(_Matcher(ground_truth), n_boot, n_perm or n_boot, seed, stats)
@@ -401,8 +419,6 @@ def build_report(
     def shown(kind: str, sub: pd.DataFrame) -> list[str]:
         return order_modes(sub["mode"], modes.get(kind))
 
-    if plots:
-        from harness.report import plots as figures  # matplotlib: imported only when drawing
     # the plots show every mode the requested tables show, in their order (None: every mode in the rows)
     plot_modes = list(dict.fromkeys(m for k in kinds for m in modes[k])) if all(k in modes for k in kinds) else None
 
@@ -425,23 +441,7 @@ def build_report(
         if "strata" in kinds and shown("strata", sub):
             per_kind["strata"].append(_strata(sub, tests, shown("strata", sub), ground_truth))
         if plots:
-            tiou_png, memory_png = plot_files(out, dataset, encoder, head)
-            written.append(
-                figures.plot_map_vs_tiou(
-                    sub,
-                    tiou_png,
-                    modes=plot_modes,
-                    title=f"mAP vs tIoU — {dataset}, {encoder}, {head}",
-                )
-            )
-            written.append(
-                figures.plot_map_vs_memory(
-                    sub,
-                    memory_png,
-                    modes=plot_modes,
-                    title=f"avg mAP vs activation memory — {dataset}, {encoder}, {head}",
-                )
-            )
+            written += _draw(sub, out, (dataset, encoder, head), plot_modes)
     for dataset, sub in split_control_seeds(rows, control_seeds)[0].groupby("dataset", sort=True):
         if "models" in kinds and shown("models", sub):
             comps = tests.compare_models(sub, shown("models", sub), str(dataset))

@@ -85,6 +85,69 @@ def _verdicts(stats: Mapping[str, Comparison], labels: Mapping[str, str], main_s
     return " ".join(out)
 
 
+CONTROLS_NOTE = (
+    "Controls: floor = the ACP pipeline with the head trained and tested on all-zero features (what the temporal "
+    "prior of the segments and the video-level classifier give alone); positive control = full-fidelity "
+    "end-to-end training (e2e-full), which must beat ACP if the benchmark can see encoder training; negative "
+    "control = ACP again on other seeds, the same configuration, which the tests must not flag."
+)
+ORACLE_NOTE = (
+    "Oracle Avg (GT class): average mAP (%) of the run's own class-agnostic test proposals labelled with each "
+    "test video's ground-truth class (the label covering most of the video; one-hot class scores, top-1 class, "
+    "fused as the pipeline fuses the classifier's): the table's ceiling if the classifier were perfect; Oracle − "
+    "Avg is what the classifier costs. Cls. top-1: the video-level classifier's top-1 accuracy (%) on the test "
+    "videos against the same ground-truth class. –: not computed (no proposals / class scores recorded, or "
+    "--no-stats)."
+)
+
+
+def _control_row(
+    key: str, runs: pd.DataFrame, c: Comparison | None, label: str, where: Mapping[str, str]
+) -> tuple[dict[str, object], dict[str, object]]:
+    """Display cells and CSV numbers of one control (``key``: a mode or ``NEGATIVE``); ``where``: its dataset,
+    encoder and head."""
+    mean, sd = metric_stats(runs, "average_mAP")
+    o_mean, o_sd = metric_stats(runs, ORACLE_COLUMN)
+    t_mean, t_sd = metric_stats(runs, TOP1_COLUMN)
+    cells: dict[str, object] = {
+        "Control": CONTROL_ROLES.get(key, "other"),
+        "Config": label,
+        "Seeds": _seeds(runs),
+        "Avg": fmt_pm(mean, sd),
+    }
+    if key == BASELINE:
+        cells.update({"Δ Avg vs ACP [95% CI]": "(baseline)", "p": "", "p (Holm)": "", "": ""})
+    else:
+        cmp = comparison_cells(c)
+        cells.update(
+            {
+                "Δ Avg vs ACP [95% CI]": cmp["Δ Avg [95% CI]"],
+                "p": fmt_p(c.p_value) if c else "–",
+                "p (Holm)": cmp["p (Holm)"],
+                "": cmp[""],
+            }
+        )
+    cells["Oracle Avg (GT class)"] = fmt_pm(o_mean, o_sd)
+    cells["Cls. top-1 (%)"] = fmt_pm(t_mean, t_sd)
+    numbers = {
+        **where,
+        "control": CONTROL_ROLES.get(key, "other"),
+        "mode": BASELINE if key == NEGATIVE else key,
+        "config": label,
+        "seeds": _seeds(runs),
+        "n_seeds": int(runs["seed"].nunique()),
+        "average_mAP_mean": mean,
+        "average_mAP_sd": sd,
+        **comparison_numbers(c),
+        "oracle_average_mAP_mean": o_mean,
+        "oracle_average_mAP_sd": o_sd,
+        "oracle_gap": o_mean - mean,
+        "class_top1_mean": t_mean,
+        "class_top1_sd": t_sd,
+    }
+    return cells, numbers
+
+
 def controls_table(
     rows: pd.DataFrame,
     stats: Mapping[str, Comparison] | None = None,
@@ -110,80 +173,21 @@ def controls_table(
         entries.append((NEGATIVE, negative))
     stats = dict(stats or {})
     labels = {key: _control_label(key, runs) for key, runs in entries}
-    display_rows, numeric_rows = [], []
-    for key, runs in entries:
-        c = stats.get(key)
-        mean, sd = metric_stats(runs, "average_mAP")
-        o_mean, o_sd = metric_stats(runs, ORACLE_COLUMN)
-        t_mean, t_sd = metric_stats(runs, TOP1_COLUMN)
-        cells: dict[str, object] = {
-            "Control": CONTROL_ROLES.get(key, "other"),
-            "Config": labels[key],
-            "Seeds": _seeds(runs),
-            "Avg": fmt_pm(mean, sd),
-        }
-        if key == BASELINE:
-            cells.update({"Δ Avg vs ACP [95% CI]": "(baseline)", "p": "", "p (Holm)": "", "": ""})
-        else:
-            cmp = comparison_cells(c)
-            cells.update(
-                {
-                    "Δ Avg vs ACP [95% CI]": cmp["Δ Avg [95% CI]"],
-                    "p": fmt_p(c.p_value) if c else "–",
-                    "p (Holm)": cmp["p (Holm)"],
-                    "": cmp[""],
-                }
-            )
-        cells["Oracle Avg (GT class)"] = fmt_pm(o_mean, o_sd)
-        cells["Cls. top-1 (%)"] = fmt_pm(t_mean, t_sd)
-        display_rows.append(cells)
-        numeric_rows.append(
-            {
-                "dataset": dataset,
-                "encoder": encoder,
-                "head": head,
-                "control": CONTROL_ROLES.get(key, "other"),
-                "mode": BASELINE if key == NEGATIVE else key,
-                "config": labels[key],
-                "seeds": _seeds(runs),
-                "n_seeds": int(runs["seed"].nunique()),
-                "average_mAP_mean": mean,
-                "average_mAP_sd": sd,
-                **comparison_numbers(c),
-                "oracle_average_mAP_mean": o_mean,
-                "oracle_average_mAP_sd": o_sd,
-                "oracle_gap": o_mean - mean,
-                "class_top1_mean": t_mean,
-                "class_top1_sd": t_sd,
-            }
-        )
+    where = {"dataset": dataset, "encoder": encoder, "head": head}
+    made = [_control_row(key, runs, stats.get(key), labels[key], where) for key, runs in entries]
     comparisons = [stats[k] for k, _ in entries if k in stats]
-    used = pd.concat([runs for _, runs in entries])
-    notes = [
-        "Controls: floor = the ACP pipeline with the head trained and tested on all-zero features (what the temporal "
-        "prior of the segments and the video-level classifier give alone); positive control = full-fidelity "
-        "end-to-end training (e2e-full), which must beat ACP if the benchmark can see encoder training; negative "
-        "control = ACP again on other seeds, the same configuration, which the tests must not flag.",
-        stats_note(comparisons, main[main["mode"].isin(shown)], lambda k: labels.get(k, k)),
-    ]
+    notes = [CONTROLS_NOTE, stats_note(comparisons, main[main["mode"].isin(shown)], lambda k: labels.get(k, k))]
     if comparisons:
         notes += [
             mde_note(comparisons, lambda k: labels.get(k, k)),
             _verdicts(stats, labels, _seeds(main[main["mode"] == BASELINE])),
         ]
-    notes.append(
-        "Oracle Avg (GT class): average mAP (%) of the run's own class-agnostic test proposals labelled with each "
-        "test video's ground-truth class (the label covering most of the video; one-hot class scores, top-1 class, "
-        "fused as the pipeline fuses the classifier's): the table's ceiling if the classifier were perfect; Oracle − "
-        "Avg is what the classifier costs. Cls. top-1: the video-level classifier's top-1 accuracy (%) on the test "
-        "videos against the same ground-truth class. –: not computed (no proposals / class scores recorded, or "
-        "--no-stats)."
-    )
+    notes.append(ORACLE_NOTE)
     return Table(
         "controls",
         f"Controls: what the benchmark can see — {dataset}, {encoder}, {head}",
-        pd.DataFrame(display_rows),
-        pd.DataFrame(numeric_rows),
+        pd.DataFrame([cells for cells, _ in made]),
+        pd.DataFrame([numbers for _, numbers in made]),
         tuple(n for n in notes if n),
-        provenance(used),
+        provenance(pd.concat([runs for _, runs in entries])),
     )

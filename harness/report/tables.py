@@ -337,6 +337,30 @@ def _fidelity_names(runs: pd.DataFrame) -> list[str]:
     return list(CYCLE_ORDER) if cycle in ("long", "short") else [cycle] if cycle else []
 
 
+def _positive_mean(runs: pd.DataFrame, column: str) -> float:
+    """The mean of a column's positive values (0: nothing trained end to end, frozen-encoder modes); NaN if none."""
+    values = pd.to_numeric(runs[column], errors="coerce") if column in runs else pd.Series(dtype="float64")
+    values = values.where(values > 0)
+    return float(values.mean()) if values.notna().any() else float("nan")
+
+
+def _add_bench_cells(
+    runs: pd.DataFrame, bench: Mapping[str, Mapping[str, Any]], cells: dict[str, object], numbers: dict[str, object]
+) -> None:
+    """The step benchmark's measured peak memory, step time and frames/s of a mode's fidelity (a cycle: its
+    largest peak; no time for a cycle)."""
+    fids = _fidelity_names(runs)
+    measured = [bench[f] for f in fids if f in bench]
+    peaks = [m["peak_bytes"] for m in measured if m["peak_bytes"]]
+    one = measured[0] if len(fids) == 1 and measured else None
+    numbers["bench_peak_bytes"] = max(peaks) if peaks else float("nan")
+    numbers["bench_step_s"] = one["step_s"] if one else float("nan")
+    numbers["bench_frames_per_s"] = one["frames_per_s"] if one and one["frames_per_s"] else float("nan")
+    cells["Peak (GiB)"] = fmt_num(numbers["bench_peak_bytes"] / 2**30, 2)
+    cells["Step (s)"] = fmt_num(numbers["bench_step_s"], 3)
+    cells["Frames/s"] = fmt_num(numbers["bench_frames_per_s"], 0)
+
+
 def memory_table(
     rows: pd.DataFrame, *, modes: Sequence[str] | None = None, step_bench: Sequence[Mapping[str, Any]] = ()
 ) -> Table:
@@ -352,16 +376,11 @@ def memory_table(
     with_peak = "peak_bytes" in rows and rows["peak_bytes"].notna().any()
     display_rows, numeric_rows = [], []
 
-    def mean_of(runs: pd.DataFrame, column: str) -> float:
-        values = pd.to_numeric(runs[column], errors="coerce") if column in runs else pd.Series(dtype="float64")
-        values = values.where(values > 0)  # 0: nothing trained end to end (frozen-encoder modes)
-        return float(values.mean()) if values.notna().any() else float("nan")
-
     for encoder, group in rows.groupby("encoder", sort=True):
         for mode in order_modes(group["mode"], modes):
             runs = group[group["mode"] == mode]
             L, hw = shape_cells(runs)
-            act, full = mean_of(runs, "activation_bytes"), mean_of(runs, "activation_bytes_full")
+            act, full = _positive_mean(runs, "activation_bytes"), _positive_mean(runs, "activation_bytes_full")
             rel = relative_memory(runs)
             cells: dict[str, object] = {
                 "Encoder": encoder,
@@ -383,21 +402,12 @@ def memory_table(
                 "activation_rel": rel,
             }
             if with_peak:
-                peak = mean_of(runs, "peak_bytes")
+                peak = _positive_mean(runs, "peak_bytes")
                 cells["Peak (GiB)"], numbers["peak_bytes"] = fmt_num(peak / 2**30, 2), peak
             if bench:
-                fids = _fidelity_names(runs)
-                measured = [bench[f] for f in fids if f in bench]
-                peaks = [m["peak_bytes"] for m in measured if m["peak_bytes"]]
-                one = measured[0] if len(fids) == 1 and measured else None
-                numbers["bench_peak_bytes"] = max(peaks) if peaks else float("nan")
-                numbers["bench_step_s"] = one["step_s"] if one else float("nan")
-                numbers["bench_frames_per_s"] = one["frames_per_s"] if one and one["frames_per_s"] else float("nan")
-                cells["Peak (GiB)"] = fmt_num(numbers["bench_peak_bytes"] / 2**30, 2)
-                cells["Step (s)"] = fmt_num(numbers["bench_step_s"], 3)
-                cells["Frames/s"] = fmt_num(numbers["bench_frames_per_s"], 0)
+                _add_bench_cells(runs, bench, cells, numbers)
             for col in time_cols:
-                numbers[col] = mean = mean_of(runs, col)
+                numbers[col] = mean = _positive_mean(runs, col)
                 cells[f"{col[len('time_') : -len('_s')]} (s)"] = fmt_num(mean, 1)
             display_rows.append(cells)
             numeric_rows.append(numbers)
