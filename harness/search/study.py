@@ -297,6 +297,56 @@ def _objective(
     return objective
 
 
+def _open_study(
+    storage: Any,
+    url: str,
+    name: str,
+    o: OptunaConfig,
+    multi: bool,
+    pruner: PrunerOptions,
+    sampler_startup_trials: int,
+) -> optuna.Study:
+    """The study ``name``: created by the first worker, loaded by the others (``create_study`` resolves the race
+    through the storage); one with other objectives is an error."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        load_if_exists=True,
+        sampler=make_sampler(o.sampler_seed, startup_trials=sampler_startup_trials),
+        pruner=(
+            optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps)
+            if o.pruning and not multi  # Optuna cannot prune multi-objective trials
+            else optuna.pruners.NopPruner()
+        ),
+        **({"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}),
+    )
+    if study.directions != (
+        [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+        if multi
+        else [optuna.study.StudyDirection.MAXIMIZE]
+    ):
+        raise ConfigError(f"study {name} in {url} has other objectives; use another --storage or --out")
+    return study
+
+
+def _fill_budget(
+    study: optuna.Study, objective: Callable[..., Any], n_target: int, *, grace_period: int, poll_interval: float
+) -> None:
+    """Run trials until ``n_target`` have finished: one trial per call, recounting each time, since other workers on
+    the same storage fill the budget too."""
+    while True:
+        fail_dead_trials(study, grace_period)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(1 for t in trials if is_counted(t))
+        if finished >= n_target:
+            return
+        if sum(1 for t in trials if holds_slot(t)) >= n_target:
+            time.sleep(poll_interval)  # the last slots are running on other workers
+            continue
+        study.optimize(objective, n_trials=1, catch=(LofiError, SurplusTrial))
+
+
 def run_study(
     cfg: ExperimentConfig,
     out: Path,
@@ -327,26 +377,7 @@ def run_study(
     url = storage or default_storage(out)
     name = study_name(cfg, multi)
     storage_obj = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Created by the first worker; the others load it (create_study resolves the race through the storage).
-    study = optuna.create_study(
-        storage=storage_obj,
-        study_name=name,
-        load_if_exists=True,
-        sampler=make_sampler(o.sampler_seed, startup_trials=sampler_startup_trials),
-        pruner=(
-            optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps)
-            if o.pruning and not multi  # Optuna cannot prune multi-objective trials
-            else optuna.pruners.NopPruner()
-        ),
-        **({"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}),
-    )
-    if study.directions != (
-        [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
-        if multi
-        else [optuna.study.StudyDirection.MAXIMIZE]
-    ):
-        raise ConfigError(f"study {name} in {url} has other objectives; use another --storage or --out")
+    study = _open_study(storage_obj, url, name, o, multi, pruner, sampler_startup_trials)
     use_pruner = o.pruning and not multi
     log.info("study %s (%s): %d of %d trials finished", name, url, len(counted_trials(study)), n_target)
     admitted_numbers: list[int] = []
@@ -356,18 +387,9 @@ def run_study(
         tags={"optuna_study": name, "optuna_storage": url, "multi_objective": str(multi)},
     ) as parent:
         parent.log_params(
-            {
-                "study": name,
-                "storage": url,
-                "trials": n_target,
-                "sampler_seed": o.sampler_seed,
-                "r_t_range": list(o.r_t),
-                "r_s_range": list(o.r_s),
-                "multi_objective": multi,
-                "pruning": use_pruner,
-                "search_seed": o.search_seed,
-                "commit": git_commit(_PACKAGE_DIR),
-            }
+            {"study": name, "storage": url, "trials": n_target, "sampler_seed": o.sampler_seed}
+            | {"r_t_range": list(o.r_t), "r_s_range": list(o.r_s), "multi_objective": multi, "pruning": use_pruner}
+            | {"search_seed": o.search_seed, "commit": git_commit(_PACKAGE_DIR)}
         )
         objective = _objective(
             cfg,
@@ -380,17 +402,7 @@ def run_study(
             heartbeat_interval=heartbeat_interval,
             admitted_numbers=admitted_numbers,
         )
-        # One trial per call, recounting each time: other workers on the same storage fill the budget too.
-        while True:
-            fail_dead_trials(study, grace_period)
-            trials = study.get_trials(deepcopy=False)
-            finished = sum(1 for t in trials if is_counted(t))
-            if finished >= n_target:
-                break
-            if sum(1 for t in trials if holds_slot(t)) >= n_target:
-                time.sleep(poll_interval)  # the last slots are running on other workers
-                continue
-            study.optimize(objective, n_trials=1, catch=(LofiError, SurplusTrial))
+        _fill_budget(study, objective, n_target, grace_period=grace_period, poll_interval=poll_interval)
         counted, done = counted_trials(study), _completed(study)
         parent.log_metrics(
             {

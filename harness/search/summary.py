@@ -237,37 +237,12 @@ def _noise_text(study: optuna.Study, noise: SeedNoise, search_seed: int) -> str:
     )
 
 
-def render_report(
-    result: SearchResult,
-    cfg: ExperimentConfig,
-    fresh_rows: Sequence[Mapping[str, Any]],
-    plots: Mapping[str, Path | str],
-    report: Path,
-    *,
-    date: str | None = None,
-    commit: str | None = None,
-) -> str:
-    """The Markdown report: every number comes from the study or the rows."""
+def _ranked_table(result: SearchResult, fid: Any) -> str:
+    """The best trials by validation average mAP (``ranked_trials``) as a Markdown table."""
     from tabulate import tabulate
 
-    from harness.report.stats import mean_sd
-
-    study, o, fid = result.study, cfg.sweep.optuna, cfg.fidelity
-    lines = [f"# Optuna search over (r_t, r_s): {cfg.data.name} / {cfg.encoder.name} / {cfg.head.name}", ""]
-    objectives = (
-        "validation average mAP ↑, activation memory relative to full fidelity ↓"
-        if result.multi_objective
-        else "validation average mAP ↑"
-    )
-    states = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in TrialState}
-    lines += [
-        f"Objective: {objectives} ({cfg.data.val_subset} split). Search ranges: r_t ∈ [{o.r_t[0]:g}, {o.r_t[1]:g}], "
-        f"r_s ∈ [{o.r_s[0]:g}, {o.r_s[1]:g}]; full fidelity L={fid.snippets}, size={fid.size}. "
-        f"Trials: {', '.join(f'{v} {k.lower()}' for k, v in states.items() if v)}.",
-        "",
-    ]
     rows = []
-    for t in ranked_trials(study):
+    for t in ranked_trials(result.study):
         L, size = fidelity_shape(fid.snippets, fid.size, t.params["r_t"], t.params["r_s"])
         mem = t.values[1] if result.multi_objective and t.values else t.user_attrs.get(MEMORY_KEY)
         rows.append(
@@ -282,19 +257,90 @@ def render_report(
                 t.state.name,
             ]
         )
-    noise = seed_noise(study, cfg, fresh_rows)
-    lines += [f"## Best trials (top {TOP_K} by validation average mAP)", ""]
-    lines += [
-        tabulate(
-            rows,
-            headers=["trial", "r_t", "r_s", "L", "size", "val avg mAP", "activation_rel", "state"],
-            tablefmt="github",
-            disable_numparse=True,
-        )
-        if rows
-        else "No trial finished with a validation score.",
+    if not rows:
+        return "No trial finished with a validation score."
+    return tabulate(
+        rows,
+        headers=["trial", "r_t", "r_s", "L", "size", "val avg mAP", "activation_rel", "state"],
+        tablefmt="github",
+        disable_numparse=True,
+    )
+
+
+def _best_on_test(study: optuna.Study, cfg: ExperimentConfig, fresh_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's section on the best ratios re-run with fresh seeds on the test split."""
+    from tabulate import tabulate
+
+    from harness.report.stats import mean_sd
+
+    o, fid = cfg.sweep.optuna, cfg.fidelity
+    b = best_trial(study)
+    L, size = fidelity_shape(fid.snippets, fid.size, b.params["r_t"], b.params["r_s"])
+    tests = [float(r[TEST_KEY]) for r in fresh_rows]
+    m, sd = mean_sd(tests)
+    table = tabulate(
+        [
+            [
+                b.number,
+                _fmt(b.params["r_t"], 3),
+                _fmt(b.params["r_s"], 3),
+                L,
+                size,
+                f"{_fmt(float(b.values[0]))} (seed {o.search_seed})",
+                (f"{_fmt(m)} ± {_fmt(sd)}" if tests else "–")
+                + f" (seeds {', '.join(map(str, o.fresh_seeds)) or 'none'}; n={len(tests)})",
+            ]
+        ],
+        headers=[
+            "trial",
+            "r_t",
+            "r_s",
+            "L",
+            "size",
+            "val avg mAP (search)",
+            f"test avg mAP ({cfg.data.test_subset}), fresh seeds",
+        ],
+        tablefmt="github",
+        disable_numparse=True,
+    )
+    return [
+        "## Best ratios on the test split",
+        "",
+        table,
+        "",
+        "The search never saw the test split: trials are ranked on validation mAP only; the test column re-runs "
+        "the best ratios with seeds the search did not use (mean ± sample sd).",
         "",
     ]
+
+
+def render_report(
+    result: SearchResult,
+    cfg: ExperimentConfig,
+    fresh_rows: Sequence[Mapping[str, Any]],
+    plots: Mapping[str, Path | str],
+    report: Path,
+    *,
+    date: str | None = None,
+    commit: str | None = None,
+) -> str:
+    """The Markdown report: every number comes from the study or the rows."""
+    study, o, fid = result.study, cfg.sweep.optuna, cfg.fidelity
+    lines = [f"# Optuna search over (r_t, r_s): {cfg.data.name} / {cfg.encoder.name} / {cfg.head.name}", ""]
+    objectives = (
+        "validation average mAP ↑, activation memory relative to full fidelity ↓"
+        if result.multi_objective
+        else "validation average mAP ↑"
+    )
+    states = {s.name: sum(t.state == s for t in study.get_trials(deepcopy=False)) for s in TrialState}
+    lines += [
+        f"Objective: {objectives} ({cfg.data.val_subset} split). Search ranges: r_t ∈ [{o.r_t[0]:g}, {o.r_t[1]:g}], "
+        f"r_s ∈ [{o.r_s[0]:g}, {o.r_s[1]:g}]; full fidelity L={fid.snippets}, size={fid.size}. "
+        f"Trials: {', '.join(f'{v} {k.lower()}' for k, v in states.items() if v)}.",
+        "",
+    ]
+    noise = seed_noise(study, cfg, fresh_rows)
+    lines += [f"## Best trials (top {TOP_K} by validation average mAP)", "", _ranked_table(result, fid), ""]
     lines += [_noise_text(study, noise, o.search_seed), ""]
     if result.multi_objective:
         front = sorted(study.best_trials, key=lambda t: t.values[1])
@@ -311,44 +357,7 @@ def render_report(
     if failed:
         lines += ["Failed trials: " + "; ".join(f"trial {t.number}: {t.user_attrs['error']}" for t in failed), ""]
     if _completed(study):
-        b = best_trial(study)
-        L, size = fidelity_shape(fid.snippets, fid.size, b.params["r_t"], b.params["r_s"])
-        tests = [float(r[TEST_KEY]) for r in fresh_rows]
-        m, sd = mean_sd(tests)
-        lines += ["## Best ratios on the test split", ""]
-        lines += [
-            tabulate(
-                [
-                    [
-                        b.number,
-                        _fmt(b.params["r_t"], 3),
-                        _fmt(b.params["r_s"], 3),
-                        L,
-                        size,
-                        f"{_fmt(float(b.values[0]))} (seed {o.search_seed})",
-                        (f"{_fmt(m)} ± {_fmt(sd)}" if tests else "–")
-                        + f" (seeds {', '.join(map(str, o.fresh_seeds)) or 'none'}; n={len(tests)})",
-                    ]
-                ],
-                headers=[
-                    "trial",
-                    "r_t",
-                    "r_s",
-                    "L",
-                    "size",
-                    "val avg mAP (search)",
-                    f"test avg mAP ({cfg.data.test_subset}), fresh seeds",
-                ],
-                tablefmt="github",
-                disable_numparse=True,
-            ),
-            "",
-        ]
-        lines += [
-            "The search never saw the test split: trials are ranked on validation mAP only; the test column re-runs "
-            "the best ratios with seeds the search did not use (mean ± sample sd).",
-            "",
-        ]
+        lines += _best_on_test(study, cfg, fresh_rows)
     lines += ["## Plots", ""]
     for kind, title in (
         ("contour", "Contour of validation mAP over (r_t, r_s)"),
