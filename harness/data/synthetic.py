@@ -795,12 +795,12 @@ def video_strata(plan: SynthPlan) -> dict[str, dict[str, list[str]]]:
     return {"cue band": bands}
 
 
-def _identity(plan: SynthPlan) -> dict[str, object]:
+def _identity(profile: SynthProfile, seed: int) -> dict[str, object]:
     return {
-        "profile": plan.profile.name,
-        "seed": plan.seed,
+        "profile": profile.name,
+        "seed": seed,
         "generator_version": GENERATOR_VERSION,
-        "parameters": json.loads(json.dumps(asdict(plan.profile))),
+        "parameters": json.loads(json.dumps(asdict(profile))),
     }
 
 
@@ -924,11 +924,11 @@ def generate(profile: str, seed: int, out: Path, *, progress: bool = True, worke
     from harness.data.annotations import write_activitynet_json
 
     out = Path(out).resolve()
-    plan = make_plan(profile, seed)
-    ident = _identity(plan)
-    if _check_out(out, ident):
+    ident = _identity(get_profile(profile), seed)
+    if _check_out(out, ident):  # the identity needs the profile alone: a complete folder costs no plan (issue 18)
         log.info("%s already holds the complete synthetic benchmark (%s); nothing to do", out, _describe(ident))
         return out
+    plan = make_plan(profile, seed)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / STAMP, ident)
     _remove_stale_temporaries(out)
