@@ -158,3 +158,34 @@ def test_bench_memory_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) ->
     args = ["bench", "memory", "--encoder", "tsm_resnet_tiny", "--head", "gtad", "--snippets", "0", "--size", "32"]
     assert main([*args, "--frames", "1"]) == 2
     assert "--snippets must be >= 1" in capsys.readouterr().err
+
+
+def test_row_memory_cache_gives_the_same_counts_without_building_the_encoder(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row's activation memory (``run._memory``) from its per-shape cache equals the count itself, for every
+    mode; a warm cache builds no encoder; a changed input (here the LoFi head) or a foreign file counts again."""
+    import harness.pipeline.models as models
+    from harness.experiment import load_experiment
+    from harness.pipeline.plan import MODE_PLAN
+    from harness.pipeline.run import _memory
+
+    cfg = load_experiment("config/smoke.yaml")
+    modes = [m for m in MODE_PLAN if m != "lofi-custom"]
+    direct = {m: _memory(cfg, m) for m in modes}
+    cache = tmp_path / "cache"
+    assert {m: _memory(cfg, m, cache=cache) for m in modes} == direct  # cold: counted, then written
+    assert len(list(cache.glob("*.json"))) == 4  # full, S, T, ST
+
+    def no_encoder(*_a, **_k):
+        raise AssertionError("a warm cache must not build the encoder")
+
+    monkeypatch.setattr(models, "build_encoder", no_encoder)
+    assert {m: _memory(cfg, m, cache=cache) for m in modes} == direct  # warm
+    bmn = cfg.model_copy(update={"lofi": cfg.lofi.model_copy(update={"head": "bmn"})})
+    with pytest.raises(AssertionError, match="warm cache"):
+        _memory(bmn, "lofi-S", cache=cache)
+    monkeypatch.undo()
+    for f in cache.glob("*.json"):
+        f.write_text('{"activation_bytes": 1}')  # not ours: ignored, counted again, rewritten
+    assert _memory(cfg, "lofi-long", cache=cache) == direct["lofi-long"]

@@ -11,6 +11,7 @@ DONE = "done.json"  # every stage, written last: its key and the files it produc
 SCORES = "class_scores.json"  # classifier stage: video-level class scores
 METRICS = "metrics.json"  # head stage and run folder
 ROW = "row.json"  # run folder: the tidy results row every table is built from
+MEMORY_CACHE = ".activation_memory"  # stages root: one JSON per counted shape (the row's activation memory)
 
 
 def results_file(kind: str, split: str) -> str:

@@ -3,6 +3,8 @@ and the tidy results row that every table is built from."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import time
@@ -18,7 +20,7 @@ from harness.experiment import ExperimentConfig, config_hash
 from harness.fidelity import fidelity_shape
 from harness.io import read_json_object, remove_orphans, write_json_atomic, write_text_atomic
 from harness.pipeline.distributed import barrier, current
-from harness.pipeline.files import DONE, METRICS, ROW
+from harness.pipeline.files import DONE, MEMORY_CACHE, METRICS, ROW
 from harness.pipeline.plan import MODE_PLAN, RunPlan, Stage, plan_run
 from harness.pipeline.row import build_row
 from harness.pipeline.runtime import Env
@@ -55,30 +57,107 @@ def mode_fidelities(cfg: ExperimentConfig, mode: str) -> list[tuple[str, float, 
     return [(cycle, *PAPER_RATIOS[cycle])]
 
 
-def _memory(cfg: ExperimentConfig, mode: str) -> dict[str, float]:
+def _memory(cfg: ExperimentConfig, mode: str, cache: Path | None = None) -> dict[str, float]:
     """Activation bytes of one LoFi training step (batch 1) at the mode's fidelities, and at full fidelity.
 
     Counted on the meta device: shapes only, nothing allocated, so a full-fidelity step that would not fit the
-    machine (TSM-R18 at 100 × 8 × 224² keeps ~20 GB per video) is still measured."""
-    from harness.bench.memory import measure_step_memory
-    from harness.pipeline.models import build_encoder, build_head
+    machine (TSM-R18 at 100 × 8 × 224² keeps ~20 GB per video) is still measured. Each shape's count is kept in
+    ``cache`` (a folder; None: none), so that the sweep's head jobs, which share a few shapes, build the encoder
+    (and import timm) only for a shape not yet counted (issue 18)."""
+    fid = cfg.fidelity
+    shapes = {(r_t, r_s): fidelity_shape(fid.snippets, fid.size, r_t, r_s) for r_t, r_s in _memory_points(cfg, mode)}
+    counted = _activation_bytes(cfg, sorted(set(shapes.values())), cache)
+    full = counted[shapes[(1.0, 1.0)]]
+    used = max((counted[shapes[(r_t, r_s)]] for _, r_t, r_s in mode_fidelities(cfg, mode)), default=0)
+    return {"activation_bytes": used, "activation_bytes_full": full, "activation_rel": used / full if full else 0.0}
+
+
+def _memory_points(cfg: ExperimentConfig, mode: str) -> list[tuple[float, float]]:
+    """(r_t, r_s) of full fidelity and of every fidelity the mode trains at."""
+    return [(1.0, 1.0), *((r_t, r_s) for _, r_t, r_s in mode_fidelities(cfg, mode))]
+
+
+def _activation_bytes(
+    cfg: ExperimentConfig, shapes: list[tuple[int, int]], cache: Path | None
+) -> dict[tuple[int, int], int]:
+    """{(L, size): activation bytes of one step of the encoder + ``lofi.head`` at that shape}: from ``cache`` where
+    a file for exactly these inputs exists, else counted (``measure_step_memory``) and written there."""
+    from harness.pipeline.models import head_kwargs
 
     fid = cfg.fidelity
-    enc = build_encoder(cfg, from_weights=False)
+    inputs = {
+        shape: {
+            "encoder": to_dict(cfg.encoder),
+            "head": cfg.lofi.head,
+            "head_kwargs": head_kwargs(cfg, cfg.lofi.head),
+            "snippets": shape[0],
+            "frames": fid.frames,
+            "size": shape[1],
+            "code": _memory_code_fingerprint(),
+        }
+        for shape in shapes
+    }
+    files = (
+        {
+            shape: cache / f"{hashlib.sha256(json.dumps(i, sort_keys=True).encode()).hexdigest()[:24]}.json"
+            for shape, i in inputs.items()
+        }
+        if cache is not None
+        else {}
+    )
+    counted = {shape: n for shape in shapes if (n := _cached_bytes(files.get(shape), inputs[shape])) is not None}
+    missing = [shape for shape in shapes if shape not in counted]
+    if missing:
+        from harness.bench.memory import measure_step_memory
+        from harness.pipeline.models import build_encoder, build_head
 
-    def at(r_t: float, r_s: float) -> int:
-        L, size = fidelity_shape(fid.snippets, fid.size, r_t, r_s)
-        head = build_head(cfg, cfg.lofi.head, in_features=enc.num_features, temporal_length=L)
-        return int(
-            measure_step_memory(
-                enc, head, batch=1, snippets=L, frames=fid.frames, size=size, device="meta"
-            ).activation_bytes
-        )
+        enc = build_encoder(cfg, from_weights=False)
+        for L, size in missing:
+            head = build_head(cfg, cfg.lofi.head, in_features=enc.num_features, temporal_length=L)
+            report = measure_step_memory(enc, head, batch=1, snippets=L, frames=fid.frames, size=size, device="meta")
+            counted[(L, size)] = int(report.activation_bytes)
+            if cache is not None:
+                write_json_atomic(
+                    files[(L, size)], {"inputs": inputs[(L, size)], "activation_bytes": counted[(L, size)]}
+                )
+    return counted
 
-    full = at(1.0, 1.0)
-    fids = mode_fidelities(cfg, mode)
-    used = max((at(r_t, r_s) for _, r_t, r_s in fids), default=0)
-    return {"activation_bytes": used, "activation_bytes_full": full, "activation_rel": used / full if full else 0.0}
+
+def _cached_bytes(path: Path | None, inputs: dict) -> int | None:
+    """The count a cache file holds for exactly ``inputs`` (None: no such file, or not one we wrote)."""
+    if path is None:
+        return None
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(found, dict) and found.get("inputs") == inputs and type(found.get("activation_bytes")) is int
+    return found["activation_bytes"] if ok else None
+
+
+@functools.cache
+def _memory_code_fingerprint() -> str:
+    """What a count depends on besides its inputs: the encoder, head and counting code, torch's and timm's
+    versions (a changed file or version counts every shape again)."""
+    import importlib.metadata
+    import importlib.util
+
+    import torch
+
+    digest = hashlib.sha256()
+    files: list[Path] = []
+    for package in ("encoders", "heads"):
+        spec = importlib.util.find_spec(package)
+        for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+            files.extend(sorted(Path(folder).glob("*.py")))
+    here = Path(__file__).resolve().parent
+    files += [here.parent / "bench" / "memory.py", here / "models.py", here.parent / "fidelity.py"]
+    for f in files:  # a file moved away changes the fingerprint too
+        digest.update(f.name.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"") + b"\0")
+    for dist in ("timm", "torchvision"):  # dependencies of the package: installed wherever it is
+        digest.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+    digest.update(f"torch={torch.__version__}".encode())
+    return digest.hexdigest()[:16]
 
 
 def run_stage(
@@ -205,7 +284,7 @@ def run_all(
             plan,
             fids=mode_fidelities(cfg, mode),
             metrics=metrics,
-            memory=_memory(cfg, mode),
+            memory=_memory(cfg, mode, cache=(stages_root if stages_root is not None else out) / MEMORY_CACHE),
             times=times,
             scores=scores,
             run={
