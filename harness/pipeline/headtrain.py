@@ -191,6 +191,7 @@ def run(ctx: StageContext) -> StageResult:
         return video_class_scores(cfg, classifier, class_scores, x, videos, ds.classes, device)
 
     x_val = load_features(features, [v.id for v in val])
+    validated: dict[int, tuple[dict, dict, dict]] = {}
     history = _fit_head(
         cfg,
         (head, trained, opt),
@@ -202,13 +203,17 @@ def run(ctx: StageContext) -> StageResult:
         device=device,
         tracker=ctx.tracker,
         on_epoch=ctx.on_epoch,
+        validated=validated,
     )
     train_time = time.perf_counter() - t0
     evaluated = (
         ("validation", cfg.data.val_subset, val),
         ("testing", cfg.data.test_subset, splits[cfg.data.test_subset]),
     )
-    metrics, written = _predict_and_evaluate(cfg, head, ds, features, evaluated, scores_of, device, ctx.out)
+    # the last epoch's validation is the trained head's: its predictions are the final ones (issue 18)
+    final = validated.get(hc.optim.epochs - 1)
+    done = {"validation": final} if final is not None else {}
+    metrics, written = _predict_and_evaluate(cfg, head, ds, features, evaluated, scores_of, device, ctx.out, done)
     result = _head_result(metrics, history, train_time, ctx.tracker.run_id, current().size)
     if current().main:
         _publish(ctx.out, result, ctx.tracker)
@@ -268,9 +273,11 @@ def _fit_head(
     device: torch.device,
     tracker: MlflowTracker | NullTracker,
     on_epoch: Callable[[int, float], None] | None,
+    validated: dict[int, tuple[dict, dict, dict]] | None = None,
 ) -> list[dict[str, float]]:
     """The head's training loop (``fit``): ``model`` = (head, its DDP wrapper, optimiser); validation mAP after every
-    ``head.validate_every``-th epoch on ``validation`` = (features, class scores, videos). Returns the history."""
+    ``head.validate_every``-th epoch on ``validation`` = (features, class scores, videos). Returns the history;
+    ``validated[epoch]`` receives each validation's (detections, proposals, metrics) (the last epoch's only)."""
     from heads.losses import tal_loss
 
     head, trained, opt = model
@@ -294,7 +301,10 @@ def _fit_head(
         if not hc.validate_every or (epoch + 1) % hc.validate_every:
             return {}
         det, prop = predict(cfg, head, s_val, x_val, val, ds.classes, device)
-        return {"val_average_mAP": evaluate_split(ds, cfg.data.val_subset, det, prop)["average_mAP"]}
+        metrics = evaluate_split(ds, cfg.data.val_subset, det, prop)
+        if validated is not None and epoch == hc.optim.epochs - 1:
+            validated[epoch] = (det, prop, metrics)
+        return {"val_average_mAP": metrics["average_mAP"]}
 
     def report(epoch: int, history: list[dict[str, float]]) -> None:
         if on_epoch is not None and "val_average_mAP" in history[-1]:
@@ -326,19 +336,24 @@ def _predict_and_evaluate(
     scores_of: Callable[[torch.Tensor, list[Video]], np.ndarray],
     device: torch.device,
     out: Path,
+    done: dict[str, tuple[dict, dict, dict]] | None = None,
 ) -> tuple[dict[str, dict], list[Path]]:
     """Predict every (name, subset, videos) in ``evaluated``, write its predictions and proposals (rank 0) and
-    evaluate them: ({name: metrics}, the files written)."""
+    evaluate them: ({name: metrics}, the files written). ``done[name]``: (detections, proposals, metrics) of that
+    subset already predicted and evaluated with this head (the last epoch's validation), written as they are."""
     metrics: dict[str, dict] = {}
     written = []
     for name, subset, vids in evaluated:
-        x = load_features(features, [v.id for v in vids])
-        det, prop = predict(cfg, head, scores_of(x, vids), x, vids, ds.classes, device)
+        if done and name in done:
+            det, prop, metrics[name] = done[name]
+        else:
+            x = load_features(features, [v.id for v in vids])
+            det, prop = predict(cfg, head, scores_of(x, vids), x, vids, ds.classes, device)
+            metrics[name] = evaluate_split(ds, subset, det, prop)
         for kind, results in (("predictions", det), ("proposals", prop)):
             if current().main:  # every rank predicts the same (its head is the same); one writes
                 write_json_atomic(out / results_file(kind, name), _results_file(results), indent=None)
             written.append(out / results_file(kind, name))
-        metrics[name] = evaluate_split(ds, subset, det, prop)
     return metrics, written
 
 
