@@ -120,6 +120,22 @@ GPU = CFG.sweep.gpu_per_job
 MEM_MB = CFG.sweep.mem_mb_per_job
 RUNTIME = CFG.sweep.runtime_per_job  # minutes
 LIGHT = {"mem_mb": 2000, "runtime": 30}
+# No more cores than this machine has CPUs where the jobs run on it (issue 18): `--cores 8` on a 2-CPU machine would
+# run 8 single-threaded torch jobs (and fan-out jobs of 8 processes) on 2 CPUs. A cluster executor's --cores is the
+# cluster's and its jobs re-read this file: both left alone; a smaller count than the CPUs is kept as asked.
+if workflow.local_exec and workflow.is_main_process:
+    try:
+        _ASKED = workflow.cores
+    except WorkflowError:  # no --cores where no job runs (--report)
+        _ASKED = None
+    _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if _ASKED is not None and _ASKED > _CPUS:
+        workflow.global_resources["_cores"] = _CPUS
+        if _runs_jobs(sys.argv[1:]):
+            print(
+                f"lofi-bench: --cores {_ASKED} on a machine with {_CPUS} CPU(s): at most {_CPUS} job(s) at a time",
+                file=sys.stderr,
+            )
 # Jobs that fan out over processes (rendering the synthetic data, decoding frames): at most 8, never more than
 # Snakemake's cores. Decided from `workflow.cores` alone, never from this machine's CPU count: on a cluster the
 # submitting process and the job read the same --cores (the executor passes it on), so the --cpus-per-task a job
