@@ -314,3 +314,26 @@ def test_temporal_shift_matches_the_plain_version(channels_last, n, c, n_segment
     (out * probe).sum().backward()
     (ref * probe).sum().backward()
     assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("name", ["tsm_resnet_tiny", "tsm_resnet18"])
+def test_inference_max_pool_gives_the_same_bits(name: str) -> None:
+    """Without autograd the stem's max pool runs channels-last (``encoders.tsm._max_pool``): the features are the
+    same bit for bit as with autograd (the plain pool), ties of ReLU zeros and NaNs included."""
+    from encoders.tsm import _max_pool
+
+    torch.manual_seed(0)
+    enc = create_encoder(name).eval()
+    x = torch.rand(2, 3, 2, 3, 48, 48)
+    with torch.no_grad():
+        fast = enc(x)
+    slow = enc(x).detach()
+    assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))
+    pool = torch.nn.MaxPool2d(3, 2, 1)
+    h = torch.relu(torch.randn(4, 8, 17, 17))
+    h[0, 0, 3, 3] = float("nan")
+    h[1, :, :4] = -0.0
+    with torch.no_grad():
+        out = _max_pool(pool, h)
+    assert out.is_contiguous()
+    assert torch.equal(out.view(torch.int32), pool(h).view(torch.int32))
