@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the rendered content or the plan changes: directories made by an older generator are then refused
 # instead of being silently mixed with new files on resume.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -97,6 +97,10 @@ class SynthProfile:
     # twitch_frames frames: a brief event that marks the boundary to the frame
     twitch: float = 0.08
     twitch_frames: int = 2
+    # v5: the checker periods of the ACP clips' flicker, one drawn per clip (empty: the coarse band only, as v4).
+    # Kinetics shows motion at many scales; clips at two scales give the frozen encoder a flicker detector that
+    # is not tied to one checker size (docs/synthetic.md, "Design decisions").
+    clip_flicker_periods: tuple[float, ...] = ()
 
 
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
@@ -133,6 +137,7 @@ PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
             clip_frames=12,  # pre-training samples 2 frames 6 apart: the flicker always shows
             num_image_classes=8,
             images_per_class=100,
+            clip_flicker_periods=(0.109375, 0.21875),  # 7 and 14 px at 64^2 (the coarse band, and half of it)
         ),
         "colour-cue": SynthProfile(
             name="colour-cue",
@@ -765,7 +770,9 @@ def render_acp_clip(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
     env = np.ones(p.clip_frames)
     if p.cue == "flicker":
         env = env * cls.motion.speed
-        p = replace(p, flicker_periods=(p.flicker_periods[-1],) * len(p.flicker_periods))
+        # one period per clip, drawn as a video's band is (the same draw: v4's clips keep their bytes)
+        periods = p.clip_flicker_periods or (p.flicker_periods[-1],) * len(p.flicker_periods)
+        p = replace(p, flicker_periods=periods)
     return render_clip(numpy_rng(plan.seed, "synthetic", "clip", item.id), cls, env, p)
 
 
