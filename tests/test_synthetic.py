@@ -382,6 +382,25 @@ def test_v4_fine_band_vanishes_at_half_resolution_coarse_survives() -> None:
     assert left["fine"] < 0.35 and left["coarse"] > 0.7, left
 
 
+def test_v5_acp_clips_flicker_at_two_scales_and_still_clips_hold() -> None:
+    """The default profile's ACP source: the ``flicker`` classes' checker flickers in every clip, at each of
+    ``clip_flicker_periods`` in some clips (a flicker detector not tied to one checker size); the ``still``
+    classes' checker holds on or off for the whole clip."""
+    plan = S.make_plan("default", 0)
+    assert len(plan.profile.clip_flicker_periods) == 2
+    periods: set[float] = set()
+    for item in plan.clips:
+        scene, _ = S.acp_clip_scene(plan, item)
+        state = np.broadcast_to(scene.actor.cue_contrast, (plan.profile.clip_frames,))
+        if item.label.endswith("-flicker"):
+            # frames 6 apart (the pre-training sampler's pair) always differ
+            assert np.all(state[6:] != state[:-6]), item.id
+            periods.add(scene.actor.cue_period)
+        else:
+            assert item.label.endswith("-still") and len(set(state.tolist())) == 1, item.id
+    assert periods == set(plan.profile.clip_flicker_periods)
+
+
 @pytest.mark.parametrize("profile", ["smoke", "default"])
 def test_planned_segments_never_pass_the_video_end(profile: str) -> None:
     """Regression: rounding to centiseconds once put an end 5 ms past a 12.375 s video (default profile, seed 0)."""

@@ -762,9 +762,10 @@ def render_video(plan: SynthPlan, video: PlannedVideo) -> np.ndarray:
     return render_scene(video_scene(plan, video), plan.profile)
 
 
-def render_acp_clip(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
-    """A trimmed clip of an ACP class (nothing to localise). colour-cue: the texture scrolls throughout. v4: the
-    coarse checker flickers throughout (``flicker`` classes) or holds on or off (``still`` classes)."""
+def acp_clip_scene(plan: SynthPlan, item: PlannedItem) -> tuple[Scene, SynthProfile]:
+    """The scene of one ACP clip (nothing to localise) and the profile it renders with. colour-cue: the texture
+    scrolls throughout. v4/v5: the checker flickers throughout (``flicker`` classes) or holds on or off (``still``
+    classes), at one of ``clip_flicker_periods`` (v4: the coarse band)."""
     p = plan.profile
     cls = plan.class_by_name[item.label]
     env = np.ones(p.clip_frames)
@@ -773,7 +774,12 @@ def render_acp_clip(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
         # one period per clip, drawn as a video's band is (the same draw: v4's clips keep their bytes)
         periods = p.clip_flicker_periods or (p.flicker_periods[-1],) * len(p.flicker_periods)
         p = replace(p, flicker_periods=periods)
-    return render_clip(numpy_rng(plan.seed, "synthetic", "clip", item.id), cls, env, p)
+    return make_scene(numpy_rng(plan.seed, "synthetic", "clip", item.id), cls, env, p), p
+
+
+def render_acp_clip(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
+    """uint8 (T, H, W, 3) of one ACP clip (``acp_clip_scene``)."""
+    return render_scene(*acp_clip_scene(plan, item))
 
 
 def render_image(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
