@@ -383,10 +383,10 @@ def test_v4_fine_band_vanishes_at_half_resolution_coarse_survives() -> None:
 
 
 def test_v5_acp_clips_flicker_at_two_scales_and_still_clips_hold() -> None:
-    """The default profile's ACP source: the ``flicker`` classes' checker flickers in every clip, at each of
+    """The `flicker-v5` design profile's ACP source: the ``flicker`` classes' checker flickers in every clip, at each of
     ``clip_flicker_periods`` in some clips (a flicker detector not tied to one checker size); the ``still``
     classes' checker holds on or off for the whole clip."""
-    plan = S.make_plan("default", 0)
+    plan = S.make_plan("flicker-v5", 0)
     assert len(plan.profile.clip_flicker_periods) == 2
     periods: set[float] = set()
     for item in plan.clips:

@@ -97,67 +97,68 @@ class SynthProfile:
     # twitch_frames frames: a brief event that marks the boundary to the frame
     twitch: float = 0.08
     twitch_frames: int = 2
-    # v5: the checker periods of the ACP clips' flicker, one drawn per clip (empty: the coarse band only, as v4).
+    # The checker periods of the ACP clips' flicker, one drawn per clip (empty: the coarse band only, as in v4).
     # Kinetics shows motion at many scales; clips at two scales give the frozen encoder a flicker detector that
-    # is not tied to one checker size (docs/synthetic.md, "Design decisions").
+    # is not tied to one checker size (the `flicker-v5` design profile; docs/synthetic.md, "The next design step").
     clip_flicker_periods: tuple[float, ...] = ()
 
 
-PROFILES: Mapping[str, SynthProfile] = MappingProxyType(
-    {
-        "smoke": SynthProfile(
-            name="smoke",
-            num_classes=4,
-            num_training=12,
-            num_validation=6,
-            num_testing=6,
-            frame_size=32,
-            fps=8.0,
-            min_frames=48,
-            max_frames=48,
-            num_clip_classes=4,
-            clips_per_class=6,
-            clip_frames=12,  # pre-training samples 2 frames 6 apart: the flicker always shows
-            num_image_classes=4,
-            images_per_class=8,
-            flicker_periods=(0.125, 0.25),  # 4 / 8 px at 32^2: smoke is for CI, not for measuring
-        ),
-        "default": SynthProfile(
-            name="default",
-            num_classes=8,
-            num_training=160,
-            num_validation=60,
-            num_testing=240,
-            frame_size=64,
-            fps=8.0,
-            min_frames=96,
-            max_frames=128,
-            num_clip_classes=8,
-            clips_per_class=40,
-            clip_frames=12,  # pre-training samples 2 frames 6 apart: the flicker always shows
-            num_image_classes=8,
-            images_per_class=100,
-            clip_flicker_periods=(0.109375, 0.21875),  # 7 and 14 px at 64^2 (the coarse band, and half of it)
-        ),
-        "colour-cue": SynthProfile(
-            name="colour-cue",
-            num_classes=8,
-            num_training=160,
-            num_validation=60,
-            num_testing=240,
-            frame_size=64,
-            fps=8.0,
-            min_frames=96,
-            max_frames=128,
-            num_clip_classes=8,
-            clips_per_class=40,
-            clip_frames=16,
-            num_image_classes=8,
-            images_per_class=100,
-            cue="scroll",
-        ),
-    }
-)
+_PROFILES: dict[str, SynthProfile] = {
+    "smoke": SynthProfile(
+        name="smoke",
+        num_classes=4,
+        num_training=12,
+        num_validation=6,
+        num_testing=6,
+        frame_size=32,
+        fps=8.0,
+        min_frames=48,
+        max_frames=48,
+        num_clip_classes=4,
+        clips_per_class=6,
+        clip_frames=12,  # pre-training samples 2 frames 6 apart: the flicker always shows
+        num_image_classes=4,
+        images_per_class=8,
+        flicker_periods=(0.125, 0.25),  # 4 / 8 px at 32^2: smoke is for CI, not for measuring
+    ),
+    "default": SynthProfile(
+        name="default",
+        num_classes=8,
+        num_training=160,
+        num_validation=60,
+        num_testing=240,
+        frame_size=64,
+        fps=8.0,
+        min_frames=96,
+        max_frames=128,
+        num_clip_classes=8,
+        clips_per_class=40,
+        clip_frames=12,  # pre-training samples 2 frames 6 apart: the flicker always shows
+        num_image_classes=8,
+        images_per_class=100,
+    ),
+    "colour-cue": SynthProfile(
+        name="colour-cue",
+        num_classes=8,
+        num_training=160,
+        num_validation=60,
+        num_testing=240,
+        frame_size=64,
+        fps=8.0,
+        min_frames=96,
+        max_frames=128,
+        num_clip_classes=8,
+        clips_per_class=40,
+        clip_frames=16,
+        num_image_classes=8,
+        images_per_class=100,
+        cue="scroll",
+    ),
+}
+# The next design step (docs/synthetic.md, "The next design step"; validation only, not yet the default): the
+# default benchmark with ACP clips that flicker at two checker scales, 7 and 14 px at 64^2, one per clip.
+_PROFILES["flicker-v5"] = replace(_PROFILES["default"], name="flicker-v5", clip_flicker_periods=(0.109375, 0.21875))
+PROFILES: Mapping[str, SynthProfile] = MappingProxyType(_PROFILES)
 
 
 def get_profile(name: str) -> SynthProfile:
@@ -771,7 +772,7 @@ def acp_clip_scene(plan: SynthPlan, item: PlannedItem) -> tuple[Scene, SynthProf
     env = np.ones(p.clip_frames)
     if p.cue == "flicker":
         env = env * cls.motion.speed
-        # one period per clip, drawn as a video's band is (the same draw: v4's clips keep their bytes)
+        # one period per clip, drawn as a video's band is (the same draw: v4 profiles' clips keep their bytes)
         periods = p.clip_flicker_periods or (p.flicker_periods[-1],) * len(p.flicker_periods)
         p = replace(p, flicker_periods=periods)
     return make_scene(numpy_rng(plan.seed, "synthetic", "clip", item.id), cls, env, p), p
@@ -797,7 +798,7 @@ def render_image(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 
 STAMP = ".synth.json"  # written first: identifies a partial folder's profile and seed so a resume can check them
-STRATA = STRATA_FILE  # the videos of each flicker band (harness.strata: the strata table)
+STRATA = STRATA_FILE  # the videos of each flicker band (harness.report.strata: the strata table)
 
 
 def video_strata(plan: SynthPlan) -> dict[str, dict[str, list[str]]]:
