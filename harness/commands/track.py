@@ -77,6 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     y.add_argument("run", type=Path, metavar="RUN", help="the run folder (its row.json)")
     add_config_options(y, required=False, config_help="experiment config naming the store (default RUN/config.yaml)")
     y.set_defaults(func=_sync)
+    _register_server(tsub)
+
+
+def _register_server(tsub: argparse._SubParsersAction) -> None:
+    """`lofi track server`: its own function, the longest of the subcommands' option sets."""
     s = tsub.add_parser(
         "server",
         help="start an MLflow tracking server for many parallel workers",

@@ -137,24 +137,9 @@ _PROFILES: dict[str, SynthProfile] = {
         num_image_classes=8,
         images_per_class=100,
     ),
-    "colour-cue": SynthProfile(
-        name="colour-cue",
-        num_classes=8,
-        num_training=160,
-        num_validation=60,
-        num_testing=240,
-        frame_size=64,
-        fps=8.0,
-        min_frames=96,
-        max_frames=128,
-        num_clip_classes=8,
-        clips_per_class=40,
-        clip_frames=16,
-        num_image_classes=8,
-        images_per_class=100,
-        cue="scroll",
-    ),
 }
+# The v3 control benchmark: the default's sizes, a 16-frame ACP clip, the texture scroll and paleness cue.
+_PROFILES["colour-cue"] = replace(_PROFILES["default"], name="colour-cue", clip_frames=16, cue="scroll")
 # The next design step (docs/synthetic.md, "The next design step"; validation only, not yet the default): the
 # default benchmark with ACP clips that flicker at two checker scales, 7 and 14 px at 64^2, one per clip.
 _PROFILES["flicker-v5"] = replace(_PROFILES["default"], name="flicker-v5", clip_flicker_periods=(0.109375, 0.21875))
