@@ -84,6 +84,30 @@ def _runs_jobs(argv):
     return not any(getattr(args, m, None) for m in quiet_modes)
 
 
+def _local_jobs(argv):
+    """Whether this invocation runs jobs on this machine. Decided from the command line and its profile: while the
+    Snakefile is parsed Snakemake has not chosen its executor yet (``workflow.local_exec`` is True even under
+    ``--profile profiles/slurm``), and a dry run runs nothing."""
+    from snakemake.cli import get_argument_parser
+
+    if not _runs_jobs(argv):
+        return False
+    try:
+        args, _ = get_argument_parser().parse_known_args(argv)
+    except SystemExit:  # the API, not snakemake's command line: leave its cores alone
+        return False
+    executor = getattr(args, "executor", None)
+    profile = getattr(args, "profile", None) or os.environ.get("SNAKEMAKE_PROFILE")
+    if executor is None and profile:
+        # a path, or a name Snakemake looks up in the user's profile folder
+        dirs = [Path(profile), Path.home() / ".config/snakemake" / profile]
+        for path in (d / name for d in dirs for name in ("config.v8+.yaml", "config.yaml")):
+            if path.is_file():
+                executor = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("executor")
+                break
+    return executor in (None, "local")
+
+
 # One sweep per results folder (harness/sweeplock.py), taken before Snakemake checks any file and before the
 # resolved config below is rewritten; held until this process ends. Jobs (remote/subprocess) never take it.
 if workflow.is_main_process and _runs_jobs(sys.argv[1:]):
@@ -123,7 +147,7 @@ LIGHT = {"mem_mb": 2000, "runtime": 30}
 # No more cores than this machine has CPUs where the jobs run on it (issue 18): `--cores 8` on a 2-CPU machine would
 # run 8 single-threaded torch jobs (and fan-out jobs of 8 processes) on 2 CPUs. A cluster executor's --cores is the
 # cluster's and its jobs re-read this file: both left alone; a smaller count than the CPUs is kept as asked.
-if workflow.local_exec and workflow.is_main_process:
+if workflow.is_main_process and _local_jobs(sys.argv[1:]):
     try:
         _ASKED = workflow.cores
     except WorkflowError:  # no --cores where no job runs (--report)
