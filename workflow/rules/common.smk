@@ -97,14 +97,15 @@ def _local_jobs(argv):
     except SystemExit:  # the API, not snakemake's command line: leave its cores alone
         return False
     executor = getattr(args, "executor", None)
-    profile = getattr(args, "profile", None) or os.environ.get("SNAKEMAKE_PROFILE")
-    if executor is None and profile:
-        # a path, or a name Snakemake looks up in the user's profile folder
-        dirs = [Path(profile), Path.home() / ".config/snakemake" / profile]
-        for path in (d / name for d in dirs for name in ("config.v8+.yaml", "config.yaml")):
-            if path.is_file():
-                executor = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("executor")
-                break
+    profiles = getattr(args, "profile", None) or os.environ.get("SNAKEMAKE_PROFILE") or []
+    if executor is None:
+        # a path, or a name Snakemake looks up in the user's profile folder; one or several (a list)
+        for profile in [profiles] if isinstance(profiles, (str, Path)) else list(profiles):
+            dirs = [Path(profile), Path.home() / ".config/snakemake" / str(profile)]
+            for path in (d / name for d in dirs for name in ("config.v8+.yaml", "config.yaml")):
+                if path.is_file():
+                    executor = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("executor", executor)
+                    break
     return executor in (None, "local")
 
 
