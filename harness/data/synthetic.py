@@ -101,6 +101,10 @@ class SynthProfile:
     # Kinetics shows motion at many scales; clips at two scales give the frozen encoder a flicker detector that
     # is not tied to one checker size (the `flicker-v5` design profile; docs/synthetic.md, "The next design step").
     clip_flicker_periods: tuple[float, ...] = ()
+    # The flicker checker fades out towards the actor's outline: full contrast deeper than this fraction of the side,
+    # none within half of it (0: up to the outline, as in v4). Switching a checker on and off changes the average of
+    # the pixels the outline cuts, which the r_s = 2 resize keeps (synth_cue_check.py, flicker_left_at_the_edge).
+    flicker_edge_margin: float = 0.0
 
 
 _PROFILES: dict[str, SynthProfile] = {
@@ -143,6 +147,11 @@ _PROFILES["colour-cue"] = replace(_PROFILES["default"], name="colour-cue", clip_
 # The next design step (docs/synthetic.md, "The next design step"; validation only, not yet the default): the
 # default benchmark with ACP clips that flicker at two checker scales, 7 and 14 px at 64^2, one per clip.
 _PROFILES["flicker-v5"] = replace(_PROFILES["default"], name="flicker-v5", clip_flicker_periods=(0.109375, 0.21875))
+# The step after it (validation only): the fine checker at 4 px (2 px at 32^2: the Nyquist limit) and faded out
+# towards the outline over 5 px, so that nothing of the fine flicker survives the r_s = 2 resize, edges included.
+_PROFILES["flicker-v7"] = replace(
+    _PROFILES["flicker-v5"], name="flicker-v7", flicker_edge_margin=0.08, flicker_periods=(0.0625, 0.21875)
+)
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(_PROFILES)
 
 
@@ -441,6 +450,7 @@ class _Object:
     contrast: np.ndarray | float = 0.5  # texture contrast
     whiten: np.ndarray | float = 0.0  # (T,) fraction of the way from ``colour`` to white (the weak cue)
     cue_contrast: np.ndarray | float = 0.0  # (T,) contrast of the v4 flicker checker (0: off)
+    cue_margin: float = 0.0  # the checker fades out within this distance of the outline (fraction of the side)
     cue_period: float = 0.0625  # frame units
 
 
@@ -522,7 +532,11 @@ def _composite(img: np.ndarray, obj: _Object, coords: np.ndarray, pixels_per_uni
     shade = _shade(obj.texture, u, v, obj.period, phase.reshape(-1, 1, 1) if phase.ndim else phase, obj.contrast)
     cue = np.asarray(obj.cue_contrast, dtype=f32)
     if cue.ndim:  # the v4 flicker: a mean-preserving checker whose contrast switches with time
-        shade = shade + cue.reshape(-1, 1, 1) * (_shade("checker", u, v, obj.cue_period, 0.0, 1.0) - f32(TEXTURE_MEAN))
+        checker = _shade("checker", u, v, obj.cue_period, 0.0, 1.0) - f32(TEXTURE_MEAN)
+        if obj.cue_margin > 0:  # a smoothstep from the outline to the margin: no sharp step for the resize to keep
+            w = np.clip(-dist / f32(obj.cue_margin), 0.0, 1.0)
+            checker = checker * (w * w * (f32(3.0) - f32(2.0) * w))
+        shade = shade + cue.reshape(-1, 1, 1) * checker
     colour = obj.colour.astype(f32)
     whiten = np.asarray(obj.whiten, dtype=f32)
     if whiten.ndim:
@@ -679,6 +693,7 @@ def _flicker_actor(
         np.full(len(t), r0),
         angle,
         cue_contrast=profile.flicker_contrast * state,
+        cue_margin=profile.flicker_edge_margin,
         cue_period=profile.flicker_periods[band],
     )
 
