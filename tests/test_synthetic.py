@@ -5,6 +5,7 @@ motion inside a fixed silhouette plus a single-frame paleness in some videos).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -399,6 +400,25 @@ def test_v5_acp_clips_flicker_at_two_scales_and_still_clips_hold() -> None:
         else:
             assert item.label.endswith("-still") and len(set(state.tolist())) == 1, item.id
     assert periods == set(plan.profile.clip_flicker_periods)
+
+
+def test_flicker_edge_margin_keeps_the_outline_still() -> None:
+    """With ``flicker_edge_margin`` (the `flicker-v7` design profile) switching the checker on and off leaves the
+    pixels the outline cuts (almost) unchanged and still changes the interior; without it (v4) the outline's pixels
+    change too (the leak that survives the r_s = 2 resize: synth_cue_check.py, flicker_left_at_the_edge)."""
+    plan = S.make_plan("flicker-v7", 0)
+    change = {}
+    for margin in (plan.profile.flicker_edge_margin, 0.0):
+        profile = dataclasses.replace(plan.profile, flicker_edge_margin=margin)
+        on = S.make_scene(numpy_rng(1, "edge"), plan.classes[0], np.ones(4), profile)
+        off = S.make_scene(numpy_rng(1, "edge"), plan.classes[0], np.zeros(4), profile)
+        diff = np.abs(S.render_scene(on, profile).astype(np.float32) - S.render_scene(off, profile)).max(-1)
+        cover = _silhouette(on, profile.frame_size)
+        edge, inner = (cover > 0.01) & (cover < 0.99), cover > 0.999
+        change[margin] = (float(diff[edge].mean()), float(diff[inner].max()))
+    (edge_faded, inner_faded), (edge_v4, inner_v4) = change[plan.profile.flicker_edge_margin], change[0.0]
+    assert inner_faded > 20 and inner_v4 > 20  # the interior flickers either way
+    assert edge_faded < 0.05 * edge_v4, change  # the outline: still with the margin, flickering without
 
 
 @pytest.mark.parametrize("profile", ["smoke", "default"])
