@@ -13,6 +13,7 @@
 # jobs (concurrent first use of SQLite races); each training job passes its id as --parent-run-id.
 
 import copy
+import functools
 import json
 import os
 import re
@@ -71,13 +72,22 @@ R = CFG.sweep.results.rstrip("/")
 CONFIG_FILE = f"{R}/config.resolved.yaml"
 
 
-def _runs_jobs(argv):
-    """Whether this snakemake invocation runs jobs (not a dry run, lint, unlock, listing, graph or report)."""
+@functools.lru_cache(maxsize=None)
+def _cli_args(argv):
+    """Snakemake's parse of its own command line ``argv`` (a tuple), once per process: building its parser costs
+    ~0.15 CPU-s. None where it is not snakemake's command line (the API)."""
     from snakemake.cli import get_argument_parser
 
     try:
-        args, _ = get_argument_parser().parse_known_args(argv)
-    except SystemExit:  # not snakemake's command line (the API): take the lock
+        return get_argument_parser().parse_known_args(list(argv))[0]
+    except SystemExit:
+        return None
+
+
+def _runs_jobs(argv):
+    """Whether this snakemake invocation runs jobs (not a dry run, lint, unlock, listing, graph or report)."""
+    args = _cli_args(tuple(argv))
+    if args is None:  # not snakemake's command line (the API): take the lock
         return True
     quiet_modes = ("dryrun", "lint", "unlock", "summary", "detailed_summary", "list_rules", "list_target_rules")
     quiet_modes += ("dag", "rulegraph", "filegraph", "d3dag", "report", "cleanup_metadata", "list_changes")
@@ -88,13 +98,8 @@ def _local_jobs(argv):
     """Whether this invocation runs jobs on this machine. Decided from the command line and its profile: while the
     Snakefile is parsed Snakemake has not chosen its executor yet (``workflow.local_exec`` is True even under
     ``--profile profiles/slurm``), and a dry run runs nothing."""
-    from snakemake.cli import get_argument_parser
-
-    if not _runs_jobs(argv):
-        return False
-    try:
-        args, _ = get_argument_parser().parse_known_args(argv)
-    except SystemExit:  # the API, not snakemake's command line: leave its cores alone
+    args = _cli_args(tuple(argv))
+    if args is None or not _runs_jobs(argv):  # the API: leave its cores alone
         return False
     executor = getattr(args, "executor", None)
     profiles = getattr(args, "profile", None) or os.environ.get("SNAKEMAKE_PROFILE") or []
