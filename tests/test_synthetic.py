@@ -408,7 +408,7 @@ def test_flicker_edge_margin_keeps_the_outline_still() -> None:
     change too (the leak that survives the r_s = 2 resize: synth_cue_check.py, flicker_left_at_the_edge)."""
     plan = S.make_plan("flicker-v7", 0)
     change = {}
-    for margin in (plan.profile.flicker_edge_margin, 0.0):
+    for margin in (plan.profile.flicker_edge_margin, (0.0, 0.0)):
         profile = dataclasses.replace(plan.profile, flicker_edge_margin=margin)
         on = S.make_scene(numpy_rng(1, "edge"), plan.classes[0], np.ones(4), profile)
         off = S.make_scene(numpy_rng(1, "edge"), plan.classes[0], np.zeros(4), profile)
@@ -416,7 +416,7 @@ def test_flicker_edge_margin_keeps_the_outline_still() -> None:
         cover = _silhouette(on, profile.frame_size)
         edge, inner = (cover > 0.01) & (cover < 0.99), cover > 0.999
         change[margin] = (float(diff[edge].mean()), float(diff[inner].max()))
-    (edge_faded, inner_faded), (edge_v4, inner_v4) = change[plan.profile.flicker_edge_margin], change[0.0]
+    (edge_faded, inner_faded), (edge_v4, inner_v4) = change[plan.profile.flicker_edge_margin], change[(0.0, 0.0)]
     assert inner_faded > 20 and inner_v4 > 20  # the interior flickers either way
     assert edge_faded < 0.05 * edge_v4, change  # the outline: still with the margin, flickering without
 
@@ -432,3 +432,22 @@ def test_planned_segments_never_pass_the_video_end(profile: str) -> None:
             duration = round(v.num_frames / plan.profile.fps, 6)
             for start, end in v.segments:
                 assert 0.0 <= start < end <= duration, (seed, v.id, start, end, duration)
+
+
+def test_flicker_v8_fades_the_fine_band_only() -> None:
+    """`flicker-v8`: the fine band's checker fades out towards the outline (nothing of it survives r_s = 2), the
+    coarse band's reaches the outline (its edge flicker survives, as a coarse pattern's edge does); the ACP clips'
+    finest scale takes the fine band's margin, the coarser the coarse band's."""
+    plan = S.make_plan("flicker-v8", 0)
+    fine, coarse = plan.profile.flicker_edge_margin
+    assert fine > 0 and coarse == 0
+    margin_by_band = {
+        S.flicker_band(S.video_scene(plan, v), plan.profile): S.video_scene(plan, v).actor.cue_margin
+        for v in plan.videos[:12]
+    }
+    assert margin_by_band == {"fine": fine, "coarse": coarse}
+    clip_margin = {}
+    for item in plan.clips[:40]:
+        scene, _ = S.acp_clip_scene(plan, item)
+        clip_margin[scene.actor.cue_period] = scene.actor.cue_margin
+    assert clip_margin == dict(zip(plan.profile.clip_flicker_periods, (fine, coarse)))

@@ -101,10 +101,11 @@ class SynthProfile:
     # Kinetics shows motion at many scales; clips at two scales give the frozen encoder a flicker detector that
     # is not tied to one checker size (the `flicker-v5` design profile; docs/synthetic.md, "The next design step").
     clip_flicker_periods: tuple[float, ...] = ()
-    # The flicker checker fades out towards the actor's outline: full contrast deeper than this fraction of the side,
-    # none within half of it (0: up to the outline, as in v4). Switching a checker on and off changes the average of
-    # the pixels the outline cuts, which the r_s = 2 resize keeps (synth_cue_check.py, flicker_left_at_the_edge).
-    flicker_edge_margin: float = 0.0
+    # Per band (as flicker_periods; the ACP clips as clip_flicker_periods): the flicker checker fades out towards the
+    # actor's outline, full contrast deeper than this fraction of the side (0: up to the outline, as in v4).
+    # Switching a checker on and off changes the average of the pixels the outline cuts, which the r_s = 2 resize
+    # keeps (synth_cue_check.py, flicker_left_at_the_edge): a band with a margin has nothing left at 32^2.
+    flicker_edge_margin: tuple[float, ...] = (0.0, 0.0)
 
 
 _PROFILES: dict[str, SynthProfile] = {
@@ -150,8 +151,12 @@ _PROFILES["flicker-v5"] = replace(_PROFILES["default"], name="flicker-v5", clip_
 # The step after it (validation only): the fine checker at 4 px (2 px at 32^2: the Nyquist limit) and faded out
 # towards the outline over 5 px, so that nothing of the fine flicker survives the r_s = 2 resize, edges included.
 _PROFILES["flicker-v7"] = replace(
-    _PROFILES["flicker-v5"], name="flicker-v7", flicker_edge_margin=0.08, flicker_periods=(0.0625, 0.21875)
+    _PROFILES["flicker-v5"], name="flicker-v7", flicker_edge_margin=(0.08, 0.08), flicker_periods=(0.0625, 0.21875)
 )
+# v8 (validation only): v7 with the margin on the fine band only. The coarse checker's outline flicker survives
+# r_s = 2 as a coarse pattern's edge does in real video; it gave S-LoFi its foothold in v5/v6, which v7 removed
+# from both bands (S then learnt neither).
+_PROFILES["flicker-v8"] = replace(_PROFILES["flicker-v7"], name="flicker-v8", flicker_edge_margin=(0.08, 0.0))
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(_PROFILES)
 
 
@@ -693,7 +698,7 @@ def _flicker_actor(
         np.full(len(t), r0),
         angle,
         cue_contrast=profile.flicker_contrast * state,
-        cue_margin=profile.flicker_edge_margin,
+        cue_margin=profile.flicker_edge_margin[band],
         cue_period=profile.flicker_periods[band],
     )
 
@@ -774,7 +779,9 @@ def acp_clip_scene(plan: SynthPlan, item: PlannedItem) -> tuple[Scene, SynthProf
         env = env * cls.motion.speed
         # one period per clip, drawn as a video's band is (the same draw: v4 profiles' clips keep their bytes)
         periods = p.clip_flicker_periods or (p.flicker_periods[-1],) * len(p.flicker_periods)
-        p = replace(p, flicker_periods=periods)
+        # the finest clip scale takes the fine band's margin, every other scale the coarse band's
+        margins = tuple(p.flicker_edge_margin[min(i, 1)] for i in range(len(periods)))
+        p = replace(p, flicker_periods=periods, flicker_edge_margin=margins)
     return make_scene(numpy_rng(plan.seed, "synthetic", "clip", item.id), cls, env, p), p
 
 
