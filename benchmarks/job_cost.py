@@ -1,6 +1,8 @@
 """Measure the CPU cost per kind of job of a finished sweep and store it for the workflow's start-up estimate.
 
-Reads Snakemake's ``benchmark:`` files of a results folder (``cpu_time`` per job), averages them per kind
+Reads each job of a results folder (Snakemake's ``benchmark:`` files name them) and its CPU time: the `cpu` line its
+own `lofi` processes log at exit (``harness.cli.CPU_LINE``: the kernel's accounting), else Snakemake's sampled
+``cpu_time``, which loses what a job spends after its last sample; averages them per kind
 (``harness.bench.cost.KINDS``), and spreads the rest of the whole command's CPU time (user + system, e.g. from
 ``/usr/bin/time``; Snakemake itself and what its sampling misses) evenly over the jobs, so that the estimate of the
 same sweep equals the command's measured CPU time. Writes the entry of one synthetic profile into
@@ -16,6 +18,7 @@ import argparse
 import csv
 import json
 import logging
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,17 +38,39 @@ def job_kind(rel: Path) -> str | None:
     return "run" if len(parts) == 5 else None  # <dataset>/<encoder>/<head>/<mode>/seed<N>
 
 
-def per_kind(bench: Path) -> dict[str, list[float]]:
+CPU_RE = re.compile(r"harness\.cli: cpu ([0-9.]+) s \(user")
+
+
+def logged_cpu(log: Path) -> float | None:
+    """The CPU-s the job's own `lofi` processes reported in its log (``harness.cli.CPU_LINE``, summed over the
+    processes that ran in it), or None where the log has none (a job run before the line existed)."""
+    if not log.is_file():
+        return None
+    found = [float(m.group(1)) for m in CPU_RE.finditer(log.read_text(errors="replace"))]
+    return sum(found) if found else None
+
+
+def per_kind(results: Path) -> tuple[dict[str, list[float]], int]:
+    """CPU-s per job by kind, and how many jobs fell back to Snakemake's ``cpu_time``. A job's own report (its log
+    beside the benchmark file: ``logs/<same path>.log``) is preferred: Snakemake samples a job every 0.5 s for its
+    first ~15 s and then every 30 s, and loses what the job spends after its last sample."""
+    bench, logs = results / "benchmarks", results / "logs"
     found: dict[str, list[float]] = defaultdict(list)
+    sampled = 0
     for tsv in sorted(bench.rglob("*.tsv")):
-        kind = job_kind(tsv.relative_to(bench))
+        rel = tsv.relative_to(bench)
+        kind = job_kind(rel)
         if kind is None:
             continue
-        with tsv.open() as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        if rows:
-            found[kind].append(float(rows[-1]["cpu_time"]))
-    return found
+        cpu = logged_cpu((logs / rel).with_suffix(".log"))
+        if cpu is None:
+            with tsv.open() as fh:
+                rows = list(csv.DictReader(fh, delimiter="\t"))
+            if not rows:
+                continue
+            cpu, sampled = float(rows[-1]["cpu_time"]), sampled + 1
+        found[kind].append(cpu)
+    return found, sampled
 
 
 def main() -> int:
@@ -57,7 +82,9 @@ def main() -> int:
     ap.add_argument("--measured", required=True, help="machine, date, commit and command, in words")
     ap.add_argument("--out", type=Path, default=COST_FILE)
     args = ap.parse_args()
-    kinds = per_kind(args.results / "benchmarks")
+    kinds, sampled = per_kind(args.results)
+    if sampled:
+        log.warning("%d job(s) without a `cpu` line in their log: Snakemake's sampled cpu_time used", sampled)
     n_jobs = sum(len(v) for v in kinds.values())
     inside = sum(sum(v) for v in kinds.values())
     entry = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -54,3 +55,40 @@ def test_estimate_message(tmp_path: Path) -> None:
     assert "not measured, counted as a head run: optuna" in msg
     assert "no measured cost" in estimate_message(None, Counter(run=1), cores=2, path=path)
     assert estimate_message("p", Counter(), cores=2, path=path) == "every job is finished"
+
+
+def test_a_successful_command_logs_its_own_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    """Each `lofi` process logs the kernel's CPU account at exit (what job_cost.py reads from a job's log); a failed
+    command's one-line error stays the only output."""
+    from harness.cli import main
+
+    caplog.set_level(logging.INFO, logger="harness.cli")
+    assert main(["schedule", "--cycle", "long", "--epochs", "2"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cpu ")]
+    assert len(lines) == 1 and "user" in lines[0] and float(lines[0].split()[1]) > 0
+    caplog.clear()
+    assert main(["schedule", "--cycle", "long", "--epochs", "0"]) == 2
+    assert not [r for r in caplog.records if r.getMessage().startswith("cpu ")]
+
+
+def test_job_cost_prefers_the_jobs_own_cpu_line(tmp_path: Path) -> None:
+    """A job whose log holds `cpu` lines counts their sum (two lofi processes in one job); a job without one falls
+    back to Snakemake's sampled cpu_time, and is counted as such."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("job_cost", Path(__file__).parents[1] / "benchmarks/job_cost.py")
+    job_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job_cost)
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for seed, log in ((0, "12:00:00 INFO harness.cli: cpu 40.50 s (user 39.00, system 1.50; x)\n"), (1, None)):
+        tsv = tmp_path / f"benchmarks/d/e/features/acp/seed{seed}.tsv"
+        tsv.parent.mkdir(parents=True, exist_ok=True)
+        tsv.write_text(header + "42.0\t0:00:42\t1\t1\t1\t1\t0\t0\t90\t15.0\n")
+        if log:
+            path = tmp_path / f"logs/d/e/features/acp/seed{seed}.log"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                "check\n" + log + "more\n12:00:09 INFO harness.cli: cpu 1.25 s (user 1.0, system 0.25; x)\n"
+            )
+    kinds, sampled = job_cost.per_kind(tmp_path)
+    assert sorted(kinds["features"]) == [15.0, 41.75] and sampled == 1
