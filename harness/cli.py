@@ -9,6 +9,7 @@ Any other exception is a bug: it keeps its traceback. ``-vv`` logs the traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -68,11 +69,20 @@ def cpu_seconds() -> tuple[float, float]:
 CPU_LINE = "cpu %.2f s (user %.2f, system %.2f; this process and the children it waited for)"
 
 
+def _log_cpu() -> None:
+    user, system = cpu_seconds()
+    logging.getLogger("harness.cli").info(CPU_LINE, user + system, user, system)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import atexit
+
+    # At exit, after every exit handler registered later (MLflow's flush among them: atexit runs them last in,
+    # first out) and before logging's own shutdown, registered earlier: what the job costs, teardown included.
+    atexit.register(_log_cpu)
     code = _main(argv)
-    if code == 0:  # a failed command's one-line error stays the only line
-        user, system = cpu_seconds()
-        logging.getLogger("harness.cli").info(CPU_LINE, user + system, user, system)
+    if code != 0:  # a failed command's one-line error stays the only line
+        atexit.unregister(_log_cpu)
     return code
 
 
@@ -102,5 +112,25 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The `lofi` console script and `python -m harness.cli`: ``main``, then an exit without the interpreter's
+    teardown. Freeing every module and tensor one by one costs ~1.4 CPU-s per process (a smoke head run: 8.0 →
+    6.7 CPU-s) and writes nothing: outputs are written atomically and closed by then. What a normal exit does
+    that matters is done first: non-daemon threads joined, exit handlers run (MLflow's, logging's flush), stdio
+    flushed. A bug's traceback (an exception out of ``main``) and argparse's exits keep the normal path."""
+    import atexit
+    import threading
+
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
