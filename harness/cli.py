@@ -69,20 +69,11 @@ def cpu_seconds() -> tuple[float, float]:
 CPU_LINE = "cpu %.2f s (user %.2f, system %.2f; this process and the children it waited for)"
 
 
-def _log_cpu() -> None:
-    user, system = cpu_seconds()
-    logging.getLogger("harness.cli").info(CPU_LINE, user + system, user, system)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    import atexit
-
-    # At exit, after every exit handler registered later (MLflow's flush among them: atexit runs them last in,
-    # first out) and before logging's own shutdown, registered earlier: what the job costs, teardown included.
-    atexit.register(_log_cpu)
     code = _main(argv)
-    if code != 0:  # a failed command's one-line error stays the only line
-        atexit.unregister(_log_cpu)
+    if code == 0:  # a failed command's one-line error stays the only line
+        user, system = cpu_seconds()
+        logging.getLogger("harness.cli").info(CPU_LINE, user + system, user, system)
     return code
 
 
