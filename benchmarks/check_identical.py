@@ -57,9 +57,22 @@ def checkout(rev: str, dest: Path) -> Path:
     return dest
 
 
+def lofi_shim(tree: Path) -> Path:
+    """A folder holding a `lofi` for the jobs that runs ``tree``'s own entry point: the installed console script
+    names this checkout's (``harness.cli:entry`` since the fast exit), which an older tree may not have."""
+    bin_dir = tree / ".bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "lofi"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nfrom harness import cli\nsys.exit(getattr(cli, 'entry', cli.main)())\n"
+    )
+    script.chmod(0o755)
+    return bin_dir
+
+
 def run_sweep(tree: Path, target: str, configfile: str, cores: int) -> dict[str, float]:
     """``snakemake --cores N TARGET --configfile F`` in ``tree`` with ``tree`` first on the import path."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env = {**os.environ, "PYTHONPATH": str(tree), "PATH": f"{lofi_shim(tree)}{os.pathsep}{os.environ['PATH']}"}
     cmd = ["snakemake", "--cores", str(cores), target, "--configfile", configfile]
     log.info("%s: %s", tree, " ".join(cmd))
     with open(tree / "snakemake.log", "wb") as out:

@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from harness.bench.cost import COST_FILE, KINDS
+from harness.cli import CPU_LINE
 
 log = logging.getLogger("job_cost")
 
@@ -38,7 +39,8 @@ def job_kind(rel: Path) -> str | None:
     return "run" if len(parts) == 5 else None  # <dataset>/<encoder>/<head>/<mode>/seed<N>
 
 
-CPU_RE = re.compile(r"harness\.cli: cpu ([0-9.]+) s \(user")
+# the number in harness.cli.CPU_LINE, after the logger's name
+CPU_RE = re.compile(r"harness\.cli: " + re.escape(CPU_LINE.split("%")[0]) + r"([0-9.]+)")
 
 
 def logged_cpu(log: Path) -> float | None:
