@@ -262,3 +262,27 @@ def test_corrupt_video_stops_with_its_name_or_is_skipped_and_counted(smoke_root,
     kept = frames.usable(videos)
     assert [v.id for v in kept] == [v.id for v in videos if v.id != videos[1].id]
     assert frames.skipped == [videos[1].id]
+
+
+def test_usable_without_reading_gives_the_same_videos_and_loads_no_stored_entry(smoke_root, tiny_overrides, tmp_path):
+    import shutil
+
+    from harness.data.frames import VideoFrames, video_file
+    from harness.pipeline.data import prepare_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(smoke_root, root)
+    cfg = _cfg(tiny_overrides, f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.skip_corrupt=true")
+    videos = prepare_dataset(cfg.data).subset("training")
+    video_file(cfg.data, videos[1]).write_bytes(video_file(cfg.data, videos[1]).read_bytes()[:100])
+    first = VideoFrames(cfg.data)
+    decoded = first.usable(videos[:3])  # fills the disk cache of videos 0 and 2; video 1 does not decode
+    assert first.cache.misses == 2 and first.skipped == [videos[1].id]
+    blind = VideoFrames(cfg.data)  # another process: nothing in memory
+    kept = blind.usable(videos, read=False)
+    assert [v.id for v in kept] == [v.id for v in videos if v.id != videos[1].id]
+    assert [v.id for v in kept[:2]] == [v.id for v in decoded]
+    # the two stored entries were not read; every other video was decoded (and stored) as usable() does
+    assert blind.cache.disk_hits == 0 and blind.cache.memory_hits == 0
+    assert blind.cache.misses == len(videos) - 3 and blind.skipped == [videos[1].id]
+    assert [v.id for v in VideoFrames(cfg.data).usable(videos)] == [v.id for v in kept]

@@ -8,8 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from harness.commands._options import add_config_options
 from harness.data.annotations import LAYOUTS, read_annotations
 from harness.data.model import SUBSETS, TALDataset
@@ -99,6 +97,8 @@ def _clip_sides(repaired: dict[str, Any]) -> str:
 
 
 def _stats_table(dataset: TALDataset) -> str:
+    from tabulate import tabulate
+
     rows = []
     for subset in SUBSETS:
         videos = dataset.subset(subset)

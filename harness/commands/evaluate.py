@@ -7,8 +7,6 @@ import json
 import math
 from typing import Any
 
-from tabulate import tabulate
-
 from harness.errors import LofiError
 from harness.evaluation.detection import evaluate_detection, load_ground_truth
 from harness.evaluation.predictions import load_predictions
@@ -85,6 +83,8 @@ def register(subparsers: Any) -> None:
 
 
 def run_detection(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     gt = load_ground_truth(args.ground_truth, subset=args.subset)
     preds = load_predictions(args.predictions, gt)
     result = evaluate_detection(gt, preds)
@@ -102,6 +102,8 @@ def run_detection(args: argparse.Namespace) -> int:
 
 
 def run_proposals(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     if not args.max_avg_proposals > 0:
         raise LofiError(f"--max-avg-proposals must be > 0, got {args.max_avg_proposals}")
     gt = load_ground_truth(args.ground_truth, subset=args.subset)

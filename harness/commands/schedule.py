@@ -6,8 +6,6 @@ import argparse
 import json
 import math
 
-from tabulate import tabulate
-
 from harness.errors import LofiError
 from harness.schedule import CYCLES, schedule_table
 
@@ -35,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     for flag in ("r_t", "r_s"):
         value = getattr(args, flag)
         if not (math.isfinite(value) and value >= 1):

@@ -61,8 +61,11 @@ class VideoFrames:
             self._prepared[path] = prepare_video(path, self.store_dir(), self.store_settings())
         return self._prepared[path]
 
-    def usable(self, videos: list[Video]) -> list[Video]:
-        """The videos that decode; this also fills the store (decodes or re-encodes) before training starts."""
+    def usable(self, videos: list[Video], *, read: bool = True) -> list[Video]:
+        """The videos that decode; this also fills the store (decodes or re-encodes) before training starts.
+
+        ``read=False`` (a stage that reads no pixel, the blind control): a video whose decoded frames are already
+        on disk counts as decoding without loading them (the same list, without reading the whole store)."""
         from tqdm import tqdm
 
         out = []
@@ -71,7 +74,7 @@ class VideoFrames:
             try:
                 if self.cfg.store == "prepared":
                     self._entry(video_file(self.cfg, v))
-                else:
+                elif read or not self.cache.has(video_file(self.cfg, v)):
                     self.cache.get(video_file(self.cfg, v))
                 out.append(v)
             except VideoError as exc:

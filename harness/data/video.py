@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ import torch.nn.functional as F
 from harness.errors import ConfigError, VideoError
 from harness.integrity import IntegrityError, load_array, save_array
 from harness.io import atomic_path
+
+if TYPE_CHECKING:  # PyAV is imported where a video is opened: a job that opens none skips its import
+    import av
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,8 @@ def _stream_duration(container: av.container.InputContainer, stream: av.video.st
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
+        import av
+
         return container.duration / av.time_base
     return None
 
@@ -152,6 +157,8 @@ def decode_video(path: PathLike, max_side: int = 0) -> np.ndarray:
     bounded on large sources). Raises ``VideoError`` naming the file if it is missing, empty, corrupt, truncated,
     has no video stream or yields no frame.
     """
+    import av
+
     path = Path(path)
     _check_readable(path)
     try:
@@ -170,6 +177,8 @@ def decode_video(path: PathLike, max_side: int = 0) -> np.ndarray:
 
 def probe_video(path: PathLike) -> VideoInfo:
     """Stream metadata without decoding (num_frames is duration x fps when the container has no frame count)."""
+    import av
+
     path = Path(path)
     _check_readable(path)
     try:
@@ -205,6 +214,8 @@ def _check_frames(frames: np.ndarray) -> None:
 
 def write_video(path: PathLike, frames: np.ndarray, fps: float) -> Path:
     """Write uint8 (T, H, W, 3) RGB frames losslessly (see the module docstring), atomically; returns the path."""
+    import av
+
     path = Path(path)
     _check_frames(frames)
     if not (math.isfinite(fps) and fps > 0):
@@ -282,6 +293,12 @@ class FrameCache:
     def _entry_for(self, resolved: Path, stat: os.stat_result) -> Path:
         key = _cache_key(resolved, stat.st_size, stat.st_mtime_ns, self.max_side)
         return self.root / f"{resolved.stem}-{key}.npy"
+
+    def has(self, path: PathLike) -> bool:
+        """Whether ``path`` (as it is now) has an entry on disk, i.e. has decoded before: its key names the source's
+        size and mtime and only a finished decode writes it. Reads no frame (an entry damaged since is repaired by
+        the next ``get``)."""
+        return self.entry_path(path).is_file()
 
     def get(self, path: PathLike) -> np.ndarray:
         """uint8 (T, H, W, 3) frames of ``path``, from memory, disk, or a fresh decode (then stored)."""

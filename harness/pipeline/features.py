@@ -87,7 +87,7 @@ def run(ctx: StageContext, batch_size: int = 8) -> StageResult:
         for s in dict.fromkeys((cfg.data.train_subset, cfg.data.val_subset, cfg.data.test_subset))
         for v in data.ds.subset(s)
     ]
-    videos = data.frames.usable(wanted)
+    videos = data.frames.usable(wanted, read=not zeroed)
     marker = _claim(out, ctx.key)
     world = current()
     todo = [v for v in videos if not feature_path(out, v.id).is_file()]
