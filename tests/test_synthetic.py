@@ -451,3 +451,15 @@ def test_flicker_v8_fades_the_fine_band_only() -> None:
         scene, _ = S.acp_clip_scene(plan, item)
         clip_margin[scene.actor.cue_period] = scene.actor.cue_margin
     assert clip_margin == dict(zip(plan.profile.clip_flicker_periods, (fine, coarse)))
+
+
+def test_flicker_v9_changes_only_the_acp_classes() -> None:
+    """`flicker-v9` (a design step): 8 flicker/still pairs of ACP classes at the same 320 clips; the target videos,
+    their classes and segments are the default's."""
+    v9, default = S.make_plan("flicker-v9", 0), S.make_plan("default", 0)
+    assert v9.classes == default.classes and v9.videos == default.videos
+    names = [c.name for c in v9.clip_classes]
+    assert len(names) == 16 and len(v9.clips) == len(default.clips) == 320
+    pairs = {n.rsplit("-", 1)[0] for n in names}
+    assert len(pairs) == 8 and all(f"{p}-flicker" in names and f"{p}-still" in names for p in pairs)
+    assert not pairs & {c.appearance.name for c in v9.classes}  # disjoint from the target classes

@@ -158,6 +158,9 @@ _PROFILES["flicker-v7"] = replace(
 # r_s = 2 as a coarse pattern's edge does in real video; it gave S-LoFi its foothold in v5/v6, which v7 removed
 # from both bands (S then learnt neither).
 _PROFILES["flicker-v8"] = replace(_PROFILES["flicker-v7"], name="flicker-v8", flicker_edge_margin=(0.08, 0.0))
+# v9 (validation only; docs/synthetic.md, "After the v7 test run"): v7 with 8 flicker/still pairs of ACP classes
+# instead of 4, at the same 320 clips. The frozen ACP encoder carried less (+0.5 over the floor vs v7's +2.9).
+_PROFILES["flicker-v9"] = replace(_PROFILES["flicker-v7"], name="flicker-v9", num_clip_classes=16, clips_per_class=20)
 # The default benchmark: v7's content (chosen on validation; docs/synthetic.md, "v7 becomes the default").
 _PROFILES["default"] = replace(_PROFILES["flicker-v7"], name="default")
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(_PROFILES)
