@@ -453,6 +453,14 @@ def test_flicker_v8_fades_the_fine_band_only() -> None:
     assert clip_margin == dict(zip(plan.profile.clip_flicker_periods, (fine, coarse)))
 
 
+@pytest.mark.parametrize(("name", "clips"), [("flicker-v10", 640), ("flicker-v11", 480)])
+def test_flicker_v10_v11_change_only_the_number_of_acp_clips(name: str, clips: int) -> None:
+    """The design steps with more clips per ACP class: the target videos and the ACP classes are the default's."""
+    plan, default = S.make_plan(name, 0), S.make_plan("default", 0)
+    assert plan.classes == default.classes and plan.videos == default.videos
+    assert plan.clip_classes == default.clip_classes and len(plan.clips) == clips
+
+
 def test_flicker_v9_changes_only_the_acp_classes() -> None:
     """`flicker-v9` (a design step): 8 flicker/still pairs of ACP classes at the same 320 clips; the target videos,
     their classes and segments are the default's."""
