@@ -453,9 +453,10 @@ def test_flicker_v8_fades_the_fine_band_only() -> None:
     assert clip_margin == dict(zip(plan.profile.clip_flicker_periods, (fine, coarse)))
 
 
-@pytest.mark.parametrize(("name", "clips"), [("flicker-v10", 640), ("flicker-v11", 480)])
+@pytest.mark.parametrize(("name", "clips"), [("flicker-v10", 640), ("flicker-v11", 480), ("flicker-v12", 640)])
 def test_flicker_v10_v11_change_only_the_number_of_acp_clips(name: str, clips: int) -> None:
-    """The design steps with more clips per ACP class: the target videos and the ACP classes are the default's."""
+    """The design steps with more clips per ACP class (v12: at one checker scale): the target videos and the ACP
+    classes are the default's."""
     plan, default = S.make_plan(name, 0), S.make_plan("default", 0)
     assert plan.classes == default.classes and plan.videos == default.videos
     assert plan.clip_classes == default.clip_classes and len(plan.clips) == clips
