@@ -57,21 +57,25 @@ def head_commands(stages: Path, config: Path, modes: list[str], seeds: list[int]
     ]
 
 
-def run_batch(commands: list[list[str]], parallel: int) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (user + system of the jobs) of running ``commands``, ``parallel`` at a time."""
-    pending, running, cpu = list(commands), {}, 0.0
+def run_batch(commands: list[list[str]], parallel: int, logs: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system of the jobs) of running ``commands``, ``parallel`` at a time.
+    Each job's output goes to a file in ``logs`` (a pipe nobody reads while waiting would stall a chatty job)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running, cpu = list(enumerate(commands)), {}, 0.0
     t0 = time.perf_counter()
     while pending or running:
         while pending and len(running) < parallel:
-            cmd = pending.pop(0)
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            running[proc.pid] = proc
+            i, cmd = pending.pop(0)
+            log_path = logs / f"job{i}.log"
+            with log_path.open("wb") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            running[proc.pid] = (cmd, log_path)
         pid, status, usage = os.wait4(-1, 0)
-        proc = running.pop(pid)
+        cmd, log_path = running.pop(pid)
         cpu += usage.ru_utime + usage.ru_stime
         if os.waitstatus_to_exitcode(status) != 0:
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
-            raise SystemExit(f"a job failed: {' '.join(proc.args)}: {err[-1] if err else 'no message'}")
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            raise SystemExit(f"a job failed: {' '.join(cmd)}: {lines[-1] if lines else 'no message'}")
     return time.perf_counter() - t0, cpu
 
 
@@ -88,13 +92,31 @@ def main() -> int:
     ap.add_argument("--narrow", type=int, default=os.cpu_count() or 1, help="jobs at a time, one per CPU")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    if not 1 <= args.narrow < args.wide or args.rounds < 1:
+        ap.error(
+            f"--narrow {args.narrow}, --wide {args.wide}, --rounds {args.rounds}: use 1 <= narrow < wide, rounds >= 1"
+        )
+    missing = [
+        f"{m}/seed{s}"
+        for m in args.modes
+        for s in args.seeds
+        if not (args.stages / "features" / m / f"seed{s}" / "done.json").is_file()
+    ]
+    if missing:  # `lofi run` would train them first, and the timings would measure that
+        ap.error(
+            f"{args.stages}: no finished features for {', '.join(missing)}; point --stages at a finished sweep's stages"
+        )
+    if not args.config.is_file():
+        ap.error(f"{args.config}: no such config; use the sweep's results/config.resolved.yaml")
     totals: dict[int, list[float]] = {args.wide: [0.0, 0.0], args.narrow: [0.0, 0.0]}
     with tempfile.TemporaryDirectory(prefix="oversub-") as tmp:
         for r in range(args.rounds):
             # alternate which setting goes first, so that a drift in the machine's load falls on both
             for parallel in (args.wide, args.narrow) if r % 2 == 0 else (args.narrow, args.wide):
                 out = Path(tmp) / f"r{r}-p{parallel}"
-                wall, cpu = run_batch(head_commands(args.stages, args.config, args.modes, args.seeds, out), parallel)
+                wall, cpu = run_batch(
+                    head_commands(args.stages, args.config, args.modes, args.seeds, out), parallel, out / "logs"
+                )
                 shutil.rmtree(out, ignore_errors=True)
                 totals[parallel][0] += wall
                 totals[parallel][1] += cpu
@@ -111,7 +133,7 @@ def main() -> int:
         args.narrow,
         nw,
         nc,
-        args.narrow and ww / nw,
+        ww / nw,
         wc / nc,
     )
     return 0

@@ -161,9 +161,9 @@ _PROFILES["flicker-v8"] = replace(_PROFILES["flicker-v7"], name="flicker-v8", fl
 # v9 (validation only; docs/synthetic.md, "After the v7 test run"): v7 with 8 flicker/still pairs of ACP classes
 # instead of 4, at the same 320 clips. The frozen ACP encoder carried less (+0.5 over the floor vs v7's +2.9).
 _PROFILES["flicker-v9"] = replace(_PROFILES["flicker-v7"], name="flicker-v9", num_clip_classes=16, clips_per_class=20)
-# v10 / v11 (validation only; docs/synthetic.md, "After the v7 test run"): v7 with 80 / 60 clips per ACP class. v10's frozen ACP encoder carries
-# the cue in every seed and both bands (+13 over the floor), and S-LoFi then keeps it (S = T); v11: ACP +1.9 and S
-# learns in 2 of 3 seeds anyway.
+# v10 / v11 (validation only; docs/synthetic.md, "After the v7 test run"): v7 with 80 / 60 clips per ACP class.
+# v10's frozen ACP encoder carries the cue in every seed and both bands (+13 over the floor), and S-LoFi then keeps
+# it (S = T); v11: ACP +1.9 and S learns in 2 of 3 seeds anyway.
 _PROFILES["flicker-v10"] = replace(_PROFILES["flicker-v7"], name="flicker-v10", clips_per_class=80)
 _PROFILES["flicker-v11"] = replace(_PROFILES["flicker-v7"], name="flicker-v11", clips_per_class=60)
 # v12 (validation only): v10's 80 clips per class, every one flickering at the coarse 14 px scale (as in v4): the
