@@ -453,10 +453,13 @@ def test_flicker_v8_fades_the_fine_band_only() -> None:
     assert clip_margin == dict(zip(plan.profile.clip_flicker_periods, (fine, coarse)))
 
 
-@pytest.mark.parametrize(("name", "clips"), [("flicker-v10", 640), ("flicker-v11", 480), ("flicker-v12", 640)])
+@pytest.mark.parametrize(
+    ("name", "clips"),
+    [("flicker-v10", 640), ("flicker-v11", 480), ("flicker-v12", 640), ("flicker-v15", 640), ("flicker-v16", 640)],
+)
 def test_flicker_v10_v11_change_only_the_number_of_acp_clips(name: str, clips: int) -> None:
-    """The design steps with more clips per ACP class (v12: at one checker scale): the target videos and the ACP
-    classes are the default's."""
+    """The design steps with more clips per ACP class (v12: at the coarse scale only, v15 and v16: at the fine one;
+    v16's coarse band is wider): the planned target videos and the ACP classes are the default's."""
     plan, default = S.make_plan(name, 0), S.make_plan("default", 0)
     assert plan.classes == default.classes and plan.videos == default.videos
     assert plan.clip_classes == default.clip_classes and len(plan.clips) == clips
@@ -472,3 +475,47 @@ def test_flicker_v9_changes_only_the_acp_classes() -> None:
     pairs = {n.rsplit("-", 1)[0] for n in names}
     assert len(pairs) == 8 and all(f"{p}-flicker" in names and f"{p}-still" in names for p in pairs)
     assert not pairs & {c.appearance.name for c in v9.classes}  # disjoint from the target classes
+
+
+def test_two_octave_band_is_the_mean_of_its_two_checkers() -> None:
+    """`flicker_octaves` (the `flicker-v13` design profile): a two-octave band's flicker (frame on minus frame off)
+    is the mean of the flickers of the single checkers at its period and at twice it, pixel for pixel (up to the
+    uint8 rounding), and each of those differs from it: both scales are in the picture."""
+    import dataclasses
+
+    base = S.PROFILES["flicker-v13"]
+    assert base.flicker_octaves == (1, 2)
+    cls = S.make_plan("flicker-v13", 0).classes[1]
+    period = base.flicker_periods[1]
+
+    def flicker(periods: tuple[float, float], octaves: tuple[int, int]) -> np.ndarray:
+        profile = dataclasses.replace(base, flicker_periods=periods, flicker_octaves=octaves)
+        frames = [
+            S.render_scene(S.make_scene(numpy_rng(5, "octave"), cls, np.full(4, level), profile), profile)
+            for level in (1.0, 0.0)
+        ]
+        return frames[0].astype(np.float32) - frames[1].astype(np.float32)
+
+    both = flicker((period, period), (2, 2))
+    one = flicker((period, period), (1, 1))
+    twice = flicker((2 * period, 2 * period), (1, 1))
+    assert np.abs(both).max() > 20  # it flickers
+    assert np.abs(both - (one + twice) / 2).max() <= 1.5  # rounding of three uint8 renders
+    for single in (one, twice):
+        assert np.abs(both - single).mean() > 0.2 * np.abs(both).mean()
+
+
+def test_v13_acp_clips_flicker_in_the_coarse_band_with_its_octaves() -> None:
+    """`flicker-v13`: every ACP clip's checker is the coarse band's, both octaves; the target videos are the
+    default's plan (only their rendering of the coarse band differs) and there are 80 clips per ACP class."""
+    plan, default = S.make_plan("flicker-v13", 0), S.make_plan("default", 0)
+    assert plan.classes == default.classes and plan.videos == default.videos and len(plan.clips) == 640
+    coarse = plan.profile.flicker_periods[1]
+    for item in plan.clips[:40]:
+        scene, _ = S.acp_clip_scene(plan, item)
+        assert (scene.actor.cue_period, scene.actor.cue_octaves) == (coarse, 2), item.id
+    bands = {
+        S.flicker_band(S.video_scene(plan, v), plan.profile): S.video_scene(plan, v).actor.cue_octaves
+        for v in plan.videos[:12]
+    }
+    assert bands == {"fine": 1, "coarse": 2}

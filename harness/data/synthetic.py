@@ -106,6 +106,11 @@ class SynthProfile:
     # Switching a checker on and off changes the average of the pixels the outline cuts, which the r_s = 2 resize
     # keeps (synth_cue_check.py, flicker_left_at_the_edge): a band with a margin has nothing left at 32^2.
     flicker_edge_margin: tuple[float, ...] = (0.0, 0.0)
+    # Per band (as flicker_periods): how many octaves the flicker checker spans (1: the band's period alone; 2: that
+    # period and twice it, each at half the contrast). Natural texture spans scales, so what an encoder learns from
+    # a two-octave band at half the resolution still fires on it at full resolution (the `flicker-v13` design).
+    # ACP clips drawn at the coarse band's period (clip_flicker_periods empty) take the coarse band's octaves.
+    flicker_octaves: tuple[int, ...] = (1, 1)
 
 
 _PROFILES: dict[str, SynthProfile] = {
@@ -171,6 +176,24 @@ _PROFILES["flicker-v11"] = replace(_PROFILES["flicker-v7"], name="flicker-v11", 
 _PROFILES["flicker-v12"] = replace(
     _PROFILES["flicker-v7"], name="flicker-v12", clips_per_class=80, clip_flicker_periods=(0.21875,)
 )
+# v13 (validation only): v12's 80 ACP clips per class at the coarse band, and the coarse band spans two octaves
+# (14 and 28 px at 64^2, so 7 and 14 px at 32^2): an encoder trained at 32^2 keeps a detector that fires at 64^2.
+# The fine band stays one 4 px scale that the r_s = 2 resize erases.
+_PROFILES["flicker-v13"] = replace(
+    _PROFILES["flicker-v7"], name="flicker-v13", clips_per_class=80, clip_flicker_periods=(), flicker_octaves=(1, 2)
+)
+# v14 (validation only): v13's target videos (two-octave coarse band), v12's ACP clips (one 14 px checker at full
+# contrast, 80 per class): the frozen encoder's 14 px detector meets the coarse band's finer octave at 64^2 and its
+# coarser one at 32^2.
+_PROFILES["flicker-v14"] = replace(_PROFILES["flicker-v13"], name="flicker-v14", clip_flicker_periods=(0.21875,))
+# v15 (validation only): v7's target videos, ACP clips that flicker at the fine 4 px scale only (its margin), 80 per
+# class: the frozen encoder carries a fine-band detector, which has nothing to fire on at 32^2.
+_PROFILES["flicker-v15"] = replace(
+    _PROFILES["flicker-v7"], name="flicker-v15", clips_per_class=80, clip_flicker_periods=(0.0625,)
+)
+# v16 (validation only): v15 with the coarse band at 20 px (10 px at 32^2: 2.5x the ACP's fine detector, no foothold
+# for an encoder trained at 32^2).
+_PROFILES["flicker-v16"] = replace(_PROFILES["flicker-v15"], name="flicker-v16", flicker_periods=(0.0625, 0.3125))
 # The default benchmark: v7's content (chosen on validation; docs/synthetic.md, "v7 becomes the default").
 _PROFILES["default"] = replace(_PROFILES["flicker-v7"], name="default")
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(_PROFILES)
@@ -473,6 +496,7 @@ class _Object:
     cue_contrast: np.ndarray | float = 0.0  # (T,) contrast of the v4 flicker checker (0: off)
     cue_margin: float = 0.0  # the checker fades out within this distance of the outline (fraction of the side)
     cue_period: float = 0.0625  # frame units
+    cue_octaves: int = 1  # the checker at cue_period, 2 cue_period, ... each at 1 / cue_octaves of the contrast
 
 
 def motion_envelope(
@@ -554,6 +578,10 @@ def _composite(img: np.ndarray, obj: _Object, coords: np.ndarray, pixels_per_uni
     cue = np.asarray(obj.cue_contrast, dtype=f32)
     if cue.ndim:  # the v4 flicker: a mean-preserving checker whose contrast switches with time
         checker = _shade("checker", u, v, obj.cue_period, 0.0, 1.0) - f32(TEXTURE_MEAN)
+        if obj.cue_octaves > 1:  # mean-preserving still: a mean of mean-preserving checkers
+            for k in range(1, obj.cue_octaves):
+                checker = checker + (_shade("checker", u, v, obj.cue_period * 2**k, 0.0, 1.0) - f32(TEXTURE_MEAN))
+            checker = checker / f32(obj.cue_octaves)
         if obj.cue_margin > 0:  # a smoothstep from the outline to the margin: no sharp step for the resize to keep
             w = np.clip(-dist / f32(obj.cue_margin), 0.0, 1.0)
             checker = checker * (w * w * (f32(3.0) - f32(2.0) * w))
@@ -716,6 +744,7 @@ def _flicker_actor(
         cue_contrast=profile.flicker_contrast * state,
         cue_margin=profile.flicker_edge_margin[band],
         cue_period=profile.flicker_periods[band],
+        cue_octaves=profile.flicker_octaves[band],
     )
 
 
@@ -797,7 +826,9 @@ def acp_clip_scene(plan: SynthPlan, item: PlannedItem) -> tuple[Scene, SynthProf
         periods = p.clip_flicker_periods or (p.flicker_periods[-1],) * len(p.flicker_periods)
         # the finest clip scale takes the fine band's margin, every other scale the coarse band's
         margins = tuple(p.flicker_edge_margin[min(i, 1)] for i in range(len(periods)))
-        p = replace(p, flicker_periods=periods, flicker_edge_margin=margins)
+        # clips at the coarse band's period take its octaves; explicit clip scales are single checkers
+        octaves = (p.flicker_octaves[-1] if not p.clip_flicker_periods else 1,) * len(periods)
+        p = replace(p, flicker_periods=periods, flicker_edge_margin=margins, flicker_octaves=octaves)
     return make_scene(numpy_rng(plan.seed, "synthetic", "clip", item.id), cls, env, p), p
 
 
@@ -833,12 +864,10 @@ def video_strata(plan: SynthPlan) -> dict[str, dict[str, list[str]]]:
 
 
 def _identity(profile: SynthProfile, seed: int) -> dict[str, object]:
-    return {
-        "profile": profile.name,
-        "seed": seed,
-        "generator_version": GENERATOR_VERSION,
-        "parameters": json.loads(json.dumps(asdict(profile))),
-    }
+    parameters = json.loads(json.dumps(asdict(profile)))
+    if all(n == 1 for n in profile.flicker_octaves):  # added later; at its default nothing renders differently, so
+        del parameters["flicker_octaves"]  # folders made before it still count as this benchmark
+    return {"profile": profile.name, "seed": seed, "generator_version": GENERATOR_VERSION, "parameters": parameters}
 
 
 def _describe(ident: Mapping[str, object]) -> str:
