@@ -467,8 +467,8 @@ def test_flicker_v10_v11_change_only_the_number_of_acp_clips(name: str, clips: i
 
 def test_flicker_v9_changes_only_the_acp_classes() -> None:
     """`flicker-v9` (a design step): 8 flicker/still pairs of ACP classes at the same 320 clips; the target videos,
-    their classes and segments are the default's."""
-    v9, default = S.make_plan("flicker-v9", 0), S.make_plan("default", 0)
+    their classes and segments are v7's."""
+    v9, default = S.make_plan("flicker-v9", 0), S.make_plan("flicker-v7", 0)  # v9 is a step from v7
     assert v9.classes == default.classes and v9.videos == default.videos
     names = [c.name for c in v9.clip_classes]
     assert len(names) == 16 and len(v9.clips) == len(default.clips) == 320

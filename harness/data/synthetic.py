@@ -194,8 +194,9 @@ _PROFILES["flicker-v15"] = replace(
 # v16 (validation only): v15 with the coarse band at 20 px (10 px at 32^2: 2.5x the ACP's fine detector, no foothold
 # for an encoder trained at 32^2).
 _PROFILES["flicker-v16"] = replace(_PROFILES["flicker-v15"], name="flicker-v16", flicker_periods=(0.0625, 0.3125))
-# The default benchmark: v7's content (chosen on validation; docs/synthetic.md, "v7 becomes the default").
-_PROFILES["default"] = replace(_PROFILES["flicker-v7"], name="default")
+# The default benchmark: v16's content (chosen on validation; docs/synthetic.md, "v16 becomes the default"); the
+# previous default stays available as `flicker-v7`.
+_PROFILES["default"] = replace(_PROFILES["flicker-v16"], name="default")
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(_PROFILES)
 
 
