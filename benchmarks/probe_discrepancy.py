@@ -105,10 +105,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
+    from harness.errors import LofiError
     from harness.experiment import load_experiment
     from harness.pipeline.data import prepare_dataset
 
-    cfg = load_experiment(args.config)
+    try:
+        cfg = load_experiment(args.config)
+    except LofiError as exc:
+        print(f"probe_discrepancy: {exc}", file=sys.stderr)
+        return 2
+    if cfg.data.val_subset == cfg.data.train_subset:  # a design run's config (validation curve on training videos)
+        print(
+            f"probe_discrepancy: {args.config}: data.val_subset = {cfg.data.val_subset!r} is data.train_subset, the "
+            "videos the probe is fitted on, so its AUC would be in-sample; use a config whose val_subset is another "
+            "subset (e.g. validation, with test_subset: testing)",
+            file=sys.stderr,
+        )
+        return 2
     ds = prepare_dataset(cfg.data)
     train = list(ds.subset(cfg.data.train_subset))
     if args.max_train:
