@@ -194,6 +194,9 @@ _PROFILES["flicker-v15"] = replace(
 # v16 (validation only): v15 with the coarse band at 20 px (10 px at 32^2: 2.5x the ACP's fine detector, no foothold
 # for an encoder trained at 32^2).
 _PROFILES["flicker-v16"] = replace(_PROFILES["flicker-v15"], name="flicker-v16", flicker_periods=(0.0625, 0.3125))
+# v17 (validation only, after the v16 test run): v16 with 48 ACP clips per class (a weaker frozen fine detector, and
+# 0.6x the pre-training cost).
+_PROFILES["flicker-v17"] = replace(_PROFILES["flicker-v16"], name="flicker-v17", clips_per_class=48)
 # The default benchmark: v16's content (chosen on validation; docs/synthetic.md, "v16 becomes the default"); the
 # previous default stays available as `flicker-v7`.
 _PROFILES["default"] = replace(_PROFILES["flicker-v16"], name="default")
