@@ -581,11 +581,9 @@ def _composite(img: np.ndarray, obj: _Object, coords: np.ndarray, pixels_per_uni
     shade = _shade(obj.texture, u, v, obj.period, phase.reshape(-1, 1, 1) if phase.ndim else phase, obj.contrast)
     cue = np.asarray(obj.cue_contrast, dtype=f32)
     if cue.ndim:  # the v4 flicker: a mean-preserving checker whose contrast switches with time
-        checker = _shade("checker", u, v, obj.cue_period, 0.0, 1.0) - f32(TEXTURE_MEAN)
-        if obj.cue_octaves > 1:  # mean-preserving still: a mean of mean-preserving checkers
-            for k in range(1, obj.cue_octaves):
-                checker = checker + (_shade("checker", u, v, obj.cue_period * 2**k, 0.0, 1.0) - f32(TEXTURE_MEAN))
-            checker = checker / f32(obj.cue_octaves)
+        # a mean of mean-preserving checkers, one per octave (one octave: the same bits as the checker alone)
+        octaves = [_shade("checker", u, v, obj.cue_period * 2**k, 0.0, 1.0) for k in range(obj.cue_octaves)]
+        checker = sum(o - f32(TEXTURE_MEAN) for o in octaves) / f32(obj.cue_octaves)
         if obj.cue_margin > 0:  # a smoothstep from the outline to the margin: no sharp step for the resize to keep
             w = np.clip(-dist / f32(obj.cue_margin), 0.0, 1.0)
             checker = checker * (w * w * (f32(3.0) - f32(2.0) * w))
