@@ -197,9 +197,17 @@ _PROFILES["flicker-v16"] = replace(_PROFILES["flicker-v15"], name="flicker-v16",
 # v17 (validation only, after the v16 test run): v16 with 48 ACP clips per class (a weaker frozen fine detector, and
 # 0.6x the pre-training cost).
 _PROFILES["flicker-v17"] = replace(_PROFILES["flicker-v16"], name="flicker-v17", clips_per_class=48)
-# The default benchmark: v16's content (chosen on validation; docs/synthetic.md, "v16 becomes the default"); the
-# previous default stays available as `flicker-v7`.
-_PROFILES["default"] = replace(_PROFILES["flicker-v16"], name="default")
+# v18 (validation only): v17 with the fine band and the ACP clips at 3 px (1.5 px at 32^2, past the resize's
+# Nyquist limit: nothing of it is left for an encoder trained at 32^2 to learn from).
+_PROFILES["flicker-v18"] = replace(
+    _PROFILES["flicker-v17"], name="flicker-v18", flicker_periods=(0.046875, 0.3125), clip_flicker_periods=(0.046875,)
+)
+# v19 (validation only, after v18's frozen 3 px detector carried nothing): v18's target videos (fine band at 3 px),
+# v17's ACP clips (48 per class at 4 px).
+_PROFILES["flicker-v19"] = replace(_PROFILES["flicker-v18"], name="flicker-v19", clip_flicker_periods=(0.0625,))
+# The default benchmark: v19's content (chosen on validation; docs/synthetic.md, "v19 becomes the default"); the
+# previous defaults stay available as `flicker-v16` and `flicker-v7`.
+_PROFILES["default"] = replace(_PROFILES["flicker-v19"], name="default")
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(_PROFILES)
 
 
