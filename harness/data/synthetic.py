@@ -205,6 +205,9 @@ _PROFILES["flicker-v18"] = replace(
 # v19 (validation only, after v18's frozen 3 px detector carried nothing): v18's target videos (fine band at 3 px),
 # v17's ACP clips (48 per class at 4 px).
 _PROFILES["flicker-v19"] = replace(_PROFILES["flicker-v18"], name="flicker-v19", clip_flicker_periods=(0.0625,))
+# v20 (validation only, after the v19 test run's negative control: ACP on seeds 10-12 carried nothing): v19 with
+# v16's 80 ACP clips per class.
+_PROFILES["flicker-v20"] = replace(_PROFILES["flicker-v19"], name="flicker-v20", clips_per_class=80)
 # The default benchmark: v19's content (chosen on validation; docs/synthetic.md, "v19 becomes the default"); the
 # previous defaults stay available as `flicker-v16` and `flicker-v7`.
 _PROFILES["default"] = replace(_PROFILES["flicker-v19"], name="default")
