@@ -465,11 +465,12 @@ def test_flicker_v8_fades_the_fine_band_only() -> None:
         ("flicker-v18", 384),
         ("flicker-v19", 384),
         ("flicker-v20", 640),
+        ("flicker-v22", 384),
     ],
 )
 def test_flicker_v10_v11_change_only_the_number_of_acp_clips(name: str, clips: int) -> None:
     """The design steps with other numbers of clips per ACP class (v12: at the coarse scale only, v15-v17: at the
-    fine one; v16's to v20's coarse band is wider, v18's to v20's fine band finer): the planned target videos and the ACP classes are the default's."""
+    fine one; v16's to v20's coarse band is wider, v18's to v22's fine band finer): the planned target videos and the ACP classes are the default's."""
     plan, default = S.make_plan(name, 0), S.make_plan("default", 0)
     assert plan.classes == default.classes and plan.videos == default.videos
     assert plan.clip_classes == default.clip_classes and len(plan.clips) == clips

@@ -208,6 +208,9 @@ _PROFILES["flicker-v19"] = replace(_PROFILES["flicker-v18"], name="flicker-v19",
 # v20 (validation only, after the v19 test run's negative control: ACP on seeds 10-12 carried nothing): v19 with
 # v16's 80 ACP clips per class.
 _PROFILES["flicker-v20"] = replace(_PROFILES["flicker-v19"], name="flicker-v20", clips_per_class=80)
+# v22 (validation only): v19's target videos, its 48 ACP clips per class flickering at the coarse band's 20 px
+# instead of 4 px (a frozen detector for the coarse band that has nothing to fire on in the 3 px fine band).
+_PROFILES["flicker-v22"] = replace(_PROFILES["flicker-v19"], name="flicker-v22", clip_flicker_periods=(0.3125,))
 # The default benchmark: v19's content (chosen on validation; docs/synthetic.md, "v19 becomes the default"); the
 # previous defaults stay available as `flicker-v16` and `flicker-v7`.
 _PROFILES["default"] = replace(_PROFILES["flicker-v19"], name="default")
