@@ -466,6 +466,7 @@ def test_flicker_v8_fades_the_fine_band_only() -> None:
         ("flicker-v19", 384),
         ("flicker-v20", 640),
         ("flicker-v22", 384),
+        ("flicker-v23", 384),
     ],
 )
 def test_flicker_v10_v11_change_only_the_number_of_acp_clips(name: str, clips: int) -> None:
