@@ -469,9 +469,10 @@ def test_flicker_v8_fades_the_fine_band_only() -> None:
         ("flicker-v23", 384),
     ],
 )
-def test_flicker_v10_v11_change_only_the_number_of_acp_clips(name: str, clips: int) -> None:
-    """The design steps with other numbers of clips per ACP class (v12: at the coarse scale only, v15-v17: at the
-    fine one; v16's to v20's coarse band is wider, v18's to v22's fine band finer): the planned target videos and the ACP classes are the default's."""
+def test_design_steps_change_only_the_acp_clips(name: str, clips: int) -> None:
+    """The design steps that change the ACP clips (their number per class, their checker scale) or only the checker
+    sizes (v16 on: a 20 px coarse band; v18 on: a 3 px fine band): the planned target videos and the ACP classes are
+    the default's; only the number of clips differs."""
     plan, default = S.make_plan(name, 0), S.make_plan("default", 0)
     assert plan.classes == default.classes and plan.videos == default.videos
     assert plan.clip_classes == default.clip_classes and len(plan.clips) == clips

@@ -211,8 +211,8 @@ _PROFILES["flicker-v20"] = replace(_PROFILES["flicker-v19"], name="flicker-v20",
 # v22 (validation only): v19's target videos, its 48 ACP clips per class flickering at the coarse band's 20 px
 # instead of 4 px (a frozen detector for the coarse band that has nothing to fire on in the 3 px fine band).
 _PROFILES["flicker-v22"] = replace(_PROFILES["flicker-v19"], name="flicker-v22", clip_flicker_periods=(0.3125,))
-# v23 (validation only): v19's target videos and 48 ACP clips per class, half flickering at 4 px and half at 20 px
-# (one period drawn per clip): v22's coarse detector for the ACP target, a weaker fine start for T.
+# v23 (validation only): v19's target videos and 48 ACP clips per class, each drawn at 4 or 20 px with equal chance
+# (203 and 181 of the 384 at seed 0): v22's coarse detector for the ACP target, a weaker fine start for T.
 _PROFILES["flicker-v23"] = replace(_PROFILES["flicker-v19"], name="flicker-v23", clip_flicker_periods=(0.0625, 0.3125))
 # The default benchmark: v19's content (chosen on validation; docs/synthetic.md, "v19 becomes the default"); the
 # previous defaults stay available as `flicker-v16` and `flicker-v7`.
