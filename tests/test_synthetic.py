@@ -467,6 +467,7 @@ def test_flicker_v8_fades_the_fine_band_only() -> None:
         ("flicker-v20", 640),
         ("flicker-v22", 384),
         ("flicker-v23", 384),
+        ("flicker-v24", 384),
     ],
 )
 def test_design_steps_change_only_the_acp_clips(name: str, clips: int) -> None:
@@ -476,6 +477,29 @@ def test_design_steps_change_only_the_acp_clips(name: str, clips: int) -> None:
     plan, default = S.make_plan(name, 0), S.make_plan("default", 0)
     assert plan.classes == default.classes and plan.videos == default.videos
     assert plan.clip_classes == default.clip_classes and len(plan.clips) == clips
+
+
+def test_twin_acp_clips_differ_only_in_the_flicker() -> None:
+    """`clip_twins` (the `flicker-v24` design step): a still class's clip is its flicker twin's scene, pixel for pixel,
+    on the frames where the twin's checker is in the still clip's held state, and differs on the others; the still
+    clip's checker never changes; the flicker clips are v19's byte for byte."""
+    plan, v19 = S.make_plan("flicker-v24", 0), S.make_plan("flicker-v19", 0)
+    by_id = {c.id: c for c in plan.clips}
+    stills = [c for c in plan.clips if c.label.endswith("-still")]
+    assert len(stills) == len(plan.clips) // 2
+    for still in stills[:3]:
+        ci, j = still.id.split("_")
+        twin = by_id[f"c{int(ci[1:]) - 1:02d}_{j}"]
+        assert twin.label == still.label.removesuffix("-still") + "-flicker"
+        scene, _ = S.acp_clip_scene(plan, still)
+        assert np.ptp(scene.actor.cue_contrast) == 0  # held for the whole clip
+        flicker, held = S.render_acp_clip(plan, twin).astype(int), S.render_acp_clip(plan, still).astype(int)
+        twin_state = S.acp_clip_scene(plan, twin)[0].actor.cue_contrast
+        same = twin_state == scene.actor.cue_contrast
+        assert same.any() and (~same).any()
+        assert np.abs(flicker[same] - held[same]).max() == 0
+        assert all(np.abs(flicker[t] - held[t]).max() > 20 for t in np.flatnonzero(~same))
+        assert np.array_equal(flicker, S.render_acp_clip(v19, twin))
 
 
 def test_flicker_v9_changes_only_the_acp_classes() -> None:

@@ -111,6 +111,11 @@ class SynthProfile:
     # a two-octave band at half the resolution still fires on it at full resolution (the `flicker-v13` design).
     # ACP clips drawn at the coarse band's period (clip_flicker_periods empty) take the coarse band's octaves.
     flicker_octaves: tuple[int, ...] = (1, 1)
+    # ACP clips in twins (the `flicker-v24` design step): each clip of a still class is its flicker twin's scene
+    # (same background, distractors, actor path and colour), only with the checker held on or off. The pair's two
+    # classes then differ in nothing but the flicker, so the classifier cannot tell them apart by memorising scenes
+    # (what 48 independent clips per class allow: the frozen detector's seed lottery, docs/synthetic.md).
+    clip_twins: bool = False
 
 
 _PROFILES: dict[str, SynthProfile] = {
@@ -214,6 +219,10 @@ _PROFILES["flicker-v22"] = replace(_PROFILES["flicker-v19"], name="flicker-v22",
 # v23 (validation only): v19's target videos and 48 ACP clips per class, each drawn at 4 or 20 px with equal chance
 # (203 and 181 of the 384 at seed 0): v22's coarse detector for the ACP target, a weaker fine start for T.
 _PROFILES["flicker-v23"] = replace(_PROFILES["flicker-v19"], name="flicker-v23", clip_flicker_periods=(0.0625, 0.3125))
+# v24 (validation only, after the v19 test run): v19 with its ACP clips in twins (``clip_twins``): 48 scenes per
+# flicker/still pair, each rendered flickering and held still. Meant to end the frozen detector's seed lottery at
+# v19's cost.
+_PROFILES["flicker-v24"] = replace(_PROFILES["flicker-v19"], name="flicker-v24", clip_twins=True)
 # The default benchmark: v19's content (chosen on validation; docs/synthetic.md, "v19 becomes the default"); the
 # previous defaults stay available as `flicker-v16` and `flicker-v7`.
 _PROFILES["default"] = replace(_PROFILES["flicker-v19"], name="default")
@@ -848,7 +857,19 @@ def acp_clip_scene(plan: SynthPlan, item: PlannedItem) -> tuple[Scene, SynthProf
         # clips at the coarse band's period take its octaves; explicit clip scales are single checkers
         octaves = (p.flicker_octaves[-1] if not p.clip_flicker_periods else 1,) * len(periods)
         p = replace(p, flicker_periods=periods, flicker_edge_margin=margins, flicker_octaves=octaves)
+    if p.cue == "flicker" and p.clip_twins and cls.motion.speed == 0.0:
+        return _still_twin(plan, item, cls, p), p
     return make_scene(numpy_rng(plan.seed, "synthetic", "clip", item.id), cls, env, p), p
+
+
+def _still_twin(plan: SynthPlan, item: PlannedItem, cls: ActionClass, p: SynthProfile) -> Scene:
+    """A still class's clip as its flicker twin's scene (the same key draws the same scene) with the checker held
+    on or off for the whole clip (``clip_twins``)."""
+    twin = plan.class_by_name[cls.name.removesuffix("-still") + "-flicker"]
+    twin_id = f"c{plan.clip_classes.index(twin):02d}_{item.id.rsplit('_', 1)[1]}"
+    scene = make_scene(numpy_rng(plan.seed, "synthetic", "clip", twin_id), twin, np.ones(p.clip_frames), p)
+    held = float(numpy_rng(plan.seed, "synthetic", "clip-twin", item.id).integers(0, 2)) * p.flicker_contrast
+    return replace(scene, actor=replace(scene.actor, cue_contrast=np.full(p.clip_frames, held)))
 
 
 def render_acp_clip(plan: SynthPlan, item: PlannedItem) -> np.ndarray:
@@ -886,6 +907,8 @@ def _identity(profile: SynthProfile, seed: int) -> dict[str, object]:
     parameters = json.loads(json.dumps(asdict(profile)))
     if all(n == 1 for n in profile.flicker_octaves):  # added later; at its default nothing renders differently, so
         del parameters["flicker_octaves"]  # folders made before it still count as this benchmark
+    if not profile.clip_twins:  # the same: added later, nothing renders differently at its default
+        del parameters["clip_twins"]
     return {"profile": profile.name, "seed": seed, "generator_version": GENERATOR_VERSION, "parameters": parameters}
 
 
