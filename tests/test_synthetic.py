@@ -468,6 +468,7 @@ def test_flicker_v8_fades_the_fine_band_only() -> None:
         ("flicker-v22", 384),
         ("flicker-v23", 384),
         ("flicker-v24", 384),
+        ("flicker-v25", 384),
     ],
 )
 def test_design_steps_change_only_the_acp_clips(name: str, clips: int) -> None:
