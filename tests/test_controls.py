@@ -14,9 +14,17 @@ import pytest
 
 from harness.cli import main
 from harness.evaluation.detection import evaluate_detection, load_ground_truth
+from harness.evaluation.predictions import load_predictions
 from harness.experiment import SweepConfig
 from harness.postprocess import fuse_with_classes
-from harness.report.build import build_report, classifier_top1, ground_truth_classes, oracle_average_map, table_modes
+from harness.report.build import (
+    build_report,
+    classifier_top1,
+    ground_truth_classes,
+    oracle_average_map,
+    oracle_predictions,
+    table_modes,
+)
 from harness.report.controls import controls_table
 from harness.report.rows import NEGATIVE, load_rows
 from harness.report.tables import NO_GAIN, SHARE_COLUMN
@@ -139,6 +147,46 @@ def test_oracle_of_one_exact_proposal_is_one_and_a_better_scored_false_one_halve
     # a false proposal ranked above it: precision 1/2 at the only true positive, AP = 1/2 at every threshold
     both = {"v0": [*exact["v0"], {"label": "proposal", "score": 0.9, "segment": [50.0, 70.0]}]}
     assert oracle_average_map(_official(both), gt, labels) == 0.5
+
+
+def test_oracle_predictions_are_the_fused_one_hot_entries(tmp_path: Path) -> None:
+    # The oracle's arrays, built directly, against what load_predictions reads from the fuse_with_classes entries
+    # (one-hot class scores, top-1 class) of every labelled video: proposals with tied scores, a video without a
+    # ground-truth class (no instance), one without proposals, one outside the ground truth.
+    gt_path = tmp_path / "gt.json"
+    rng = np.random.default_rng(3)
+    db = {
+        f"v{i}": {
+            "subset": "validation",
+            "duration": 100.0,
+            "annotations": [] if i == 4 else [{"segment": [10.0 * i, 10.0 * i + 20], "label": CLASSES[i % 2]}],
+        }
+        for i in range(6)
+    }
+    gt_path.write_text(json.dumps({"version": "fixture", "database": db}))
+    gt, labels = load_ground_truth(gt_path, subset="validation"), ground_truth_classes(gt_path, "validation")
+    proposals = {
+        vid: [
+            {"label": "proposal", "score": float(rng.choice([0.2, 0.5, 0.9])), "segment": [a, a + 15.0]}
+            for a in rng.uniform(0, 80, 12).tolist()
+        ]
+        for vid in ("v3", "v0", "v4", "elsewhere", "v1", "v5")
+    }
+    props = load_predictions(_official(proposals), gt, require_label=False)
+    fused = {}
+    for vid in gt.video_ids:
+        idx = np.flatnonzero(props.video == gt.video_index[vid])
+        if vid in labels and idx.size:
+            one_hot = (np.array(gt.classes) == labels[vid]).astype(float)
+            segs = np.column_stack([props.segments[idx], props.score[idx]])
+            fused[vid] = fuse_with_classes(segs, one_hot, list(gt.classes), top_k_classes=1)
+    expected = load_predictions(_official(fused), gt)
+    got = oracle_predictions(props, gt, labels)
+    for field in ("video", "label", "score", "segments"):
+        a, b = getattr(expected, field), getattr(got, field)
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == np.ascontiguousarray(b).tobytes(), field
+    assert (got.source, got.unknown_videos) == (expected.source, expected.unknown_videos)
+    assert oracle_average_map(_official(proposals), gt, labels) == evaluate_detection(gt, expected).average_mAP
 
 
 def test_classifier_top1_from_class_scores_and_from_predictions(tmp_path: Path) -> None:

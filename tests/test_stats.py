@@ -5,6 +5,9 @@ All ground truth and predictions below are TEST FIXTURES made up in code; none i
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -18,6 +21,7 @@ from harness.evaluation.detection import (
     match_detections,
 )
 from harness.evaluation.predictions import load_predictions
+from harness.report import weighted_ap
 from harness.report.stats import (
     BootstrapResult,
     _permutation_pairs,
@@ -26,11 +30,13 @@ from harness.report.stats import (
     mean_sd,
     merge_swapped,
     minimum_detectable_effect,
+    pair_engine,
     paired_bootstrap,
     paired_permutation_test,
     share_of_gain,
+    swapped_totals,
 )
-from harness.report.weighted_ap import StatsError, weighted_metric
+from harness.report.weighted_ap import SortedDetections, StatsError, rank_counts, weighted_metric
 
 CLASSES = ("jump", "run", "swim")
 
@@ -159,6 +165,92 @@ def test_weighting_equals_duplicating_videos() -> None:
     )
     # Classes absent from the duplicated set are not evaluated there; the weighted mAP skips them likewise.
     assert weighted_metric(m, w[None, :])[0] == pytest.approx(expected.average_mAP, abs=1e-12)
+
+
+def _scan_ap(group, cls, score, tp, weights, npos, n_classes) -> np.ndarray:
+    """The engine's AP as scans along each threshold's true positives (numpy's cumsum and maximum.accumulate, the
+    lifted running max), with the counts found by brute force: the numbers ``SortedDetections.ap`` must give
+    to the last bit, whatever its layout."""
+    order = np.lexsort((-score, cls))
+    cls, group, tp = cls[order], group[order], tp[:, order]
+    b = weights.shape[0]
+    sums = np.zeros((b, tp.shape[0], n_classes))
+    for t in range(tp.shape[0]):
+        pos = np.flatnonzero(tp[t])
+        if not pos.size:
+            continue
+        c = cls[pos]
+        w = weights[:, group[pos]]
+        total = np.stack([weights[:, group[(cls == cls[p]) & (np.arange(cls.size) <= p)]].sum(axis=1) for p in pos], 1)
+        cs = np.concatenate([np.zeros((b, 1)), np.cumsum(w, axis=1)], axis=1)
+        tp_cum = cs[:, 1:] - cs[:, np.searchsorted(c, c)]
+        prec = np.divide(tp_cum, total, out=np.zeros_like(tp_cum), where=total > 0)
+        lift = 2.0 * (n_classes - c)
+        interp = np.maximum.accumulate((prec + lift)[:, ::-1], axis=1)[:, ::-1]
+        interp -= lift
+        interp *= w
+        csum = np.concatenate([np.zeros((b, 1)), np.cumsum(interp, axis=1)], axis=1)
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        sums[:, t, c[starts]] = csum[:, np.r_[starts[1:], c.size]] - csum[:, starts]
+    npos = npos[:, None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(npos > 0, sums / np.where(npos > 0, npos, 1.0), np.nan)
+
+
+def test_engine_ap_is_bitwise_the_per_threshold_scan(monkeypatch) -> None:
+    # Random engines: ties in score, thresholds without true positives, several passes over the resamples.
+    monkeypatch.setattr(weighted_ap, "_PASS_ELEMENTS", 50)
+    for trial in range(60):
+        r = np.random.default_rng(trial)
+        n, groups, classes, thresholds = int(r.integers(0, 50)), int(r.integers(1, 7)), int(r.integers(1, 5)), 3
+        group, cls, score = r.integers(0, groups, n), r.integers(0, classes, n), np.round(r.random(n), 1)
+        tp = r.random((thresholds, n)) < r.random()
+        tp[trial % thresholds] &= trial % 4 != 0
+        weights = r.integers(0, 4, (int(r.integers(1, 40)), groups)).astype(float)
+        npos = r.integers(0, 5, (weights.shape[0], classes)).astype(float)
+        fast = SortedDetections(group, cls, score, tp, groups, classes).ap(weights, npos)
+        expected = _scan_ap(group, cls, score, tp, weights, npos, classes)
+        assert fast.tobytes() == expected.tobytes(), trial
+
+
+def test_rank_counts_equal_counting_by_hand() -> None:
+    r = np.random.default_rng(5)
+    cls, grp = np.sort(r.integers(0, 4, 80)), r.integers(0, 6, 80)
+    positions = np.flatnonzero(r.random(80) < 0.3)
+    expected = [[np.sum((cls == cls[p]) & (np.arange(80) <= p) & (grp == g)) for g in range(6)] for p in positions]
+    np.testing.assert_array_equal(rank_counts(cls, grp, positions, 6), np.array(expected).reshape(-1, 6))
+
+
+def test_swapped_totals_equal_the_selections_totals(runs) -> None:
+    _, a, b = runs
+    engine = pair_engine(a[0], b[1])
+    swaps = (np.random.default_rng(2).random((7, 24)) < 0.5).astype(float)
+    ones, zeros = np.ones((7, 1)), np.zeros((7, 1))
+    totals_a, totals_b = swapped_totals(engine.counts, 24, swaps)
+    np.testing.assert_array_equal(totals_a, engine.totals(np.concatenate([1 - swaps, swaps, ones, zeros], axis=1)))
+    np.testing.assert_array_equal(totals_b, engine.totals(np.concatenate([swaps, 1 - swaps, zeros, ones], axis=1)))
+
+
+def test_engine_cache_holds_one_entry_per_run_object(runs) -> None:
+    _, a, b = runs
+    engine = weighted_ap._bootstrap_engine(a[0])
+    assert weighted_ap._bootstrap_engine(a[0]) is engine
+    assert weighted_ap._bootstrap_engine(b[0]) is not engine
+    copy = dataclasses.replace(a[0])  # equal contents, another object: its own entry
+    assert weighted_ap._bootstrap_engine(copy) is not engine
+    key = id(copy)
+    del copy
+    gc.collect()
+    assert key not in weighted_ap._ENGINES  # an entry leaves with its matches
+    # runs made and dropped one after the other, alternately A's and B's (CPython gives each the id of the one
+    # before): each gets its own numbers
+    weights = np.random.default_rng(4).multinomial(24, np.full(24, 1 / 24), size=5).astype(float)
+    expected = [weighted_metric(m, weights, method="reference") for m in (a[0], b[0])]
+    assert not np.allclose(expected[0], expected[1])
+    for k in range(4):
+        m = dataclasses.replace((a[0], b[0])[k % 2])
+        np.testing.assert_allclose(weighted_metric(m, weights), expected[k % 2], rtol=0, atol=1e-12)
+        del m
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -147,25 +147,35 @@ def oracle_average_map(proposals: str | Path | Mapping[str, Any], gt: Any, label
     videos without a ground-truth class get no detection."""
     from harness.evaluation.detection import evaluate_detection
     from harness.evaluation.predictions import load_predictions
-    from harness.postprocess import fuse_with_classes
 
     props = load_predictions(proposals, gt, require_label=False)
-    classes = list(gt.classes)
-    order = np.argsort(props.video, kind="stable")
-    video, bounds = np.unique(props.video[order], return_index=True)
-    chunks = np.split(order, bounds[1:]) if order.size else []
-    by_video = {int(v): idx for v, idx in zip(video, chunks) if v >= 0}
-    results: dict[str, list[dict[str, Any]]] = {}
-    for i, vid in enumerate(gt.video_ids):
-        label = labels.get(vid)
-        idx = by_video.get(i)
-        if label is None or idx is None:
-            continue
-        one_hot = np.zeros(len(classes))
-        one_hot[gt.class_index[label]] = 1.0
-        segs = np.column_stack([props.segments[idx], props.score[idx]])
-        results[vid] = fuse_with_classes(segs, one_hot, classes, top_k_classes=1)
-    return float(evaluate_detection(gt, {"version": "oracle", "results": results}).average_mAP)
+    return float(evaluate_detection(gt, oracle_predictions(props, gt, labels)).average_mAP)
+
+
+def oracle_predictions(props: Any, gt: Any, labels: Mapping[str, str]) -> Any:
+    """The class oracle's predictions as ``load_predictions`` reads the entries ``fuse_with_classes(..., one_hot,
+    top_k_classes=1)`` gives per labelled video (videos in ground-truth order, each video's proposals by score,
+    descending, ties in file order; the one-hot score multiplies by 1.0, which changes no bit), built from
+    ``props``' arrays: building and re-reading those dicts cost several times the evaluation itself. Same arrays,
+    same warnings."""
+    from harness.evaluation.predictions import DetectionPredictions, _check_videos
+
+    video_class = np.array([gt.class_index[labels[v]] if v in labels else -1 for v in gt.video_ids], np.int64)
+    video = np.asarray(props.video, dtype=np.int64)
+    kept = np.flatnonzero(video >= 0)
+    kept = kept[video_class[video[kept]] >= 0]
+    order = kept[np.lexsort((-props.score[kept], video[kept]))]  # stable: ties keep file order
+    names_idx = np.unique(video[order])
+    if not names_idx.size:
+        log.warning('<predictions>: "results" is empty, so there is nothing to evaluate (mAP is 0 by definition)')
+    _check_videos("<predictions>", [gt.video_ids[i] for i in names_idx], names_idx, gt, from_file=False)
+    return DetectionPredictions(
+        source="<predictions>",
+        video=video[order],
+        label=video_class[video[order]],
+        score=props.score[order],
+        segments=props.segments[order],
+    )
 
 
 def classifier_top1(

@@ -326,10 +326,27 @@ def _pair_metrics(a: Any, b: Any, swaps: np.ndarray, metric: str, method: Method
         ap_a = np.stack([ap_from_matches(merge_swapped(a, b, s)) for s in swaps]).astype(np.float64)
         ap_b = np.stack([ap_from_matches(merge_swapped(b, a, s)) for s in swaps]).astype(np.float64)
         return (metric_from_ap(ap_a, present, thresholds, metric), metric_from_ap(ap_b, present, thresholds, metric))
-    # Groups: A's predictions of video v (v), B's (V + v), A's on unknown videos (2V), B's on unknown videos (2V+1).
+    engine = pair_engine(a, b)
+    out_a, out_b = np.empty(n_swaps), np.empty(n_swaps)
+    for sl in resample_batches(n_swaps, engine.n_tp + engine.n_groups):
+        s = swaps[sl].astype(np.float64)
+        ones, zeros = np.ones((s.shape[0], 1)), np.zeros((s.shape[0], 1))
+        sel_a = np.concatenate([1.0 - s, s, ones, zeros], axis=1)
+        sel_b = np.concatenate([s, 1.0 - s, zeros, ones], axis=1)
+        npos = np.broadcast_to(npos_one, (s.shape[0], npos_one.size))
+        totals_a, totals_b = swapped_totals(engine.counts, n_videos, s)
+        out_a[sl] = metric_from_ap(engine.ap(sel_a, npos, totals_a), present[sl], thresholds, metric)
+        out_b[sl] = metric_from_ap(engine.ap(sel_b, npos, totals_b), present[sl], thresholds, metric)
+    return out_a, out_b
+
+
+def pair_engine(a: Any, b: Any) -> SortedDetections:
+    """A's and B's predictions in one engine. Groups: A's predictions of video v (v), B's (V + v), A's on unknown
+    videos (2V), B's on unknown videos (2V + 1)."""
+    n_videos = len(a.video_ids)
     va, vb = np.asarray(a.pred_video, dtype=np.int64), np.asarray(b.pred_video, dtype=np.int64)
     group = np.concatenate([np.where(va < 0, 2 * n_videos, va), np.where(vb < 0, 2 * n_videos + 1, n_videos + vb)])
-    engine = SortedDetections(
+    return SortedDetections(
         group,
         np.concatenate([np.asarray(a.pred_class), np.asarray(b.pred_class)]),
         np.concatenate([np.asarray(a.pred_score), np.asarray(b.pred_score)]),
@@ -337,16 +354,18 @@ def _pair_metrics(a: Any, b: Any, swaps: np.ndarray, metric: str, method: Method
         2 * n_videos + 2,
         len(a.classes),
     )
-    out_a, out_b = np.empty(n_swaps), np.empty(n_swaps)
-    for sl in resample_batches(n_swaps, engine.counts.shape[1] + engine.n_groups):
-        s = swaps[sl].astype(np.float64)
-        ones, zeros = np.ones((s.shape[0], 1)), np.zeros((s.shape[0], 1))
-        sel_a = np.concatenate([1.0 - s, s, ones, zeros], axis=1)
-        sel_b = np.concatenate([s, 1.0 - s, zeros, ones], axis=1)
-        npos = np.broadcast_to(npos_one, (s.shape[0], npos_one.size))
-        out_a[sl] = metric_from_ap(engine.ap(sel_a, npos), present[sl], thresholds, metric)
-        out_b[sl] = metric_from_ap(engine.ap(sel_b, npos), present[sl], thresholds, metric)
-    return out_a, out_b
+
+
+def swapped_totals(counts: np.ndarray, n_videos: int, swaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``SortedDetections.totals`` of A' and B' for swap patterns (B, V), from one product with V columns instead
+    of two with 2V + 2: A' counts A's predictions plus, on swapped videos, B's minus A's; B' the reverse. Same
+    numbers: all of them are integers below 2**24, which float32 holds exactly. ``counts``: (positions, 2V + 2)
+    in ``_pair_metrics``' group order."""
+    own_a, own_b = counts[:, :n_videos], counts[:, n_videos : 2 * n_videos]
+    base_a = own_a.sum(axis=1, dtype=np.float64) + counts[:, 2 * n_videos]
+    base_b = own_b.sum(axis=1, dtype=np.float64) + counts[:, 2 * n_videos + 1]
+    moved = ((own_b - own_a) @ np.asarray(swaps, dtype=np.float32).T).astype(np.float64)  # (positions, B)
+    return base_a[:, None] + moved, base_b[:, None] - moved
 
 
 def paired_permutation_test(

@@ -10,9 +10,11 @@ come from) only changes *weights*, because greedy matching never depends on othe
 * the interpolated precision is a running maximum over positions to the right, and its maxima sit on true
   positives (a false positive only lowers precision), so only the true-positive positions of each tIoU threshold
   are needed (at most one per ground-truth instance);
-* the weighted number of predictions ranked at or above each true positive is ``weights @ counts`` with a small
-  (groups x true positives) count matrix: one BLAS product per batch instead of cumulative sums over all
-  predictions.
+* the weighted number of predictions ranked at or above each true positive is ``counts @ weights.T`` with a small
+  (true-positive positions x groups) count matrix, one row per prediction that is a true positive at any
+  threshold: one BLAS product per batch instead of cumulative sums over all predictions;
+* the running sums and maxima along each threshold's true positives run over all thresholds at once, a row of
+  (thresholds x resamples) per step (``SortedDetections.ap``), with the very operations of a scan along each.
 
 ``method="reference"`` recomputes every resample with ``ap_from_matches`` itself (slow; used by the tests to
 check that both give the same numbers). mAP of a resample is the mean AP over the classes that have at least
@@ -22,6 +24,7 @@ per-video APs are never averaged.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:  # the evaluator is only needed at run time by method="referen
     from harness.evaluation.detection import DetectionMatches
 
 Method = Literal["fast", "reference"]
+_PASS_ELEMENTS = 1_000_000  # ranks x thresholds x resamples per pass of ``ap``: 8 MB arrays, faster than larger
 _BATCH_ELEMENTS = 4_000_000  # resamples x true positives per batch: bounds memory to a few tens of MB per array
 
 
@@ -60,72 +64,123 @@ class SortedDetections:
         self.n_groups = n_groups
         self.n_classes = n_classes
         self.n_thresholds = tp.shape[0]
-        n = pred_class.size
         # Class ascending, score descending, ties in input order (lexsort is stable).
         order = np.lexsort((-np.asarray(pred_score, dtype=np.float64), pred_class))
         cls = np.asarray(pred_class, dtype=np.int64)[order]
         grp = np.asarray(pred_group, dtype=np.int64)[order]
         tps = np.asarray(tp, dtype=bool)[:, order]
-        positions = np.arange(n)
-        # First sorted position of each prediction's class.
-        first_of_class = np.searchsorted(cls, cls, side="left")
-        # Keys sorted by (group, position) to count a group's predictions in any position range.
-        keys = np.sort(grp * n + positions)
+        # The thresholds' true positives mostly sit on the same predictions: count each position once.
+        positions = np.flatnonzero(tps.any(axis=0))
+        # float32 is exact here: counts and their weighted sums are integers far below 2**24.
+        self.counts = rank_counts(cls, grp, positions, n_groups).astype(np.float32)  # (positions, groups)
 
-        self.tp_group: list[np.ndarray] = []
-        self.tp_class: list[np.ndarray] = []
-        self.run_start: list[np.ndarray] = []  # index (within the threshold's true positives) of its class's first
-        self.offsets = [0]
+        # Layout of ``ap``: a (rank, threshold) table of the true positives, the thresholds side by side; a
+        # threshold with fewer true positives is padded at the end with a group of weight 0 (``n_groups``), the
+        # spare row of ``totals`` (``len(positions)``), and lift 0 (below every true positive's lifted precision).
+        per_t = [np.flatnonzero(tps[t]) for t in range(self.n_thresholds)]
+        self.n_tp = sum(p.size for p in per_t)  # true positives over all thresholds: sizes the batches
+        self.n_ranks = max((p.size for p in per_t), default=0)
+        shape = (self.n_ranks, self.n_thresholds)
+        self.group = np.full(shape, n_groups, dtype=np.int64)
+        self.row = np.full(shape, positions.size, dtype=np.int64)
+        # The running sums start at row 0 (= 0): a true positive's class starts at row ``class_row``; a padding
+        # rank k gets k + 1, its own row, so its share is 0.
+        self.class_row = np.broadcast_to(np.arange(1, self.n_ranks + 1)[:, None], shape).copy()
+        # Running max from the right, restarted at every class: lift each class by an offset that grows as the
+        # reversed scan moves to lower classes, so an earlier (lower) class never sees a later one's max.
+        self.lift = np.zeros(shape)
         self.runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        count_blocks = []
-        for t in range(self.n_thresholds):
-            pos = np.flatnonzero(tps[t])
+        for t, pos in enumerate(per_t):
             c = cls[pos]
-            self.tp_group.append(grp[pos])
-            self.tp_class.append(c)
-            self.run_start.append(np.searchsorted(c, c, side="left"))
-            g = np.arange(n_groups, dtype=np.int64)[:, None] * n
-            hi = np.searchsorted(keys, g + pos[None, :], side="right")
-            lo = np.searchsorted(keys, g + first_of_class[pos][None, :], side="left")
-            # float32 is exact here: counts and their weighted sums are integers far below 2**24.
-            count_blocks.append((hi - lo).astype(np.float32))  # (groups, n_t): ranked at or above, same class
-            self.offsets.append(self.offsets[-1] + pos.size)
+            n_t = pos.size
+            self.group[:n_t, t] = grp[pos]
+            self.row[:n_t, t] = np.searchsorted(positions, pos)
+            self.class_row[:n_t, t] = np.searchsorted(c, c, side="left")
+            self.lift[:n_t, t] = 2.0 * (n_classes - c)
             # Runs of equal class among the true positives: [start, end) and the class of each run.
-            starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if c.size else np.zeros(0, dtype=np.int64)
-            self.runs.append((starts, np.r_[starts[1:], c.size].astype(np.int64), c[starts]))
-        self.counts = np.concatenate(count_blocks, axis=1) if count_blocks else np.zeros((n_groups, 0), np.float32)
+            starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]]) if n_t else np.zeros(0, dtype=np.int64)
+            self.runs.append((starts, np.r_[starts[1:], n_t].astype(np.int64), c[starts]))
 
-    def ap(self, weights: np.ndarray, npos: np.ndarray) -> np.ndarray:
-        """(B, T, C) AP for group weights (B, groups) and ground-truth counts npos (B, C); NaN where npos is 0."""
+    def totals(self, weights: np.ndarray) -> np.ndarray:
+        """(positions, B): weighted number of predictions ranked at or above each true-positive position, in its
+        class, for group weights (B, groups): one BLAS product (exact: integer weights, see ``counts``)."""
+        return (self.counts @ np.asarray(weights, dtype=np.float32).T).astype(np.float64)
+
+    def ap(self, weights: np.ndarray, npos: np.ndarray, totals: np.ndarray | None = None) -> np.ndarray:
+        """(B, T, C) AP for group weights (B, groups; integers >= 0: multiplicities, selections) and ground-truth
+        counts npos (B, C); NaN where npos is 0. ``totals``: ``self.totals(weights)`` when the caller has a
+        cheaper way to the same (exact) numbers.
+
+        Arrays are (rank, threshold, resample): the running sums and maxima over the ranks are loops over rows
+        of T x B values, each a vector operation, instead of numpy's scans along an axis (one element at a time:
+        2-3 times slower here). Every value comes from the same operations in the same order as in a scan along
+        each threshold's true positives, so the AP is the same to the last bit. Resamples are taken a few
+        hundred at a time (``_PASS_ELEMENTS``): smaller arrays stay in cache."""
         weights = np.asarray(weights, dtype=np.float64)
         b = weights.shape[0]
-        c_n = self.n_classes
-        sums = np.zeros((b, self.n_thresholds, c_n))
-        # (B, sum n_t): weighted number of predictions ranked at or above each true positive, in its class.
-        totals = (weights.astype(np.float32) @ self.counts).astype(np.float64)
-        zero = np.zeros((b, 1))
-        for t in range(self.n_thresholds):
-            cls = self.tp_class[t]
-            if cls.size == 0:
-                continue
-            starts, ends, run_class = self.runs[t]
-            w = weights[:, self.tp_group[t]]  # (B, n_t)
-            cs = np.concatenate([zero, np.cumsum(w, axis=1)], axis=1)
-            tp_cum = cs[:, 1:] - cs[:, self.run_start[t]]
-            total = totals[:, self.offsets[t] : self.offsets[t + 1]]
-            prec = np.divide(tp_cum, total, out=np.zeros_like(tp_cum), where=total > 0)
-            # Running max from the right, restarted at every class: lift each class by an offset that grows as
-            # the reversed scan moves to lower classes, so an earlier (lower) class never sees a later one's max.
-            lift = 2.0 * (c_n - cls)
-            prec += lift
-            interp = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
-            interp -= lift
-            interp *= w
-            csum = np.concatenate([zero, np.cumsum(interp, axis=1)], axis=1)
-            sums[:, t, run_class] = csum[:, ends] - csum[:, starts]
+        sums = np.zeros((b, self.n_thresholds, self.n_classes))
+        if self.n_ranks:
+            totals = self.totals(weights) if totals is None else totals
+            step = max(1, _PASS_ELEMENTS // (self.n_ranks * self.n_thresholds))
+            for lo in range(0, b, step):
+                part = slice(lo, min(b, lo + step))
+                sums[part] = self._sums(weights[part], totals[:, part])
         npos = np.asarray(npos, dtype=np.float64)[:, None, :]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(npos > 0, sums / np.where(npos > 0, npos, 1.0), np.nan)
+
+    def _sums(self, weights: np.ndarray, totals: np.ndarray) -> np.ndarray:
+        """(B, T, C) sums of interpolated precision over each class's true positives, for group weights
+        (B, groups) and their ``totals`` (positions, B)."""
+        b = weights.shape[0]
+        w = np.concatenate([weights.T, np.zeros((1, b))])[self.group]  # (ranks, T, B); padding: weight 0
+        # A true positive whose total is 0 weighs 0 itself: divided by 1 its precision is 0, as it must be.
+        safe = np.concatenate([np.where(totals > 0, totals, 1.0), np.ones((1, b))])  # padding: 1
+        interp = _running_sum(w)  # integers: exact in any order
+        interp = np.subtract(interp[1:], interp[self.class_row, np.arange(self.n_thresholds)], out=interp[1:])
+        interp /= safe[self.row]  # precision at each true positive
+        interp += self.lift[:, :, None]
+        for k in range(self.n_ranks - 2, -1, -1):
+            np.maximum(interp[k], interp[k + 1], out=interp[k])
+        interp -= self.lift[:, :, None]
+        interp *= w
+        csum = _running_sum(interp)
+        sums = np.zeros((w.shape[2], self.n_thresholds, self.n_classes))
+        for t, (starts, ends, run_class) in enumerate(self.runs):
+            sums[:, t, run_class] = (csum[ends, t] - csum[starts, t]).T
+        return sums
+
+
+def _running_sum(x: np.ndarray) -> np.ndarray:
+    """``concatenate([0, cumsum(x, axis=0)])`` with the same additions in the same order (row 1 is x[0] itself,
+    then one row added at a time), as a loop over rows: each step adds whole rows at once."""
+    out = np.empty((x.shape[0] + 1, *x.shape[1:]))
+    out[0] = 0.0
+    out[1] = x[0]
+    for k in range(1, x.shape[0]):
+        np.add(out[k], x[k], out=out[k + 1])
+    return out
+
+
+def rank_counts(cls: np.ndarray, grp: np.ndarray, positions: np.ndarray, n_groups: int) -> np.ndarray:
+    """(len(positions), n_groups) int64: for each of the ascending ``positions`` in the (class, score)-sorted
+    predictions (``cls`` ascending), how many predictions of each group are ranked at or above it in its class.
+
+    One pass: every prediction is counted at the first listed position at or after it in its class, and a
+    cumulative sum over the positions of each class adds up the ranks above (no search per group)."""
+    n_pos = positions.size
+    if n_pos == 0:
+        return np.zeros((0, n_groups), dtype=np.int64)
+    at = np.searchsorted(positions, np.arange(cls.size), side="left")
+    keep = at < n_pos
+    # a prediction ranked below the last listed position of its class is counted nowhere
+    keep[keep] = cls[positions[at[keep]]] == cls[keep]
+    first = np.bincount(at[keep] * n_groups + grp[keep], minlength=n_pos * n_groups).reshape(n_pos, n_groups)
+    cum = np.cumsum(first, axis=0)
+    pos_class = cls[positions]
+    class_start = np.searchsorted(pos_class, pos_class, side="left")
+    before = np.where((class_start > 0)[:, None], cum[np.maximum(class_start - 1, 0)], 0)
+    return cum - before
 
 
 def metric_from_ap(ap: np.ndarray, present: np.ndarray, thresholds: np.ndarray, metric: str) -> np.ndarray:
@@ -177,12 +232,34 @@ def video_class_counts(m: Any) -> np.ndarray:
     return counts
 
 
-def _bootstrap_engine(m: Any) -> SortedDetections:
+def _build_bootstrap_engine(m: Any) -> SortedDetections:
     """Groups = the V ground-truth videos + one group for predictions on unknown videos (always weight 1)."""
     n_videos = len(m.video_ids)
     video = np.asarray(m.pred_video, dtype=np.int64)
     group = np.where(video < 0, n_videos, video)
     return SortedDetections(group, m.pred_class, m.pred_score, m.tp, n_videos + 1, len(m.classes))
+
+
+# id(matches) -> (weak reference to those matches, their engine); an entry leaves with its matches.
+_ENGINES: dict[int, tuple[weakref.ref[Any], SortedDetections]] = {}
+
+
+def _bootstrap_engine(m: Any) -> SortedDetections:
+    """The engine of one run's matches, built once per matches object: a report resamples the same run in every
+    comparison it enters (each table's tests, the gain shares, every stratum), and building it costs as much as
+    evaluating a thousand resamples. Keyed by identity (matches are never changed in place); an object that
+    cannot be weakly referenced is not cached."""
+    key = id(m)
+    hit = _ENGINES.get(key)
+    if hit is not None and hit[0]() is m:
+        return hit[1]
+    engine = _build_bootstrap_engine(m)
+    try:
+        ref = weakref.ref(m, lambda _, key=key: _ENGINES.pop(key, None))
+    except TypeError:
+        return engine
+    _ENGINES[key] = (ref, engine)
+    return engine
 
 
 def resample_batches(n: int, per_item: int) -> list[slice]:
@@ -205,7 +282,7 @@ def weighted_metric(
         return metric_from_ap(ap, npos > 0, thresholds, metric)
     engine = _bootstrap_engine(matches)
     out = np.empty(weights.shape[0])
-    for sl in resample_batches(weights.shape[0], engine.counts.shape[1] + engine.n_groups):
+    for sl in resample_batches(weights.shape[0], engine.n_tp + engine.n_groups):
         w = weights[sl]
         gw = np.concatenate([w, np.ones((w.shape[0], 1))], axis=1)
         out[sl] = metric_from_ap(engine.ap(gw, npos[sl]), npos[sl] > 0, thresholds, metric)
