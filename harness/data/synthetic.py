@@ -1,20 +1,15 @@
 """The built-in synthetic TAL benchmark: videos, ActivityNet-layout annotations and the two pre-training sources.
 
-Design (``docs/synthetic.md``): an "actor" whose appearance (shape x colour x texture) names the class is visible
-for the whole video over a drifting background with always-moving distractors. The action is its texture
-*scrolling inside the unchanged silhouette*: position, outline and mean colour are the same inside and outside the
-action, so one frame cannot show it and a frozen encoder trained to classify trimmed clips (where the texture
-always scrolls) has no reason to keep it, while an encoder trained end to end with the TAL loss can learn it from
-frame differences. A weaker, partly reliable single-frame cue (the actor turns paler inside the actions in half
-the videos) gives frozen encoders something to localise with. The segment layout of every video is copied (with
-jitter) from a real ActivityNet-1.3 training video (``load_anet_structure``). The ACP source holds trimmed clips
-(texture always scrolling) of *other* combinations of the same vocabulary; the ICP source holds still images of
-shape x texture objects.
-
-Everything is a pure function of (profile, seed): the plan (classes, videos, segments) is drawn first from named
-streams (``harness.seeding``), and each file's pixels from a stream seeded by (seed, file id), so a resumed run
-writes the same files as an uninterrupted one.
-"""
+Design (``docs/synthetic.md``; generator v4, the ``flicker`` profiles): an "actor" whose shape x colour names the
+class is visible for the whole video over a drifting background with always-moving distractors. The action is a
+*flicker* of a checker on the actor (a fine or a coarse band, one per video): inside an action it switches on and
+off every two frames, outside it holds, so one frame says nothing and two frames a snippet apart always differ
+inside and never outside (``flicker_state``); the actor twitches at every boundary (``twitch_offsets``). The
+segment layout of every video is copied (with jitter) from a real ActivityNet-1.3 training video
+(``load_anet_structure``). The ACP source holds trimmed clips of *other* shape x colour classes in flicker/still
+pairs (the default: twins that differ only in the flicker, ``clip_twins``), so its classifier needs a flicker
+detector; the ICP source holds still images of shape x texture objects. The ``colour-cue`` profile keeps the v3
+design (a texture scroll plus a single-frame paleness cue) as a control."""
 
 from __future__ import annotations
 
@@ -230,9 +225,9 @@ _PROFILES["flicker-v24"] = replace(_PROFILES["flicker-v19"], name="flicker-v24",
 # 0.20-0.28: about twice the flickering area inside the edge margin). v24's twin classifier learnt its detector in 1 of
 # 6 seeds in 24 epochs (lr 0.1 or batch 16: no better).
 _PROFILES["flicker-v25"] = replace(_PROFILES["flicker-v24"], name="flicker-v25", clip_actor_radius=(0.3, 0.38))
-# The default benchmark: v19's content (chosen on validation; docs/synthetic.md, "v19 becomes the default"); the
-# previous defaults stay available as `flicker-v16` and `flicker-v7`.
-_PROFILES["default"] = replace(_PROFILES["flicker-v19"], name="default")
+# The default benchmark: v25's content (chosen on validation; docs/synthetic.md, "v25 becomes the default"); the
+# previous defaults stay available as `flicker-v19`, `flicker-v16` and `flicker-v7`.
+_PROFILES["default"] = replace(_PROFILES["flicker-v25"], name="default")
 PROFILES: Mapping[str, SynthProfile] = MappingProxyType(_PROFILES)
 
 
