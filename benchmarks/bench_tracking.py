@@ -1,0 +1,72 @@
+"""What MLflow tracking costs one sweep job: CPU of a fresh process that opens and closes one tracked run in a
+SQLite store, against the same process with tracking off (the baseline, run alternately in the same command).
+
+Every job of the default sweep is its own `lofi` process and logs one run (a stage's or a configuration's) into
+`<results>/mlflow.db`; the difference below, times the sweep's tracked jobs, is what tracking adds to the main job.
+
+    PYTHONPATH=. python benchmarks/bench_tracking.py --repeats 5 [--store results/mlflow.db]
+
+``--store`` copies an existing store first (a sweep's, with its runs: opening it costs what it costs a job); by
+default a fresh store is made once before the timed processes. Writes nothing outside a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# One job's tracking, as `harness.tracking.start_run` does it for a stage or a configuration; torch is imported
+# first in both arms because every job imports it anyway.
+_CHILD = """
+import json, resource, sys
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+import torch  # noqa: F401
+start = cpu()
+from harness import tracking
+from harness.experiment import TrackingConfig
+cfg = TrackingConfig(enabled=sys.argv[1] == "on", uri=sys.argv[2], experiment="bench-tracking")
+with tracking.start_run(cfg, run_name="bench", tags={"mode": "bench"}) as run:
+    run.log_params({"lr": 0.05, "mode": "bench"})
+    run.log_metrics({"average_mAP": 0.5})
+print(json.dumps({"cpu_s": cpu() - start}))
+"""
+
+
+def _child_cpu(arm: str, uri: str) -> float:
+    out = subprocess.run([sys.executable, "-c", _CHILD, arm, uri], check=True, capture_output=True, text=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["cpu_s"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="processes per arm (default %(default)s)")
+    parser.add_argument("--store", type=Path, help="an existing mlflow.db to copy and open (default: a fresh one)")
+    parser.add_argument("--jobs", type=int, default=96, help="tracked jobs in the sweep (default: the main job's 96)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "mlflow.db"
+        if args.store is not None:
+            shutil.copyfile(args.store, db)
+        uri = f"sqlite:///{db}"
+        _child_cpu("on", uri)  # creates the store and the experiment: a sweep's `track_init` job does that once
+        samples: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(args.repeats):
+            for arm in ("off", "on"):  # alternate: the machine's drift hits both arms alike
+                samples[arm].append(_child_cpu(arm, uri))
+    off, on = (statistics.median(samples[a]) for a in ("off", "on"))
+    print(f"tracking off: {off:.2f} CPU-s per process (median of {args.repeats}: {samples['off']})")
+    print(f"tracking on:  {on:.2f} CPU-s per process (median of {args.repeats}: {samples['on']})")
+    print(f"tracking adds {on - off:.2f} CPU-s per job; x {args.jobs} jobs = {(on - off) * args.jobs:.0f} CPU-s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
