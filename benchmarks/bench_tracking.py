@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, help="an existing mlflow.db to copy and open (default: a fresh one)")
     parser.add_argument("--jobs", type=int, default=96, help="tracked jobs in the sweep (default: the main job's 96)")
     args = parser.parse_args(argv)
+    if args.store is not None and not args.store.is_file():
+        parser.error(f"--store {args.store}: not found; pass a sweep's mlflow.db (results/mlflow.db) or leave it out")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "mlflow.db"
         if args.store is not None:
