@@ -198,7 +198,7 @@ def load_predictions(
     video = np.repeat(per_video, count_arr)
     owner = np.repeat(np.arange(len(names)), count_arr)  # index into names, to name the video in errors
     _check_values(source, owner, names, score, segments)
-    unknown = _check_videos(source, names, per_video, gt, from_file=from_file)
+    unknown = check_videos(source, names, per_video, gt, from_file=from_file)
     label = flat.label if flat.label is not None else np.full(score.shape, -1, np.int64)
     if absent:
         keep = label >= 0
@@ -235,7 +235,7 @@ def _check_values(
             raise PredictionError(f"{source}: video {_shown(names[owner[i]])}: {msg}")
 
 
-def _check_videos(
+def check_videos(
     source: str, names: Sequence[str], per_video: np.ndarray, gt: DetectionGroundTruth, *, from_file: bool
 ) -> tuple[str, ...]:
     """The predicted videos outside the ground truth's subset (false positives; all of them in a file: an error),

@@ -158,7 +158,7 @@ def oracle_predictions(props: Any, gt: Any, labels: Mapping[str, str]) -> Any:
     descending, ties in file order; the one-hot score multiplies by 1.0, which changes no bit), built from
     ``props``' arrays: building and re-reading those dicts cost several times the evaluation itself. Same arrays,
     same warnings."""
-    from harness.evaluation.predictions import DetectionPredictions, _check_videos
+    from harness.evaluation.predictions import DetectionPredictions, check_videos
 
     video_class = np.array([gt.class_index[labels[v]] if v in labels else -1 for v in gt.video_ids], np.int64)
     video = np.asarray(props.video, dtype=np.int64)
@@ -168,7 +168,7 @@ def oracle_predictions(props: Any, gt: Any, labels: Mapping[str, str]) -> Any:
     names_idx = np.unique(video[order])
     if not names_idx.size:
         log.warning('<predictions>: "results" is empty, so there is nothing to evaluate (mAP is 0 by definition)')
-    _check_videos("<predictions>", [gt.video_ids[i] for i in names_idx], names_idx, gt, from_file=False)
+    check_videos("<predictions>", [gt.video_ids[i] for i in names_idx], names_idx, gt, from_file=False)
     return DetectionPredictions(
         source="<predictions>",
         video=video[order],
