@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from harness.experiment import TrackingConfig
 
@@ -66,6 +66,18 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+class Tracker(Protocol):
+    """What a stage or run logs through: ``NullTracker`` (off), ``MlflowTracker`` (live), ``RecordingTracker``
+    (``tracking.defer``: harness/tracking_deferred.py)."""
+
+    run_id: str
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: str | Path) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
 
 class NullTracker:
@@ -322,9 +334,10 @@ def start_run(
     parent_run_id: str = "",
     tags: Mapping[str, str] | None = None,
     strict: bool = False,
-) -> Iterator[NullTracker | MlflowTracker]:
+) -> Iterator[Tracker]:
     """A tracked run (child of ``parent_run_id`` when given); marks it FAILED if the body raises. Under torchrun
-    only rank 0 logs. A store that fails mid-run (while another run of this process is open, e.g. a stage inside
+    only rank 0 logs. With ``tracking.defer`` and a SQLite store the run is recorded, not logged
+    (harness/tracking_deferred.py), and MLflow is not imported. A store that fails mid-run (while another run of this process is open, e.g. a stage inside
     its configuration's run, or during the body) gives a ``NullTracker`` after one WARNING line (module
     docstring); one that fails as the outermost run opens, before any work, or with ``strict`` (``lofi track
     init``, ``lofi track sync``) raises (one line at the CLI)."""
@@ -335,12 +348,27 @@ def start_run(
     if not cfg.enabled or not current().main or (_failure and not strict):
         yield NullTracker()
         return
+    uri = tracking_uri(cfg)
+    if cfg.defer and not strict:
+        from harness.tracking_deferred import pending_folder, recording
+
+        folder = pending_folder(uri)
+        if folder is not None:
+            with recording(
+                folder,
+                experiment=cfg.experiment,
+                run_name=run_name,
+                parent_run_id=parent_run_id,
+                tags=tags or {},
+                on_error=lambda exc: note_failure(uri, exc),
+            ) as recorder:
+                yield recorder
+            return
     from mlflow.tracking import MlflowClient
 
     # MLflow logs its own migrations at INFO on first use; keep our output readable.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     _quiet_store_loggers()
-    uri = tracking_uri(cfg)
     try:
         exp_id = ensure_experiment(cfg)
         client = MlflowClient(tracking_uri=uri)

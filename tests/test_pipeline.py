@@ -162,23 +162,35 @@ def test_nan_loss_stops_with_stage_epoch_and_step(tmp_path, tiny_overrides):
     assert not lofi.done.exists()
 
 
-def test_mlflow_records_parent_and_children(tmp_path, tiny_overrides):
+@pytest.mark.parametrize("defer", [False, True], ids=["live", "deferred"])
+def test_mlflow_records_parent_and_children(tmp_path, tiny_overrides, defer):
+    """The same MLflow tree whether the jobs log live or record their runs for `lofi track flush` (tracking.defer)."""
     from mlflow.tracking import MlflowClient
 
+    from harness.cli import main
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = _cfg(
-        [o for o in tiny_overrides if not o.startswith("tracking.")], f"tracking.uri={uri}", "tracking.experiment=t"
-    )
+    overrides = [o for o in tiny_overrides if not o.startswith("tracking.")]
+    overrides += [f"tracking.uri={uri}", "tracking.experiment=t", f"tracking.defer={str(defer).lower()}"]
+    cfg = _cfg(overrides)
     row = run_all(cfg, mode="lofi-T", seed=0, out=tmp_path / "run")
+    run_id = row["mlflow_run_id"]
+    if defer:
+        assert run_id.startswith("deferred-") and not (tmp_path / "mlflow.db").exists()  # nothing logged yet
+        assert main(["track", "flush", "--config", str(tmp_path / "run" / "config.yaml")]) == 0
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("t")
     runs = client.search_runs([exp.experiment_id])
-    parent = client.get_run(row["mlflow_run_id"])
+    if defer:  # the row names its record; the logged run carries it as a tag
+        run_id = next(r.info.run_id for r in runs if r.data.tags.get("lofi.record") == row["mlflow_run_id"])
+        assert all(r.data.tags["lofi.record"].startswith("deferred-") for r in runs)
+    parent = client.get_run(run_id)
     assert parent.data.params["mode"] == "lofi-T" and parent.data.params["encoder.name"] == "tsm_resnet_tiny"
     assert "commit" in parent.data.params and "lofi.c_s" in parent.data.params
     assert parent.data.metrics["average_mAP"] == pytest.approx(row["average_mAP"])
     assert "mAP_0.50" in parent.data.metrics
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1  # lofi-T's two pre-trainings, its LoFi stage and the head
     assert {r.data.tags["stage"] for r in children} == {"pretrain", "lofi", "head"}
     head = next(r for r in children if r.data.tags["stage"] == "head")
     assert "head_val_average_mAP" in head.data.metrics and "AR_100" in head.data.metrics

@@ -671,7 +671,7 @@ def test_broken_tracking_store(
     (run / "row.json").unlink()
     shutil.rmtree(run / "head")
     overrides = [o for o in data_overrides if not o.startswith("tracking.")]
-    overrides += ["tracking.enabled=true", f"tracking.uri={uri}"]
+    overrides += ["tracking.enabled=true", f"tracking.uri={uri}", "tracking.defer=false"]  # live: opened at start
     code, _, err = cli(capsys, "-q", "run", "--config", SMOKE, "--mode", "acp", "--out", run, *sets(*overrides))
     refused(code, err, *needles)
 

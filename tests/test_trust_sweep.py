@@ -231,7 +231,7 @@ def test_a_tracking_store_deleted_mid_run_costs_one_line_and_no_result(
     store = tmp_path / "mlflow.db"
     uri = f"sqlite:///{store}"
     overrides = [o for o in tiny_overrides if not o.startswith("tracking.")]
-    overrides += [f"tracking.uri={uri}", "tracking.experiment=t", "runtime.progress=false"]
+    overrides += [f"tracking.uri={uri}", "tracking.experiment=t", "tracking.defer=false", "runtime.progress=false"]
     sets = [a for o in overrides for a in ("--set", o)]
     run = tmp_path / "run"
     argv = ["run", "--config", "config/smoke.yaml", "--mode", "acp", "--out", str(run), *sets]

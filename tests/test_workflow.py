@@ -337,7 +337,17 @@ def test_smoke_workflow_end_to_end(tmp_path: Path) -> None:
     neg = controls[controls["control"] == "negative control"]
     assert len(neg) == 1 and str(neg["seeds"].iloc[0]) == ", ".join(map(str, cfg.sweep.control_seeds))
     assert neg["p_value"].notna().all() and neg["delta_ci_low"].iloc[0] < neg["delta_ci_high"].iloc[0]
-    assert json.loads((tmp_path / "results/mlflow_sweep.json").read_text())["sweep_run_id"]
+    sweep_id = json.loads((tmp_path / "results/mlflow_sweep.json").read_text())["sweep_run_id"]
+    # tracking.defer: the jobs recorded their runs, the table job logged them all, each under the sweep's run
+    from mlflow.tracking import MlflowClient
+
+    assert cfg.tracking.defer and not list((tmp_path / "results/mlflow_pending").glob("deferred-*.json"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/results/mlflow.db")
+    logged = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    configurations = [r for r in logged if r.data.tags.get("kind") == "configuration"]
+    assert sorted(r.data.tags["lofi.record"] for r in configurations) == sorted(r["mlflow_run_id"] for r in rows)
+    assert all(r.data.tags["mlflow.parentRunId"] == sweep_id for r in configurations)
+    assert {r.info.status for r in logged} == {"FINISHED"} and len(logged) > len(configurations) + 1  # + stages
     # Nothing left to do; then one head value changed reruns the runs and the table only, not the stages.
     again = snakemake("-n", *args)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -59,11 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from harness.config import evolve
     from harness.experiment import load_experiment
     from harness.search.study import PrunerOptions, run_study
     from harness.search.summary import best_trial, write_report
 
     cfg = load_experiment(args.config, list(args.overrides))
+    # A search is one long process (every trial in it): MLflow's import is paid once, so it logs live
+    # (tracking.defer saves short sweep jobs that import; nothing would flush a search's records).
+    cfg = evolve(cfg, tracking=evolve(cfg.tracking, defer=False))
     result = run_study(
         cfg,
         args.out,

@@ -77,6 +77,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     y.add_argument("run", type=Path, metavar="RUN", help="the run folder (its row.json)")
     add_config_options(y, required=False, config_help="experiment config naming the store (default RUN/config.yaml)")
     y.set_defaults(func=_sync)
+    f = tsub.add_parser(
+        "flush",
+        help="log the runs that jobs recorded with tracking.defer (the workflow's table jobs do it)",
+        description="Log every run recorded beside the config's sweep store (tracking.defer: <store folder>/"
+        "mlflow_pending/) as an MLflow run, with the times, params, metrics, tags, parent and artifacts it was "
+        "recorded with and the tag lofi.record naming the record (the id row.json carries); logged records move to "
+        "mlflow_pending/logged/. Safe to repeat and to run beside another flush (a lock; runs already in the store "
+        "are not logged twice).",
+        epilog="example:\n  lofi track flush --config results/config.resolved.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_options(f)
+    f.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="a store that fails is one WARNING line and exit 0, its records stay pending (the table jobs: tracking "
+        "never costs a table)",
+    )
+    f.set_defaults(func=_flush)
     _register_server(tsub)
 
 
@@ -178,6 +197,44 @@ def _sync(args: argparse.Namespace) -> int:
     run_id = sync_run(tracking, row=row, params=params, metrics=metrics, files=files)
     write_json_atomic(row_path, {**row, "mlflow_run_id": run_id, "tracking_error": ""})
     print(f"{args.run}: logged as MLflow run {run_id} in {tracking.uri}")
+    return 0
+
+
+def _flush(args: argparse.Namespace) -> int:
+    import logging
+
+    from harness.config import evolve
+    from harness.errors import is_store_error
+    from harness.experiment import load_experiment
+    from harness.tracking import ensure_experiment
+    from harness.tracking_deferred import flush, pending_folder
+
+    cfg = load_experiment(args.config, args.overrides)
+    uri = sweep_tracking_uri(cfg)
+    if not cfg.tracking.enabled or pending_folder(uri) is None:
+        print(f"nothing to flush: tracking is {'off' if not cfg.tracking.enabled else 'a server, logged live'}")
+        return 0
+    tracking = evolve(cfg.tracking, uri=uri)
+    try:
+        result = flush(uri, lambda name: ensure_experiment(evolve(tracking, experiment=name)))
+    except Exception as exc:
+        if not (args.keep_going and is_store_error(exc)):
+            raise
+        logging.getLogger(__name__).warning(
+            "tracking flush failed (%s: %s); the records stay in %s; run `lofi track flush` again once the store works",
+            type(exc).__name__,
+            " ".join(str(exc).split())[:200],
+            pending_folder(uri),
+        )
+        return 0
+    for path in result.missing_artifacts:
+        logging.getLogger(__name__).warning("%s: recorded as an artifact but gone; its run is logged without it", path)
+    waiting = (
+        f"; {len(result.waiting)} wait for their parent run's record (its job still running; flush again later)"
+        if result.waiting
+        else ""
+    )
+    print(f"logged {result.logged} run(s) into {uri} ({result.already} already there){waiting}")
     return 0
 
 

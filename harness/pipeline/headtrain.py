@@ -27,7 +27,7 @@ from harness.pipeline.runtime import autocast
 from harness.pipeline.stage import StageContext, StageResult
 from harness.pipeline.targets import dominant_label, tal_targets
 from harness.seeding import torch_generator
-from harness.tracking import MlflowTracker, NullTracker
+from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def _fit_head(
     ds: TALDataset,
     seed: int,
     device: torch.device,
-    tracker: MlflowTracker | NullTracker,
+    tracker: Tracker,
     on_epoch: Callable[[int, float], None] | None,
     validated: dict[int, tuple[dict, dict, dict]] | None = None,
 ) -> list[dict[str, float]]:
@@ -376,7 +376,7 @@ def _head_result(
     }
 
 
-def _publish(out: Path, result: dict, tracker: MlflowTracker | NullTracker) -> None:
+def _publish(out: Path, result: dict, tracker: Tracker) -> None:
     """Rank 0: write ``metrics.json`` and log the final metrics and files to the stage's MLflow run."""
     write_json_atomic(out / METRICS, result)
     test_m = result["testing"]

@@ -28,8 +28,7 @@ from harness.pipeline.stage import execute, stage_done
 from harness.pipeline.stages import spec_of
 from harness.schedule import CYCLE_ORDER, PAPER_RATIOS
 from harness.tracking import (
-    MlflowTracker,
-    NullTracker,
+    Tracker,
     configuration_tags,
     git_commit,
     row_metrics,
@@ -333,7 +332,7 @@ def _run_stages(
     return times
 
 
-def _publish_row(parent: MlflowTracker | NullTracker, path: Path, row: dict, *, main: bool) -> None:
+def _publish_row(parent: Tracker, path: Path, row: dict, *, main: bool) -> None:
     """Tag and log the run's MLflow parent from its row, and write ``row.json`` (rank 0)."""
     parent.set_tags(configuration_tags(row))  # the columns and filter of the MLflow compare view
     parent.log_metrics(row_metrics(row))

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from harness.experiment import ExperimentConfig
     from harness.pipeline.data import StageData
     from harness.pipeline.plan import Planner, Stage
-    from harness.tracking import MlflowTracker, NullTracker
+    from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class StageContext:
     stage: Stage
     device: torch.device
     data: StageData
-    tracker: MlflowTracker | NullTracker
+    tracker: Tracker
     on_epoch: Callable[[int, float], None] | None = None  # validation score per epoch (Optuna prunes from it)
 
     @property

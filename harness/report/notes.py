@@ -13,6 +13,7 @@ from harness.report.cells import DAGGER, fmt_range
 from harness.report.paper_results import PAPER, PAPER_SETTINGS, canonical_dataset
 from harness.report.rows import BASELINE, mode_label, single_value
 from harness.report.stats import ALPHA, POWER, Comparison, mde_multiplier
+from harness.tracking_deferred import RECORD_PREFIX, RECORD_TAG
 
 
 def mde_note(comparisons: Sequence[Comparison], label: Callable[[str], str] = lambda m: mode_label(m)) -> str:
@@ -115,9 +116,12 @@ def provenance(rows: pd.DataFrame) -> tuple[str, ...]:
     skipped = skipped_note(rows)
     missing = missing_note(rows)
     diverged = diverged_note(rows)
+    ids = listing("mlflow_run_id")
+    if RECORD_PREFIX in ids:  # tracking.defer: the row names its record, which its MLflow run carries as a tag
+        ids += f" (recorded runs: `lofi track flush` logs each with the tag {RECORD_TAG} = its id)"
     return (
         f"Provenance: {len(rows)} run(s); commit(s): {listing('commit')}; config hash(es): {listing('config_hash')}; "
-        f"MLflow run id(s): {listing('mlflow_run_id')}; rows written {span}; table generated {generated}.",
+        f"MLflow run id(s): {ids}; rows written {span}; table generated {generated}.",
         *([diverged] if diverged else []),
         *([missing] if missing else []),
         *([skipped] if skipped else []),

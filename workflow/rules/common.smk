@@ -32,6 +32,7 @@ from harness.pipeline.plan import Planner, slug, sweep_root, sweep_runs, unique_
 from harness.pipeline.stages import cli_args as stage_cli_args
 from harness.pipeline.files import plot_files
 from harness.sweeplock import acquire as acquire_sweep_lock
+from harness.tracking_deferred import pending_folder
 
 _cli_files = [str(f) for f in workflow.config_settings.configfiles]
 if _cli_files:

@@ -76,6 +76,15 @@ rule readme:
         "python {params.script:q} --readme README.md {input:q} > {log:q} 2>&1"
 
 
+# tracking.defer: the jobs recorded their MLflow runs beside the store; each table job logs what is recorded before
+# it builds its table (one MLflow import for the sweep instead of one per job: harness/tracking_deferred.py).
+FLUSH = (
+    lofi_args("--keep-going", command=["track", "flush"])
+    if CFG.tracking.enabled and CFG.tracking.defer and pending_folder(CFG.tracking.uri) is not None
+    else ""
+)
+
+
 def table_rule(kind, kinds):
     """One `lofi report tables --which KINDS` over exactly the runs those tables need."""
     # Only the ablation report draws plots: every report names its plots by dataset/encoder/head, so a second
@@ -112,8 +121,10 @@ def table_rule(kind, kinds):
                 ",".join(kinds),
                 *flags,
             ),
+            flush=FLUSH,
         shell:
-            "lofi report tables --runs {input.rows:q} {params.args} > {log:q} 2>&1"
+            ("lofi {params.flush} > {log:q} 2>&1 && " if FLUSH else "")
+            + "lofi report tables --runs {input.rows:q} {params.args} %s {log:q} 2>&1" % (">>" if FLUSH else ">")
 
 
 for _kind, _kinds in TABLE_JOBS.items():
