@@ -9,6 +9,9 @@ is logged as one WARNING line naming the store and the cause (the traceback only
 is off for the rest of the process, the run goes on, and its row records the failure (``tracking_error``);
 ``lofi track sync RUN`` logs the run again from its files once the store is back. A store that fails before any
 work (at the process's first run) and ``lofi track init`` (the sweep's set-up) stay strict: one-line error.
+
+``tracking.defer`` (a SQLite store): runs are recorded beside the store and logged later by ``lofi track flush``,
+so a job never imports MLflow (harness/tracking_deferred.py).
 """
 
 from __future__ import annotations
