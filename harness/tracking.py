@@ -363,7 +363,7 @@ def start_run(
                 run_name=run_name,
                 parent_run_id=parent_run_id,
                 tags=tags or {},
-                on_error=lambda exc: note_failure(uri, exc),
+                on_error=lambda exc: note_failure(str(folder), exc),  # names the records folder, not the store
             ) as recorder:
                 yield recorder
             return

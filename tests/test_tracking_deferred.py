@@ -181,3 +181,23 @@ def test_a_table_says_how_to_find_a_recorded_run() -> None:
     )
     live = provenance(rows.assign(mlflow_run_id=["0123abcd"]))[0]
     assert "MLflow run id(s): 0123abcd; rows written" in live
+
+
+def test_a_record_that_cannot_be_written_costs_one_warning_not_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    from harness.tracking import reset_tracking_failure, tracking_failure
+
+    cfg = _cfg(tmp_path, defer=True)
+    pending = tmp_path / PENDING_DIR
+    try:
+        with start_run(cfg, run_name="r") as run:
+            shutil.rmtree(pending)
+            pending.write_text("a file where the records go")  # the folder gone while the run trained
+            run.log_metrics({"a": 1.0})
+        warned = [r.getMessage() for r in caplog.records if "tracking stopped" in r.getMessage()]
+        assert len(warned) == 1 and str(pending) in warned[0] and str(pending) in tracking_failure()
+    finally:
+        reset_tracking_failure()
