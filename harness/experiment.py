@@ -336,7 +336,7 @@ class TrackingConfig(ConfigModel):
     uri: Str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db
     experiment: Ident = "lofi-bench"
     # Record each run beside the SQLite store and log them all in one process later (`lofi track flush`; the
-    # workflow's table jobs do it): saves each job MLflow's ~3.4 CPU-s import, loses live curves (a server is
+    # workflow's table jobs do it): saves each job MLflow's ~3 CPU-s import, loses live curves (a server is
     # always logged live). harness/tracking_deferred.py.
     defer: Bool = False
 

@@ -340,10 +340,10 @@ def start_run(
 ) -> Iterator[Tracker]:
     """A tracked run (child of ``parent_run_id`` when given); marks it FAILED if the body raises. Under torchrun
     only rank 0 logs. With ``tracking.defer`` and a SQLite store the run is recorded, not logged
-    (harness/tracking_deferred.py), and MLflow is not imported. A store that fails mid-run (while another run of this process is open, e.g. a stage inside
-    its configuration's run, or during the body) gives a ``NullTracker`` after one WARNING line (module
-    docstring); one that fails as the outermost run opens, before any work, or with ``strict`` (``lofi track
-    init``, ``lofi track sync``) raises (one line at the CLI)."""
+    (harness/tracking_deferred.py), and MLflow is not imported. A store that fails mid-run (while another run of
+    this process is open, e.g. a stage inside its configuration's run, or during the body) gives a ``NullTracker``
+    after one WARNING line (module docstring); one that fails as the outermost run opens, before any work, or with
+    ``strict`` (``lofi track init``, ``lofi track sync``) raises (one line at the CLI)."""
     global _depth
     from harness.errors import is_store_error
     from harness.pipeline.distributed import current

@@ -1,7 +1,7 @@
 """Deferred MLflow tracking (``tracking.defer``): a job records its runs as JSON files beside the store, and one
 process logs them all (``lofi track flush``; the workflow's table jobs do it before they build a table).
 
-Why: every sweep job is its own process, and importing MLflow and opening its SQLite store costs ~3.4 CPU-s
+Why: every sweep job is its own process, and importing MLflow and opening its SQLite store costs ~3 CPU-s
 (``benchmarks/bench_tracking.py``) — a tenth of the default benchmark's jobs, which train for ~30 s each. A record
 costs nothing to write; the flush pays the import once. What is lost: live curves in the MLflow UI while a job runs
 (the runs appear when the flush runs), so the real-data configs keep ``defer: false``.
@@ -124,13 +124,22 @@ class FlushResult:
     missing_artifacts: list[str] = field(default_factory=list)
 
 
+_RECORD_KEYS = ("record", "experiment", "run_name", "parent", "tags", "params", "metrics", "artifacts", "status")
+_RECORD_KEYS += ("start_time", "end_time")
+
+
 def _read_records(folder: Path) -> list[dict[str, Any]]:
     records = []
     for path in sorted(folder.glob(f"{RECORD_PREFIX}*.json")):
+        # written atomically by `recording`, so anything else here is a hand-edited or foreign file
         try:
-            records.append(json.loads(path.read_text(encoding="utf-8")))
-        except ValueError as exc:  # written atomically, so only a hand-edited or foreign file
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
             raise LofiError(f"{path}: not a tracking record ({exc}); move it out of {folder}") from None
+        missing = [k for k in _RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise LofiError(f"{path}: not a tracking record (no {', '.join(missing)}); move it out of {folder}")
+        records.append(rec)
     return sorted(records, key=lambda r: (r["start_time"], r["record"]))
 
 
@@ -191,10 +200,10 @@ def flush(uri: str, ensure_experiment: Callable[[str], str]) -> FlushResult:
         return result
     with open(folder / _LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process ends however it ends
+        todo = _read_records(folder)  # a foreign file is an error before the store is opened (or created)
         client = MlflowClient(tracking_uri=uri)
         ids = _logged_ids(folder)
         experiments: dict[str, tuple[str, dict[str, str]]] = {}
-        todo = _read_records(folder)
         while todo:
             # a parent and its child can start in the same millisecond: log in rounds, each after its parent
             ready = [r for r in todo if not r["parent"].startswith(RECORD_PREFIX) or r["parent"] in ids]

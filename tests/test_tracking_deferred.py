@@ -201,3 +201,22 @@ def test_a_record_that_cannot_be_written_costs_one_warning_not_the_run(
         assert len(warned) == 1 and str(pending) in warned[0] and str(pending) in tracking_failure()
     finally:
         reset_tracking_failure()
+
+
+def test_a_file_among_the_records_that_is_not_one_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _cfg(tmp_path, defer=True)
+    with start_run(cfg, run_name="r"):
+        pass
+    foreign = tmp_path / PENDING_DIR / "deferred-foreign.json"
+    foreign.write_text('{"record": "deferred-foreign"}')  # JSON, but not a record
+    config = tmp_path / "c.yaml"
+    config.write_text((ROOT / "config/smoke.yaml").read_text())
+    sets = ["--set", f"tracking.uri={cfg.uri}"]
+    assert main(["track", "flush", "--config", str(config), *sets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(foreign) in err[0] and "not a tracking record (no experiment" in err[0]
+    assert main(["track", "flush", "--config", str(config), *sets, "--keep-going"]) == 0  # a table job goes on
+    assert any(str(foreign) in r.getMessage() for r in caplog.records if "tracking flush failed" in r.getMessage())
+    assert foreign.is_file() and len(list((tmp_path / PENDING_DIR).glob("deferred-*.json"))) == 2  # nothing lost

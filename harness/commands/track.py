@@ -92,8 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument(
         "--keep-going",
         action="store_true",
-        help="a store that fails is one WARNING line and exit 0, its records stay pending (the table jobs: tracking "
-        "never costs a table)",
+        help="a store that fails (or a file among the records that is not one) is one WARNING line and exit 0, the "
+        "records stay pending (the table jobs: tracking never costs a table)",
     )
     f.set_defaults(func=_flush)
     _register_server(tsub)
@@ -204,7 +204,7 @@ def _flush(args: argparse.Namespace) -> int:
     import logging
 
     from harness.config import evolve
-    from harness.errors import is_store_error
+    from harness.errors import LofiError, is_store_error
     from harness.experiment import load_experiment
     from harness.tracking import ensure_experiment
     from harness.tracking_deferred import flush, pending_folder
@@ -217,8 +217,8 @@ def _flush(args: argparse.Namespace) -> int:
     tracking = evolve(cfg.tracking, uri=uri)
     try:
         result = flush(uri, lambda name: ensure_experiment(evolve(tracking, experiment=name)))
-    except Exception as exc:
-        if not (args.keep_going and is_store_error(exc)):
+    except Exception as exc:  # a store that fails, or a file in the records folder that is not a record
+        if not (args.keep_going and (is_store_error(exc) or isinstance(exc, LofiError))):
             raise
         logging.getLogger(__name__).warning(
             "tracking flush failed (%s: %s); the records stay in %s; run `lofi track flush` again once the store works",
@@ -230,7 +230,8 @@ def _flush(args: argparse.Namespace) -> int:
     for path in result.missing_artifacts:
         logging.getLogger(__name__).warning("%s: recorded as an artifact but gone; its run is logged without it", path)
     waiting = (
-        f"; {len(result.waiting)} wait for their parent run's record (its job still running; flush again later)"
+        f"; {len(result.waiting)} wait for their parent run's record (its job still running, or killed before it "
+        "ended: `lofi track sync RUN` logs a finished run from its files)"
         if result.waiting
         else ""
     )
