@@ -429,6 +429,12 @@ class SweepConfig(ConfigModel):
     # plugin 2.8 cannot submit a group whose job-script name passes 255 bytes (more than ~4 stage rules per seed
     # with this workflow's rule names): the submission hangs (docs/cluster.md); hence off in every shipped config.
     cluster_group: Bool = False
+    # Inference stages (features, the classifier's scores) run in the job of the stage they read, in its process,
+    # right after it (`lofi stage … --then`): one process start (torch, timm, the config: ~5 CPU-s) fewer per
+    # encoder. The cost: a change that touches only such a stage (e.g. lofi.bn_recalibrate, or videos added to the
+    # val/test subsets) reruns its encoder's training as well, since Snakemake reruns a job whole. On for the
+    # synthetic benchmark, whose jobs are start-up-bound; off by default, for hours-long real stages.
+    join_stages: Bool = False
     optuna: OptunaConfig = Field(default_factory=OptunaConfig)
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ import pytest
 
 from harness.errors import LofiError
 from harness.experiment import load_experiment
-from harness.pipeline.plan import MODE_PLAN, MODES, plan_run, sweep_runs, unique_stages
+from harness.pipeline.plan import MODE_PLAN, MODES, job_stages, plan_run, sweep_runs, unique_stages
 from harness.pipeline.stage import mark_done, stage_done
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +88,34 @@ def test_the_sweep_plans_each_shared_stage_once() -> None:
     assert len(folders) == len(set(folders))
     # the two heads share every stage but their own: per seed acp, acp+, classifier, 2 lofi, 3 features
     assert len(stages) == len(cfg.sweep.seeds) * (3 + 2 + 3)
+
+
+def test_joined_jobs_hold_each_inference_stage_after_the_encoder_it_reads() -> None:
+    """sweep.join_stages: features and classifier run in the job of the one stage they read; training stages keep
+    jobs of their own; every stage is in exactly one job, after what it reads."""
+    cfg = load_experiment(SMOKE)
+    stages = unique_stages(sweep_runs(cfg, ("blind", "acp", "lofi-S", "lofi-S+bn", "lofi-long")))
+    alone = job_stages(stages, join=False)
+    assert [group for _, group in alone] == [(s,) for _, s in stages]
+    joined = job_stages(stages, join=True)
+    flat = [s for _, group in joined for s in group]
+    assert sorted(map(str, (s.folder for s in flat))) == sorted(str(s.folder) for _, s in stages)
+    # worked out by hand, per seed: ACP pretrain + blind and ACP features; ACP+ pretrain + the classifier; lofi-S
+    # + its features with and without BatchNorm re-estimated; lofi-long + its features
+    by_root = {(g[0].kind, g[0].variant): [(s.kind, s.variant) for s in g[1:]] for _, g in joined if g[0].seed == 0}
+    assert by_root == {
+        ("pretrain", "acp"): [("features", "blind"), ("features", "acp")],
+        ("pretrain", "acp+"): [("classifier", "")],
+        ("lofi", "S"): [("features", "lofi-S"), ("features", "lofi-S+bn")],
+        ("lofi", "long"): [("features", "lofi-long")],
+    }
+    assert len(joined) == 4 * len(cfg.sweep.seeds)
+    for _, group in joined:
+        assert all(s.needs == (group[0],) for s in group[1:])
+    # an inference stage whose encoder is not one of the jobs (finished elsewhere) keeps a job of its own
+    without_encoders = [(r, s) for r, s in stages if s.kind != "lofi"]
+    lone = [g for _, g in job_stages(without_encoders, join=True) if g[0].kind == "features"]
+    assert len(lone) == 3 * len(cfg.sweep.seeds) and all(len(g) == 1 for g in lone)
 
 
 def test_stage_marker_refuses_another_key_and_notices_a_missing_output(tmp_path: Path) -> None:

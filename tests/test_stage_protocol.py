@@ -83,6 +83,56 @@ def test_toy_stage_runs_through_lofi_stage_and_lofi_run(
     assert "time_toy_s" in row and row["stage_keys"]["toy-seed0"] == printed["key"]
 
 
+def test_then_runs_the_stages_that_read_a_stage_in_its_process_with_the_same_bytes(
+    tiny_overrides: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lofi stage pretrain … --then features=…` (the workflow's joined job) writes what the stages write run one
+    process each: the same markers' keys, the same encoder and feature files, byte for byte."""
+    sets = [a for o in tiny_overrides for a in ("--set", o)]
+    base = ["--config", str(SMOKE), *sets]
+    joined, alone = tmp_path / "joined", tmp_path / "alone"
+    then = ["--then", "features=acp", "--then", "features=blind"]
+    assert main(["stage", "pretrain", "--mode", "acp", *base, "--stages", str(joined), *then]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["stage"] for p in printed] == ["pretrain-acp-seed0", "features-acp-seed0", "features-blind-seed0"]
+    for kind, flag, value in (
+        ("pretrain", "--mode", "acp"),
+        ("features", "--mode", "acp"),
+        ("features", "--mode", "blind"),
+    ):
+        assert main(["stage", kind, flag, value, *base, "--stages", str(alone)]) == 0
+    alone_keys = [json.loads(line)["key"] for line in capsys.readouterr().out.splitlines()]
+    assert [p["key"] for p in printed] == alone_keys
+    files = sorted(p.relative_to(joined) for p in joined.rglob("*") if p.is_file() and p.name != "done.json")
+    assert any(f.suffix == ".npy" for f in files) and (Path("pretrain/acp/seed0/encoder.pt") in files)
+    assert files == sorted(p.relative_to(alone) for p in alone.rglob("*") if p.is_file() and p.name != "done.json")
+    assert [f for f in files if (joined / f).read_bytes() != (alone / f).read_bytes()] == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("head", "--then head: 'head' is a run's own stage"),
+        ("lofi=S", "--then lofi=S: a lofi stage runs in a job of its own; --then takes features, classifier"),
+        ("features", "--then features: features needs mode=one of"),
+        ("features=nope", "--then features=nope: features needs mode=one of"),
+        ("classifier=x", "--then classifier=x: classifier takes no value; write --then classifier"),
+        ("nope", "unknown stage kind 'nope'"),
+        ("features=lofi-S", "stage lofi-S-seed0, which features-lofi-S-seed0 reads, is not finished; run it first"),
+    ],
+)
+def test_then_names_a_bad_value_in_one_line(
+    value: str, message: str, tiny_overrides: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = [a for o in tiny_overrides for a in ("--set", o)]
+    stages = tmp_path / "st"
+    args = ["stage", "pretrain", "--mode", "icp", "--config", str(SMOKE), *sets, "--stages", str(stages)]
+    assert main([*args, "--then", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not stages.exists(), "a bad --then stops the command before any work"
+
+
 # What a stage may read of the config without it being in its key: how and where it runs, not what it computes
 # (docs/architecture.md § The stage plan).
 NOT_IN_KEYS = ("runtime", "tracking", "sweep", "head.validate_every", "data.cache_dir")

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.commands._options import add_config_options
 from harness.errors import LofiError
 from harness.experiment import load_experiment
 from harness.pipeline.plan import MODES
+
+if TYPE_CHECKING:
+    from harness.experiment import ExperimentConfig
+    from harness.pipeline.data import StageData
+    from harness.pipeline.plan import Stage
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -52,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from harness.pipeline.stages import shared_stages
 
     kinds = shared_stages()
+    joinable = ", ".join(k.name for k in kinds if k.joins_upstream)
     st = sub.add_parser(
         "stage",
         help=f"run one shared stage alone ({', '.join(k.name for k in kinds)})",
@@ -67,6 +74,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             q.add_argument(kind.option.flag, required=True, choices=kind.option.choices, help=kind.option.help or None)
         _common(q)
         q.add_argument("--stages", required=True, type=Path, help=STAGES_HELP.replace(" (default: --out)", ""))
+        q.add_argument(
+            "--then",
+            action="append",
+            default=[],
+            metavar="KIND[=VALUE]",
+            help=f"after this stage, run a stage that reads it in the same process ({joinable}; e.g. "
+            "--then features=acp; repeatable): one start-up (torch, timm: ~5 CPU-s) fewer per stage; the "
+            "workflow does this under sweep.join_stages",
+        )
         q.set_defaults(func=_stage)
 
 
@@ -122,20 +138,53 @@ def _stage(args: argparse.Namespace) -> int:
     from harness.pipeline import distributed
     from harness.pipeline.plan import Planner
     from harness.pipeline.run import run_stage
-    from harness.pipeline.stages import spec_of
+    from harness.pipeline.stages import parse_then, spec_of
 
     cfg = _cfg(args)
-    spec = spec_of(args.stage)
-    variant = getattr(args, spec.option.dest) if spec.option is not None else ""
-    stage = Planner(cfg, args.stages).stage(spec.name, variant, args.seed)
-    if stage is None:
-        raise LofiError(spec.unavailable.format(cfg=cfg) or f"{spec.name}: no such stage in this config's plan")
+    planner = Planner(cfg, args.stages)
+    stages: list[Stage] = []
+    for spec, variant in [(spec_of(args.stage), None), *map(parse_then, args.then)]:
+        if variant is None:  # the subcommand's own stage: its option's value
+            variant = getattr(args, spec.option.dest) if spec.option is not None else ""
+        stage = planner.stage(spec.name, variant, args.seed)
+        if stage is None:
+            raise LofiError(spec.unavailable.format(cfg=cfg) or f"{spec.name}: no such stage in this config's plan")
+        if stages:  # a --then stage (the first one's inputs: execute checks them, as for every stage)
+            _check_upstream(stage, stages)
+        stages.append(stage)
     world = distributed.init_from_env(cfg.runtime.device)  # under torchrun: one process of N
     try:
-        run_stage(cfg, stage, parent_run_id=args.parent_run_id)  # reused when finished with its key
+        data = _shared_data(cfg, stages)
+        for stage in stages:  # in order: a --then stage reads what the stages before it wrote
+            run_stage(cfg, stage, data=data, parent_run_id=args.parent_run_id)  # reused when finished with its key
     finally:
         distributed.shutdown()
     if not world.main:
         return 0
-    print(json.dumps({"stage": stage.name, "folder": str(stage.folder), "key": stage.key}))
+    for stage in stages:
+        print(json.dumps({"stage": stage.name, "folder": str(stage.folder), "key": stage.key}))
     return 0
+
+
+def _check_upstream(stage: Stage, before: list[Stage]) -> None:
+    """Each stage a --then stage reads is finished or runs before it in this command: checked before any work."""
+    from harness.pipeline.stage import stage_done
+
+    planned = {s.folder for s in before}
+    for up in stage.needs:
+        if up.folder not in planned and stage_done(up.folder, up.key) is None:
+            raise LofiError(
+                f"{up.folder}: stage {up.name}, which {stage.name} reads, is not finished; run it first, or "
+                "before it in this command"
+            )
+
+
+def _shared_data(cfg: ExperimentConfig, stages: list[Stage]) -> StageData | None:
+    """The dataset and frame source, read once for several stages of one process (None for one: it reads its
+    own, as before; and when every stage is finished, so a rerun of a finished job reads nothing)."""
+    from harness.pipeline.data import load_stage_data
+    from harness.pipeline.stage import stage_done
+
+    if len(stages) < 2 or all(stage_done(s.folder, s.key) is not None for s in stages):
+        return None
+    return load_stage_data(cfg.data, cache_bytes=cfg.runtime.cache_bytes, generate=False)

@@ -395,3 +395,21 @@ def unique_stages(runs: list[SweepRun]) -> list[tuple[SweepRun, Stage]]:
             seen[s.folder] = s
             out.append((r, s))
     return out
+
+
+def job_stages(stages: list[tuple[SweepRun, Stage]], *, join: bool) -> list[tuple[SweepRun, tuple[Stage, ...]]]:
+    """The workflow's jobs of shared stages: each stage alone, or (``join``: ``sweep.join_stages``) each stage
+    whose kind ``joins_upstream`` and that reads exactly one stage of the list in that stage's job, after it.
+    ``stages`` comes upstream first (``unique_stages``); so do the stages of each job."""
+    jobs: list[tuple[SweepRun, list[Stage]]] = []
+    job_of: dict[Path, int] = {}
+    for run, stage in stages:
+        ups = stage.needs
+        if join and spec_of(stage.kind).joins_upstream and len(ups) == 1 and ups[0].folder in job_of:
+            i = job_of[ups[0].folder]
+            jobs[i][1].append(stage)
+        else:
+            i = len(jobs)
+            jobs.append((run, [stage]))
+        job_of[stage.folder] = i
+    return [(run, tuple(group)) for run, group in jobs]

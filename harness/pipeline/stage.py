@@ -128,6 +128,9 @@ class StageSpec:
     - ``main_only``: rank 0 alone does the work under torchrun (the others wait).
     - ``read_by_head``: every run's head reads it (puts a generic stage into every run's plan).
     - ``time_column``: the row's ``time_<column>_s`` for its wall time.
+    - ``joins_upstream``: inference on the one stage it reads, which a workflow may run in that stage's job, in
+      its process, right after it (``sweep.join_stages``; ``lofi stage <kind> … --then``): a process of its own
+      costs more start-up (torch, timm: ~5 CPU-s) than the work on a small benchmark.
     - ``unavailable``: the error when ``plan`` returns None (``{cfg}`` is formatted in).
     """
 
@@ -145,6 +148,7 @@ class StageSpec:
     main_only: bool = False
     read_by_head: bool = False
     time_column: Callable[[Stage], str] = _by_kind
+    joins_upstream: bool = False
     unavailable: str = ""
 
     def load_runner(self) -> Runner:

@@ -52,6 +52,34 @@ def cli_args(stage: Stage) -> list[str]:
     return spec_of(stage.kind).cli_args(stage)
 
 
+def then_arg(stage: Stage) -> str:
+    """The value of `lofi stage … --then` that plans ``stage`` in the job of the stage it reads: ``kind=VALUE``
+    (the value of its kind's option, e.g. ``features=lofi-S``), or ``kind`` alone for a kind without one."""
+    spec = spec_of(stage.kind)
+    return f"{spec.name}={spec.option_value(stage)}" if spec.option else spec.name
+
+
+def parse_then(value: str) -> tuple[StageSpec, str]:
+    """``kind[=VALUE]`` (a `--then` value) -> the kind's declaration and its variant option's value."""
+    name, _, variant = value.partition("=")
+    spec = spec_of(name)
+    if not spec.shared:
+        raise LofiError(f"--then {value}: '{name}' is a run's own stage; use one of {', '.join(STAGES)}")
+    if not spec.joins_upstream:
+        joinable = ", ".join(s.name for s in STAGES.values() if s.joins_upstream)
+        raise LofiError(f"--then {value}: a {name} stage runs in a job of its own; --then takes {joinable}")
+    if spec.option is None:
+        if variant:
+            raise LofiError(f"--then {value}: {name} takes no value; write --then {name}")
+        return spec, ""
+    if variant not in spec.option.choices:
+        raise LofiError(
+            f"--then {value}: {name} needs {spec.option.flag.lstrip('-')}=one of {', '.join(spec.option.choices)}, "
+            f"e.g. --then {name}={spec.option.choices[0]}"
+        )
+    return spec, variant
+
+
 def _features_mode(stage: Stage) -> str:
     from harness.pipeline.plan import features_mode
 
@@ -93,6 +121,7 @@ register(
         option=StageOption("--mode", MODES, "the mode whose encoder is used"),
         plan=lambda planner, variant, seed: planner.features(variant, seed),
         option_value=_features_mode,
+        joins_upstream=True,
     )
 )
 register(
@@ -103,6 +132,7 @@ register(
         output=SCORES,
         plan=lambda planner, variant, seed: planner.classifier(seed),
         main_only=True,  # one pass of inference: rank 0 scores every video
+        joins_upstream=True,
         unavailable="head.class_scores={cfg.head.class_scores!r}: no shared classifier stage to run "
         "(only head.class_scores: finetuned has one)",
     )

@@ -28,8 +28,8 @@ from harness.commands.track import sweep_tracking_uri
 from harness.config import evolve, from_dict, to_dict
 from harness.errors import LofiError
 from harness.experiment import ExperimentConfig
-from harness.pipeline.plan import Planner, slug, sweep_root, sweep_runs, unique_stages
-from harness.pipeline.stages import cli_args as stage_cli_args
+from harness.pipeline.plan import Planner, job_stages, slug, sweep_root, sweep_runs, unique_stages
+from harness.pipeline.stages import cli_args as stage_cli_args, then_arg as stage_then_arg
 from harness.pipeline.files import plot_files
 from harness.sweeplock import acquire as acquire_sweep_lock
 from harness.tracking_deferred import pending_folder
@@ -202,6 +202,7 @@ try:
     )
     ALL_RUNS = list({str(r.plan.row): r for runs in TABLE_RUNS.values() for r in runs}.values())
     ALL_STAGES = unique_stages(ALL_RUNS)
+    STAGE_JOBS = job_stages(ALL_STAGES, join=CFG.sweep.join_stages)  # sweep.join_stages: inference in its encoder's job
 except LofiError as exc:
     raise WorkflowError(f"config error: {exc}") from None
 

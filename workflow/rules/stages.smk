@@ -81,9 +81,12 @@ rule track_init:
         "lofi track init {params.args} > {log:q} 2>&1"
 
 
-def stage_rule(run, stage):
-    """The job of one shared stage (the config of `run`, a run that needs it: same encoder)."""
+def stage_rule(run, stages):
+    """The job of one shared stage, and of the stages that join it (`sweep.join_stages`: features and classifier
+    scores of the encoder it trains, in its process); `run` is a run that needs it (its config: same encoder)."""
+    stage, joined = stages[0], stages[1:]
     folder = str(stage.folder)
+    inside = {s.folder for s in stages}
 
     rule:
         name:
@@ -92,9 +95,9 @@ def stage_rule(run, stage):
             data=DATA_DONE,
             frames=ancient(FRAMES_DONE),  # an order, not a trigger: reruns follow data and keys
             sweep=ancient(SWEEP_JSON),
-            needs=[str(s.done) for s in stage.needs],
+            needs=list(dict.fromkeys(str(n.done) for s in stages for n in s.needs if n.folder not in inside)),
         output:
-            str(stage.done),
+            [str(s.done) for s in stages],
         log:
             f"{LOGS}/{rel(folder)}.log",
         benchmark:
@@ -107,7 +110,7 @@ def stage_rule(run, stage):
             mem_mb=MEM_MB,
             runtime=RUNTIME,
         params:
-            key=stage.key,
+            key=" ".join(s.key for s in stages),  # one stage: its key, as before joining existed
             args=lofi_args(
                 *stage_cli_args(stage),  # the declared option (harness/pipeline/stages.py)
                 "--seed",
@@ -116,6 +119,7 @@ def stage_rule(run, stage):
                 f"encoder.name={run.encoder}",
                 "--stages",
                 sweep_root(CFG, run.encoder),
+                *[arg for s in joined for arg in ("--then", stage_then_arg(s))],
                 command=[stage.kind],
             ),
             parent=parent_run,
@@ -170,7 +174,7 @@ def run_rule(run):
             " runtime.threads={threads} --parent-run-id {params.parent:q} > {log:q} 2>&1"
 
 
-for _run, _stage in ALL_STAGES:
-    stage_rule(_run, _stage)
+for _run, _stages in STAGE_JOBS:
+    stage_rule(_run, _stages)
 for _run in ALL_RUNS:
     run_rule(_run)
