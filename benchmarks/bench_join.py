@@ -2,9 +2,9 @@
 process each ("alone"), against one process that runs them all (`lofi stage … --then`, "joined"); the arms
 alternate in the same command, each in a fresh stages folder, and their outputs are compared byte for byte.
 
-The default is the ACP pre-training with its two features stages (ACP and the blind control), a job of the main
-job's shape (its 36 joined stages: 9 features stages in the 6 ACP jobs, 6 classifiers in the ACP+ jobs, 21 features
-stages in the 18 LoFi jobs).
+The default is the ACP pre-training with its features; the main job joins 33 stages: 6 features stages to the 6
+ACP jobs, 6 classifiers to the ACP+ jobs, 21 features stages to the 18 LoFi jobs (the blind control's zeros keep
+jobs of their own: `docs/architecture.md` § The stage protocol).
 
     PYTHONPATH=. python benchmarks/bench_join.py --config results/config.resolved.yaml --repeats 2
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="a sweep's resolved config")
     parser.add_argument("--kind", default="pretrain", help="the training stage (default %(default)s)")
     parser.add_argument("--value", default="acp", help="its option's value (default %(default)s)")
-    parser.add_argument("--then", nargs="+", default=["features=acp", "features=blind"], help="the joined stages")
+    parser.add_argument("--then", nargs="+", default=["features=acp"], help="the joined stages")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="rounds of both arms (default %(default)s)")
     args = parser.parse_args(argv)

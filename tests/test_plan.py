@@ -12,7 +12,7 @@ import pytest
 
 from harness.errors import LofiError
 from harness.experiment import load_experiment
-from harness.pipeline.plan import MODE_PLAN, MODES, job_stages, plan_run, sweep_runs, unique_stages
+from harness.pipeline.plan import MODE_PLAN, MODES, job_stages, plan_run, stage_users, sweep_runs, unique_stages
 from harness.pipeline.stage import mark_done, stage_done
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +116,27 @@ def test_joined_jobs_hold_each_inference_stage_after_the_encoder_it_reads() -> N
     without_encoders = [(r, s) for r, s in stages if s.kind != "lofi"]
     lone = [g for _, g in job_stages(without_encoders, join=True) if g[0].kind == "features"]
     assert len(lone) == 3 * len(cfg.sweep.seeds) and all(len(g) == 1 for g in lone)
+
+
+def test_a_stage_joins_only_where_every_target_reading_its_encoder_reads_it() -> None:
+    """Two targets: "main" reads blind, ACP and lofi-S; "pre" reads ACP and ACP+. By hand: the ACP encoder is read
+    by both, its features by both (joined), the blind zeros by "main" only (a job of their own, or making "pre"
+    would compute them); ACP+ by both (every run's classifier), its classifier by both (joined), its features by
+    "pre" only (alone); lofi-S and its features by "main" only (joined)."""
+    cfg = load_experiment(SMOKE)
+    targets = {"main": sweep_runs(cfg, ("blind", "acp", "lofi-S")), "pre": sweep_runs(cfg, ("acp", "acp+"))}
+    users = stage_users(targets)
+    stages = unique_stages([r for runs in targets.values() for r in runs])
+    joined = job_stages(stages, join=True, users=users)
+    by_root = {(g[0].kind, g[0].variant): [(s.kind, s.variant) for s in g[1:]] for _, g in joined if g[0].seed == 0}
+    assert by_root == {
+        ("pretrain", "acp"): [("features", "acp")],
+        ("features", "blind"): [],
+        ("pretrain", "acp+"): [("classifier", "")],
+        ("features", "acpplus"): [],  # a features stage's variant is its folder's name
+        ("lofi", "S"): [("features", "lofi-S")],
+    }
+    assert users[stages[0][1].folder] == {"main", "pre"}  # the ACP encoder, upstream of everything
 
 
 def test_stage_marker_refuses_another_key_and_notices_a_missing_output(tmp_path: Path) -> None:

@@ -110,8 +110,11 @@ def expected_ablation_jobs(config: Path) -> Counter:
     )
     if shared_classifier:
         counts["classifier"] = len(seeds)
-    if cfg.sweep.join_stages:  # every features and classifier stage runs in the job of the encoder it reads
-        del counts["features"], counts["classifier"]
+    if cfg.sweep.join_stages:
+        # features and classifier run in the job of the encoder they read, except the blind control's zeros: only
+        # the ablation job's tables read them, while the pretrain, models and memory tables read the ACP encoder
+        del counts["classifier"]
+        counts["features"] = sum(source == "blind" for source, _ in features)
     return counts
 
 

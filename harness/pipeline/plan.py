@@ -397,15 +397,36 @@ def unique_stages(runs: list[SweepRun]) -> list[tuple[SweepRun, Stage]]:
     return out
 
 
-def job_stages(stages: list[tuple[SweepRun, Stage]], *, join: bool) -> list[tuple[SweepRun, tuple[Stage, ...]]]:
+def stage_users(targets: dict[str, list[SweepRun]]) -> dict[Path, frozenset[str]]:
+    """Which targets (e.g. the workflow's table jobs, each with its runs) read each stage folder."""
+    users: dict[Path, set[str]] = {}
+    for name, runs in targets.items():
+        for run in runs:
+            for stage in run.plan.stages:
+                users.setdefault(stage.folder, set()).add(name)
+    return {folder: frozenset(names) for folder, names in users.items()}
+
+
+def job_stages(
+    stages: list[tuple[SweepRun, Stage]], *, join: bool, users: dict[Path, frozenset[str]] | None = None
+) -> list[tuple[SweepRun, tuple[Stage, ...]]]:
     """The workflow's jobs of shared stages: each stage alone, or (``join``: ``sweep.join_stages``) each stage
-    whose kind ``joins_upstream`` and that reads exactly one stage of the list in that stage's job, after it.
-    ``stages`` comes upstream first (``unique_stages``); so do the stages of each job."""
+    whose kind ``joins_upstream`` and that reads exactly one stage of the list in that stage's job, after it —
+    provided every target that reads that stage reads this one too (``users``, from ``stage_users``), so that
+    making one target never computes a stage it does not read (e.g. ACP+ features, which only the pretrain table
+    reads, stay out of the ACP+ job every table needs for its classifier). ``stages`` comes upstream first
+    (``unique_stages``); so do the stages of each job."""
     jobs: list[tuple[SweepRun, list[Stage]]] = []
     job_of: dict[Path, int] = {}
     for run, stage in stages:
         ups = stage.needs
-        if join and spec_of(stage.kind).joins_upstream and len(ups) == 1 and ups[0].folder in job_of:
+        if (
+            join
+            and spec_of(stage.kind).joins_upstream
+            and len(ups) == 1
+            and ups[0].folder in job_of
+            and (users is None or users.get(stage.folder, frozenset()) >= users.get(ups[0].folder, frozenset()))
+        ):
             i = job_of[ups[0].folder]
             jobs[i][1].append(stage)
         else:

@@ -1,15 +1,7 @@
 # Tables (from the runs' row.json files), the README's copy of them, and the Optuna search over (r_t, r_s).
 
 TABLES = [f"{R}/table_{k}.md" for k in TABLE_RUNS]
-# The ablation table is never read without its controls (is e2e-full ahead of ACP? where is the floor?): one rule
-# builds them together (with the strata: where each gain comes from), so `snakemake results/table_ablation.md` makes
-# the controls and the strata too.
-TABLE_JOBS = {
-    "ablation": ("ablation", "controls", "strata"),
-    "pretrain": ("pretrain",),
-    "models": ("models",),
-    "memory": ("memory",),
-}
+# TABLE_JOBS (common.smk): which tables each table job builds
 
 
 # `snakemake --report results/report.html`: the table files and plots below are flagged report(), with captions
