@@ -26,9 +26,30 @@ def environment() -> str:
 
     try:
         torch = version("torch")
+        # the vector kernels torch picked on this CPU: float results differ between them (AVX2 vs AVX512), so a
+        # sweep on another CPU trains to other numbers (docs/synthetic.md § Cost)
+        import torch as _torch
+
+        torch += f" (CPU kernels {_torch.backends.cpu.get_cpu_capability()})"
     except PackageNotFoundError:
         torch = "not installed"
-    return f"torch {torch}, Python {platform.python_version()}, {platform.machine()} with {os.cpu_count()} CPUs"
+    return (
+        f"torch {torch}, Python {platform.python_version()}, {platform.machine()} with {os.cpu_count()} CPUs"
+        f"{_cpu_model()}"
+    )
+
+
+def _cpu_model() -> str:
+    """`` (model name)`` from /proc/cpuinfo where there is one (Linux), else ``platform.processor()``."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return f" ({line.split(':', 1)[1].strip()})"
+    except OSError:
+        pass
+    return f" ({platform.processor()})" if platform.processor() else ""
 
 
 def render(tables: list[Path], commit: str, date: str, env: str = "") -> str:

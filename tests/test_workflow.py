@@ -305,7 +305,11 @@ def test_update_readme_replaces_only_between_markers(tmp_path: Path) -> None:
     assert "old" not in text and text.count("| 1 | 2 |") == 1 and "at commit `" in text
     from importlib.metadata import version
 
-    assert f"with torch {version('torch')}, Python " in text  # which torch made the numbers
+    import torch
+
+    # which torch made the numbers, and which of its CPU kernels (another vector ISA trains to other numbers)
+    kernels = torch.backends.cpu.get_cpu_capability()
+    assert f"with torch {version('torch')} (CPU kernels {kernels}), Python " in text
 
 
 # ------------------------------------------------------------------------------------------------- end to end
