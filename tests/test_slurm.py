@@ -34,6 +34,7 @@ TINY = {
         "pretrain_modes": ["acp"],
         "n_boot": 10,
         "cluster_group": True,
+        "join_stages": False,  # as the real-data configs run on a cluster: one job per stage
     },
     "head": {"optim": {"epochs": 1}, "classifier_optim": {"epochs": 1}},
     "tracking": {"enabled": False},
