@@ -108,7 +108,8 @@ def test_a_damaged_prepared_store_entry_is_re_encoded(tmp_path: Path, caplog: py
     # the re-encode is a fresh H.264 encode of the same source: its frames equal the first encode's within
     # compression noise. (Bit-equal in every run alone; in 2 of 3 full-suite runs on an AVX512 machine a long-lived
     # xdist worker's re-encode differed by a few levels: not reproduced alone, cause unknown.) The damaged entry
-    # itself did not decode at all where measured (a VideoError), so this still tells a repaired entry from a broken one.
+    # itself did not decode at all where measured (a VideoError), so this still tells a repaired entry from a
+    # broken one.
     again_frames = read_frames(entry, info2, np.arange(info2.num_frames)).astype(np.int16)
     assert again_frames.shape == clean.shape and np.abs(again_frames - clean.astype(np.int16)).mean() < 2.0
 
