@@ -55,19 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.config.is_file():
         parser.error(f"--config {args.config}: not found; pass a sweep's results/config.resolved.yaml")
-    from harness.pipeline.stages import spec_of
+    from harness.errors import LofiError
+    from harness.pipeline.stages import parse_then, spec_of
 
-    spec = spec_of(args.kind)
+    try:
+        spec = spec_of(args.kind)
+        joined = [parse_then(v) for v in args.then]  # the same checks as `lofi stage … --then`
+    except LofiError as exc:
+        parser.error(str(exc))
     if spec.option is None:
         parser.error(f"--kind {args.kind}: pick a training stage with an option (pretrain, lofi)")
     lofi = [sys.executable, "-m", "harness.cli", "stage"]
     common = ["--config", str(args.config), "--seed", str(args.seed), "--set", "tracking.enabled=false"]
     first = [args.kind, spec.option.flag, args.value]
-    seconds = []
-    for value in args.then:
-        name, _, variant = value.partition("=")
-        opt = spec_of(name).option
-        seconds.append([name, opt.flag, variant] if opt is not None else [name])
+    seconds = [[s.name, s.option.flag, v] if s.option is not None else [s.name] for s, v in joined]
     cpu: dict[str, list[float]] = {"alone": [], "joined": []}
     wall: dict[str, list[float]] = {"alone": [], "joined": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,10 +63,10 @@ def parse_then(value: str) -> tuple[StageSpec, str]:
     """``kind[=VALUE]`` (a `--then` value) -> the kind's declaration and its variant option's value."""
     name, _, variant = value.partition("=")
     spec = spec_of(name)
+    joinable = ", ".join(s.name for s in STAGES.values() if s.joins_upstream)
     if not spec.shared:
-        raise LofiError(f"--then {value}: '{name}' is a run's own stage; use one of {', '.join(STAGES)}")
+        raise LofiError(f"--then {value}: '{name}' is a run's own stage (`lofi run` trains it); use one of {joinable}")
     if not spec.joins_upstream:
-        joinable = ", ".join(s.name for s in STAGES.values() if s.joins_upstream)
         raise LofiError(f"--then {value}: a {name} stage runs in a job of its own; --then takes {joinable}")
     if spec.option is None:
         if variant:
